@@ -1,0 +1,1 @@
+"""ProtSAE Explorer: the server side (settings, the store, model definitions used for encoding)."""

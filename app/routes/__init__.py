@@ -1,0 +1,1 @@
+"""Thin route functions: HTML pages and the versioned JSON API."""

@@ -1,0 +1,60 @@
+"""One settings object for the server, the CLI and the trainer (env prefix ``PROTSAE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every knob a deployment may turn; read from ``PROTSAE_*`` environment variables or ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="PROTSAE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "data",
+        description="Writable directory for the SQLite store, caches, embeddings and SAE weights.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; defaults to an SQLite file inside data_dir.",
+    )
+    shared_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared",
+        description="Read-only folder with the real data and the mini ESM2 model.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    torch_threads: int = Field(default=2, ge=1)
+    device: str = Field(default="auto", description="auto | cpu | cuda")
+    # Limits on what one request may ask of the server.
+    max_sequence_length: int = Field(default=4096, ge=1)
+    max_fasta_records: int = Field(default=16, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    encode_queue_size: int = Field(default=64, ge=1)
+    encode_max_batch: int = Field(default=16, ge=1)
+    encode_max_wait_ms: float = Field(default=5.0, ge=0)
+    encode_cache_size: int = Field(default=512, ge=0)
+    page_size: int = Field(default=50, ge=1, le=500)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The configured URL, or the default SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'protsae.sqlite').resolve()}"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache after changing the environment)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The store: schema, engine, migrations, bulk loading and publishing."""

@@ -1,0 +1,208 @@
+"""The store on SQLite and PostgreSQL: migrations, a real run round-trip, atomic publishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.orm import Session
+
+from app.store import migrate
+from app.store.bulk import bulk_insert, reserve_ids
+from app.store.codec import decode_values, encode_values
+from app.store.engine import make_engine, session_factory
+from app.store.publish import RunExistsError, publish_run
+from app.store.schema import (
+    Feature,
+    GoEnrichment,
+    GoTerm,
+    Protein,
+    Run,
+    Sae,
+    Structure,
+    TopExample,
+)
+from tests.realdata import KYTE_DOOLITTLE, go_term_records, human_proteins
+
+EXPECTED_TABLES = {
+    "runs", "saes", "proteins", "structures", "features", "top_examples", "protein_features",
+    "feature_neighbors", "go_terms", "go_enrichments", "explanations", "explanation_scores",
+    "concepts", "concept_alignments", "analysis_summaries",
+}  # fmt: skip
+
+
+def test_migrations_round_trip(store_url: str) -> None:
+    migrate.upgrade(store_url)
+    engine = make_engine(store_url)
+    assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    migrate.downgrade(store_url, "base")
+    assert not EXPECTED_TABLES & set(inspect(engine).get_table_names())
+    migrate.upgrade(store_url)
+    assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    assert migrate.current_revision(store_url) is not None
+    engine.dispose()
+
+
+def test_codec_round_trip() -> None:
+    values = np.array([0.0, 1.5, -2.25, 1e6, 3.0009765625], dtype=np.float32)
+    decoded = decode_values(encode_values(values))
+    assert decoded.dtype == np.float32 and decoded.shape == (5,)
+    np.testing.assert_allclose(decoded[[0, 1, 2, 4]], values[[0, 1, 2, 4]], rtol=1e-3)
+    assert decoded[3] == np.finfo(np.float16).max  # clipped, not inf
+    assert len(encode_values(values)) == 10
+
+
+def _insert_proteins(session: Session, rows: list[dict[str, str]]) -> list[int]:
+    ids = reserve_ids(session, Protein, len(rows))
+    bulk_insert(
+        session,
+        Protein,
+        (
+            {
+                "id": pid, "accession": r["accession"], "name": r["protein_name"] or None,
+                "gene": r["gene_symbol"] or None, "organism": r["organism"] or None,
+                "taxon_id": 9606, "length": int(r["length"]), "sequence": r["sequence"],
+                "go_bp": r["go_bp"] or None, "go_mf": r["go_mf"] or None,
+                "go_cc": r["go_cc"] or None, "pfam": None, "ec": None, "source": "test",
+            }
+            for pid, r in zip(ids, rows, strict=True)
+        ),
+    )  # fmt: skip
+    return ids
+
+
+def test_real_run_round_trips(migrated_engine: Engine, shared_dir: Path) -> None:
+    rows = human_proteins(shared_dir, 12)
+    go_ids = sorted({g for r in rows for g in r["go_bp"].split(";") if g})[:3]
+    terms = go_term_records(shared_dir, set(go_ids))
+    assert terms, "the real proteins carry GO ids found in go-basic.obo"
+
+    def load(session: Session, run: Run) -> None:
+        protein_ids = _insert_proteins(session, rows)
+        for go_id, rec in terms.items():
+            session.add(
+                GoTerm(
+                    id=go_id, name=rec["name"], namespace="BP", depth=3, level=2,
+                    definition=rec.get("def"), parents=[],
+                )
+            )  # fmt: skip
+        sae = Sae(
+            run_id=run.id, name="L3-protein-topk", kind="topk", level="protein", layer=3,
+            d_in=192, n_latents=768, k=32, fve=0.81, l0=32.0, dead_fraction=0.02,
+            loss_recovered=0.9, metrics={"mse": 0.01}, config={"lr": 1e-3},
+            weights_path="saes/L3.safetensors", weights_sha256="0" * 64,
+        )  # fmt: skip
+        session.add(sae)
+        session.flush()
+        feature = Feature(
+            sae_id=sae.id, index=7, density=0.25, n_active=3, max_activation=4.5,
+            mean_activation=2.0, hist_edges=[0.0, 1.0, 2.0], hist_counts=[2, 1],
+            auto_label="test label",
+        )  # fmt: skip
+        session.add(feature)
+        session.flush()
+        bulk_insert(
+            session,
+            TopExample,
+            [
+                {
+                    "feature_id": feature.id, "protein_id": pid, "bin": "top", "rank": rank,
+                    "activation": float(rank + 1), "max_position": 0,
+                    "residue_values": encode_values(
+                        [KYTE_DOOLITTLE.get(aa, 0.0) for aa in row["sequence"]]
+                    ),
+                }
+                for rank, (pid, row) in enumerate(zip(protein_ids, rows, strict=True))
+            ],
+        )  # fmt: skip
+        session.add(
+            GoEnrichment(
+                sae_id=sae.id, feature_id=feature.id, go_id=next(iter(terms)), namespace="BP",
+                study_hits=2, study_size=3, pop_hits=4, pop_size=12, odds_ratio=5.0,
+                fold_enrichment=2.0, p_value=0.01, q_value=0.05, p_bonferroni=0.03,
+                method="fisher_greater",
+            )
+        )  # fmt: skip
+        session.add(
+            Structure(
+                protein_id=protein_ids[0], file_path="x.pdb.gz", format="pdb", chain="A",
+                chain_sequence=rows[0]["sequence"][:5], residue_ids=["1", "2", "2A", "3", "4"],
+                sequence_positions=[0, 1, -1, 2, 3],
+            )
+        )  # fmt: skip
+
+    run = Run(
+        name="roundtrip", base_model="esm2_t4_2M_sprot14mini", checkpoint_sha256="d4f0" * 16,
+        layer=3, corpus="human_sprot2014 (first 12)", n_proteins=len(rows),
+        config={"seed": 0, "nested": {"k": [16, 64]}},
+    )  # fmt: skip
+    run_id = publish_run(migrated_engine, run, load)
+
+    with session_factory(migrated_engine)() as session:
+        stored = session.get(Run, run_id)
+        assert stored is not None and stored.status == "published"
+        assert stored.published_at is not None
+        assert stored.config == {"seed": 0, "nested": {"k": [16, 64]}}
+        assert [s.name for s in stored.saes] == ["L3-protein-topk"]
+        feature = session.scalars(select(Feature)).one()
+        assert feature.hist_counts == [2, 1]
+        examples = session.scalars(
+            select(TopExample).where(TopExample.feature_id == feature.id).order_by(TopExample.rank)
+        ).all()
+        assert len(examples) == len(rows)
+        for example, row in zip(examples, rows, strict=True):
+            protein = session.get(Protein, example.protein_id)
+            assert protein is not None and protein.accession == row["accession"]
+            assert protein.sequence == row["sequence"]
+            values = decode_values(example.residue_values)
+            assert values.shape == (len(row["sequence"]),)
+            expected = [KYTE_DOOLITTLE.get(aa, 0.0) for aa in row["sequence"]]
+            np.testing.assert_allclose(values, expected, atol=2e-3)
+        structure = session.scalars(select(Structure)).one()
+        assert structure.sequence_positions == [0, 1, -1, 2, 3]
+        hit = session.scalars(select(GoEnrichment)).one()
+        assert hit.go_id in terms and hit.study_hits == 2
+
+
+def test_publish_is_atomic(migrated_engine: Engine, shared_dir: Path) -> None:
+    rows = human_proteins(shared_dir, 5)
+
+    def failing_load(session: Session, run: Run) -> None:
+        _insert_proteins(session, rows)
+        session.add(Sae(run_id=run.id, name="s", kind="topk", level="protein", layer=1,
+                        d_in=4, n_latents=8))  # fmt: skip
+        session.flush()
+        raise RuntimeError("crash mid-load")
+
+    run = Run(name="crashy", base_model="m", checkpoint_sha256="0", layer=1, corpus="c")
+    with pytest.raises(RuntimeError, match="crash mid-load"):
+        publish_run(migrated_engine, run, failing_load)
+    with session_factory(migrated_engine)() as session:
+        assert session.scalar(select(func.count()).select_from(Run)) == 0
+        assert session.scalar(select(func.count()).select_from(Protein)) == 0
+        assert session.scalar(select(func.count()).select_from(Sae)) == 0
+
+    ok = Run(name="crashy", base_model="m", checkpoint_sha256="0", layer=1, corpus="c")
+    publish_run(migrated_engine, ok, lambda s, r: None)
+    again = Run(name="crashy", base_model="m", checkpoint_sha256="0", layer=1, corpus="c")
+    with pytest.raises(RunExistsError):
+        publish_run(migrated_engine, again, lambda s, r: None)
+    replacement = Run(name="crashy", base_model="m2", checkpoint_sha256="1", layer=2, corpus="c")
+    publish_run(migrated_engine, replacement, lambda s, r: None, replace=True)
+    with session_factory(migrated_engine)() as session:
+        assert session.scalars(select(Run.base_model)).all() == ["m2"]
+
+
+def test_reserve_ids_do_not_collide(migrated_engine: Engine, shared_dir: Path) -> None:
+    rows = human_proteins(shared_dir, 6)
+    with session_factory(migrated_engine)() as session, session.begin():
+        first = _insert_proteins(session, rows[:3])
+        second = _insert_proteins(session, rows[3:])
+    assert len(set(first) | set(second)) == 6
+    with session_factory(migrated_engine)() as session, session.begin():
+        # An ORM insert after a bulk load must not reuse a reserved id.
+        session.add(Protein(accession="ORM1", length=3, sequence="MKV"))
+    with session_factory(migrated_engine)() as session:
+        assert session.scalar(select(func.count()).select_from(Protein)) == 7
