@@ -84,3 +84,11 @@ def migrated_engine(store_url: str) -> Iterator[Engine]:
     engine = make_engine(store_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def demo_store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A small real published run in SQLite (see tests/store_fixture.py)."""
+    from tests.store_fixture import build_store
+
+    return build_store(shared_dir, tmp_path_factory.mktemp("demo") / "store.sqlite")
