@@ -84,7 +84,7 @@ def _map_chain(path: Path, chain_id: str, sequence: str) -> tuple[str, list[str]
     aligner.end_gap_score = 0
     alignment = aligner.align(chain_seq, sequence)[0]
     positions = [-1] * len(chain_seq)
-    for (s0, s1), (t0, t1) in zip(*alignment.aligned, strict=True):
+    for (s0, s1), (t0, _t1) in zip(*alignment.aligned, strict=True):
         for offset in range(s1 - s0):
             if chain_seq[s0 + offset] == sequence[t0 + offset]:
                 positions[s0 + offset] = int(t0 + offset)
