@@ -67,7 +67,9 @@ def main() -> None:
             f"max {t['max_s'] * per100k:.2f}, encode {t['encode_s'] * per100k:.2f}"
         )
         for a in s["concepts_associated"]:
-            print(f"    {a['concept']}: neuron {a['feature']} t={a['threshold']} F1 {a['f1_test']:.3f}")
+            print(
+                f"    {a['concept']}: neuron {a['feature']} t={a['threshold']} F1 {a['f1_test']:.3f}"
+            )
     print(f"total wall per 100k residues (all layers, 2 passes): {wall * 1e5 / n_res:.1f} s")
 
 

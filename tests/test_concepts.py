@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.esm_activations import CachingEncoder
 from trainer.concepts import ConceptsConfig, run_concepts_stage
 from trainer.concepts.labels import (
     LabelFileError,
@@ -49,23 +50,6 @@ def neurons(shared_dir: Path) -> Iterator[EsmNeurons]:
     torch.set_num_threads(1)
     yield EsmNeurons(shared_dir / MODEL, [2, 4])
     torch.set_num_threads(threads)
-
-
-class CachingEncoder:
-    """Encodes each sequence once (the stage asks twice: max pass and count pass)."""
-
-    def __init__(self, neurons: EsmNeurons, layer: int) -> None:
-        self.encode = neurons.encoder(layer)
-        self.cache: dict[str, np.ndarray] = {}
-        self.calls = 0
-
-    def __call__(self, sequences: list[str]) -> list[np.ndarray]:
-        self.calls += 1
-        todo = [s for s in dict.fromkeys(sequences) if s not in self.cache]
-        for i in range(0, len(todo), 8):
-            batch = todo[i : i + 8]
-            self.cache.update(zip(batch, self.encode(batch), strict=True))
-        return [self.cache[s] for s in sequences]
 
 
 def reference_metrics(
@@ -281,9 +265,7 @@ def test_stage_end_to_end_on_neurons(label_dir: Path, neurons: EsmNeurons, tmp_p
     fmax = np.max([a.max(axis=0) for a in cache.values()], axis=0)
     concepts = {
         c.name: c
-        for c in (
-            subsample(read_concept(label_dir / f"{n}.tsv.gz"), 20, 3) for n in STAGE_CONCEPTS
-        )
+        for c in (subsample(read_concept(label_dir / f"{n}.tsv.gz"), 20, 3) for n in STAGE_CONCEPTS)
     }
     z = np.load(out / "neurons_L4" / "alignments.npz", allow_pickle=False)
     summary = summaries["neurons_L4"]
@@ -301,6 +283,8 @@ def test_stage_end_to_end_on_neurons(label_dir: Path, neurons: EsmNeurons, tmp_p
         )
         assert b["f1_test"] == pytest.approx(ref["f1"][0], rel=1e-9)
         assert b["site_recall_test"] == pytest.approx(ref["site_recall"][0], rel=1e-9)
+        base = np.concatenate([c.labels for c in test]).mean()
+        assert b["f1_fire_everywhere_test"] == pytest.approx(2 * base / (1 + base))
         row = (z["concept"] == name) & (z["feature_index"] == b["feature"]) & (z["split"] == "test")
         assert row.sum() == 1 and z["f1"][row][0] == pytest.approx(b["f1_test"], rel=1e-6)
     assert summary["n_concepts_associated"] == sum(

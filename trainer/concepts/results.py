@@ -59,6 +59,11 @@ def _kept_features(train_f1: np.ndarray, test_f1: np.ndarray, top: int, keep: fl
     return np.union1d(order, np.flatnonzero((train_f1 > keep) | (test_f1 > keep)))
 
 
+def _f1_everywhere(counts: ConceptCounts) -> float:
+    base = counts.n_positive / counts.n_residues if counts.n_residues else 0.0
+    return 2 * base / (1 + base)
+
+
 def dictionary_results(
     out: Path,
     name: str,
@@ -101,6 +106,8 @@ def dictionary_results(
                 **{f"{m}_test": float(pair.test[m][top]) for m in METRIC_NAMES},
                 "max_test_f1": float(pair.test["f1"].max()),
                 "n_features_test_f1_gt": int((pair.test["f1"] > cfg.associated_f1).sum()),
+                # the trivial predictor (every residue fires): F1 = 2p / (1 + p), p = base rate
+                "f1_fire_everywhere_test": _f1_everywhere(test),
             }
         )
     arrays = {
