@@ -1,0 +1,1 @@
+"""Claude explanations of features, scored by predicting held-out activations (seed protocol)."""
