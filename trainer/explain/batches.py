@@ -36,8 +36,10 @@ def _submit_or_resume(client: ClaudeClient, todo: dict[str, ClaudeRequest], stat
             return str(saved["batch_id"])
     client.meter.check()
     try:
+        first = next(iter(todo.values()))
         batch = client.sdk.messages.batches.create(
-            requests=[{"custom_id": k, "params": r.params()} for k, r in todo.items()]  # type: ignore[typeddict-item,misc]
+            requests=[{"custom_id": k, "params": r.params()} for k, r in todo.items()],  # type: ignore[typeddict-item,misc]
+            **first.legacy_options(),
         )
     except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
         raise ExplainAuthError(

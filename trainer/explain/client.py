@@ -25,6 +25,7 @@ import anthropic
 from trainer.explain.costs import CostMeter, Usage
 from trainer.explain.prompts import MalformedReply
 
+LEGACY_API_VERSION = "2023-06-01"  # the last API version that accepts temperature
 Validator = Callable[[dict[str, Any]], Any]
 
 
@@ -40,15 +41,21 @@ class ClaudeRequest:
     system: str
     prompt: str
     tool: dict[str, Any]
-    temperature: float
+    temperature: float | None
     max_tokens: int
 
     def params(self) -> dict[str, Any]:
-        """Keyword arguments for ``messages.create`` (also a batch request's ``params``)."""
+        """The request body (also a batch request's ``params``).
+
+        API version 2026-10-21 (the SDK 2.x default) rejects sampling parameters, so
+        ``temperature`` is sent only when set, and then under the legacy API version
+        (see :meth:`legacy_options`).
+        """
+        extra = {} if self.temperature is None else {"temperature": self.temperature}
         return {
+            **extra,
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
             # The shared instructions are identical across features: cache them.
             "system": [
                 {"type": "text", "text": self.system, "cache_control": {"type": "ephemeral"}}
@@ -57,6 +64,20 @@ class ClaudeRequest:
             "tool_choice": {"type": "tool", "name": self.tool["name"]},
             "messages": [{"role": "user", "content": self.prompt}],
         }
+
+    def legacy_options(self) -> dict[str, Any]:
+        """SDK call options that carry ``temperature`` (absent from SDK 2.x's signature)."""
+        if self.temperature is None:
+            return {}
+        return {"extra_headers": {"anthropic-version": LEGACY_API_VERSION}}
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``messages.create``."""
+        body = self.params()
+        temperature = body.pop("temperature", None)
+        if temperature is None:
+            return body
+        return {**body, **self.legacy_options(), "extra_body": {"temperature": temperature}}
 
     @property
     def key(self) -> str:
@@ -168,7 +189,7 @@ class ClaudeClient:
             try:
                 with self._lock:
                     self.requests_made += 1
-                return self.sdk.messages.create(**req.params())
+                return self.sdk.messages.create(**req.create_kwargs())
             except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
                 raise ExplainAuthError(
                     f"the Anthropic API rejected the key ({exc.status_code}): check "

@@ -122,10 +122,10 @@ def finish_record(sample: FeatureSample, job: FeatureJob | None, model: str) -> 
         prompt_hash=req.key,
         prompt=req.prompt,
         explain_rows=sample.explain_rows,
-        explain_activations=[round(a, 6) for a in sample.explain_acts],
+        explain_activations=sample.explain_acts,
         test_accessions=job.test_ids,
         test_rows=sample.test_rows,
-        actual=[round(a, 6) for a in sample.test_acts],
+        actual=sample.test_acts,
     )
     if job.explained is None:
         return {**rec, "status": "pending", "reason": "budget exhausted before this feature"}

@@ -36,8 +36,10 @@ ResidueValues = Callable[[str, int, int], np.ndarray]
 class ExplainConfig(BaseModel):
     """Every parameter of the explain stage (recorded in the run's config)."""
 
-    model: str = "claude-sonnet-4-5"
-    temperature: float = 0.0
+    model: str = "claude-sonnet-4-6"
+    # None: not sent (API 2026-10-21 rejects sampling parameters). A value (the seed used 0) is
+    # sent under the legacy API version 2023-06-01, for models that still accept it.
+    temperature: float | None = None
     max_tokens: int = 1024
     concurrency: int = Field(4, ge=1)
     budget_usd: float | None = 25.0
