@@ -314,3 +314,125 @@ def test_residue_level_prompts_show_where_it_fires(
             pos = int(site.group(2)) - 1
             assert real.corpus.sequences[row][pos] == site.group(1)
             assert site.group(4) == f"{act:.2f}"  # the strongest residue is the protein's max
+
+
+def test_labels_from_real_go_enrichment(
+    real: SimpleNamespace, tmp_path: Path, shared_dir: Path
+) -> None:
+    import gzip
+    import shutil
+
+    from goatools.obo_parser import GODag
+
+    from trainer.explain.labels import GoHit, auto_labels, go_label, pfam_label
+
+    obo = tmp_path / "go-basic.obo"
+    with gzip.open(shared_dir / "data/go/go-basic.obo.gz", "rb") as src, obo.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    dag = GODag(str(obo), prt=None)
+    c = real.corpus
+    ann = [c.go_bp[i] | c.go_mf[i] | c.go_cc[i] for i in range(len(c.accessions))]
+    big = int(np.argmax((real.sae > 0).sum(0)))
+    study = np.flatnonzero(real.sae[:, big] > 0)
+    n_pop, n_study = len(ann), len(study)
+    hits = []
+    for term in set().union(*ann):
+        if term not in dag:
+            continue
+        k = sum(term in ann[i] for i in study)
+        m = sum(term in a for a in ann)
+        p = float(stats.hypergeom.sf(k - 1, n_pop, m, n_study)) if k else 1.0
+        hits.append(
+            GoHit(
+                term,
+                dag[term].name,
+                dag[term].namespace[:1].upper(),
+                dag[term].depth,
+                p,
+                (k / n_study) / (m / n_pop),
+            )
+        )
+    sig = [h for h in hits if h.q_value < 0.05]
+    label = go_label(hits)
+    if sig:
+        assert label is not None and label.source == "auto:go"
+        assert f"({max(sig, key=lambda h: (h.depth, -h.q_value)).go_id}," in label.text
+    else:
+        assert label is None
+    # Pfam fallback: kinase domain shared by 3 of 4 top proteins wins; 1 of 4 is not dominant.
+    assert (
+        pfam_label([{"PF00069"}, {"PF00069", "PF07714"}, {"PF00069"}, set()]).text == "Pfam PF00069"
+    )  # type: ignore[union-attr]
+    assert pfam_label([{"PF00069"}, set(), set(), set()]) is None
+    labels = auto_labels({big: hits}, {7: [{"PF00069"}, {"PF00069"}]})
+    assert labels[7].source == "auto:pfam" and (big in labels) == bool(sig)
+
+
+def test_explanations_reach_the_store(real: SimpleNamespace, tmp_path: Path, key: str) -> None:
+    from sqlalchemy import func, select
+
+    from app.store import migrate
+    from app.store.engine import make_engine, session_factory
+    from app.store.publish import publish_run
+    from app.store.schema import AnalysisSummary, Explanation, ExplanationScore, Feature, Run, Sae
+    from trainer.explain.labels import AutoLabel
+    from trainer.explain.store_load import load_auto_labels, load_explanations
+
+    wd = workdir(tmp_path, real)
+    with FakeAnthropic(key) as fake:
+        run(wd, real, fake, cfg(n_features=3))
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+
+    def load(session: Any, run_row: Run) -> None:
+        for name, acts in (("sae", real.sae), ("neurons", real.neurons)):
+            kind = "topk" if name == "sae" else "neurons"
+            sae = Sae(
+                run_id=run_row.id,
+                name=name,
+                kind=kind,
+                level="protein",
+                layer=3,
+                d_in=192,
+                n_latents=acts.shape[1],
+            )
+            session.add(sae)
+            session.flush()
+            feats = [
+                Feature(sae_id=sae.id, index=j, max_activation=float(acts[:, j].max()))
+                for j in range(acts.shape[1])
+            ]
+            session.add_all(feats)
+            session.flush()
+            ids = {f.index: f.id for f in feats}
+            load_explanations(session, wd, name, sae.id, ids)
+            load_auto_labels(
+                session,
+                {0: AutoLabel("nucleus (GO:0005634, cellular component)", "auto:go", "")},
+                ids,
+            )
+
+    publish_run(
+        engine,
+        Run(
+            name="demo",
+            base_model="esm2_t4_2M_sprot14mini",
+            checkpoint_sha256="0" * 64,
+            layer=3,
+            corpus="human",
+        ),
+        load,
+    )
+    with session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Explanation)) == 6
+        assert s.scalar(select(func.count()).select_from(ExplanationScore)) == 6
+        scored = s.scalars(select(Feature).where(Feature.explanation_score.is_not(None))).all()
+        assert len(scored) == 6
+        payload = s.scalars(select(AnalysisSummary.payload)).all()
+        assert any(p.get("comparison", {}).get("neurons") for p in payload)
+        labelled = s.scalars(select(Feature).where(Feature.auto_label_source == "auto:go")).all()
+        assert len(labelled) == 2
+        e = s.scalars(select(Explanation)).first()
+        assert e is not None and e.prompt and len(e.prompt_hash) == 64
+    engine.dispose()
