@@ -71,7 +71,9 @@ def test_layer_norm_is_biased_with_eps_inside_sqrt() -> None:
     x = torch.tensor([[1.0, 2.0, 3.0, 10.0]])
     x_n, stats = layer_norm(x)
     assert torch.allclose(x_n, torch.nn.functional.layer_norm(x, (4,), eps=1e-5))
-    assert math.isclose(float(stats.std), math.sqrt(x.var(unbiased=False).item() + 1e-5), rel_tol=1e-6)
+    assert math.isclose(
+        float(stats.std), math.sqrt(x.var(unbiased=False).item() + 1e-5), rel_tol=1e-6
+    )
 
 
 def test_aux_k_uses_only_dead_latents() -> None:
@@ -86,7 +88,9 @@ def test_aux_k_uses_only_dead_latents() -> None:
     assert pre.grad is not None
     assert torch.equal(pre.grad[0, ~dead], torch.zeros(2)), "live latents must get no AuxK gradient"
     assert (pre.grad[0, dead] != 0).all()
-    none_dead = aux_k_loss(pre2, residual, decoder, torch.zeros(4, dtype=torch.bool), 2, torch.ones(2, 1))
+    none_dead = aux_k_loss(
+        pre2, residual, decoder, torch.zeros(4, dtype=torch.bool), 2, torch.ones(2, 1)
+    )
     assert float(none_dead) == 0.0
     # fewer dead latents than k_aux scales the loss by #dead / k_aux
     one_dead = torch.tensor([False, True, False, False])
@@ -135,7 +139,9 @@ def test_batchtopk_threshold_used_at_inference() -> None:
     z = sae.encode(x)
     assert torch.equal(z > 0, pre > 0.05)
     assert torch.equal(z[z > 0], pre[pre > 0.05])
-    torch.testing.assert_close(sae.encode(x[:1]), z[:1], msg="inference must not depend on the batch")
+    torch.testing.assert_close(
+        sae.encode(x[:1]), z[:1], msg="inference must not depend on the batch"
+    )
 
 
 # ---- the API on real activations -----------------------------------------------------------
@@ -170,7 +176,11 @@ def test_save_load_round_trip_and_refuses_mismatch(acts: RealActivations, tmp_pa
         _randomise(module)
         module.eval()
         folder = tmp_path / module.kind
-        p = prov if module.kind != "neurons" else Provenance(**{**prov.__dict__, "normalisation": "none"})
+        p = (
+            prov
+            if module.kind != "neurons"
+            else Provenance(**{**prov.__dict__, "normalisation": "none"})
+        )
         p = Provenance(**{**p.__dict__, "out_layer": 4}) if module.kind == "transcoder" else p
         save_dictionary(module, folder, p, config={"note": "test"})
         loaded = load_dictionary(folder, expect=p)
@@ -179,9 +189,13 @@ def test_save_load_round_trip_and_refuses_mismatch(acts: RealActivations, tmp_pa
     with pytest.raises(ValueError, match=r"layer: saved 3, expected 2"):
         load_dictionary(tmp_path / "topk", expect=Provenance(**{**prov.__dict__, "layer": 2}))
     with pytest.raises(ValueError, match="checkpoint_sha256"):
-        load_dictionary(tmp_path / "topk", expect=Provenance(**{**prov.__dict__, "checkpoint_sha256": "0" * 64}))
+        load_dictionary(
+            tmp_path / "topk", expect=Provenance(**{**prov.__dict__, "checkpoint_sha256": "0" * 64})
+        )
     with pytest.raises(ValueError, match="level"):
-        load_dictionary(tmp_path / "topk", expect=Provenance(**{**prov.__dict__, "level": "residue"}))
+        load_dictionary(
+            tmp_path / "topk", expect=Provenance(**{**prov.__dict__, "level": "residue"})
+        )
     weights = tmp_path / "topk" / "sae.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ValueError, match="sha256"):

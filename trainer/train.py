@@ -111,7 +111,8 @@ def build_module(spec: SaeSpec, d_in: int, d_out: int) -> Dictionary:
 def evaluate(module: Dictionary, x: Tensor, y: Tensor, chunk: int = 4096) -> dict[str, Any]:
     """Held-out metrics: FVE (1 − SSE/SST about the target's mean), MSE, L0, dead fraction."""
     module.eval()
-    sse, fired, l0_sum = 0.0, torch.zeros(module.n_latents, dtype=torch.bool), 0.0
+    sse, l0_sum = 0.0, 0.0
+    fired = torch.zeros(module.n_latents, dtype=torch.bool, device=x.device)
     for start in range(0, x.shape[0], chunk):
         recon, z = module(x[start : start + chunk])
         sse += float((recon.double() - y[start : start + chunk].double()).pow(2).sum())
@@ -166,21 +167,25 @@ def train_dictionary(
     checkpoint_dir: Path | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[Dictionary, dict[str, Any]]:
     """Train one dictionary on ``x_train [N, d_in]`` (targets ``y_train [N, d_out]`` for transcoders).
 
     Returns the best-validation-MSE module (eval mode) and its held-out metrics. With
     ``checkpoint_dir`` it resumes from the last checkpoint there. ``on_step(step)`` runs after each
-    step (progress hooks; raising from it interrupts training like a crash would).
+    step (progress hooks; raising from it interrupts training like a crash would). ``device``:
+    where to train (batches are drawn on the CPU generator, so the draw is device-independent);
+    the module comes back on the CPU.
     """
-    x, y, xv, yv = _prepare(spec, (x_train, y_train, x_val, y_val))
-    torch.manual_seed(spec.seed)  # the initialisation
-    module = build_module(spec, x.shape[1], y.shape[1])
+    dev = torch.device(device)
+    x, y, xv, yv = (t.to(dev) for t in _prepare(spec, (x_train, y_train, x_val, y_val)))
+    torch.manual_seed(spec.seed)  # the initialisation, on the CPU whatever the device
+    module = build_module(spec, x.shape[1], y.shape[1]).to(dev)
     if not isinstance(module, SparseDictionary):  # the neuron baseline has nothing to train
-        return module, evaluate(module, xv, yv) | {"steps": 0, "n_train": 0}
+        return module.cpu(), evaluate(module, xv, yv) | {"steps": 0, "n_train": 0}
     _init_decoder_bias(module, x, y)
     optimiser = torch.optim.Adam(module.parameters(), lr=spec.lr, eps=6.25e-10)  # OpenAI's eps
-    state = _TrainState(torch.Generator().manual_seed(spec.seed), module.n_latents)
+    state = _TrainState(torch.Generator().manual_seed(spec.seed), module.n_latents, dev)
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     if path is not None and path.exists():
         state.restore(path, spec, module, optimiser)
@@ -189,7 +194,7 @@ def train_dictionary(
     bar = tqdm(range(state.step, spec.steps), initial=state.step, total=spec.steps,
                desc=spec.name, disable=not progress)  # fmt: skip
     for step in bar:
-        idx = torch.randint(x.shape[0], (spec.batch_size,), generator=state.generator)
+        idx = torch.randint(x.shape[0], (spec.batch_size,), generator=state.generator).to(dev)
         module.train()
         dead = state.since_fired >= spec.dead_threshold
         loss, _, z = module.training_loss(x[idx], y[idx], dead)
@@ -207,7 +212,7 @@ def train_dictionary(
             val = evaluate(module, xv, yv)
             state.consider(val, module)
             bar.set_postfix(
-                loss=f"{float(loss):.4f}", fve=f"{val['fve']:.3f}", l0=f"{val['l0']:.1f}"
+                loss=f"{float(loss.detach()):.4f}", fve=f"{val['fve']:.3f}", l0=f"{val['l0']:.1f}"
             )
         if path is not None and state.step % spec.checkpoint_every == 0:
             state.save(path, spec, module, optimiser)
@@ -227,7 +232,7 @@ def train_dictionary(
     }
     if isinstance(module.activation, BatchTopK):
         metrics["threshold"] = float(module.activation.threshold)
-    return module.eval(), metrics
+    return module.cpu().eval(), metrics
 
 
 @torch.no_grad()
@@ -244,10 +249,11 @@ def _init_decoder_bias(module: SparseDictionary, x: Tensor, y: Tensor) -> None:
 class _TrainState:
     """What, besides the module and optimiser, a resumed run needs to continue identically."""
 
-    def __init__(self, generator: torch.Generator, n_latents: int) -> None:
+    def __init__(self, generator: torch.Generator, n_latents: int, device: torch.device) -> None:
         self.generator = generator
+        self.device = device
         self.step = 0
-        self.since_fired = torch.zeros(n_latents, dtype=torch.long)
+        self.since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
         self.best_mse = float("inf")
         self.best_step = 0
         self.best_state: dict[str, Tensor] | None = None
@@ -279,12 +285,12 @@ class _TrainState:
     def restore(
         self, path: Path, spec: SaeSpec, module: SparseDictionary, opt: torch.optim.Optimizer
     ) -> None:
-        blob = torch.load(path, weights_only=True)
+        blob = torch.load(path, weights_only=True, map_location=self.device)
         if blob["spec"] != spec.model_dump():
             raise ValueError(f"{path}: checkpoint was made with another spec; delete it to restart")
         module.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
-        self.generator.set_state(blob["generator"])
+        self.generator.set_state(blob["generator"].cpu())
         self.step, self.since_fired = blob["step"], blob["since_fired"]
         self.best_mse, self.best_step = blob["best_mse"], blob["best_step"]
         self.best_state = blob["best_state"]
