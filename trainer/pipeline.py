@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
 from rich.console import Console
 from rich.table import Table
 
-from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
 from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
 from app.settings import Settings
 from app.store.engine import make_engine
@@ -92,7 +92,9 @@ class Pipeline:
                     control = spec.model_copy(update={"name": spec.name + RANDOM_SUFFIX})
                     plans.append(DictionaryPlan(control, RANDOM_SUBDIR, True, spec.name))
         for layer in self.cfg.neurons.layers:
-            for level in sorted({s.level for s in self.cfg.saes if s.layer == layer} or {"protein"}):
+            for level in sorted(
+                {s.level for s in self.cfg.saes if s.layer == layer} or {"protein"}
+            ):
                 spec = SaeSpec(name=f"L{layer}-{level}-neurons", kind="neurons", level=level,
                                layer=layer, expansion=1.0)  # fmt: skip
                 plans.append(DictionaryPlan(spec, "embeddings"))
@@ -176,7 +178,9 @@ class Pipeline:
                 if spec.kind in ("neurons", "transcoder") or spec.out_layer is not None:
                     return out
                 with torch.inference_mode():
-                    out |= loss_recovered(model, held_out, spec.layer, residue_reconstructor(module))
+                    out |= loss_recovered(
+                        model, held_out, spec.layer, residue_reconstructor(module)
+                    )
                 out["loss_recovered_n_proteins"] = len(held_out)
                 return out
 
