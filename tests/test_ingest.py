@@ -95,11 +95,11 @@ def test_protein_table_reads_real_rows(human_slice: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c[:9] + [c[9][:11] + "#" + c[9][12:]], "human.tsv:17: sequence has invalid character '#' at position 12"),
+        (lambda c: [*c[:9], c[9][:11] + "#" + c[9][12:]], "human.tsv:17: sequence has invalid character '#' at position 12"),
         (lambda c: c[:8], "human.tsv:17: expected 10 tab-separated columns, got 8"),
-        (lambda c: c[:5] + ["7"] + c[6:], "human.tsv:17: length column says '7' but the sequence has"),
-        (lambda c: c[:6] + ["GO:12"] + c[7:], "human.tsv:17: column go_bp: 'GO:12' is not a GO id"),
-        (lambda c: [""] + c[1:], "human.tsv:17: empty accession"),
+        (lambda c: [*c[:5], "7", *c[6:]], "human.tsv:17: length column says '7' but the sequence has"),
+        (lambda c: [*c[:6], "GO:12", *c[7:]], "human.tsv:17: column go_bp: 'GO:12' is not a GO id"),
+        (lambda c: ["", *c[1:]], "human.tsv:17: empty accession"),
     ],
 )  # fmt: skip
 def test_bad_table_rows_name_file_and_line(
@@ -117,7 +117,7 @@ def test_merge_keeps_first_and_unions_go(human_slice: Path, tmp_path: Path) -> N
     # The same real proteins in another file with only their MF ids and another source name.
     lines = human_slice.read_text().splitlines()
     second = [lines[0]] + [
-        "\t".join(c[:6] + ["", c[7], ""] + c[9:]) for c in (ln.split("\t") for ln in lines[1:50])
+        "\t".join([*c[:6], "", c[7], "", *c[9:]]) for c in (ln.split("\t") for ln in lines[1:50])
     ]
     other = read_protein_tsv(_write(tmp_path / "other.tsv", second))
     merged = merge_corpora([other, first])

@@ -72,7 +72,13 @@ def test_experimental_chain_with_insertion_codes_maps_by_alignment(
     aligned = [p for p in pos if p >= 0]
     assert aligned == sorted(set(aligned)), "positions must increase strictly"
     # Residue numbers are not positions: chymotrypsin numbering skips and inserts.
-    assert sum(int("".join(c for c in r if c.isdigit())) - 1 != p for r, p in zip(ids, pos)) > 100
+    assert (
+        sum(
+            int("".join(c for c in r if c.isdigit())) - 1 != p
+            for r, p in zip(ids, pos, strict=True)
+        )
+        > 100
+    )
     matches = sum(residues.sequence[i] == protein[p] for i, p in enumerate(pos) if p >= 0)
     assert matches / len(aligned) == pytest.approx(found.identity)
     assert found.identity >= 0.99 and found.coverage == 1.0
