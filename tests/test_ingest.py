@@ -8,6 +8,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from Bio.PDB import MMCIFIO
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -23,11 +24,13 @@ from trainer.corpus import (
 )
 from trainer.ingest import (
     IngestConfig,
+    StructureFile,
     insert_structures,
     load_structure_mappings,
     run_ingest,
     upsert_proteins,
 )
+from trainer.structures import StructureMappingError, read_structure
 from trainer.validate import IngestError
 
 PROTEINS = Path("data/proteins")
@@ -272,3 +275,26 @@ def test_store_upsert_is_idempotent(
         p = session.get(Protein, all_ids[corpus.accessions[0]])
         assert p is not None and p.sequence == corpus.sequences[0]
         assert p.go_bp == (";".join(sorted(corpus.go_bp[0])) or None)
+
+
+def test_user_mmcif_structure_is_mapped(tmp_path: Path, shared_dir: Path) -> None:
+    """A user's own mmCIF chain (a real entry re-written as mmCIF) enters with its accession."""
+    cif = tmp_path / "mine.cif"
+    io = MMCIFIO()
+    io.set_structure(read_structure(shared_dir / "data/structures/db5.5/1JK9_r_u.pdb.gz"))
+    io.save(str(cif))
+    cfg = IngestConfig(
+        protein_tsvs=[shared_dir / STRUCTURE_PROTEINS],
+        structure_files=[StructureFile(path=cif, chain="A", accession="P40202")],
+        max_proteins=20,
+    )
+    corpus = run_ingest(tmp_path / "run", cfg)
+    assert "P40202" in corpus.index() and len(corpus) == 20
+    (mapping,) = load_structure_mappings(tmp_path / "run")
+    assert mapping.format == "mmcif" and mapping.source == "user"
+    assert mapping.identity == 1.0 and mapping.file_path == str(cif.resolve())
+    bad = cfg.model_copy(
+        update={"structure_files": [StructureFile(path=cif, chain="A", accession="P07270")]}
+    )
+    with pytest.raises(StructureMappingError, match=r"identity|coverage"):
+        run_ingest(tmp_path / "bad", bad.model_copy(update={"max_proteins": None}))
