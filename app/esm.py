@@ -73,7 +73,12 @@ def load_esm(path_or_name: str | Path, device: str = "auto") -> LoadedModel:
     """Load an ESM2 checkpoint by local path, or by fair-esm name (needs the network); cached."""
     dev = resolve_device(device)
     path = Path(path_or_name)
-    is_local = isinstance(path_or_name, Path) or path.exists() or path.suffix == ".pt" or "/" in str(path_or_name)
+    is_local = (
+        isinstance(path_or_name, Path)
+        or path.exists()
+        or path.suffix == ".pt"
+        or "/" in str(path_or_name)
+    )
     if is_local:
         if not path.is_file():
             raise ModelLoadError(f"ESM checkpoint not found: {path}")
@@ -254,9 +259,7 @@ def embed_concatenated(
     ]
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in sequences], out=offsets[1:])
-    out = {
-        layer: np.empty((int(offsets[-1]), loaded.embed_dim), dtype=dtype) for layer in layers
-    }
+    out = {layer: np.empty((int(offsets[-1]), loaded.embed_dim), dtype=dtype) for layer in layers}
     torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
     batches = token_batches([p.end - p.start for p in pieces], max_tokens_per_batch)
     with torch.inference_mode(), autocast_for(loaded.device):

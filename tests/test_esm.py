@@ -104,7 +104,7 @@ def test_plan_windows_cover_each_residue_once(shared_dir: Path) -> None:
 def test_bad_input_is_named(loaded: LoadedModel) -> None:
     with pytest.raises(ValueError, match="sequence 1 has letters outside"):
         embed_sequences(loaded, ["MKT", "MKJT"], [1])
-    with pytest.raises(ValueError, match="outside 0..4"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.4"):
         embed_sequences(loaded, ["MKT"], [5])
 
 

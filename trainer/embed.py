@@ -38,7 +38,9 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(description="Local fair-esm ESM2 checkpoint path, or a fair-esm model name.")
-    layers: list[int] | None = Field(default=None, description="Layers to keep; None = 0..n_layers.")
+    layers: list[int] | None = Field(
+        default=None, description="Layers to keep; None = 0..n_layers."
+    )
     max_tokens_per_batch: int = Field(default=8192, ge=16)
     shard_max_residues: int = Field(default=200_000, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
@@ -83,7 +85,9 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     diffs = [key for key in _IDENTITY_KEYS if old.get(key) != new.get(key)]
     if diffs:
-        detail = "; ".join(f"{k}: existing {old.get(k)!r} vs requested {new.get(k)!r}" for k in diffs)
+        detail = "; ".join(
+            f"{k}: existing {old.get(k)!r} vs requested {new.get(k)!r}" for k in diffs
+        )
         raise EmbeddingMismatchError(
             f"{path} was made for other inputs ({detail[:600]}); delete the directory or choose "
             "another one to embed again"
@@ -265,13 +269,13 @@ class EmbeddingStore:
                 start = 0
                 while start < len(index):
                     stop = start + 1
-                    while (
-                        stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues
-                    ):
+                    while stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues:
                         stop += 1
                     lo, hi = int(offsets[start]), int(offsets[stop])
-                    yield index[start:stop], offsets[start : stop + 1] - lo, data[lo:hi].astype(
-                        np.float32
+                    yield (
+                        index[start:stop],
+                        offsets[start : stop + 1] - lo,
+                        data[lo:hi].astype(np.float32),
                     )
                     start = stop
 

@@ -43,7 +43,9 @@ def _splice_hook(
         x = x_tbd.transpose(0, 1)  # fair-esm runs blocks as (T, B, d)
         new = replace(x)
         if new.shape != x.shape:
-            raise ValueError(f"replace returned shape {tuple(new.shape)}, expected {tuple(x.shape)}")
+            raise ValueError(
+                f"replace returned shape {tuple(new.shape)}, expected {tuple(x.shape)}"
+            )
         return torch.where(keep.unsqueeze(-1), x, new.to(x.dtype)).transpose(0, 1)
 
     model = loaded.model
