@@ -120,20 +120,36 @@ def _load_local(path: Path) -> tuple[ESM2, esm.data.Alphabet, str, str]:
     return _check_esm2(model, path.name), alphabet, path.stem, file_sha256(path)
 
 
+_HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+
+
 def _load_hub(name: str) -> tuple[ESM2, esm.data.Alphabet, str, str]:
+    """Download into torch's hub cache, then load like a local file.
+
+    fair-esm's own hub loader unpickles with ``weights_only=False``; going through the local loader
+    keeps the Namespace-only rule for downloaded files too.
+    """
     if not name.startswith("esm2"):
         raise ModelLoadError(f"{name!r} is neither an existing file nor a fair-esm ESM2 name")
-    _allow_namespace()
-    try:
-        model, alphabet = esm.pretrained.load_model_and_alphabet_hub(name)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"could not download fair-esm model {name!r} ({type(exc).__name__}: {exc}); without "
-            "network access pass a local checkpoint path (with its -contact-regression.pt beside it)"
-        ) from exc
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
-    sha = file_sha256(cached) if cached.is_file() else "unknown"
-    return _check_esm2(model, name), alphabet, name, sha
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        f"{_HUB_URL}/models/{name}.pt": folder / f"{name}.pt",
+        f"{_HUB_URL}/regression/{name}-contact-regression.pt": folder
+        / f"{name}-contact-regression.pt",
+    }
+    for url, target in files.items():
+        if target.is_file():
+            continue
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not download fair-esm model {name!r} ({type(exc).__name__}: {exc}); "
+                "without network access pass a local checkpoint path (with its "
+                "-contact-regression.pt beside it)"
+            ) from exc
+    return _load_local(folder / f"{name}.pt")
 
 
 def _check_esm2(model: torch.nn.Module, source: str) -> ESM2:
