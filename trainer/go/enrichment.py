@@ -234,11 +234,12 @@ def enrich(
     keep_p: float | None = None,
     block_size: int = 256,
     store_all: bool = False,
+    methods: tuple[str, ...] = ("fdr_bh", "bonferroni"),
 ) -> EnrichmentResult:
     """Test all features of ``activations`` [n_proteins, n_features] in every namespace.
 
-    Keeps the tests with q < alpha or p_bonferroni < alpha (``store_all``: every test with
-    p <= keep_p, for comparisons).
+    Keeps the tests significant by any of ``methods`` ("fdr_bh": q < alpha, "bonferroni":
+    p_bonferroni < alpha); ``store_all`` keeps every test with p <= keep_p (for comparisons).
     """
     keep_p = alpha if keep_p is None else keep_p
     hist, keep = PValueHistogram(), Candidates()
@@ -248,7 +249,13 @@ def enrich(
     c = keep.concat()
     q = hist.bh(c["p"].astype(np.float64))
     bonf = np.minimum(c["p"] * c["m"], 1.0)
-    sel = np.ones(q.size, bool) if store_all else (q < alpha) | (bonf < alpha)
+    sel = np.zeros(q.size, bool)
+    if "fdr_bh" in methods:
+        sel |= q < alpha
+    if "bonferroni" in methods:
+        sel |= bonf < alpha
+    if store_all:
+        sel[:] = True
     k, n, kk, nn = (c[x][sel].astype(np.int64) for x in ("k", "n", "K", "N"))
     odds, fold = effect_sizes(k, n, kk, nn)
     feature = c["feature_index"][sel].astype(np.int64)
