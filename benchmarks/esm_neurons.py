@@ -24,6 +24,7 @@ def pooled_neurons(
     max_len: int = 1022,
     max_tokens: int = 8192,
     random_init_seed: int | None = None,
+    device: str = "cpu",
 ) -> sp.csr_matrix:
     """float32 CSR [n_proteins, len(layers) * d]: ReLU(mean over residues of each layer).
 
@@ -43,7 +44,7 @@ def pooled_neurons(
             alphabet=alphabet,
             token_dropout=model.token_dropout,
         )
-    model.eval()
+    model.eval().to(device)
     convert = alphabet.get_batch_converter()
     crops = [s[:max_len] for s in sequences]
     order = np.argsort([len(s) for s in crops])
@@ -56,10 +57,12 @@ def pooled_neurons(
                 stop += 1
             idx = order[start:stop]
             _, _, tokens = convert([(str(i), crops[i]) for i in idx])
-            reps = model(tokens, repr_layers=list(layers))["representations"]
+            reps = model(tokens.to(device), repr_layers=list(layers))["representations"]
             for j, i in enumerate(idx):
                 n = len(crops[i])
-                out[i] = torch.cat([reps[layer][j, 1 : n + 1].mean(0) for layer in layers]).numpy()
+                out[i] = (
+                    torch.cat([reps[layer][j, 1 : n + 1].mean(0) for layer in layers]).cpu().numpy()
+                )
             start = stop
     return sp.csr_matrix(np.maximum(out, 0.0))
 
