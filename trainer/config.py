@@ -69,7 +69,7 @@ class TrainerConfig(BaseModel):
     loss: LossSection = Field(default_factory=LossSection)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     go: GoConfig
-    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
 
     def digest(self) -> str:

@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
-from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
 from rich.console import Console
 from rich.table import Table
 
+from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
 from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
 from app.settings import Settings
 from app.store.engine import make_engine
@@ -95,7 +95,8 @@ class Pipeline:
             for level in sorted(
                 {s.level for s in self.cfg.saes if s.layer == layer} or {"protein"}
             ):
-                spec = SaeSpec(name=f"L{layer}-{level}-neurons", kind="neurons", level=level,
+                spec = SaeSpec(name=f"L{layer}-{level}-neurons", kind="neurons",
+                               level=cast(Literal["protein", "residue"], level),
                                layer=layer, expansion=1.0)  # fmt: skip
                 plans.append(DictionaryPlan(spec, "embeddings"))
         return plans
@@ -136,7 +137,7 @@ class Pipeline:
                 if spec.out_layer is not None:
                     y = store.pooled(spec.out_layer) - x  # the seed paper's transcoder target
                 return x, y, None, None
-            n = self._residue_samples(spec)
+            n = min(self._residue_samples(spec), int(store.lengths.sum()))
             x = store.sample_residues(spec.layer, n, spec.seed)
             y = store.sample_residues(spec.out_layer, n, spec.seed) if spec.out_layer else None
             return x, y, None, None
@@ -205,16 +206,24 @@ class Pipeline:
 
     def explain(self) -> None:
         from trainer.explain.stage import run_explain_stage
-        from trainer.go.stage import term_names
 
         plans = self.plans()
         saes = [p.spec.name for p in plans if p.spec.kind != "neurons" and not p.is_control]
         neurons = next((p.spec.name for p in plans if p.spec.kind == "neurons"), None)
         result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
-                                   neurons=neurons, go_term_names=term_names(self.workdir),
+                                   neurons=neurons, go_term_names=self._go_term_names(),
                                    corpus=self.corpus)  # fmt: skip
         if result.get("status") == "skipped":
             console.print(f"explain: skipped ({result.get('reason', 'no API key')})")
+
+    def _go_term_names(self) -> dict[str, str]:
+        """Names of every GO id the prompts may show (alt ids resolved to their main term)."""
+        from trainer.go.ontology import load_ontology
+
+        ontology = load_ontology(self.cfg.go.obo_path, self.workdir / "go" / "cache")
+        names = {go_id: term.name for go_id, term in ontology.terms.items()}
+        names.update({alt: names[main] for alt, main in ontology.alt_to_main.items()})
+        return names
 
     def concepts(self) -> None:
         if self.cfg.concepts is None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from app.store.bulk import bulk_insert, reserve_ids
@@ -35,7 +35,7 @@ from app.store.schema import (
     TopExample,
 )
 from trainer.corpus import Corpus, load_corpus
-from trainer.explain.labels import GoHit, auto_labels
+from trainer.explain.labels import GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 
@@ -261,18 +261,19 @@ class DictionaryLoader:
                 }
             )
         bulk_insert(self.session, GoEnrichment, rows)
-        for f in np.flatnonzero(counts):
+        for hit_feature in np.flatnonzero(counts):
             self.session.execute(
-                Feature.__table__.update()
-                .where(Feature.__table__.c.id == feature_ids[int(f)])
-                .values(n_go_hits=int(counts[f]))
+                update(Feature)
+                .where(Feature.id == feature_ids[int(hit_feature)])
+                .values(n_go_hits=int(counts[hit_feature]))
             )
 
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         """Claude explanations + scores (explain stage), and offline labels from GO hits."""
         by_index = dict(enumerate(feature_ids))
         load_explanations(self.session, self.workdir, name, sae.id, by_index)
-        load_auto_labels(self.session, auto_labels(self.go_hits, {}), by_index)
+        hits = cast(Mapping[int, Iterable[GoHitLike]], self.go_hits)
+        load_auto_labels(self.session, auto_labels(hits, {}), by_index)
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         c_dir = self.workdir / "concepts" / name

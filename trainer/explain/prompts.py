@@ -89,16 +89,26 @@ SCORE_TOOL: dict[str, Any] = {
 class CorpusLike(Protocol):
     """What the prompts read from ``trainer.corpus.Corpus`` (parallel lists in corpus order)."""
 
-    accessions: Sequence[str]
-    sequences: Sequence[str]
-    names: Sequence[str | None]
-    genes: Sequence[str | None]
-    organisms: Sequence[str | None]
-    go_bp: Sequence[set[str]]
-    go_mf: Sequence[set[str]]
-    go_cc: Sequence[set[str]]
-    pfam: Sequence[Any]
-    ec: Sequence[Any]
+    @property
+    def accessions(self) -> Sequence[str]: ...
+    @property
+    def sequences(self) -> Sequence[str]: ...
+    @property
+    def names(self) -> Sequence[str | None]: ...
+    @property
+    def genes(self) -> Sequence[str | None]: ...
+    @property
+    def organisms(self) -> Sequence[str | None]: ...
+    @property
+    def go_bp(self) -> Sequence[set[str]]: ...
+    @property
+    def go_mf(self) -> Sequence[set[str]]: ...
+    @property
+    def go_cc(self) -> Sequence[set[str]]: ...
+    @property
+    def pfam(self) -> Sequence[Any]: ...
+    @property
+    def ec(self) -> Sequence[Any]: ...
 
 
 class MalformedReply(ValueError):
