@@ -33,7 +33,7 @@ def residue_track(sequence: str, values: Sequence[float], scale: float, label: s
         v = values[i] if i < len(values) else 0.0
         step = level(v, scale)
         cls = f' class="{"n" if v < 0 else "s"}{step}"' if step else ""
-        parts.append(f'<span{cls} title="{escape(aa)}{i + 1}: {_fmt(v)}">{escape(aa)}</span>')
+        parts.append(f'<span{cls} title="{escape(aa)}{i + 1}: {v:.4g}">{escape(aa)}</span>')
     aria = escape(label or "residue activations")
     return Markup(f'<p class="track" aria-label="{aria}" data-scale="{scale:.6g}">{"".join(parts)}</p>')
 
