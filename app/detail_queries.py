@@ -181,15 +181,23 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         go_hits=[_go_hit(h, t) for h, t in hits],
         top_examples=top,
         neighbors=[
-            NeighborOut(feature_id=f.id, sae_id=f.sae_id, index=f.index, auto_label=f.auto_label,
-                        cosine=cos)
+            NeighborOut(
+                feature_id=f.id, sae_id=f.sae_id, index=f.index, auto_label=f.auto_label, cosine=cos
+            )
             for cos, f in neighbors
-        ],  # fmt: skip
+        ],
         concepts=[
-            ConceptHit(concept=name, threshold=c.threshold, precision=c.precision, recall=c.recall,
-                       f1=c.f1, site_recall=c.site_recall, split=c.split)
+            ConceptHit(
+                concept=name,
+                threshold=c.threshold,
+                precision=c.precision,
+                recall=c.recall,
+                f1=c.f1,
+                site_recall=c.site_recall,
+                split=c.split,
+            )
             for c, name in concepts
-        ],  # fmt: skip
+        ],
         baseline=_baseline(session, feature, sae),
         track_scale=track_scale(sae.level, feature.max_activation, top),
     )
@@ -218,14 +226,19 @@ def protein_detail(session: Session, accession: str, per_sae: int = 10) -> Prote
     if protein is None:
         raise NotFound(f"no protein with accession {accession!r}")
     annotated = {
-        g for col in (protein.go_bp, protein.go_mf, protein.go_cc) for g in (col or "").split(";") if g
+        g
+        for col in (protein.go_bp, protein.go_mf, protein.go_cc)
+        for g in (col or "").split(";")
+        if g
     }
     terms = _go_refs(session, annotated)
     go_terms = sorted(
         (GoTermRef.model_validate(t) for t in terms.values()), key=lambda t: (t.namespace, t.name)
     )
     structures = session.scalars(
-        select(Structure).where(Structure.protein_id == protein.id).order_by(Structure.coverage.desc())
+        select(Structure)
+        .where(Structure.protein_id == protein.id)
+        .order_by(Structure.coverage.desc())
     ).all()
     rows = session.execute(
         select(ProteinFeature, Feature, Sae)
@@ -238,7 +251,9 @@ def protein_detail(session: Session, accession: str, per_sae: int = 10) -> Prote
     ).all()
     groups: dict[int, ProteinSaeFeatures] = {}
     for pf, feature, sae in rows:
-        group = groups.setdefault(sae.id, ProteinSaeFeatures(sae=SaeSummary.model_validate(sae), features=[]))
+        group = groups.setdefault(
+            sae.id, ProteinSaeFeatures(sae=SaeSummary.model_validate(sae), features=[])
+        )
         group.features.append(
             ProteinFeatureOut(rank=pf.rank, activation=pf.activation,
                               feature=FeatureSummary.model_validate(feature),

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.read_models import (
@@ -30,9 +30,6 @@ from app.read_models import (
     SortOrder,
 )
 from app.store.schema import Explanation, Feature, GoTerm, Protein, Run, Sae
-
-# Explanation scores are correlations in [-1, 1]; a missing one sorts below every real one.
-_MISSING_SCORE = -1.0e30
 
 
 class NotFound(LookupError):
@@ -61,7 +58,9 @@ def run_models(session: Session) -> list[RunOut]:
 def published_sae(session: Session, sae_id: int) -> tuple[Sae, Run]:
     """A dictionary of a published run, or ``NotFound``."""
     row = session.execute(
-        select(Sae, Run).join(Run, Sae.run_id == Run.id).where(Sae.id == sae_id, Run.status == "published")
+        select(Sae, Run)
+        .join(Run, Sae.run_id == Run.id)
+        .where(Sae.id == sae_id, Run.status == "published")
     ).first()
     if row is None:
         raise NotFound(f"no published SAE with id {sae_id}")
@@ -92,20 +91,17 @@ def sae_detail(session: Session, sae_id: int) -> SaeDetail:
     )
 
 
-def _sort_column(sort: SortKey) -> ColumnElement[Any]:
-    if sort == "explanation_score":
-        return func.coalesce(Feature.explanation_score, _MISSING_SCORE)
-    column: ColumnElement[Any] = getattr(Feature, sort)
-    return column
-
-
-def encode_cursor(sort: SortKey, order: SortOrder, value: float | int | None, feature_id: int) -> str:
+def encode_cursor(
+    sort: SortKey, order: SortOrder, value: float | int | None, feature_id: int
+) -> str:
     raw = json.dumps([sort, order, value, feature_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, sort: SortKey, order: SortOrder) -> tuple[float, int]:
-    """The (sort value, id) a cursor points after; ``BadCursor`` if it is not ours or not this sort."""
+def decode_cursor(cursor: str, sort: SortKey, order: SortOrder) -> tuple[float | None, int]:
+    """The (sort value, id) a cursor points after; ``BadCursor`` if it is not ours or not this sort.
+
+    A null value means the cursor is among the features without a value (they come last)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         c_sort, c_order, value, feature_id = json.loads(raw)
@@ -113,7 +109,7 @@ def decode_cursor(cursor: str, sort: SortKey, order: SortOrder) -> tuple[float, 
         raise BadCursor("cursor is not one this API issued") from exc
     if c_sort != sort or c_order != order:
         raise BadCursor(f"cursor was issued for sort={c_sort} order={c_order}, not {sort} {order}")
-    if not isinstance(value, int | float) or not isinstance(feature_id, int):
+    if not isinstance(value, int | float | None) or not isinstance(feature_id, int):
         raise BadCursor("cursor is not one this API issued")
     return value, feature_id
 
@@ -137,8 +133,9 @@ def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[
     text = (filters.q or "").strip()
     if text:
         pattern = f"%{_escape_like(text)}%"
-        explained = exists().where(
-            Explanation.feature_id == Feature.id, Explanation.text.ilike(pattern, escape="\\")
+        # One scan of the explanations (IN), not a correlated lookup per feature.
+        explained = Feature.id.in_(
+            select(Explanation.feature_id).where(Explanation.text.ilike(pattern, escape="\\"))
         )
         clauses.append(or_(Feature.auto_label.ilike(pattern, escape="\\"), explained))
     return clauses
@@ -162,19 +159,31 @@ def list_features(
     published_sae(session, sae_id)
     clauses = _filter_clauses(sae_id, filters)
     total = session.scalar(select(func.count()).select_from(Feature).where(*clauses)) or 0
-    key = _sort_column(sort)
-    page_clauses = list(clauses)
-    if cursor:
-        value, after_id = decode_cursor(cursor, sort, order)
-        if order == "asc":
-            page_clauses.append(or_(key > value, and_(key == value, Feature.id > after_id)))
-        else:
-            page_clauses.append(or_(key < value, and_(key == value, Feature.id < after_id)))
-    ordering = (key.asc(), Feature.id.asc()) if order == "asc" else (key.desc(), Feature.id.desc())
-    rows = session.execute(
-        select(Feature, key).where(*page_clauses).order_by(*ordering).limit(limit + 1)
-    ).all()
-    items = [FeatureSummary.model_validate(row[0]) for row in rows[:limit]]
+    key: ColumnElement[Any] = getattr(Feature, sort)
+    after: tuple[float | None, int] | None = decode_cursor(cursor, sort, order) if cursor else None
+    rows: list[tuple[Feature, float | None]] = []
+    # Features with a value first, in (value, id) order — a plain range scan of the
+    # (sae_id, column) index; then, for the nullable score, the unscored ones by id.
+    if after is None or after[0] is not None:
+        page = [*clauses, *([key.is_not(None)] if sort == "explanation_score" else [])]
+        if after is not None:
+            value, after_id = after
+            newer = key > value if order == "asc" else key < value
+            same = Feature.id > after_id if order == "asc" else Feature.id < after_id
+            page.append(or_(newer, and_(key == value, same)))
+        ordering = (
+            (key.asc(), Feature.id.asc()) if order == "asc" else (key.desc(), Feature.id.desc())
+        )
+        stmt = select(Feature).where(*page).order_by(*ordering).limit(limit + 1)
+        rows = [(f, getattr(f, sort)) for f in session.scalars(stmt)]
+    if sort == "explanation_score" and len(rows) <= limit:
+        tail = [*clauses, key.is_(None)]
+        if after is not None and after[0] is None:
+            tail.append(Feature.id > after[1] if order == "asc" else Feature.id < after[1])
+        id_order = Feature.id.asc() if order == "asc" else Feature.id.desc()
+        stmt = select(Feature).where(*tail).order_by(id_order).limit(limit + 1 - len(rows))
+        rows += [(f, None) for f in session.scalars(stmt)]
+    items = [FeatureSummary.model_validate(f) for f, _ in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last_feature, last_value = rows[limit - 1]
@@ -207,7 +216,9 @@ def search(session: Session, query: str, limit: int = 20) -> SearchResults:
         for feature, sae_name, snippet in session.execute(stmt):
             if feature.id not in features and len(features) < limit:
                 features[feature.id] = FeatureHit(
-                    feature=FeatureSummary.model_validate(feature), sae_name=sae_name, snippet=snippet
+                    feature=FeatureSummary.model_validate(feature),
+                    sae_name=sae_name,
+                    snippet=snippet,
                 )
     upper = text.upper()
     proteins = session.scalars(

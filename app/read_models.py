@@ -117,7 +117,9 @@ class StructureOut(_Orm):
     source: str | None
     structure_type: str | None
     residue_ids: list[str] = Field(description="Author residue ids in ATOM order (e.g. '52A')")
-    sequence_positions: list[int] = Field(description="0-based sequence position per residue, -1 none")
+    sequence_positions: list[int] = Field(
+        description="0-based sequence position per residue, -1 none"
+    )
     identity: float | None
     coverage: float | None
 
@@ -251,7 +253,9 @@ class GoTermDetail(BaseModel):
     definition: str | None
     is_obsolete: bool
     parents: list[str]
-    ancestors: list[GoTermRef] = Field(description="All ancestors via the stored parents, nearest first")
+    ancestors: list[GoTermRef] = Field(
+        description="All ancestors via the stored parents, nearest first"
+    )
     enriched_features: list[EnrichedFeature]
 
 

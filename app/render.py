@@ -10,6 +10,8 @@ import json
 import math
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
 from markupsafe import Markup, escape
 
 LEVELS = 9  # colour steps of the residue scale (class s1..s9; n1..n9 for negative values)
@@ -26,22 +28,52 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+_CLASSES = ("", *(f' class="s{i}"' for i in range(1, LEVELS + 1)))
+_NEG_CLASSES = ("", *(f' class="n{i}"' for i in range(1, LEVELS + 1)))
+
+
+def residue_steps(values: npt.NDArray[np.float32], scale: float) -> npt.NDArray[np.int64]:
+    """``level`` for a whole track at once (same rule: ceil(|v| / scale * 9), clipped to 1..9)."""
+    if scale <= 0:
+        return np.zeros(values.shape, dtype=np.int64)
+    steps = np.ceil(np.abs(values.astype(np.float64)) / scale * LEVELS).clip(0, LEVELS)
+    steps[np.isnan(values)] = 0
+    return steps.astype(np.int64)
+
+
+def _letters(sequence: str) -> list[str]:
+    return [c if c.isalpha() else str(escape(c)) for c in sequence]
+
+
 def residue_track(sequence: str, values: Sequence[float], scale: float, label: str = "") -> Markup:
     """One span per residue, shaded by value/scale, with residue, 1-based position and value on hover."""
-    parts = []
-    for i, aa in enumerate(sequence):
-        v = values[i] if i < len(values) else 0.0
-        step = level(v, scale)
-        cls = f' class="{"n" if v < 0 else "s"}{step}"' if step else ""
-        parts.append(f'<span{cls} title="{escape(aa)}{i + 1}: {v:.4g}">{escape(aa)}</span>')
+    vals = np.zeros(len(sequence), dtype=np.float32)
+    n = min(len(sequence), len(values))
+    vals[:n] = np.asarray(values[:n], dtype=np.float32)
+    steps = residue_steps(vals, scale).tolist()
+    negative = (vals < 0).tolist()
+    parts = [
+        f'<span{(_NEG_CLASSES if neg else _CLASSES)[step]} title="{aa}{i}: {v:.4g}">{aa}</span>'
+        for i, aa, v, step, neg in zip(
+            range(1, len(sequence) + 1),
+            _letters(sequence),
+            vals.tolist(),
+            steps,
+            negative,
+            strict=False,
+        )
+    ]
     aria = escape(label or "residue activations")
-    return Markup(f'<p class="track" aria-label="{aria}" data-scale="{scale:.6g}">{"".join(parts)}</p>')
+    return Markup(
+        f'<p class="track" aria-label="{aria}" data-scale="{scale:.6g}">{"".join(parts)}</p>'
+    )
 
 
 def legend(scale: float, negative: bool = False) -> Markup:
     """The colour key of residue tracks and structures: step i covers ((i-1)/9, i/9] of ``scale``."""
     cells = "".join(
-        f'<span class="s{i}" title="≤ {_fmt(scale * i / LEVELS)}"></span>' for i in range(1, LEVELS + 1)
+        f'<span class="s{i}" title="≤ {_fmt(scale * i / LEVELS)}"></span>'
+        for i in range(1, LEVELS + 1)
     )
     neg = ""
     if negative:
@@ -75,7 +107,9 @@ def sparkline(counts: Sequence[int], width: int = 72, height: int = 18) -> Marku
     )
 
 
-def histogram(edges: Sequence[float], counts: Sequence[int], width: int = 360, height: int = 120) -> Markup:
+def histogram(
+    edges: Sequence[float], counts: Sequence[int], width: int = 360, height: int = 120
+) -> Markup:
     """The feature page's activation histogram, each bar titled with its range and count."""
     if not counts or len(edges) != len(counts) + 1 or max(counts) <= 0:
         return Markup('<p class="muted">No activations recorded.</p>')

@@ -66,7 +66,9 @@ def test_runs_and_saes(client: TestClient, demo_store: Any) -> None:
     assert sae["n_features"] == demo_store.n_features and sae["kind"] == "neurons"
 
 
-@pytest.mark.parametrize(("sort", "order"), [("index", "asc"), ("max_activation", "desc"), ("density", "asc")])
+@pytest.mark.parametrize(
+    ("sort", "order"), [("index", "asc"), ("max_activation", "desc"), ("density", "asc")]
+)
 def test_cursor_pagination_visits_every_feature_once_in_order(
     client: TestClient, demo_store: Any, sort: str, order: str
 ) -> None:
@@ -90,7 +92,9 @@ def test_filters_match_the_stored_columns(
     assert {i["id"] for i in got} == {f["id"] for f in features if f["max_activation"] >= top}
     dead = _walk(client, demo_store.sae_id, dead=True)
     assert {i["id"] for i in dead} == {f["id"] for f in features if f["is_dead"]}
-    first = client.get(f"/api/v1/saes/{demo_store.sae_id}/features", params={"has_go": False, "limit": 5})
+    first = client.get(
+        f"/api/v1/saes/{demo_store.sae_id}/features", params={"has_go": False, "limit": 5}
+    )
     assert first.json()["total"] == sum(f["n_go_hits"] == 0 for f in features)
 
 
@@ -129,7 +133,9 @@ def test_unknown_ids_are_404(client: TestClient, path: str) -> None:
     assert response.json()["error"]["status"] == 404
 
 
-def test_feature_detail_carries_the_stored_residue_values(client: TestClient, demo_store: Any) -> None:
+def test_feature_detail_carries_the_stored_residue_values(
+    client: TestClient, demo_store: Any
+) -> None:
     engine = create_engine(demo_store.url)
     with Session(engine) as session:
         ex, acc = session.execute(

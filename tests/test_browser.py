@@ -121,7 +121,9 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
         "els => els.map(e => [e.textContent, e.className, e.getAttribute('title')])"
     )
     assert len(spans) == len(values)
-    colours = track.locator("span").evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    colours = track.locator("span").evaluate_all(
+        "els => els.map(e => getComputedStyle(e).backgroundColor)"
+    )
     for i, ((aa, cls, title), v) in enumerate(zip(spans, values, strict=True)):
         match = re.fullmatch(r"(\w)(\d+): (\S+)", title)
         assert match and match[1] == aa and int(match[2]) == i + 1
@@ -190,19 +192,29 @@ def test_feature_list_htmx_pagination_and_search(server: str, page: Any, demo_st
     page.screenshot(path=str(SHOTS / "search_to_protein.png"), full_page=False)
 
 
-def test_protein_page_repaints_viewer_without_reload(server: str, page: Any, demo_store: Any) -> None:
+def test_protein_page_repaints_viewer_without_reload(
+    server: str, page: Any, demo_store: Any
+) -> None:
     accession = demo_store.structure_accessions[1]
     page.goto(f"{server}/proteins/{accession}")
     viewer = page.locator(".viewer").first
     viewer.click()  # keyboard/click mount works as well as scrolling
-    page.wait_for_function("document.querySelector('.viewer').dataset.state === 'loaded'", timeout=30_000)
-    page.evaluate("window.__marker = 1; window.__viewer = document.querySelector('.viewer')._viewer")
+    page.wait_for_function(
+        "document.querySelector('.viewer').dataset.state === 'loaded'", timeout=30_000
+    )
+    page.evaluate(
+        "window.__marker = 1; window.__viewer = document.querySelector('.viewer')._viewer"
+    )
     before = viewer.get_attribute("data-values")
     links = page.locator(".paint-choices a[data-feature]")
     links.nth(3).click()
     page.wait_for_url(re.compile(r"feature="))
-    page.wait_for_function("b => document.querySelector('.viewer').dataset.values !== b", arg=before)
-    same = page.evaluate("window.__marker === 1 && document.querySelector('.viewer')._viewer === window.__viewer")
+    page.wait_for_function(
+        "b => document.querySelector('.viewer').dataset.values !== b", arg=before
+    )
+    same = page.evaluate(
+        "window.__marker === 1 && document.querySelector('.viewer')._viewer === window.__viewer"
+    )
     assert same, "the viewer was re-created or the page reloaded"
     assert viewer.get_attribute("data-feature") == links.nth(3).get_attribute("data-feature")
     page.screenshot(path=str(SHOTS / "protein.png"), full_page=False)

@@ -53,7 +53,9 @@ def client(demo_store: Any) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def enriched(demo_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, Any]]]:
+def enriched(
+    demo_store: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, dict[str, Any]]]:
     """A copy of the store with an explanation (containing <script>), scores, a GO hit with a
     parent chain, and decoder neighbours — the rows the trainer adds in a real run."""
     path = tmp_path_factory.mktemp("enriched") / "store.sqlite"
@@ -72,15 +74,40 @@ def enriched(demo_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             expl = Explanation(feature_id=fid, text=text, model="claude-test", prompt_hash="0" * 64)
             session.add(expl)
             session.flush()
-            session.add(ExplanationScore(explanation_id=expl.id, method="pearson", value=score, p_value=0.01, n=17))
-            session.execute(update(Feature).where(Feature.id == fid).values(explanation_score=score))
-        protein = session.scalars(select(Protein).where(Protein.accession == demo_store.structure_accessions[0])).one()
+            session.add(
+                ExplanationScore(
+                    explanation_id=expl.id, method="pearson", value=score, p_value=0.01, n=17
+                )
+            )
+            session.execute(
+                update(Feature).where(Feature.id == fid).values(explanation_score=score)
+            )
+        protein = session.scalars(
+            select(Protein).where(Protein.accession == demo_store.structure_accessions[0])
+        ).one()
         go_id = (protein.go_bp or protein.go_mf or protein.go_cc or "").split(";")[0]
         term = session.get(GoTerm, go_id)
         assert term is not None
-        session.add(GoTerm(id="GO:0099998", name="made-up parent <b>bold</b>", namespace=term.namespace,
-                           depth=1, level=1, parents=["GO:0099999"]))
-        session.add(GoTerm(id="GO:0099999", name="made-up root", namespace=term.namespace, depth=0, level=0, parents=[]))
+        session.add(
+            GoTerm(
+                id="GO:0099998",
+                name="made-up parent <b>bold</b>",
+                namespace=term.namespace,
+                depth=1,
+                level=1,
+                parents=["GO:0099999"],
+            )
+        )
+        session.add(
+            GoTerm(
+                id="GO:0099999",
+                name="made-up root",
+                namespace=term.namespace,
+                depth=0,
+                level=0,
+                parents=[],
+            )
+        )
         term.parents = ["GO:0099998"]
         session.add(GoEnrichment(sae_id=demo_store.sae_id, feature_id=target, go_id=go_id, namespace=term.namespace,
                                  study_hits=5, study_size=12, pop_hits=9, pop_size=120, odds_ratio=20.0,
@@ -88,7 +115,11 @@ def enriched(demo_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                  method="hypergeom", is_most_specific=True))  # fmt: skip
         session.execute(update(Feature).where(Feature.id == target).values(n_go_hits=1))
         for rank, nid in enumerate(fids[20:23]):
-            session.add(FeatureNeighbor(feature_id=target, neighbor_id=nid, rank=rank, cosine=0.9 - rank / 10))
+            session.add(
+                FeatureNeighbor(
+                    feature_id=target, neighbor_id=nid, rank=rank, cosine=0.9 - rank / 10
+                )
+            )
         session.commit()
     engine.dispose()
     mp = pytest.MonkeyPatch()
@@ -102,9 +133,15 @@ def enriched(demo_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def test_every_page_renders(client: TestClient, demo_store: Any) -> None:
     acc = demo_store.structure_accessions[0]
     feature_list = client.get(f"/saes/{demo_store.sae_id}/features?sort=max_activation&order=desc")
-    assert feature_list.status_code == 200 and feature_list.text.count("<svg class=\"spark\"") >= 40
+    assert feature_list.status_code == 200 and feature_list.text.count('<svg class="spark"') >= 40
     first_feature = feature_list.text.split('href="/features/')[1].split('"')[0]
-    for url in ["/", f"/features/{first_feature}", f"/proteins/{acc}", "/search?q=" + acc, "/search"]:
+    for url in [
+        "/",
+        f"/features/{first_feature}",
+        f"/proteins/{acc}",
+        "/search?q=" + acc,
+        "/search",
+    ]:
         page = client.get(url)
         assert page.status_code == 200, url
         assert page.text.startswith("<!doctype html>") and 'href="/encode"' in page.text
@@ -117,7 +154,9 @@ def test_fragments_for_htmx(client: TestClient, demo_store: Any) -> None:
     url = f"/saes/{demo_store.sae_id}/features?sort=density&order=desc"
     full = client.get(url)
     fragment = client.get(url, headers={"HX-Request": "true"})
-    assert fragment.text.lstrip().startswith('<section id="results"') and "<html" not in fragment.text
+    assert (
+        fragment.text.lstrip().startswith('<section id="results"') and "<html" not in fragment.text
+    )
     nxt = fragment.text.split('id="next-page" href="')[1].split('"')[0].replace("&amp;", "&")
     page2 = client.get(nxt, headers={"HX-Request": "true"})
     assert page2.status_code == 200 and "First page" in page2.text
@@ -141,10 +180,15 @@ def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> Non
     assert client.get("/saes/999/features").status_code == 404
     assert client.get(f"/saes/{demo_store.sae_id}/features?cursor=junk").status_code == 422
     # Form fields arrive empty or wrong from a browser: ignored, never a 500.
-    assert client.get(f"/saes/{demo_store.sae_id}/features?density_min=&score_min=abc").status_code == 200
+    assert (
+        client.get(f"/saes/{demo_store.sae_id}/features?density_min=&score_min=abc").status_code
+        == 200
+    )
 
 
-def test_explanation_is_escaped_and_sections_render(enriched: tuple[TestClient, dict[str, Any]]) -> None:
+def test_explanation_is_escaped_and_sections_render(
+    enriched: tuple[TestClient, dict[str, Any]],
+) -> None:
     client, ids = enriched
     page = client.get(f"/features/{ids['feature']}").text
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; binds zinc" in page
@@ -175,7 +219,43 @@ for url in ["/", "/saes/{demo_store.sae_id}/features", "/features/1", "/proteins
     assert c.get(url).status_code == 200, url
 print("torch" in sys.modules)
 """
-    env = {"PROTSAE_DATABASE_URL": demo_store.url, "PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(PROJECT_ROOT), check=False)
+    env = {
+        "PROTSAE_DATABASE_URL": demo_store.url,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(PROJECT_ROOT),
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_score_sort_pages_through_scored_then_unscored(
+    enriched: tuple[TestClient, dict[str, Any]], demo_store: Any, order: str
+) -> None:
+    client, _ = enriched
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {
+            "sort": "explanation_score",
+            "order": order,
+            "limit": 7,
+            **({"cursor": cursor} if cursor else {}),
+        }
+        body = client.get(f"/api/v1/saes/{demo_store.sae_id}/features", params=params).json()
+        seen += body["items"]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert len({f["id"] for f in seen}) == len(seen) == demo_store.n_features
+    scores = [f["explanation_score"] for f in seen[:10]]
+    assert None not in scores and scores == sorted(scores, reverse=order == "desc")
+    assert all(f["explanation_score"] is None for f in seen[10:])

@@ -5,7 +5,7 @@ Unknown ids answer 404 and bad parameters 422, both in the one JSON error shape 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
@@ -28,7 +28,7 @@ from app.read_models import (
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown id (JSON error shape)"},
     422: {"description": "Invalid parameter (JSON error shape)"},
 }
@@ -100,7 +100,9 @@ def list_features(
     responses=ERRORS,
     summary="One feature: stats, explanation, scores, GO hits, top examples with residue values",
 )
-def get_feature(session: SessionDep, feature_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> FeatureDetail:
+def get_feature(
+    session: SessionDep, feature_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
+) -> FeatureDetail:
     try:
         return detail_queries.feature_detail(session, feature_id)
     except NotFound as exc:

@@ -90,7 +90,9 @@ def feature_list(
     params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
     base = f"/saes/{sae_id}/features"
     state = {**params, "sort": sort, "order": order}
-    next_url = f"{base}?{urlencode({**state, 'cursor': page.next_cursor})}" if page.next_cursor else None
+    next_url = (
+        f"{base}?{urlencode({**state, 'cursor': page.next_cursor})}" if page.next_cursor else None
+    )
     context = {
         "sae": sae, "page": page, "filters": filters, "sort": sort, "order": order,
         "sort_labels": SORT_LABELS, "next_url": next_url, "first_url": f"{base}?{urlencode(state)}",
@@ -127,9 +129,15 @@ def protein_page(
     except NotFound as exc:
         return _error(request, 404, str(exc))
     choices = [pf for group in detail.top_features for pf in group.features]
-    chosen = next((pf for pf in choices if pf.feature.id == feature), choices[0] if choices else None)
+    chosen = next(
+        (pf for pf in choices if pf.feature.id == feature), choices[0] if choices else None
+    )
     scale = max((abs(v) for v in chosen.values), default=0.0) if chosen else 0.0
-    if chosen is not None and chosen.feature.max_activation > 0 and all(v >= 0 for v in chosen.values):
+    if (
+        chosen is not None
+        and chosen.feature.max_activation > 0
+        and all(v >= 0 for v in chosen.values)
+    ):
         scale = chosen.feature.max_activation
     context = {"d": detail, "chosen": chosen, "scale": scale or 1.0, "top_positions": top_positions}
     block = "paint" if htmx else None
@@ -147,7 +155,10 @@ def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
 
 @router.get("/search", response_class=HTMLResponse)
 def search_page(
-    request: Request, session: SessionDep, htmx: HtmxDep, q: Annotated[str, Query(max_length=200)] = ""
+    request: Request,
+    session: SessionDep,
+    htmx: HtmxDep,
+    q: Annotated[str, Query(max_length=200)] = "",
 ) -> Response:
     results = queries.search(session, q) if q.strip() else None
     block = "results" if htmx else None

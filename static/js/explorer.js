@@ -13,7 +13,7 @@
   /* Same 9 steps as the residue tracks' CSS classes s1..s9 / n1..n9. */
   function colour(v, scale) {
     if (v === null || v === undefined || isNaN(v)) return UNMAPPED;
-    if (!(scale > 0) || v === 0) return "#ffffff";
+    if (!(scale > 0) || v === 0) return "#eceef1";
     var step = Math.max(1, Math.min(LEVELS, Math.ceil(Math.abs(v) / scale * LEVELS)));
     var t = step / LEVELS, c = v < 0 ? BLUE : RED;
     var rgb = c.map(function (x) { return Math.round(255 + (x - 255) * t); });
