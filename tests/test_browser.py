@@ -116,6 +116,7 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
     SHOTS.mkdir(parents=True, exist_ok=True)
     feature_id, accession, values, scale = _structure_feature(demo_store.url)
     page.goto(f"{server}/features/{feature_id}")
+    page.screenshot(path=str(SHOTS / "feature_top.png"))
     track = page.locator(f'#bin-structure article[data-accession="{accession}"] p.track').first
     spans = track.locator("span").evaluate_all(
         "els => els.map(e => [e.textContent, e.className, e.getAttribute('title')])"
