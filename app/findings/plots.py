@@ -1,5 +1,9 @@
 """Findings figures: matplotlib (Agg) plots of a run's summaries, returned as SVG text.
 
+The server renders these on the Findings page (``app.findings.render``) and ``protsae trainer
+report`` writes them to a folder; both feed them the dicts ``app.findings.data`` reads from the
+store.
+
 Every ``plot_*`` takes the summaries a stage wrote plus ``FigureInputs`` (run, model, corpus),
 states those inputs in the title and in the SVG's ``<desc>``, and returns the SVG as a string.
 Each summary is a dict with ``"dictionary"`` (its name) and optionally ``"kind"``: one of
@@ -13,7 +17,8 @@ controls). Without ``kind``, names starting with ``neurons`` are neurons and nam
   — ``go/{name}/summary.json``.
 - ``plot_go_hits_per_level``: ``hits_per_level.by_level`` = ``{level: {"hits": int,
   "features": int}}`` — ``go/{name}/summary.json``.
-- ``plot_fold_enrichment``: ``fold_enrichment``, the significant hits' fold enrichments.
+- ``plot_fold_enrichment``: ``fold_enrichment``, the significant hits' fold enrichments
+  (``GoEnrichment.fold_enrichment`` of the store's BH-significant rows).
 - ``plot_explanation_r``: ``pearson_r``, one value per scored feature.
 - ``plot_concept_f1``: ``best_per_concept`` = ``[{"concept", "feature", "f1_test"}]`` —
   ``concepts/{name}/summary.json``.
@@ -70,9 +75,19 @@ def _svg(fig: Figure, title: str, inputs: FigureInputs, caption: str) -> str:
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buf = io.StringIO()
     desc = f"{title}. {inputs.line()}. {caption}"
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable
+    # text stays text (searchable); the salt keeps clip-path ids distinct between the figures
+    # of one page, since they are inlined side by side.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": title}):
         fig.savefig(buf, format="svg", metadata={"Title": title, "Description": desc})
     return buf.getvalue()
+
+
+def inline_svg(svg: str) -> str:
+    """The ``<svg>`` element alone (no XML prolog or DOCTYPE), for inlining in HTML."""
+    start = svg.find("<svg")
+    if start < 0:
+        raise ValueError("not an SVG document")
+    return svg[start:]
 
 
 def _names(summaries: Sequence[Summary]) -> list[str]:
