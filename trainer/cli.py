@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
@@ -92,6 +93,23 @@ def serve(
         reload=reload,
         log_level="info",
     )
+
+
+@trainer_cli.command("report")
+def trainer_report(
+    run: str = typer.Option(..., "--run", help="Name of a published run."),
+    out: Path = typer.Option(..., "--out", help="Folder to write index.html and the SVGs into."),
+    base_url: str = typer.Option("", help="Explorer URL that feature links point at."),
+    database_url: str | None = DatabaseOption,
+) -> None:
+    """Write a run's Findings figures (SVG) and an index.html into OUT."""
+    from trainer.report import write_report
+
+    try:
+        index = write_report(_url(database_url), run, out, base_url)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--run") from exc
+    typer.echo(f"report written to {index}")
 
 
 def main() -> None:
