@@ -18,6 +18,7 @@ import gzip
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +62,7 @@ class DictionaryAlignments:
     kind: str
     rows: list[AlignmentRow]
     best_index: int | None  # the train-chosen best feature (concepts summary), if known
+    f1_fire_everywhere: float | None = None  # test F1 of the trivial all-residues predictor
 
     @property
     def best(self) -> AlignmentRow | None:
@@ -72,7 +74,7 @@ def concept_by_name(session: Session, name: str) -> Concept | None:
     return session.scalars(select(Concept).where(Concept.name == name)).one_or_none()
 
 
-def _best_index(session: Session, sae_id: int, concept: str) -> int | None:
+def _best_entry(session: Session, sae_id: int, concept: str) -> dict[str, Any]:
     payload = session.scalars(
         select(AnalysisSummary.payload).where(
             AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "concepts"
@@ -80,8 +82,8 @@ def _best_index(session: Session, sae_id: int, concept: str) -> int | None:
     ).one_or_none()
     for b in (payload or {}).get("best_per_concept", []):
         if b.get("concept") == concept:
-            return int(b["feature"])
-    return None
+            return dict(b)
+    return {}
 
 
 def concept_alignments(
@@ -110,7 +112,8 @@ def concept_alignments(
                 )
             ).all()
         )
-        best_index = _best_index(session, sae.id, concept.name)
+        entry = _best_entry(session, sae.id, concept.name)
+        best_index = int(entry["feature"]) if "feature" in entry else None
         rows = session.execute(
             select(ConceptAlignment, Feature.index, Feature.auto_label)
             .join(Feature, Feature.id == ConceptAlignment.feature_id)
@@ -137,7 +140,8 @@ def concept_alignments(
         ]
         keep = ranked[:per_dictionary]
         keep += [r for r in ranked[per_dictionary:] if r.index == best_index]
-        out.append(DictionaryAlignments(run, sae, dictionary_kind(sae), keep, best_index))
+        baseline = entry.get("f1_fire_everywhere_test")
+        out.append(DictionaryAlignments(run, sae, dictionary_kind(sae), keep, best_index, baseline))
     return out
 
 

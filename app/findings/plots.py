@@ -30,6 +30,7 @@ given (``link(dictionary, feature_or_None) -> url``), so a figure leads to the f
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,8 @@ def kind_of(summary: Summary) -> str:
 
 
 def _svg(fig: Figure, title: str, inputs: FigureInputs, caption: str) -> str:
-    fig.suptitle(f"{title}\n{inputs.line()}", fontsize=10)
+    line = textwrap.fill(inputs.line(), width=int(fig.get_figwidth() * 14))  # ~14 chars/inch
+    fig.suptitle(f"{title}\n{line}", fontsize=10)
     fig.text(0.01, 0.005, caption, fontsize=7, ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     buf = io.StringIO()

@@ -52,6 +52,12 @@ _CACHE: dict[tuple[str, int, str], RenderedFindings] = {}
 _LOCK = threading.Lock()
 
 
+def corpus_text(run: Run) -> str:
+    """The run's corpus and its size, without repeating a count the corpus name already has."""
+    n = f"{run.n_proteins} proteins"
+    return run.corpus if n in run.corpus else f"{run.corpus} ({n})"
+
+
 def _fmt_sizes(sizes: dict[str, Any]) -> str:
     return "/".join(f"{k} {v}" for k, v in sizes.items())
 
@@ -61,13 +67,13 @@ def _dict_links(f: RunFindings, names: list[str]) -> list[Link]:
 
 
 def _fidelity(f: RunFindings) -> FigureOut:
-    corpus = f"{f.run.corpus}, {f.run.n_proteins} proteins; {len(f.fidelity)} dictionaries"
+    corpus = f"{corpus_text(f.run)}; {len(f.fidelity)} dictionaries"
     svg = plots.plot_sae_fidelity(f.fidelity, f.inputs(corpus), link=f.feature_url)
     names = [m["dictionary"] for m in f.fidelity]
     caption = (
         f"FVE, L0, dead fraction and LM loss recovered of each SAE/transcoder of run "
         f"{f.run.name} (model {f.run.base_model}, layer {f.run.layer}), measured on held-out "
-        f"data at training time; corpus {f.run.corpus} ({f.run.n_proteins} proteins)."
+        f"data at training time; corpus {corpus_text(f.run)}."
     )
     return FigureOut("fidelity", "SAE fidelity", svg, caption, tuple(_dict_links(f, names)))
 
@@ -82,8 +88,9 @@ def _go_caption(f: RunFindings) -> str:
                 f"annotated proteins {_fmt_sizes(pop) if pop else '?'}"
             )
     return (
-        f"Run {f.run.name}, model {f.run.base_model}, corpus {f.run.corpus} "
-        f"({f.run.n_proteins} proteins). " + "; ".join(parts) + "."
+        f"Run {f.run.name}, model {f.run.base_model}, corpus {corpus_text(f.run)}. "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -146,7 +153,7 @@ def _explanations(f: RunFindings) -> FigureOut:
     caption = (
         f"Pearson r between the activations predicted from each feature's explanation and the "
         f"true activations on held-out proteins. Run {f.run.name}, model {f.run.base_model}, "
-        f"corpus {f.run.corpus} ({f.run.n_proteins} proteins); {sizes}."
+        f"corpus {corpus_text(f.run)}; {sizes}."
     )
     return FigureOut("explanations", "Explanations: Pearson r", svg, caption, tuple(links))
 
