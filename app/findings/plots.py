@@ -71,7 +71,9 @@ def kind_of(summary: Summary) -> str:
 
 
 def _svg(fig: Figure, title: str, inputs: FigureInputs, caption: str) -> str:
-    line = textwrap.fill(inputs.line(), width=int(fig.get_figwidth() * 11))  # ~11 chars/inch at 10 pt
+    line = textwrap.fill(
+        inputs.line(), width=int(fig.get_figwidth() * 11)
+    )  # ~11 chars/inch at 10 pt
     fig.suptitle(f"{title}\n{line}", fontsize=10)
     fig.text(0.01, 0.005, caption, fontsize=7, ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
