@@ -165,6 +165,23 @@ for _stage, _help in (
     _stage_command(_stage, _help)
 
 
+@trainer_cli.command("report")
+def trainer_report(
+    run: str = typer.Option(..., "--run", help="Name of a published run."),
+    out: Path = typer.Option(..., "--out", help="Folder to write index.html and the SVGs into."),
+    base_url: str = typer.Option("", help="Explorer URL that feature links point at."),
+    database_url: str | None = DatabaseOption,
+) -> None:
+    """Write a run's Findings figures (SVG) and an index.html into OUT."""
+    from trainer.report import write_report
+
+    try:
+        index = write_report(_url(database_url), run, out, base_url)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--run") from exc
+    typer.echo(f"report written to {index}")
+
+
 def main() -> None:
     cli()
 
