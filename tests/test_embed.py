@@ -152,3 +152,9 @@ def test_mismatched_manifest_is_refused(
 def test_config_rejects_unknown_keys(shared_dir: Path) -> None:
     with pytest.raises(ValidationError):
         EmbedConfig.model_validate({"model": str(shared_dir / MODEL), "layer": 3})
+
+
+def test_finished_run_is_left_alone(finished: Path, corpus: list[str], config: EmbedConfig) -> None:
+    stamp = (finished / "manifest.json").stat().st_mtime_ns
+    manifest = run_embed(finished.parent, corpus, config)
+    assert manifest["done"] and (finished / "manifest.json").stat().st_mtime_ns == stamp

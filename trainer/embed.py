@@ -183,6 +183,8 @@ def run_embed(
         _check_same(old, manifest, manifest_path)
         for new_shard, old_shard in zip(manifest["shards"], old["shards"], strict=True):
             new_shard["done"] = bool(old_shard["done"]) and (out_dir / old_shard["file"]).exists()
+        if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
+            return old  # already finished: leave the directory untouched
     for stale in out_dir.glob("shard_*.safetensors.tmp"):
         stale.unlink()  # a shard interrupted while being written
     _write_json_atomic(manifest_path, manifest)
