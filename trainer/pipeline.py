@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
 from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
 from app.settings import Settings
-from app.store.engine import make_engine
+from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import Spec, run_analyze
 from trainer.config import TrainerConfig
@@ -212,7 +214,8 @@ class Pipeline:
         neurons = next((p.spec.name for p in plans if p.spec.kind == "neurons"), None)
         result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
                                    neurons=neurons, go_term_names=self._go_term_names(),
-                                   corpus=self.corpus)  # fmt: skip
+                                   corpus=self.corpus,
+                                   base_url=os.environ.get("ANTHROPIC_BASE_URL"))  # fmt: skip
         if result.get("status") == "skipped":
             console.print(f"explain: skipped ({result.get('reason', 'no API key')})")
 
@@ -249,17 +252,30 @@ class Pipeline:
         return encode
 
     def publish(self) -> int:
+        """Load the run into the store; a run already published from this exact config is kept."""
         from trainer.publish import publish
 
         engine = make_engine(self.database_url)
-        model = self.model
-        run = Run(name=self.cfg.run.name, base_model=model.name, checkpoint_sha256=model.sha256,
-                  layer=self.cfg.saes[0].layer if self.cfg.saes else 0,
-                  corpus=self._corpus_description(), config=self.cfg.model_dump(mode="json"),
-                  notes=self.cfg.run.description or None)  # fmt: skip
-        run_id = publish(engine, self.workdir, run, [p.spec.name for p in self.plans()])
-        engine.dispose()
-        return run_id
+        config = self.cfg.model_dump(mode="json")
+        try:
+            with session_factory(engine)() as session:
+                existing = session.scalar(
+                    select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
+                )
+                if existing is not None and existing.config == config:
+                    console.print(
+                        f"publish: run {existing.name!r} is already published (id {existing.id})"
+                    )
+                    return existing.id
+            model = self.model
+            run = Run(name=self.cfg.run.name, base_model=model.name,
+                      checkpoint_sha256=model.sha256,
+                      layer=self.cfg.saes[0].layer if self.cfg.saes else 0,
+                      corpus=self._corpus_description(), config=config,
+                      notes=self.cfg.run.description or None)  # fmt: skip
+            return publish(engine, self.workdir, run, [p.spec.name for p in self.plans()])
+        finally:
+            engine.dispose()
 
     def _corpus_description(self) -> str:
         names = [Path(p).name for p in self.cfg.ingest.protein_tsvs + self.cfg.ingest.fasta]

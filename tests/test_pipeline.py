@@ -1,0 +1,166 @@
+"""The whole trainer on a tiny real run: every stage, then the published run in the store.
+
+Real proteins and structures from ../shared, the real mini ESM2 model, GO from go-basic.obo,
+real binding-site labels, and the real anthropic SDK against the local fake Messages API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.settings import PROJECT_ROOT, Settings
+from app.store import migrate
+from app.store.codec import decode_values
+from app.store.engine import make_engine, session_factory
+from app.store.schema import (
+    AnalysisSummary,
+    ConceptAlignment,
+    Explanation,
+    Feature,
+    FeatureNeighbor,
+    GoEnrichment,
+    Protein,
+    Run,
+    Sae,
+    Structure,
+    TopExample,
+)
+from tests.fake_anthropic import FakeAnthropic
+from trainer.config import ConfigError, load_config
+from trainer.pipeline import Pipeline
+
+CONFIG = PROJECT_ROOT / "tests" / "configs" / "tiny.toml"
+
+
+@dataclass
+class TinyRun:
+    settings: Settings
+    url: str
+    run_id: int
+    pipeline: Pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRun]:
+    root = tmp_path_factory.mktemp("tiny")
+    settings = Settings(data_dir=root / "data", shared_dir=shared_dir)
+    url = f"sqlite:///{root / 'store.sqlite'}"
+    migrate.upgrade(url)
+    cfg = load_config(CONFIG, settings)
+    mp = pytest.MonkeyPatch()
+    with FakeAnthropic("sk-test-fake") as fake:
+        mp.setenv("ANTHROPIC_API_KEY", "sk-test-fake")
+        mp.setenv("ANTHROPIC_BASE_URL", fake.base_url)
+        pipeline = Pipeline(cfg, settings, database_url=url)
+        run_id = pipeline.run()
+    mp.undo()
+    assert run_id is not None
+    yield TinyRun(settings, url, run_id, pipeline)
+
+
+def test_run_is_published_with_every_dictionary(tiny_run: TinyRun) -> None:
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        run = session.get(Run, tiny_run.run_id)
+        assert run is not None and run.status == "published"
+        assert (
+            run.checkpoint_sha256
+            == ("d4f0b41a6dbb4887b73832bcf982b042f4cf61a69485ba982f79156b357a2986")
+            or len(run.checkpoint_sha256) == 64
+        )
+        saes = {s.name: s for s in session.scalars(select(Sae).where(Sae.run_id == run.id))}
+        assert set(saes) == {
+            "L3-protein-topk", "L3-residue-topk", "L3to4-protein-transcoder",
+            "L3-protein-topk-randinit", "L3-protein-neurons", "L3-residue-neurons",
+        }  # fmt: skip
+        topk = saes["L3-protein-topk"]
+        assert topk.fve is not None and topk.fve > 0.5  # learned, well above predicting the mean
+        assert topk.l0 is not None and topk.l0 <= 16.0 + 1e-6
+        residue = saes["L3-residue-topk"]
+        assert residue.fve is not None and residue.fve > 0.5
+        for sae in (topk, residue):
+            assert sae.loss_recovered is not None and -1.0 < sae.loss_recovered <= 1.0
+            assert sae.metrics["ce_zero"] > sae.metrics["ce_clean"]
+        assert saes["L3-protein-topk-randinit"].is_control
+        assert saes["L3-protein-topk-randinit"].control_of == "L3-protein-topk"
+        for sae in saes.values():
+            n = session.scalar(
+                select(func.count()).select_from(Feature).where(Feature.sae_id == sae.id)
+            )
+            assert n == sae.n_latents
+    engine.dispose()
+
+
+def test_top_examples_carry_true_per_residue_values(tiny_run: TinyRun) -> None:
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        sae = session.scalars(select(Sae).where(Sae.name == "L3-residue-topk")).one()
+        rows = session.execute(
+            select(TopExample, Protein, Feature)
+            .join(Protein, Protein.id == TopExample.protein_id)
+            .join(Feature, Feature.id == TopExample.feature_id)
+            .where(Feature.sae_id == sae.id, TopExample.bin == "top")
+        ).all()
+        assert rows
+        for example, protein, feature in rows[:50]:
+            values = decode_values(example.residue_values)
+            assert values.shape == (protein.length,)
+            # Residue level: the example's activation is the max over its residues.
+            assert abs(float(values.max()) - example.activation) <= 1e-2 * max(
+                1.0, example.activation
+            )
+            assert example.max_position == int(values.argmax())
+            assert example.activation <= feature.max_activation + 1e-4
+        bins = set(session.scalars(select(TopExample.bin).distinct()))
+        assert "top" in bins and any(b.startswith("q") for b in bins)
+        assert session.scalar(select(func.count()).select_from(Structure)) > 0
+        assert session.scalar(select(func.count()).select_from(FeatureNeighbor)) > 0
+    engine.dispose()
+
+
+def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        kinds = set(session.scalars(select(AnalysisSummary.kind)))
+        assert {"go", "analysis", "concepts"} <= kinds
+        go = session.scalars(select(AnalysisSummary).where(AnalysisSummary.kind == "go")).first()
+        assert go is not None and "bh" in go.payload
+        hits = session.scalars(select(GoEnrichment)).all()
+        for hit in hits[:100]:
+            assert hit.p_value <= hit.q_value + 1e-12 or hit.q_value >= hit.p_value
+            assert hit.study_hits <= hit.study_size <= hit.pop_size
+        n_expl = session.scalar(select(func.count()).select_from(Explanation))
+        assert n_expl and n_expl > 0
+        assert session.scalar(select(func.count()).select_from(ConceptAlignment)) > 0
+    engine.dispose()
+
+
+def test_rerun_resumes_and_keeps_the_published_run(tiny_run: TinyRun) -> None:
+    workdir = tiny_run.pipeline.workdir
+    features = workdir / "analysis" / "L3-protein-topk" / "features.npz"
+    before = np.load(features)["max_activation"].copy()
+    # Simulate an interruption of the analyze stage for one dictionary, then rerun everything.
+    (workdir / "analysis" / "L3-protein-topk" / "DONE").unlink()
+    again = Pipeline(tiny_run.pipeline.cfg, tiny_run.settings, database_url=tiny_run.url)
+    assert again.run() == tiny_run.run_id  # same config: the published run is kept
+    np.testing.assert_array_equal(np.load(features)["max_activation"], before)
+    manifest = json.loads((workdir / "embeddings" / "manifest.json").read_text())
+    assert manifest["done"] is True
+
+
+def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.read_text().replace('name = "tiny-test-run"', 'name = "bad name!"'))
+    with pytest.raises(ConfigError, match=r"bad\.toml: run\.name"):
+        load_config(bad, Settings())
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[run\nname=1")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        load_config(broken, Settings())
