@@ -85,7 +85,7 @@ def parse_sequences(
     """
     if not text or not text.strip():
         raise EncodeInputError("empty input: paste a protein sequence or a FASTA", 422)
-    if text.lstrip().startswith(">"):
+    if any(line.lstrip().startswith(">") for line in text.splitlines()):
         raw = _split_fasta(text)
         if len(raw) > max_records:
             raise EncodeInputError(

@@ -244,8 +244,7 @@ async def encode_form(request: Request, session: SessionDep, htmx: HtmxDep) -> R
     try:
         req = EncodeRequest(
             sae_id=int(form.get("sae_id", "0") or 0),
-            fasta=form.get("text", "") if form.get("text", "").lstrip().startswith(">") else None,
-            sequences=None if form.get("text", "").lstrip().startswith(">") else [form.get("text", "")],
+            fasta=form.get("text", ""),
             top_n=int(form.get("top_n", "20") or 20),
             rank_by="mean" if form.get("rank_by") == "mean" else "max",
             hide_dense=form.get("hide_dense") in {"on", "true", "1"},
