@@ -1,0 +1,114 @@
+"""The trainer's config file (TOML): every parameter of a run, validated, recorded with the run.
+
+Strings may use ``{shared}`` (the read-only data folder, ``PROTSAE_SHARED_DIR``) and ``{data}``
+(the writable data folder, ``PROTSAE_DATA_DIR``), so one config works on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from app.settings import Settings
+from trainer.analyze import AnalyzeConfig
+from trainer.concepts.stage import ConceptsConfig
+from trainer.embed import EmbedConfig
+from trainer.explain.stage import ExplainConfig
+from trainer.go.stage import GoConfig
+from trainer.ingest import IngestConfig
+from trainer.train import SaeSpec
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file and the field."""
+
+
+class RunSection(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    description: str = ""
+    seed: int = 0
+
+
+class ModelSection(BaseModel):
+    checkpoint: str = Field(description="path to a fair-esm ESM2 checkpoint, or a fair-esm name")
+    device: str = "auto"
+    torch_threads: int | None = None
+
+
+class ControlsSection(BaseModel):
+    """Null controls: the same SAEs trained on a randomly initialised copy of the model."""
+
+    random_init: bool = True
+    random_init_seed: int = 12345
+    dictionaries: list[str] = Field(
+        default_factory=list, description="names of SAEs to repeat on the random model"
+    )
+
+
+class NeuronsSection(BaseModel):
+    """The baseline: the raw neurons of these layers, analysed like any dictionary."""
+
+    layers: list[int] = Field(default_factory=list)
+
+
+class LossSection(BaseModel):
+    """Held-out proteins for masked-LM loss recovered."""
+
+    n_proteins: int = Field(default=64, ge=1)
+    max_length: int = Field(default=512, ge=8)
+    seed: int = 0
+
+
+class TrainerConfig(BaseModel):
+    run: RunSection
+    model: ModelSection
+    ingest: IngestConfig
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    saes: list[SaeSpec] = Field(default_factory=list)
+    neurons: NeuronsSection = Field(default_factory=NeuronsSection)
+    controls: ControlsSection = Field(default_factory=ControlsSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
+    go: GoConfig
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    concepts: ConceptsConfig | None = None
+
+    def digest(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+
+
+def _substitute(value: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for key, replacement in mapping.items():
+            value = value.replace("{" + key + "}", replacement)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, mapping) for k, v in value.items()}
+    return value
+
+
+def load_config(path: Path, settings: Settings) -> TrainerConfig:
+    """Read and validate a TOML config; errors name the file and the offending field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    mapping = {"shared": str(settings.shared_dir), "data": str(settings.data_dir)}
+    try:
+        return TrainerConfig.model_validate(_substitute(raw, mapping))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,384 @@
+"""Publish: load a run's work directory into the store as one run, in one transaction.
+
+Reads what the stages wrote (corpus, dictionaries, analysis, GO, explanations, concepts) and
+bulk-loads it through ``app.store.bulk`` (COPY on PostgreSQL, executemany on SQLite) inside
+``app.store.publish.publish_run``: a crash leaves no half run visible.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from app.store.bulk import bulk_insert, reserve_ids
+from app.store.codec import encode_values
+from app.store.publish import publish_run
+from app.store.schema import (
+    AnalysisSummary,
+    Concept,
+    ConceptAlignment,
+    Explanation,
+    ExplanationScore,
+    Feature,
+    FeatureNeighbor,
+    GoEnrichment,
+    GoTerm,
+    ProteinFeature,
+    Run,
+    Sae,
+    TopExample,
+)
+from trainer.corpus import Corpus, load_corpus
+from trainer.ingest import insert_structures, load_structures, upsert_proteins
+
+
+def _blob(values: np.ndarray, offsets: np.ndarray, i: int) -> bytes | None:
+    start, end = int(offsets[i]), int(offsets[i + 1])
+    return encode_values(values[start:end]) if end > start else None
+
+
+def _load_go_terms(session: Session, workdir: Path) -> set[str]:
+    """Insert the GO terms the run uses that the store lacks; return every known id."""
+    path = workdir / "go" / "terms.tsv"
+    if not path.exists():
+        return set()
+    known = set(session.scalars(select(GoTerm.id)).all())
+    rows = []
+    with path.open(newline="") as handle:
+        for rec in csv.DictReader(handle, delimiter="\t"):
+            if rec["id"] in known:
+                continue
+            known.add(rec["id"])
+            rows.append(
+                {
+                    "id": rec["id"],
+                    "name": rec["name"],
+                    "namespace": rec["namespace"],
+                    "depth": int(rec["depth"]),
+                    "level": int(rec["level"]),
+                    "definition": rec.get("definition") or None,
+                    "parents": [p for p in (rec.get("parents") or "").split(";") if p],
+                    "is_obsolete": False,
+                }
+            )
+    bulk_insert(session, GoTerm, rows)
+    return known
+
+
+class DictionaryLoader:
+    """Loads one dictionary's files into the open transaction."""
+
+    def __init__(self, session: Session, workdir: Path, run: Run, protein_ids: list[int]):
+        self.session = session
+        self.workdir = workdir
+        self.run = run
+        self.protein_ids = protein_ids
+
+    def load(self, name: str, known_terms: set[str]) -> Sae:
+        sae_dir = self.workdir / "saes" / name
+        config = json.loads((sae_dir / "config.json").read_text())
+        metrics = json.loads((sae_dir / "metrics.json").read_text())
+        sae = self._sae_row(name, config, metrics, sae_dir)
+        feature_ids = self._features(sae, name)
+        self._examples(name, feature_ids)
+        self._protein_top(sae, name, feature_ids)
+        self._neighbors(name, feature_ids)
+        self._go(sae, name, feature_ids, known_terms)
+        self._explanations(sae, name, feature_ids)
+        self._concepts(sae, name, feature_ids)
+        return sae
+
+    def _sae_row(
+        self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_dir: Path
+    ) -> Sae:
+        provenance = config.get("provenance", {})
+        spec = config.get("spec", config)
+        weights = sae_dir / "sae.safetensors"
+        sae = Sae(
+            run_id=self.run.id,
+            name=name,
+            kind=str(spec.get("kind")),
+            level=str(spec.get("level", provenance.get("level"))),
+            layer=int(spec.get("layer", provenance.get("layer"))),
+            out_layer=spec.get("out_layer"),
+            d_in=int(config.get("d_in", spec.get("d_in", 0))),
+            n_latents=int(config.get("n_latents", spec.get("n_latents", 0))),
+            k=spec.get("k"),
+            l1_coefficient=spec.get("l1_coefficient"),
+            is_control=bool(config.get("is_control", False)),
+            control_of=config.get("control_of"),
+            fve=metrics.get("fve"),
+            mse=metrics.get("mse"),
+            l0=metrics.get("l0"),
+            dead_fraction=metrics.get("dead_fraction"),
+            loss_recovered=metrics.get("loss_recovered"),
+            metrics=metrics,
+            config=config,
+            weights_path=str(weights.resolve()) if weights.exists() else None,
+            weights_sha256=config.get("weights_sha256"),
+        )
+        self.session.add(sae)
+        self.session.flush()
+        return sae
+
+    def _features(self, sae: Sae, name: str) -> list[int]:
+        stats = np.load(self.workdir / "analysis" / name / "features.npz")
+        n = len(stats["n_active"])
+        ids = reserve_ids(self.session, Feature, n)
+        labels = self._auto_labels(name)
+        rows = (
+            {
+                "id": ids[f],
+                "sae_id": sae.id,
+                "index": f,
+                "density": float(stats["density"][f]),
+                "n_active": int(stats["n_active"][f]),
+                "max_activation": float(stats["max_activation"][f]),
+                "mean_activation": float(stats["mean_activation"][f]),
+                "hist_edges": [round(float(x), 5) for x in stats["hist_edges"][f]],
+                "hist_counts": [int(x) for x in stats["hist_counts"][f]],
+                "is_dead": bool(stats["is_dead"][f]),
+                "pattern_class": None,
+                "auto_label": labels.get(f, (None, None))[0],
+                "auto_label_source": labels.get(f, (None, None))[1],
+                "explanation_score": None,
+                "n_go_hits": 0,
+            }
+            for f in range(n)
+        )
+        bulk_insert(self.session, Feature, rows)
+        return ids
+
+    def _auto_labels(self, name: str) -> dict[int, tuple[str, str]]:
+        path = self.workdir / "explain" / name / "labels.jsonl"
+        out: dict[int, tuple[str, str]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                out[int(rec["feature_index"])] = (str(rec["label"]), str(rec["source"]))
+        return out
+
+    def _examples(self, name: str, feature_ids: list[int]) -> None:
+        ex = np.load(self.workdir / "analysis" / name / "examples.npz")
+        offsets, values = ex["offsets"], ex["values"]
+        rows: Iterator[dict[str, Any]] = (
+            {
+                "feature_id": feature_ids[int(ex["feature"][i])],
+                "protein_id": self.protein_ids[int(ex["protein"][i])],
+                "bin": str(ex["bin"][i]),
+                "rank": int(ex["rank"][i]),
+                "activation": float(ex["activation"][i]),
+                "max_position": int(ex["max_position"][i]),
+                "residue_values": _blob(values, offsets, i),
+            }
+            for i in range(len(ex["feature"]))
+        )
+        bulk_insert(self.session, TopExample, rows)
+
+    def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
+        pt = np.load(self.workdir / "analysis" / name / "protein_top.npz")
+        offsets, values = pt["offsets"], pt["values"]
+        rows = (
+            {
+                "protein_id": self.protein_ids[int(pt["protein"][i])],
+                "sae_id": sae.id,
+                "feature_id": feature_ids[int(pt["feature"][i])],
+                "rank": int(pt["rank"][i]),
+                "activation": float(pt["activation"][i]),
+                "residue_values": _blob(values, offsets, i),
+            }
+            for i in range(len(pt["protein"]))
+        )
+        bulk_insert(self.session, ProteinFeature, rows)
+
+    def _neighbors(self, name: str, feature_ids: list[int]) -> None:
+        nb = np.load(self.workdir / "analysis" / name / "neighbors.npz")
+        idx, cos = nb["indices"], nb["cosines"]
+        rows = (
+            {
+                "feature_id": feature_ids[f],
+                "neighbor_id": feature_ids[int(idx[f, r])],
+                "rank": r,
+                "cosine": float(cos[f, r]),
+            }
+            for f in range(idx.shape[0])
+            for r in range(idx.shape[1])
+        )
+        bulk_insert(self.session, FeatureNeighbor, rows)
+
+    def _summary(self, sae: Sae, kind: str, path: Path) -> None:
+        if path.exists():
+            self.session.add(
+                AnalysisSummary(sae_id=sae.id, kind=kind, payload=json.loads(path.read_text()))
+            )
+
+    def _go(self, sae: Sae, name: str, feature_ids: list[int], known_terms: set[str]) -> None:
+        go_dir = self.workdir / "go" / name
+        self._summary(sae, "go", go_dir / "summary.json")
+        self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
+        if not (go_dir / "hits.npz").exists():
+            return
+        hits = np.load(go_dir / "hits.npz", allow_pickle=False)
+        n = len(hits["feature_index"])
+        rows = []
+        counts = np.zeros(len(feature_ids), dtype=np.int64)
+        for i in range(n):
+            go_id = str(hits["go_id"][i])
+            if go_id not in known_terms:
+                continue
+            f = int(hits["feature_index"][i])
+            counts[f] += 1
+            odds = float(hits["odds_ratio"][i])
+            rows.append(
+                {
+                    "sae_id": sae.id,
+                    "feature_id": feature_ids[f],
+                    "go_id": go_id,
+                    "namespace": str(hits["namespace"][i]),
+                    "study_hits": int(hits["study_hits"][i]),
+                    "study_size": int(hits["study_size"][i]),
+                    "pop_hits": int(hits["pop_hits"][i]),
+                    "pop_size": int(hits["pop_size"][i]),
+                    "odds_ratio": odds if np.isfinite(odds) else None,
+                    "fold_enrichment": float(hits["fold_enrichment"][i]),
+                    "p_value": float(hits["p_value"][i]),
+                    "q_value": float(hits["q_value"][i]),
+                    "p_bonferroni": float(hits["p_bonferroni"][i]),
+                    "method": str(hits["method"][i]) if "method" in hits else "fisher_greater",
+                    "is_most_specific": bool(hits["is_most_specific"][i]),
+                }
+            )
+        bulk_insert(self.session, GoEnrichment, rows)
+        for f in np.flatnonzero(counts):
+            self.session.execute(
+                Feature.__table__.update()
+                .where(Feature.__table__.c.id == feature_ids[int(f)])
+                .values(n_go_hits=int(counts[f]))
+            )
+
+    def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
+        ex_dir = self.workdir / "explain" / name
+        self._summary(sae, "explanations", ex_dir / "summary.json")
+        path = ex_dir / "explanations.jsonl"
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if not rec.get("text"):
+                continue
+            f = int(rec["feature_index"])
+            explanation = Explanation(
+                feature_id=feature_ids[f],
+                text=rec["text"],
+                model=rec.get("model", ""),
+                prompt_hash=rec.get("prompt_hash", ""),
+                prompt=rec.get("prompt"),
+                details={k: v for k, v in rec.items() if k not in {"text", "prompt"}},
+            )
+            self.session.add(explanation)
+            self.session.flush()
+            score = rec.get("pearson_r")
+            self.session.add(
+                ExplanationScore(
+                    explanation_id=explanation.id,
+                    method="pearson",
+                    value=score,
+                    p_value=rec.get("pearson_p"),
+                    n=rec.get("n_test"),
+                    details={
+                        "predicted": rec.get("predicted"),
+                        "actual": rec.get("actual"),
+                        "status": rec.get("status"),
+                    },
+                )
+            )
+            if score is not None:
+                self.session.execute(
+                    Feature.__table__.update()
+                    .where(Feature.__table__.c.id == feature_ids[f])
+                    .values(explanation_score=float(score))
+                )
+
+    def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
+        c_dir = self.workdir / "concepts" / name
+        self._summary(sae, "concepts", c_dir / "summary.json")
+        path = c_dir / "alignments.npz"
+        if not path.exists():
+            return
+        concept_ids = _concept_ids(self.session, self.workdir)
+        al = np.load(path, allow_pickle=False)
+        rows = (
+            {
+                "sae_id": sae.id,
+                "feature_id": feature_ids[int(al["feature_index"][i])],
+                "concept_id": concept_ids[str(al["concept"][i])],
+                "threshold": float(al["threshold"][i]),
+                "precision": float(al["precision"][i]),
+                "recall": float(al["recall"][i]),
+                "f1": float(al["f1"][i]),
+                "site_recall": float(al["site_recall"][i]),
+                "split": str(al["split"][i]),
+            }
+            for i in range(len(al["feature_index"]))
+            if str(al["concept"][i]) in concept_ids
+        )
+        bulk_insert(self.session, ConceptAlignment, rows)
+
+
+def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
+    existing = {c.name: c.id for c in session.scalars(select(Concept)).all()}
+    path = workdir / "concepts" / "concepts.json"
+    if path.exists():
+        for rec in json.loads(path.read_text()):
+            if rec["name"] in existing:
+                continue
+            concept = Concept(
+                name=rec["name"],
+                description=rec.get("description"),
+                source=rec.get("source"),
+                n_chains=int(rec.get("n_chains", 0)),
+                n_residues=int(rec.get("n_residues", 0)),
+                n_positive=int(rec.get("n_positive", 0)),
+            )
+            session.add(concept)
+            session.flush()
+            existing[concept.name] = concept.id
+    return existing
+
+
+def publish(
+    engine: Engine,
+    workdir: Path,
+    run: Run,
+    dictionaries: list[str],
+    *,
+    replace: bool = True,
+) -> int:
+    """Load ``workdir`` into the store as ``run`` (atomically); return the run id."""
+    corpus: Corpus = load_corpus(workdir)
+    structures = load_structures(workdir)
+
+    def load(session: Session, run_row: Run) -> None:
+        by_accession = upsert_proteins(session, corpus)
+        protein_ids = [by_accession[a] for a in corpus.accessions]
+        insert_structures(session, structures, protein_ids)
+        known_terms = _load_go_terms(session, workdir)
+        loader = DictionaryLoader(session, workdir, run_row, protein_ids)
+        for name in dictionaries:
+            loader.load(name, known_terms)
+
+    run.n_proteins = len(corpus.accessions)
+    return publish_run(engine, run, load, replace=replace)
+
+
+def protein_activation_matrix(workdir: Path, name: str) -> sp.csr_matrix:
+    """The analyze stage's per-protein activations of one dictionary."""
+    return sp.load_npz(workdir / "analysis" / name / "protein_activations.npz").tocsr()
