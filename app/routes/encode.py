@@ -11,10 +11,11 @@ import gzip
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
@@ -264,7 +265,9 @@ async def encode_form(request: Request, session: SessionDep, htmx: HtmxDep) -> R
 
 
 @router.get("/encode/structure/{structure_id}", include_in_schema=False)
-def structure_file(structure_id: int, session: SessionDep) -> Response:
+def structure_file(
+    structure_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], session: SessionDep
+) -> Response:
     """A stored structure's coordinates as text, for the 3D view (paths come from the store)."""
     structure = session.get(Structure, structure_id)
     if structure is None:

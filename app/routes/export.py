@@ -10,9 +10,9 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -21,7 +21,12 @@ from sqlalchemy.orm import Session
 from app.deps import SessionDep
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
-router = APIRouter(prefix="/api/v1/saes", tags=["export"])
+router = APIRouter(
+    prefix="/api/v1/saes",
+    tags=["export"],
+    responses={404: {"description": "No published SAE with that id, or no weights for it"}},
+)
+SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary's id")]
 
 CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
@@ -125,7 +130,7 @@ def _filename(sae: Sae, suffix: str) -> str:
 
 
 @router.get("/{sae_id}/export.json", response_model=SaeExport, summary="All features, JSON")
-def export_json(sae_id: int, session: SessionDep) -> SaeExport:
+def export_json(sae_id: SaeId, session: SessionDep) -> SaeExport:
     return export_features(session, published_sae(session, sae_id))
 
 
@@ -135,7 +140,7 @@ def export_json(sae_id: int, session: SessionDep) -> SaeExport:
     response_class=Response,
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-def export_csv(sae_id: int, session: SessionDep) -> Response:
+def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     sae = published_sae(session, sae_id)
     data = export_features(session, sae)
     buffer = io.StringIO()
@@ -168,7 +173,7 @@ def _weights_dir(sae: Sae) -> Path:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
 )
-def export_weights(sae_id: int, session: SessionDep) -> FileResponse:
+def export_weights(sae_id: SaeId, session: SessionDep) -> FileResponse:
     sae = published_sae(session, sae_id)
     path = _weights_dir(sae) / "sae.safetensors"
     return FileResponse(path, media_type="application/octet-stream",
@@ -181,7 +186,7 @@ def export_weights(sae_id: int, session: SessionDep) -> FileResponse:
     response_class=Response,
     responses={200: {"content": {"application/zip": {"schema": {"type": "string"}}}}},
 )
-def export_saelens_zip(sae_id: int, session: SessionDep) -> Response:
+def export_saelens_zip(sae_id: SaeId, session: SessionDep) -> Response:
     sae = published_sae(session, sae_id)
     directory = _weights_dir(sae)
     try:
