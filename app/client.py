@@ -161,6 +161,7 @@ class ProtSAEClient:
         values, result = self.feature_track(int(sae), index, sequence)
         top = max(values, default=0.0)
         view = py3Dmol.view(width=width, height=height)
+        chain_pairs: list[tuple[str | None, str, int]]
         if structure is not None:
             view.addModel(structure, structure_format)
             view.setStyle({}, {"cartoon": {"color": "#dddddd"}})

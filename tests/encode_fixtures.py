@@ -19,7 +19,9 @@ from app.settings import get_settings
 from app.store.engine import engine_for
 
 
-def human_proteins(shared: Path, n: int, min_len: int = 50, max_len: int = 400) -> list[dict[str, str]]:
+def human_proteins(
+    shared: Path, n: int, min_len: int = 50, max_len: int = 400
+) -> list[dict[str, str]]:
     """The first ``n`` real human Swiss-Prot entries within a length range."""
     out = []
     with gzip.open(shared / "data/proteins/human_sprot2014.tsv.gz", "rt", newline="") as handle:
@@ -79,7 +81,9 @@ def live_server(demo_store) -> Iterator[str]:  # type: ignore[no-untyped-def]
     from app.main import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -20,7 +20,9 @@ def stored(url: str, accession: str) -> tuple[str, Structure]:
     engine = create_engine(url)
     with Session(engine) as session:
         protein = session.scalars(select(Protein).where(Protein.accession == accession)).one()
-        structure = session.scalars(select(Structure).where(Structure.protein_id == protein.id)).first()
+        structure = session.scalars(
+            select(Structure).where(Structure.protein_id == protein.id)
+        ).first()
         assert structure is not None
         session.expunge_all()
     engine.dispose()
@@ -30,7 +32,9 @@ def stored(url: str, accession: str) -> tuple[str, Structure]:
 def stored_sequence(url: str, accession: str) -> str:
     engine = create_engine(url)
     with Session(engine) as session:
-        sequence = session.scalars(select(Protein.sequence).where(Protein.accession == accession)).one()
+        sequence = session.scalars(
+            select(Protein.sequence).where(Protein.accession == accession)
+        ).one()
     engine.dispose()
     return sequence
 
@@ -66,12 +70,19 @@ def test_show_feature_colours_the_stored_structure(live_server: str, demo_store)
     resi = int(structure.residue_ids[k])
     colour = activation_colour(values[structure.sequence_positions[k]], max(values))
     assert colour != "#ffffff"
-    assert f'{{"resi": {resi}, "chain": "{structure.chain}"}},{{"cartoon": {{"color": "{colour}"}}}}' in js
+    assert (
+        f'{{"resi": {resi}, "chain": "{structure.chain}"}},{{"cartoon": {{"color": "{colour}"}}}}'
+        in js
+    )
     assert js.count(".setStyle(") > 10
 
 
 def test_show_feature_with_a_user_structure(live_server: str, demo_store) -> None:  # noqa: F811
-    sequence = next(stored_sequence(demo_store.url, a) for a in demo_store.accessions if a not in demo_store.structure_accessions)
+    sequence = next(
+        stored_sequence(demo_store.url, a)
+        for a in demo_store.accessions
+        if a not in demo_store.structure_accessions
+    )
     pdb = "ATOM      1  CA  MET A   1       0.000   0.000   0.000  1.00  0.00           C\n"
     with ProtSAEClient(live_server) as api:
         view = api.show_feature(3, sequence, sae_id=demo_store.sae_id, structure=pdb)

@@ -75,15 +75,23 @@ def test_ranking_options(encode_client: TestClient, demo_store) -> None:  # noqa
     assert all(f["density"] <= 0.9 for f in hidden["features"])
     dense = sum(f["density"] > 0.9 for f in by_max["features"])
     assert dense > 0 and hidden["n_hidden_dense"] == dense
-    short = encode_client.post("/api/v1/encode", json={**base, "top_n": 3, "include_residues": False})
+    short = encode_client.post(
+        "/api/v1/encode", json={**base, "top_n": 3, "include_residues": False}
+    )
     assert [f["values"] for f in short.json()["results"][0]["features"]] == [None] * 3
 
 
 def test_fasta_and_long_sequences(encode_client: TestClient, demo_store) -> None:  # noqa: F811
     seqs = [stored_protein(demo_store.url, a)[0] for a in demo_store.accessions[30:33]]
-    fasta = "".join(f">sp|{a}|test\n{s}\n" for a, s in zip(demo_store.accessions[30:33], seqs, strict=True))
-    data = encode_client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, "fasta": fasta}).json()
-    assert [r["id"] for r in data["results"]] == [f"sp|{a}|test" for a in demo_store.accessions[30:33]]
+    fasta = "".join(
+        f">sp|{a}|test\n{s}\n" for a, s in zip(demo_store.accessions[30:33], seqs, strict=True)
+    )
+    data = encode_client.post(
+        "/api/v1/encode", json={"sae_id": demo_store.sae_id, "fasta": fasta}
+    ).json()
+    assert [r["id"] for r in data["results"]] == [
+        f"sp|{a}|test" for a in demo_store.accessions[30:33]
+    ]
     long = "".join(seqs) * 4
     long = long[:1100]
     result = encode_client.post(
@@ -108,7 +116,11 @@ def test_cache_hits_on_repeat(encode_client: TestClient, demo_store) -> None:  #
     [
         ({"sequences": [""]}, 422, "empty"),
         ({"sequences": []}, 422, "empty"),
-        ({"fasta": ">a\nMKV\n>sp|P69905\nMVLSPADKTNVKAAWGJ"}, 422, "record 2 (sp|P69905, line 3): invalid character 'J' at position 17"),
+        (
+            {"fasta": ">a\nMKV\n>sp|P69905\nMVLSPADKTNVKAAWGJ"},
+            422,
+            "record 2 (sp|P69905, line 3): invalid character 'J' at position 17",
+        ),
         ({"sequences": ["MKV LLA\n"], "fasta": ">a\nMKV"}, 422, "exactly one"),
         ({"sequences": ["M" * 5000]}, 413, "limit of 4096"),
         ({"fasta": ">a\nMKV\n" * 17}, 413, "too many FASTA records: 17"),
@@ -117,7 +129,13 @@ def test_cache_hits_on_repeat(encode_client: TestClient, demo_store) -> None:  #
         ({"sequences": ["MKV"], "bogus": 1}, 422, "invalid request"),
     ],
 )
-def test_bad_input(encode_client: TestClient, demo_store, body: dict, status: int, needle: str) -> None:  # noqa: F811
+def test_bad_input(
+    encode_client: TestClient,  # noqa: F811
+    demo_store,
+    body: dict,
+    status: int,
+    needle: str,
+) -> None:
     response = encode_client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, **body})
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -140,7 +158,7 @@ def test_malformed_and_oversized_bodies(encode_client: TestClient) -> None:  # n
     assert streamed.status_code == 413
 
 
-def test_full_queue_answers_503_with_retry_after(demo_store) -> None:  # noqa: F811
+def test_full_queue_answers_503_with_retry_after(demo_store) -> None:
     old = use_store(demo_store.url, encode_queue_size="1", encode_cache_size="0")
     try:
         from app.main import create_app
@@ -151,7 +169,9 @@ def test_full_queue_answers_503_with_retry_after(demo_store) -> None:  # noqa: F
         async def main() -> list[httpx.Response]:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                warm = await client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]})
+                warm = await client.post(
+                    "/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]}
+                )
                 assert warm.status_code == 200
                 return await asyncio.wait_for(asyncio.gather(*(
                     client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": [s[:1000]]})

@@ -24,8 +24,13 @@ def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
     engine = create_engine(url)
     with Session(engine) as session:
         proteins = session.scalars(select(Protein)).all()
-        terms = {p.id: {g for col in (p.go_bp, p.go_mf, p.go_cc) if col for g in col.split(";")} for p in proteins}
-        feature = session.scalars(select(Feature).where(Feature.sae_id == sae_id, Feature.index == 0)).one()
+        terms = {
+            p.id: {g for col in (p.go_bp, p.go_mf, p.go_cc) if col for g in col.split(";")}
+            for p in proteins
+        }
+        feature = session.scalars(
+            select(Feature).where(Feature.sae_id == sae_id, Feature.index == 0)
+        ).one()
         study = set(session.scalars(select(TopExample.protein_id).where(
             TopExample.feature_id == feature.id, TopExample.bin == "top")))  # fmt: skip
         known = {t for t in session.scalars(select(GoTerm.id))}
@@ -52,7 +57,9 @@ def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
 
 
 @pytest.fixture(scope="module")
-def export_client(demo_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, int, tuple[int, str, float]]]:  # type: ignore[no-untyped-def]
+def export_client(
+    demo_store, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, int, tuple[int, str, float]]]:  # type: ignore[no-untyped-def]
     copy = tmp_path_factory.mktemp("export") / "store.sqlite"
     shutil.copy(Path(demo_store.url.removeprefix("sqlite:///")), copy)
     url = f"sqlite:///{copy}"

@@ -12,6 +12,7 @@ raises :class:`QueueFull` at once when it is full (the route answers 503 with Re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
@@ -136,10 +137,9 @@ class MicroBatcher(Generic[T, R]):
             bucket, delay = chosen
             if delay > 0:
                 self._wake.clear()
-                try:  # a new arrival may fill the bucket before its deadline
+                # A new arrival may fill the bucket before its deadline.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 continue
             queue = self._buckets[bucket]
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
@@ -165,10 +165,8 @@ class MicroBatcher(Generic[T, R]):
         """Stop the dispatcher and the worker thread (pending waiters are cancelled)."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for queue in self._buckets.values():
             for p in queue:

@@ -30,7 +30,7 @@ def feature_info(session: Session, sae_id: int, indices: list[int]) -> dict[int,
         .where(Feature.sae_id == sae_id, Feature.index.in_(indices))
     ).all()  # fmt: skip
     texts: dict[int, str] = {}
-    ids = [r.id for r in rows]
+    ids = [r[0] for r in rows]
     if ids:
         for fid, text in session.execute(
             select(Explanation.feature_id, Explanation.text)
@@ -38,10 +38,10 @@ def feature_info(session: Session, sae_id: int, indices: list[int]) -> dict[int,
             .order_by(Explanation.created_at, Explanation.id)
         ):
             texts[fid] = text  # the newest wins
-    return {
-        r.index: FeatureInfo(r.id, r.auto_label, texts.get(r.id), r.explanation_score, r.is_dead)
-        for r in rows
-    }
+    out: dict[int, FeatureInfo] = {}
+    for fid, index, label, score, dead in rows:
+        out[int(index)] = FeatureInfo(fid, label, texts.get(fid), score, dead)
+    return out
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,10 @@ def _encode_protein(handle: DictionaryHandle, x: torch.Tensor) -> SequenceEncodi
     else:  # raw neurons: pooled = mean of residues, so residue l contributes x_l / L
         terms = (x[:, torch.from_numpy(active).to(x.device)] / x.shape[0]).float().cpu().numpy()
     residue = sparse.csr_matrix(
-        (terms.ravel(), (np.repeat(np.arange(x.shape[0]), active.size), np.tile(active, x.shape[0]))),
+        (
+            terms.ravel(),
+            (np.repeat(np.arange(x.shape[0]), active.size), np.tile(active, x.shape[0])),
+        ),
         shape=(x.shape[0], handle.n_latents),
     )
     fve = None if handle.kind == "neurons" else _fve(pooled_x, recon)
@@ -239,7 +242,9 @@ class EncodingService:
         done = dict(zip(unique, encode_with(handle, unique), strict=True))
         return [done[s] for s in sequences]
 
-    async def encode(self, handle: DictionaryHandle, sequences: Sequence[str]) -> list[SequenceEncoding]:
+    async def encode(
+        self, handle: DictionaryHandle, sequences: Sequence[str]
+    ) -> list[SequenceEncoding]:
         """Encode through the cache and the batching queue (raises QueueFull when full)."""
         keys = [sequence_key(handle.sae_id, s) for s in sequences]
         cached = [self.cache.get(k) for k in keys]
@@ -259,14 +264,18 @@ class EncodingService:
             return {"fve": None, "training_median_fve": None, "warning": None, "note": note}
         warning = None
         median = handle.fve_median
-        floor = handle.fve_floor if handle.fve_floor is not None else (
-            median - OOD_MARGIN if median is not None else None
+        floor = (
+            handle.fve_floor
+            if handle.fve_floor is not None
+            else (median - OOD_MARGIN if median is not None else None)
         )
         if not np.isfinite(fve):
             return {"fve": None, "training_median_fve": median, "note": None,
                     "warning": "reconstruction quality undefined (constant activations)"}  # fmt: skip
         if floor is not None and fve < floor:
-            reference = f"training median {median:.3f}" if median is not None else f"p05 {floor:.3f}"
+            reference = (
+                f"training median {median:.3f}" if median is not None else f"p05 {floor:.3f}"
+            )
             warning = (
                 f"out of distribution: this sequence's FVE {fve:.3f} is far below the SAE's "
                 f"{reference}; its features may not mean here what they meant in training"

@@ -44,7 +44,9 @@ class EncodeRequest(BaseModel):
     sae_id: int = Field(ge=1, le=2**31 - 1, description="The dictionary to encode with")
     sequences: list[str] | None = Field(default=None, description="Bare sequences or FASTA texts")
     fasta: str | None = Field(default=None, description="A FASTA text with one or more records")
-    top_n: int = Field(default=20, ge=1, le=1000, description="Active features returned per sequence")
+    top_n: int = Field(
+        default=20, ge=1, le=1000, description="Active features returned per sequence"
+    )
     rank_by: Literal["max", "mean"] = "max"
     hide_dense: bool = Field(default=False, description="Drop features denser than dense_threshold")
     dense_threshold: float = Field(default=0.5, gt=0, le=1)
@@ -142,9 +144,7 @@ def _records(req: EncodeRequest) -> list[Any]:
     return parse_sequence_list(req.sequences or [], **limits)
 
 
-async def encode_request(
-    request: Request, session: Session, req: EncodeRequest
-) -> EncodeResponse:
+async def encode_request(request: Request, session: Session, req: EncodeRequest) -> EncodeResponse:
     """Validate, encode (cache + batching queue), rank, and join labels and provenance."""
     try:
         records = _records(req)
@@ -231,7 +231,8 @@ async def encode_api(request: Request, session: SessionDep) -> EncodeResponse:
 
 @router.get("/encode", response_class=HTMLResponse, include_in_schema=False)
 def encode_page(request: Request, session: SessionDep) -> Response:
-    ctx = {"saes": published_saes(session), "form": {}, "result": None, "error": None}
+    ctx: dict[str, Any] = {"saes": published_saes(session), "form": {}, "result": None}
+    ctx["error"] = None
     return templates.TemplateResponse(request, "encode.html", ctx)
 
 

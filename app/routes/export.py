@@ -12,7 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path as PathParam
+from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -86,7 +87,7 @@ def published_sae(session: Session, sae_id: int) -> Sae:
 
 def export_features(session: Session, sae: Sae) -> SaeExport:
     """Every feature of ``sae`` with its newest explanation and its GO hits (by q-value)."""
-    explanations: dict[int, tuple[str, str]] = {}
+    explanations: dict[int, tuple[str | None, str | None]] = {}
     for fid, text, model in session.execute(
         select(Explanation.feature_id, Explanation.text, Explanation.model)
         .join(Feature, Feature.id == Explanation.feature_id)
@@ -106,17 +107,18 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             p_bonferroni=hit.p_bonferroni, fold_enrichment=hit.fold_enrichment,
             study_hits=hit.study_hits, study_size=hit.study_size,
         ))  # fmt: skip
-    features = [
-        FeatureExport(
+    features = []
+    for f in session.scalars(
+        select(Feature).where(Feature.sae_id == sae.id).order_by(Feature.index)
+    ):
+        expl_text, expl_model = explanations.get(f.id, (None, None))
+        features.append(FeatureExport(
             index=f.index, feature_id=f.id, label=f.auto_label, label_source=f.auto_label_source,
-            explanation=explanations.get(f.id, (None, None))[0],
-            explanation_model=explanations.get(f.id, (None, None))[1],
-            explanation_score=f.explanation_score, density=f.density, n_active=f.n_active,
-            max_activation=f.max_activation, mean_activation=f.mean_activation,
-            is_dead=f.is_dead, pattern_class=f.pattern_class, go_hits=hits.get(f.id, []),
-        )  # fmt: skip
-        for f in session.scalars(select(Feature).where(Feature.sae_id == sae.id).order_by(Feature.index))
-    ]
+            explanation=expl_text, explanation_model=expl_model, explanation_score=f.explanation_score,
+            density=f.density, n_active=f.n_active, max_activation=f.max_activation,
+            mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
+            go_hits=hits.get(f.id, []),
+        ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
         sae_id=sae.id, sae_name=sae.name, kind=sae.kind, level=sae.level, layer=sae.layer,
@@ -192,7 +194,9 @@ def export_saelens_zip(sae_id: SaeId, session: SessionDep) -> Response:
     try:
         sae_mod = importlib.import_module("app.sae")
     except ImportError as exc:
-        raise HTTPException(503, "the SAE module (app.sae) is not installed on this server") from exc
+        raise HTTPException(
+            503, "the SAE module (app.sae) is not installed on this server"
+        ) from exc
     module = sae_mod.load_dictionary(directory)
     folder = _filename(sae, "")
     buffer = io.BytesIO()
