@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.routes import api, encode, export, pages
+from app.routes import api, encode, export, findings, pages
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
 
@@ -27,6 +27,7 @@ def create_app() -> FastAPI:
     )
     application.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
     application.include_router(pages.router)
+    application.include_router(findings.router)
     application.include_router(api.router)
     application.include_router(encode.router)
     application.include_router(export.router)

@@ -1,13 +1,43 @@
-"""The one query layer: HTML pages and the JSON API both call these, so they never disagree."""
+"""The one query layer: HTML pages and the JSON API both call these, so they never disagree.
+
+This module holds the list queries (runs, dictionaries, the feature list with keyset/cursor
+pagination, search); ``app.detail_queries`` holds the one-object pages (feature, protein, GO term).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.store.schema import Run
+from app.read_models import (
+    FeatureFilters,
+    FeatureHit,
+    FeaturePage,
+    FeatureSummary,
+    GoTermRef,
+    ProteinRef,
+    RunOut,
+    SaeDetail,
+    SaeSummary,
+    SearchResults,
+    SortKey,
+    SortOrder,
+)
+from app.store.schema import Explanation, Feature, GoTerm, Protein, Run, Sae
+
+
+class NotFound(LookupError):
+    """An id that names nothing published (routes answer 404)."""
+
+
+class BadCursor(ValueError):
+    """A cursor that this query did not issue (routes answer 422)."""
 
 
 def published_runs(session: Session) -> Sequence[Run]:
@@ -19,3 +49,200 @@ def published_runs(session: Session) -> Sequence[Run]:
         .order_by(Run.published_at.desc(), Run.id.desc())
     )
     return session.scalars(stmt).all()
+
+
+def run_models(session: Session) -> list[RunOut]:
+    return [RunOut.model_validate(run) for run in published_runs(session)]
+
+
+def published_sae(session: Session, sae_id: int) -> tuple[Sae, Run]:
+    """A dictionary of a published run, or ``NotFound``."""
+    row = session.execute(
+        select(Sae, Run)
+        .join(Run, Sae.run_id == Run.id)
+        .where(Sae.id == sae_id, Run.status == "published")
+    ).first()
+    if row is None:
+        raise NotFound(f"no published SAE with id {sae_id}")
+    return row[0], row[1]
+
+
+def list_saes(session: Session) -> list[SaeSummary]:
+    stmt = (
+        select(Sae)
+        .join(Run, Sae.run_id == Run.id)
+        .where(Run.status == "published")
+        .order_by(Sae.run_id.desc(), Sae.id)
+    )
+    return [SaeSummary.model_validate(s) for s in session.scalars(stmt)]
+
+
+def sae_detail(session: Session, sae_id: int) -> SaeDetail:
+    sae, run = published_sae(session, sae_id)
+    n_features = session.scalar(select(func.count()).where(Feature.sae_id == sae_id)) or 0
+    base = SaeSummary.model_validate(sae).model_dump()
+    return SaeDetail(
+        **base,
+        run_name=run.name,
+        base_model=run.base_model,
+        metrics=dict(sae.metrics or {}),
+        config=dict(sae.config or {}),
+        n_features=n_features,
+    )
+
+
+def encode_cursor(
+    sort: SortKey, order: SortOrder, value: float | int | None, feature_id: int
+) -> str:
+    raw = json.dumps([sort, order, value, feature_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: SortKey, order: SortOrder) -> tuple[float | None, int]:
+    """The (sort value, id) a cursor points after; ``BadCursor`` if it is not ours or not this sort.
+
+    A null value means the cursor is among the features without a value (they come last)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        c_sort, c_order, value, feature_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadCursor("cursor is not one this API issued") from exc
+    if c_sort != sort or c_order != order:
+        raise BadCursor(f"cursor was issued for sort={c_sort} order={c_order}, not {sort} {order}")
+    if not isinstance(value, int | float | None) or not isinstance(feature_id, int):
+        raise BadCursor("cursor is not one this API issued")
+    return value, feature_id
+
+
+def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = [Feature.sae_id == sae_id]
+    if filters.density_min is not None:
+        clauses.append(Feature.density >= filters.density_min)
+    if filters.density_max is not None:
+        clauses.append(Feature.density <= filters.density_max)
+    if filters.max_activation_min is not None:
+        clauses.append(Feature.max_activation >= filters.max_activation_min)
+    if filters.max_activation_max is not None:
+        clauses.append(Feature.max_activation <= filters.max_activation_max)
+    if filters.score_min is not None:
+        clauses.append(Feature.explanation_score >= filters.score_min)
+    if filters.has_go is not None:
+        clauses.append(Feature.n_go_hits > 0 if filters.has_go else Feature.n_go_hits == 0)
+    if filters.dead is not None:
+        clauses.append(Feature.is_dead.is_(filters.dead))
+    text = (filters.q or "").strip()
+    if text:
+        pattern = f"%{_escape_like(text)}%"
+        # One scan of the explanations (IN), not a correlated lookup per feature.
+        explained = Feature.id.in_(
+            select(Explanation.feature_id).where(Explanation.text.ilike(pattern, escape="\\"))
+        )
+        clauses.append(or_(Feature.auto_label.ilike(pattern, escape="\\"), explained))
+    return clauses
+
+
+def _escape_like(text: str) -> str:
+    text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_features(
+    session: Session,
+    sae_id: int,
+    filters: FeatureFilters,
+    sort: SortKey = "index",
+    order: SortOrder = "asc",
+    cursor: str | None = None,
+    limit: int = 50,
+) -> FeaturePage:
+    """One page of an SAE's features, keyset-paginated on (sort value, id) so deep pages stay fast."""
+    published_sae(session, sae_id)
+    clauses = _filter_clauses(sae_id, filters)
+    total = session.scalar(select(func.count()).select_from(Feature).where(*clauses)) or 0
+    key: ColumnElement[Any] = getattr(Feature, sort)
+    after: tuple[float | None, int] | None = decode_cursor(cursor, sort, order) if cursor else None
+    rows: list[tuple[Feature, float | None]] = []
+    # Features with a value first, in (value, id) order — a plain range scan of the
+    # (sae_id, column) index; then, for the nullable score, the unscored ones by id.
+    if after is None or after[0] is not None:
+        page = [*clauses, *([key.is_not(None)] if sort == "explanation_score" else [])]
+        if after is not None:
+            value, after_id = after
+            newer = key > value if order == "asc" else key < value
+            same = Feature.id > after_id if order == "asc" else Feature.id < after_id
+            page.append(or_(newer, and_(key == value, same)))
+        ordering = (
+            (key.asc(), Feature.id.asc()) if order == "asc" else (key.desc(), Feature.id.desc())
+        )
+        stmt = select(Feature).where(*page).order_by(*ordering).limit(limit + 1)
+        rows = [(f, getattr(f, sort)) for f in session.scalars(stmt)]
+    if sort == "explanation_score" and len(rows) <= limit:
+        tail = [*clauses, key.is_(None)]
+        if after is not None and after[0] is None:
+            tail.append(Feature.id > after[1] if order == "asc" else Feature.id < after[1])
+        id_order = Feature.id.asc() if order == "asc" else Feature.id.desc()
+        stmt = select(Feature).where(*tail).order_by(id_order).limit(limit + 1 - len(rows))
+        rows += [(f, None) for f in session.scalars(stmt)]
+    items = [FeatureSummary.model_validate(f) for f, _ in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last_feature, last_value = rows[limit - 1]
+        next_cursor = encode_cursor(sort, order, last_value, last_feature.id)
+    return FeaturePage(items=items, total=total, next_cursor=next_cursor, sort=sort, order=order)
+
+
+def search(session: Session, query: str, limit: int = 20) -> SearchResults:
+    """Features by label/explanation text, proteins by accession/name/gene, GO terms by id/name."""
+    text = query.strip()
+    if not text:
+        return SearchResults(query=query, features=[], proteins=[], go_terms=[])
+    pattern = f"%{_escape_like(text)}%"
+    published = select(Sae.id).join(Run, Sae.run_id == Run.id).where(Run.status == "published")
+    by_label = (
+        select(Feature, Sae.name, Feature.auto_label)
+        .join(Sae, Feature.sae_id == Sae.id)
+        .where(Feature.sae_id.in_(published), Feature.auto_label.ilike(pattern, escape="\\"))
+        .limit(limit)
+    )
+    by_text = (
+        select(Feature, Sae.name, Explanation.text)
+        .join(Explanation, Explanation.feature_id == Feature.id)
+        .join(Sae, Feature.sae_id == Sae.id)
+        .where(Feature.sae_id.in_(published), Explanation.text.ilike(pattern, escape="\\"))
+        .limit(limit)
+    )
+    features: dict[int, FeatureHit] = {}
+    for stmt in (by_label, by_text):
+        for feature, sae_name, snippet in session.execute(stmt):
+            if feature.id not in features and len(features) < limit:
+                features[feature.id] = FeatureHit(
+                    feature=FeatureSummary.model_validate(feature),
+                    sae_name=sae_name,
+                    snippet=snippet,
+                )
+    upper = text.upper()
+    proteins = session.scalars(
+        select(Protein)
+        .where(
+            or_(
+                Protein.accession == upper,
+                Protein.gene == upper,
+                Protein.name.ilike(pattern, escape="\\"),
+                Protein.accession.ilike(f"{_escape_like(upper)}%", escape="\\"),
+            )
+        )
+        .order_by((Protein.accession == upper).desc(), Protein.accession)
+        .limit(limit)
+    ).all()
+    go_terms = session.scalars(
+        select(GoTerm)
+        .where(or_(GoTerm.id == upper, GoTerm.name.ilike(pattern, escape="\\")))
+        .order_by((GoTerm.id == upper).desc(), GoTerm.level, GoTerm.id)
+        .limit(limit)
+    ).all()
+    return SearchResults(
+        query=query,
+        features=list(features.values()),
+        proteins=[ProteinRef.model_validate(p) for p in proteins],
+        go_terms=[GoTermRef.model_validate(t) for t in go_terms],
+    )

@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 import torch
-from app.sae import Dictionary
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from app.sae import Dictionary
 from trainer.embed import EmbeddingStore
 
 FloatArray = npt.NDArray[np.float32]

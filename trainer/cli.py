@@ -8,11 +8,16 @@ traceback.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from app.settings import get_settings
 from app.store import migrate
+
+if TYPE_CHECKING:
+    from trainer.pipeline import Pipeline
 
 cli = typer.Typer(
     name="protsae",
@@ -22,6 +27,7 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The store: migrations and status.", no_args_is_help=True)
 trainer_cli = typer.Typer(help="The offline pipeline's stages.", no_args_is_help=True)
+STAGE_NAMES = ("ingest", "embed", "train", "analyze", "go", "explain", "concepts", "publish")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(trainer_cli, name="trainer")
 
@@ -92,6 +98,88 @@ def serve(
         reload=reload,
         log_level="info",
     )
+
+
+ConfigArgument = typer.Argument(
+    ..., exists=False, help="The run's TOML config (e.g. configs/demo.toml)."
+)
+
+
+def _pipeline(config: Path, database_url: str | None) -> Pipeline:
+    from trainer.config import ConfigError, load_config
+    from trainer.pipeline import Pipeline
+
+    settings = get_settings()
+    try:
+        cfg = load_config(config, settings)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from exc
+    return Pipeline(cfg, settings, database_url=database_url)
+
+
+def _run_stages(config: Path, database_url: str | None, stages: list[str]) -> None:
+    pipeline = _pipeline(config, database_url)
+    try:
+        run_id = pipeline.run(stages)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    if run_id is not None:
+        typer.echo(f"published run {pipeline.cfg.run.name!r} (id {run_id})")
+
+
+@trainer_cli.command("run")
+def trainer_run(
+    config: Path = ConfigArgument,
+    database_url: str | None = DatabaseOption,
+    stages: str | None = typer.Option(
+        None, help="Comma-separated subset of: " + ", ".join(STAGE_NAMES)
+    ),
+) -> None:
+    """Run every stage (each resumable), then publish the run atomically."""
+    chosen = [s.strip() for s in stages.split(",")] if stages else list(STAGE_NAMES)
+    unknown = [s for s in chosen if s not in STAGE_NAMES]
+    if unknown:
+        raise typer.BadParameter(f"unknown stage(s): {', '.join(unknown)}", param_hint="--stages")
+    _run_stages(config, database_url, chosen)
+
+
+def _stage_command(stage: str, help_text: str) -> None:
+    def command(config: Path = ConfigArgument, database_url: str | None = DatabaseOption) -> None:
+        _run_stages(config, database_url, [stage])
+
+    command.__doc__ = help_text
+    trainer_cli.command(stage)(command)
+
+
+for _stage, _help in (
+    ("ingest", "Read proteins, GO ids and structures into the run's corpus."),
+    ("embed", "Embed every protein with ESM2 (per residue and pooled), in shards."),
+    ("train", "Train the SAEs, transcoders, controls and neuron baselines."),
+    ("analyze", "Encode every protein; feature stats, top examples, neighbours."),
+    ("go", "Gene Ontology enrichment of every feature, with null controls."),
+    ("explain", "Claude explanations of features, scored, neurons as baseline."),
+    ("concepts", "Residue-level concept alignment (F1 against real binding-site labels)."),
+    ("publish", "Load the run into the store in one transaction."),
+):
+    _stage_command(_stage, _help)
+
+
+@trainer_cli.command("report")
+def trainer_report(
+    run: str = typer.Option(..., "--run", help="Name of a published run."),
+    out: Path = typer.Option(..., "--out", help="Folder to write index.html and the SVGs into."),
+    base_url: str = typer.Option("", help="Explorer URL that feature links point at."),
+    database_url: str | None = DatabaseOption,
+) -> None:
+    """Write a run's Findings figures (SVG) and an index.html into OUT."""
+    from trainer.report import write_report
+
+    try:
+        index = write_report(_url(database_url), run, out, base_url)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--run") from exc
+    typer.echo(f"report written to {index}")
 
 
 def main() -> None:

@@ -32,12 +32,7 @@ class RunSection(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     description: str = ""
     seed: int = 0
-
-
-class ModelSection(BaseModel):
-    checkpoint: str = Field(description="path to a fair-esm ESM2 checkpoint, or a fair-esm name")
-    device: str = "auto"
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(default=None, ge=1)
 
 
 class ControlsSection(BaseModel):
@@ -66,16 +61,15 @@ class LossSection(BaseModel):
 
 class TrainerConfig(BaseModel):
     run: RunSection
-    model: ModelSection
     ingest: IngestConfig
-    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    embed: EmbedConfig
     saes: list[SaeSpec] = Field(default_factory=list)
     neurons: NeuronsSection = Field(default_factory=NeuronsSection)
     controls: ControlsSection = Field(default_factory=ControlsSection)
     loss: LossSection = Field(default_factory=LossSection)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     go: GoConfig
-    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
 
     def digest(self) -> str:

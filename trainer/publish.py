@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from app.store.bulk import bulk_insert, reserve_ids
@@ -25,8 +25,6 @@ from app.store.schema import (
     AnalysisSummary,
     Concept,
     ConceptAlignment,
-    Explanation,
-    ExplanationScore,
     Feature,
     FeatureNeighbor,
     GoEnrichment,
@@ -37,7 +35,9 @@ from app.store.schema import (
     TopExample,
 )
 from trainer.corpus import Corpus, load_corpus
-from trainer.ingest import insert_structures, load_structures, upsert_proteins
+from trainer.explain.labels import GoHit, GoHitLike, auto_labels
+from trainer.explain.store_load import load_auto_labels, load_explanations
+from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 
 
 def _blob(values: np.ndarray, offsets: np.ndarray, i: int) -> bytes | None:
@@ -45,15 +45,17 @@ def _blob(values: np.ndarray, offsets: np.ndarray, i: int) -> bytes | None:
     return encode_values(values[start:end]) if end > start else None
 
 
-def _load_go_terms(session: Session, workdir: Path) -> set[str]:
-    """Insert the GO terms the run uses that the store lacks; return every known id."""
+def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]]:
+    """Insert the GO terms the run uses that the store lacks; return id -> (name, depth)."""
     path = workdir / "go" / "terms.tsv"
     if not path.exists():
-        return set()
+        return {}
     known = set(session.scalars(select(GoTerm.id)).all())
+    info: dict[str, tuple[str, int]] = {}
     rows = []
     with path.open(newline="") as handle:
         for rec in csv.DictReader(handle, delimiter="\t"):
+            info[rec["id"]] = (rec["name"], int(rec["depth"]))
             if rec["id"] in known:
                 continue
             known.add(rec["id"])
@@ -70,7 +72,7 @@ def _load_go_terms(session: Session, workdir: Path) -> set[str]:
                 }
             )
     bulk_insert(session, GoTerm, rows)
-    return known
+    return info
 
 
 class DictionaryLoader:
@@ -81,11 +83,13 @@ class DictionaryLoader:
         self.workdir = workdir
         self.run = run
         self.protein_ids = protein_ids
+        self.go_hits: dict[int, list[GoHit]] = {}
 
-    def load(self, name: str, known_terms: set[str]) -> Sae:
+    def load(self, name: str, known_terms: dict[str, tuple[str, int]]) -> Sae:
         sae_dir = self.workdir / "saes" / name
         config = json.loads((sae_dir / "config.json").read_text())
         metrics = json.loads((sae_dir / "metrics.json").read_text())
+        self.go_hits = {}
         sae = self._sae_row(name, config, metrics, sae_dir)
         feature_ids = self._features(sae, name)
         self._examples(name, feature_ids)
@@ -133,7 +137,6 @@ class DictionaryLoader:
         stats = np.load(self.workdir / "analysis" / name / "features.npz")
         n = len(stats["n_active"])
         ids = reserve_ids(self.session, Feature, n)
-        labels = self._auto_labels(name)
         rows = (
             {
                 "id": ids[f],
@@ -147,8 +150,8 @@ class DictionaryLoader:
                 "hist_counts": [int(x) for x in stats["hist_counts"][f]],
                 "is_dead": bool(stats["is_dead"][f]),
                 "pattern_class": None,
-                "auto_label": labels.get(f, (None, None))[0],
-                "auto_label_source": labels.get(f, (None, None))[1],
+                "auto_label": None,
+                "auto_label_source": None,
                 "explanation_score": None,
                 "n_go_hits": 0,
             }
@@ -156,15 +159,6 @@ class DictionaryLoader:
         )
         bulk_insert(self.session, Feature, rows)
         return ids
-
-    def _auto_labels(self, name: str) -> dict[int, tuple[str, str]]:
-        path = self.workdir / "explain" / name / "labels.jsonl"
-        out: dict[int, tuple[str, str]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                rec = json.loads(line)
-                out[int(rec["feature_index"])] = (str(rec["label"]), str(rec["source"]))
-        return out
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
         ex = np.load(self.workdir / "analysis" / name / "examples.npz")
@@ -220,7 +214,9 @@ class DictionaryLoader:
                 AnalysisSummary(sae_id=sae.id, kind=kind, payload=json.loads(path.read_text()))
             )
 
-    def _go(self, sae: Sae, name: str, feature_ids: list[int], known_terms: set[str]) -> None:
+    def _go(
+        self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
+    ) -> None:
         go_dir = self.workdir / "go" / name
         self._summary(sae, "go", go_dir / "summary.json")
         self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
@@ -228,6 +224,7 @@ class DictionaryLoader:
             return
         hits = np.load(go_dir / "hits.npz", allow_pickle=False)
         n = len(hits["feature_index"])
+        terms = known_terms
         rows = []
         counts = np.zeros(len(feature_ids), dtype=np.int64)
         for i in range(n):
@@ -237,6 +234,13 @@ class DictionaryLoader:
             f = int(hits["feature_index"][i])
             counts[f] += 1
             odds = float(hits["odds_ratio"][i])
+            name_, depth = terms.get(go_id, (go_id, 0))
+            self.go_hits.setdefault(f, []).append(
+                GoHit(go_id=go_id, name=name_, namespace=str(hits["namespace"][i]), depth=depth,
+                      q_value=float(hits["q_value"][i]),
+                      fold_enrichment=float(hits["fold_enrichment"][i]),
+                      is_most_specific=bool(hits["is_most_specific"][i]))
+            )  # fmt: skip
             rows.append(
                 {
                     "sae_id": sae.id,
@@ -257,55 +261,19 @@ class DictionaryLoader:
                 }
             )
         bulk_insert(self.session, GoEnrichment, rows)
-        for f in np.flatnonzero(counts):
+        for hit_feature in np.flatnonzero(counts):
             self.session.execute(
-                Feature.__table__.update()
-                .where(Feature.__table__.c.id == feature_ids[int(f)])
-                .values(n_go_hits=int(counts[f]))
+                update(Feature)
+                .where(Feature.id == feature_ids[int(hit_feature)])
+                .values(n_go_hits=int(counts[hit_feature]))
             )
 
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
-        ex_dir = self.workdir / "explain" / name
-        self._summary(sae, "explanations", ex_dir / "summary.json")
-        path = ex_dir / "explanations.jsonl"
-        if not path.exists():
-            return
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            if not rec.get("text"):
-                continue
-            f = int(rec["feature_index"])
-            explanation = Explanation(
-                feature_id=feature_ids[f],
-                text=rec["text"],
-                model=rec.get("model", ""),
-                prompt_hash=rec.get("prompt_hash", ""),
-                prompt=rec.get("prompt"),
-                details={k: v for k, v in rec.items() if k not in {"text", "prompt"}},
-            )
-            self.session.add(explanation)
-            self.session.flush()
-            score = rec.get("pearson_r")
-            self.session.add(
-                ExplanationScore(
-                    explanation_id=explanation.id,
-                    method="pearson",
-                    value=score,
-                    p_value=rec.get("pearson_p"),
-                    n=rec.get("n_test"),
-                    details={
-                        "predicted": rec.get("predicted"),
-                        "actual": rec.get("actual"),
-                        "status": rec.get("status"),
-                    },
-                )
-            )
-            if score is not None:
-                self.session.execute(
-                    Feature.__table__.update()
-                    .where(Feature.__table__.c.id == feature_ids[f])
-                    .values(explanation_score=float(score))
-                )
+        """Claude explanations + scores (explain stage), and offline labels from GO hits."""
+        by_index = dict(enumerate(feature_ids))
+        load_explanations(self.session, self.workdir, name, sae.id, by_index)
+        hits = cast(Mapping[int, Iterable[GoHitLike]], self.go_hits)
+        load_auto_labels(self.session, auto_labels(hits, {}), by_index)
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         c_dir = self.workdir / "concepts" / name
@@ -364,12 +332,12 @@ def publish(
 ) -> int:
     """Load ``workdir`` into the store as ``run`` (atomically); return the run id."""
     corpus: Corpus = load_corpus(workdir)
-    structures = load_structures(workdir)
+    structures = load_structure_mappings(workdir)
 
     def load(session: Session, run_row: Run) -> None:
         by_accession = upsert_proteins(session, corpus)
         protein_ids = [by_accession[a] for a in corpus.accessions]
-        insert_structures(session, structures, protein_ids)
+        insert_structures(session, structures, by_accession)
         known_terms = _load_go_terms(session, workdir)
         loader = DictionaryLoader(session, workdir, run_row, protein_ids)
         for name in dictionaries:

@@ -1,235 +1,73 @@
-"""Findings figures: matplotlib (Agg) plots of a run's summaries, returned as SVG text.
+"""``protsae trainer report``: a published run's Findings figures as a self-contained folder.
 
-Every ``plot_*`` takes the summaries a stage wrote plus ``FigureInputs`` (run, model, corpus),
-states those inputs in the title and in the SVG's ``<desc>``, and returns the SVG as a string.
-Each summary is a dict with ``"dictionary"`` (its name) and optionally ``"kind"``: one of
-``features`` (SAE/transcoder), ``neurons`` (the ESM2 neuron baseline) or ``control`` (null
-controls). Without ``kind``, names starting with ``neurons`` are neurons and names containing
-``control`` or ``random`` are controls; everything else is features. Further keys per figure:
-
-- ``plot_sae_fidelity``: ``fve``, ``l0``, ``dead_fraction``, ``loss_recovered`` (each may be
-  None) — ``saes/{name}/metrics.json``.
-- ``plot_go_hit_rates``: ``bh`` and ``bonferroni``, each ``{"pct_features_with_hit": float}``
-  — ``go/{name}/summary.json``.
-- ``plot_go_hits_per_level``: ``hits_per_level.by_level`` = ``{level: {"hits": int,
-  "features": int}}`` — ``go/{name}/summary.json``.
-- ``plot_fold_enrichment``: ``fold_enrichment``, the significant hits' fold enrichments.
-- ``plot_explanation_r``: ``pearson_r``, one value per scored feature.
-- ``plot_concept_f1``: ``best_per_concept`` = ``[{"concept", "feature", "f1_test"}]`` —
-  ``concepts/{name}/summary.json``.
-
-Bars and points that stand for a dictionary or a feature carry a hyperlink when ``link`` is
-given (``link(dictionary, feature_or_None) -> url``), so a figure leads to the features behind it.
+Reads the store (the same queries and figures as the server's Findings page, from
+``app.findings``) and writes ``index.html`` with every figure inlined plus one ``{key}.svg`` per
+figure. Feature links point at ``{base_url}/features/{id}``: a running explorer on that store.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import html
+from pathlib import Path
 
-import matplotlib
-import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-matplotlib.use("Agg")  # no display; figures are built with the object API (no pyplot state)
-
-Summary = dict[str, Any]
-Link = Callable[[str, int | None], str]
-KIND_COLOURS = {"features": "#1f77b4", "neurons": "#ff7f0e", "control": "#7f7f7f"}
+from app.findings.data import gather_findings
+from app.findings.render import FigureOut, render_findings
+from app.store.engine import make_engine
+from app.store.schema import Run
 
 
-@dataclass(frozen=True)
-class FigureInputs:
-    """What a figure was computed from; stated on every figure."""
-
-    run: str
-    model: str
-    corpus: str
-
-    def line(self) -> str:
-        return f"run {self.run} · model {self.model} · {self.corpus}"
-
-
-def kind_of(summary: Summary) -> str:
-    if "kind" in summary:
-        return str(summary["kind"])
-    name = str(summary["dictionary"]).lower()
-    if name.startswith("neurons"):
-        return "neurons"
-    if "control" in name or "random" in name:
-        return "control"
-    return "features"
-
-
-def _svg(fig: Figure, title: str, inputs: FigureInputs, caption: str) -> str:
-    fig.suptitle(f"{title}\n{inputs.line()}", fontsize=10)
-    fig.text(0.01, 0.005, caption, fontsize=7, ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    buf = io.StringIO()
-    desc = f"{title}. {inputs.line()}. {caption}"
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable
-        fig.savefig(buf, format="svg", metadata={"Title": title, "Description": desc})
-    return buf.getvalue()
-
-
-def _names(summaries: Sequence[Summary]) -> list[str]:
-    return [str(s["dictionary"]) for s in summaries]
-
-
-def _colours(summaries: Sequence[Summary]) -> list[str]:
-    return [KIND_COLOURS.get(kind_of(s), "#2ca02c") for s in summaries]
-
-
-def _link_bars(bars: Any, names: Sequence[str], link: Link | None) -> None:
-    if link is not None:
-        for bar, name in zip(bars, names, strict=True):
-            bar.set_url(link(name, None))
-
-
-def _legend(ax: Any, summaries: Sequence[Summary]) -> None:
-    kinds = list(dict.fromkeys(kind_of(s) for s in summaries))
-    handles = [Rectangle((0, 0), 1, 1, color=KIND_COLOURS.get(k, "#2ca02c")) for k in kinds]
-    ax.legend(handles, kinds, fontsize=7, loc="best")
-
-
-def plot_sae_fidelity(
-    metrics: Sequence[Summary], inputs: FigureInputs, *, link: Link | None = None
-) -> str:
-    """FVE, L0, dead fraction and loss recovered per SAE/transcoder (None shown as n/a)."""
-    panels = (
-        ("fve", "fraction of variance explained"),
-        ("l0", "L0 (active latents per input)"),
-        ("dead_fraction", "dead fraction"),
-        ("loss_recovered", "LM loss recovered"),
+def _figure_html(fig: FigureOut, base_url: str) -> str:
+    links = "".join(
+        f'<li><a href="{html.escape(base_url + link.url)}">{html.escape(link.label)}</a></li>'
+        for link in fig.links
     )
-    names = _names(metrics)
-    fig = Figure(figsize=(12, 3.6))
-    axes = fig.subplots(1, 4)
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        values = [m.get(key) for m in metrics]
-        heights = [float(v) if v is not None else 0.0 for v in values]
-        bars = ax.bar(range(len(names)), heights, color=_colours(metrics))
-        _link_bars(bars, names, link)
-        for i, v in enumerate(values):
-            ax.annotate("n/a" if v is None else f"{v:.3g}", (i, heights[i]), ha="center",
-                        va="bottom", fontsize=7)  # fmt: skip
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(label, fontsize=9)
-    caption = "Held-out metrics from each dictionary's training (saes/*/metrics.json)."
-    return _svg(fig, "SAE fidelity", inputs, caption)
-
-
-def plot_go_hit_rates(
-    summaries: Sequence[Summary], inputs: FigureInputs, *, link: Link | None = None
-) -> str:
-    """% of features with ≥1 significant GO term, BH and the paper's Bonferroni protocol."""
-    names = _names(summaries)
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(5.0, 0.9 * len(names) + 2), 3.8))
-    ax = fig.subplots()
-    for offset, key, hatch in ((-0.2, "bh", ""), (0.2, "bonferroni", "//")):
-        vals = [float(s[key]["pct_features_with_hit"]) for s in summaries]
-        bars = ax.bar(x + offset, vals, 0.4, color=_colours(summaries), hatch=hatch,
-                      edgecolor="white", label=key)  # fmt: skip
-        _link_bars(bars, names, link)
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("% of features with ≥1 significant term")
-    ax.legend(["BH (q < α)", "Bonferroni (paper)"], fontsize=7)
-    caption = "Plain bars: Benjamini–Hochberg; hatched: Bonferroni. Colour: " + ", ".join(
-        f"{k} {c}" for k, c in KIND_COLOURS.items()
+    svg = fig.inline.replace('xlink:href="/', f'xlink:href="{html.escape(base_url)}/')
+    return (
+        f'<figure id="{fig.key}">{svg}<figcaption><strong>{html.escape(fig.title)}.</strong> '
+        f'{html.escape(fig.caption)} <a href="{fig.key}.svg">SVG</a>'
+        f"{f'<ul>{links}</ul>' if links else ''}</figcaption></figure>"
     )
-    return _svg(fig, "GO enrichment: features vs neurons vs controls", inputs, caption)
 
 
-def plot_go_hits_per_level(summaries: Sequence[Summary], inputs: FigureInputs) -> str:
-    """Significant (BH) hits per level of the GO hierarchy, one line per dictionary."""
-    fig = Figure(figsize=(6, 3.8))
-    ax = fig.subplots()
-    for s in summaries:
-        table = s["hits_per_level"]["by_level"]
-        levels = sorted(table, key=int)
-        ax.plot([int(v) for v in levels], [table[v]["hits"] for v in levels], marker="o",
-                color=KIND_COLOURS.get(kind_of(s)), label=s["dictionary"])  # fmt: skip
-    ax.set_xlabel("GO level (shortest is_a path to the root)")
-    ax.set_ylabel("significant hits (BH)")
-    ax.set_yscale("symlog")
-    ax.legend(fontsize=7)
-    caption = "Enriched terms at every depth: specific (deep) terms, not only root-level ones."
-    return _svg(fig, "GO hits per level", inputs, caption)
-
-
-def plot_fold_enrichment(summaries: Sequence[Summary], inputs: FigureInputs) -> str:
-    """Distribution of fold enrichment of significant hits (log scale), per dictionary."""
-    fig = Figure(figsize=(6, 3.8))
-    ax = fig.subplots()
-    values = [np.asarray(s["fold_enrichment"], dtype=float) for s in summaries]
-    positive = np.concatenate([v[v > 0] for v in values] + [np.ones(1)])
-    bins = np.geomspace(max(positive.min(), 1e-2), max(positive.max(), 1.01), 30)
-    for s, v in zip(summaries, values, strict=True):
-        ax.hist(v[v > 0], bins=list(bins), histtype="step", linewidth=1.5,
-                color=KIND_COLOURS.get(kind_of(s)), label=f"{s['dictionary']} (n={len(v)})")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("fold enrichment (study frequency / population frequency)")
-    ax.set_ylabel("significant hits")
-    ax.legend(fontsize=7)
-    return _svg(fig, "GO fold enrichment", inputs, "Significant hits only.")
-
-
-def plot_explanation_r(summaries: Sequence[Summary], inputs: FigureInputs) -> str:
-    """Pearson r of predicted vs true activations, features vs neurons (box + points)."""
-    names = _names(summaries)
-    data = [np.asarray(s["pearson_r"], dtype=float) for s in summaries]
-    fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.8))
-    ax = fig.subplots()
-    ax.boxplot(data, showfliers=False)
-    rng = np.random.default_rng(0)
-    for i, (s, d) in enumerate(zip(summaries, data, strict=True), start=1):
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=6, alpha=0.5,
-                   color=KIND_COLOURS.get(kind_of(s)))  # fmt: skip
-        ax.annotate(f"median {np.median(d):.2f}\nn={len(d)}", (i, 1.02), ha="center",
-                    fontsize=7, annotation_clip=False)  # fmt: skip
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("Pearson r")
-    ax.set_ylim(-1, 1)
-    caption = "One point per scored feature; held-out proteins only."
-    return _svg(fig, "Explanations: predicted vs true activation", inputs, caption)
-
-
-def plot_concept_f1(
-    summaries: Sequence[Summary],
-    inputs: FigureInputs,
-    *,
-    associated_f1: float = 0.5,
-    link: Link | None = None,
-) -> str:
-    """Best test F1 per concept (feature chosen on train chains), one bar per dictionary."""
-    concepts = sorted({b["concept"] for s in summaries for b in s["best_per_concept"]})
-    y = np.arange(len(concepts))
-    height = 0.8 / max(len(summaries), 1)
-    fig = Figure(figsize=(7, 1.2 + 0.32 * len(concepts) * max(1, len(summaries) / 2)))
-    ax = fig.subplots()
-    for j, s in enumerate(summaries):
-        best = {b["concept"]: b for b in s["best_per_concept"]}
-        f1 = [best[c]["f1_test"] if c in best else 0.0 for c in concepts]
-        n_assoc = sum(v > associated_f1 for v in f1)
-        bars = ax.barh(y + j * height, f1, height, color=KIND_COLOURS.get(kind_of(s)),
-                       alpha=1.0 - 0.5 * j / max(len(summaries), 1),
-                       label=f"{s['dictionary']} ({n_assoc} concepts > {associated_f1})")  # fmt: skip
-        if link is not None:
-            for bar, c in zip(bars, concepts, strict=True):
-                if c in best:
-                    bar.set_url(link(str(s["dictionary"]), int(best[c]["feature"])))
-    ax.axvline(associated_f1, color="black", linestyle="--", linewidth=0.8)
-    ax.set_yticks(y + 0.4 - height / 2, concepts, fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("F1 on test chains of the best feature (chosen on train chains)")
-    ax.legend(fontsize=7, loc="lower right")
-    caption = (
-        "Residue-level F1 at the train-chosen threshold of max-normalised activation; "
-        f"dashed: InterPLM's association criterion F1 > {associated_f1}."
+def write_report(database_url: str, run_name: str, out: Path, base_url: str = "") -> Path:
+    """Write the report of published run ``run_name`` into ``out``; return index.html's path."""
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            run = session.scalars(
+                select(Run).where(Run.name == run_name, Run.status == "published")
+            ).one_or_none()
+            if run is None:
+                raise LookupError(f"no published run named {run_name!r} in {database_url}")
+            found = gather_findings(session, run.id)
+            assert found is not None
+            rendered = render_findings(found)
+            title = f"Findings: {run.name}"
+            meta = (
+                f"model {run.base_model}, layer {run.layer}; corpus {run.corpus} "
+                f"({run.n_proteins} proteins); dictionaries "
+                + ", ".join(f"{s.name} ({s.kind})" for s in found.saes)
+            )
+    finally:
+        engine.dispose()
+    out.mkdir(parents=True, exist_ok=True)
+    for fig in rendered.figures:
+        (out / f"{fig.key}.svg").write_text(fig.svg)
+    missing = "".join(f"<li>{html.escape(m)}</li>" for m in rendered.missing)
+    body = "".join(_figure_html(f, base_url.rstrip("/")) for f in rendered.figures)
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>body{{font:15px/1.5 system-ui,sans-serif;"
+        "max-width:1200px;margin:16px auto;padding:0 16px}figure{margin:24px 0;padding:12px;"
+        "border:1px solid #d9dde3;border-radius:6px}svg{max-width:100%;height:auto}"
+        "figcaption{color:#5b6470}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(meta)}</p>"
+        f"{f'<p>Not shown, for lack of data:</p><ul>{missing}</ul>' if missing else ''}"
+        f"{body}</body></html>"
     )
-    return _svg(fig, "Residue-level concepts: best F1 per concept", inputs, caption)
+    index = out / "index.html"
+    index.write_text(page)
+    return index

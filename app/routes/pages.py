@@ -1,18 +1,200 @@
-"""HTML pages of the explorer (server-rendered; htmx enhances, plain links still work)."""
+"""HTML pages of the explorer (server-rendered; htmx enhances, plain links still work).
+
+Routes stay thin: parse parameters, call the query layer, render. An htmx request for the feature
+list or the protein page's paint panel gets only the named block of the same template.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response
+import gzip
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from app import queries
-from app.deps import SessionDep
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+
+from app import detail_queries, queries, render
+from app.deps import HtmxDep, SessionDep
+from app.queries import BadCursor, NotFound
+from app.read_models import FeatureFilters, SortKey, SortOrder
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
+render.register(templates.env.globals)
+
+SORT_LABELS: dict[str, str] = {
+    "index": "Index", "density": "Density", "max_activation": "Max activation",
+    "explanation_score": "Explanation score", "n_go_hits": "GO hits",
+}  # fmt: skip
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    return templates.TemplateResponse(
+        request, "error.html", {"status": status, "message": message}, status_code=status
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep) -> Response:
     runs = queries.published_runs(session)
     return templates.TemplateResponse(request, "home.html", {"runs": runs})
+
+
+def _number(raw: str | None) -> float | None:
+    """Form fields arrive as strings, empty when unset; a non-number is ignored, not a 500."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _flag(raw: str | None) -> bool | None:
+    return {"true": True, "false": False}.get((raw or "").lower())
+
+
+@router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
+def feature_list(
+    request: Request,
+    session: SessionDep,
+    htmx: HtmxDep,
+    sae_id: int,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    density_min: str | None = None,
+    density_max: str | None = None,
+    max_activation_min: str | None = None,
+    score_min: str | None = None,
+    has_go: str | None = None,
+    dead: str | None = None,
+    sort: SortKey = "index",
+    order: SortOrder = "asc",
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    filters = FeatureFilters(
+        q=q or None, density_min=_number(density_min), density_max=_number(density_max),
+        max_activation_min=_number(max_activation_min), score_min=_number(score_min),
+        has_go=_flag(has_go), dead=_flag(dead),
+    )  # fmt: skip
+    try:
+        sae = queries.sae_detail(session, sae_id)
+        page = queries.list_features(session, sae_id, filters, sort, order, cursor)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    except BadCursor as exc:
+        return _error(request, 422, str(exc))
+    params: dict[str, Any] = {k: v for k, v in filters.model_dump().items() if v is not None}
+    params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
+    base = f"/saes/{sae_id}/features"
+    state = {**params, "sort": sort, "order": order}
+    next_url = (
+        f"{base}?{urlencode({**state, 'cursor': page.next_cursor})}" if page.next_cursor else None
+    )
+    context = {
+        "sae": sae, "page": page, "filters": filters, "sort": sort, "order": order,
+        "sort_labels": SORT_LABELS, "next_url": next_url, "first_url": f"{base}?{urlencode(state)}",
+        "is_later_page": bool(cursor), "base": base, "params": params,
+    }  # fmt: skip
+    block = "results" if htmx else None
+    return templates.TemplateResponse(request, "features.html", context, block_name=block)
+
+
+@router.get("/features/{feature_id}", response_class=HTMLResponse)
+def feature_page(request: Request, session: SessionDep, feature_id: int) -> Response:
+    try:
+        detail = detail_queries.feature_detail(session, feature_id)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    groups = detail_queries.top_examples_by_bin(detail.top_examples)
+    return templates.TemplateResponse(
+        request, "feature.html", {"d": detail, "groups": groups, "top_positions": top_positions}
+    )
+
+
+def top_positions(values: list[float], n: int = 5) -> list[int]:
+    """The ``n`` sequence positions with the highest positive values (drawn as sticks)."""
+    ranked = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:n]
+    return [i for i in ranked if values[i] > 0]
+
+
+@router.get("/proteins/{accession}", response_class=HTMLResponse)
+def protein_page(
+    request: Request, session: SessionDep, htmx: HtmxDep, accession: str, feature: int | None = None
+) -> Response:
+    try:
+        detail = detail_queries.protein_detail(session, accession)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    choices = [pf for group in detail.top_features for pf in group.features]
+    chosen = next(
+        (pf for pf in choices if pf.feature.id == feature), choices[0] if choices else None
+    )
+    scale = max((abs(v) for v in chosen.values), default=0.0) if chosen else 0.0
+    if (
+        chosen is not None
+        and chosen.feature.max_activation > 0
+        and all(v >= 0 for v in chosen.values)
+    ):
+        scale = chosen.feature.max_activation
+    context = {"d": detail, "chosen": chosen, "scale": scale or 1.0, "top_positions": top_positions}
+    block = "paint" if htmx else None
+    return templates.TemplateResponse(request, "protein.html", context, block_name=block)
+
+
+@router.get("/go/{go_id}", response_class=HTMLResponse)
+def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
+    try:
+        detail = detail_queries.go_term_detail(session, go_id)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    return templates.TemplateResponse(request, "go.html", {"d": detail})
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search_page(
+    request: Request,
+    session: SessionDep,
+    htmx: HtmxDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+) -> Response:
+    results = queries.search(session, q) if q.strip() else None
+    block = "results" if htmx else None
+    return templates.TemplateResponse(
+        request, "search.html", {"q": q, "results": results}, block_name=block
+    )
+
+
+@lru_cache(maxsize=256)
+def _read_structure(path: str) -> str:
+    file = Path(path)
+    if file.suffix == ".gz":
+        with gzip.open(file, "rt") as handle:
+            return handle.read()
+    return file.read_text()
+
+
+def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Response:
+    try:
+        structure = detail_queries.structure_file(session, structure_id)
+    except NotFound as exc:
+        return PlainTextResponse(str(exc), status_code=404)
+    if structure.format != fmt:
+        return PlainTextResponse(f"structure {structure_id} is {structure.format}", status_code=404)
+    try:
+        text = _read_structure(structure.file_path)
+    except OSError:
+        return PlainTextResponse(f"structure file of {structure_id} is missing", status_code=404)
+    return PlainTextResponse(text, headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/structures/{structure_id}.pdb")
+def structure_pdb(session: SessionDep, structure_id: int) -> Response:
+    return _structure_text(session, structure_id, "pdb")
+
+
+@router.get("/structures/{structure_id}.cif")
+def structure_cif(session: SessionDep, structure_id: int) -> Response:
+    return _structure_text(session, structure_id, "mmcif")

@@ -12,22 +12,15 @@
 
 from __future__ import annotations
 
-import gzip
 import re
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from scipy.stats import false_discovery_control, hypergeom
 
-from tests.esm_activations import CachingEncoder
-from tests.realdata import KYTE_DOOLITTLE, human_proteins
-from trainer.concepts import ConceptsConfig, run_concepts_stage
-from trainer.concepts.neurons import EsmNeurons
-from trainer.report import (
+from app.findings.plots import (
     FigureInputs,
     plot_concept_f1,
     plot_explanation_r,
@@ -36,6 +29,11 @@ from trainer.report import (
     plot_go_hits_per_level,
     plot_sae_fidelity,
 )
+from tests.esm_activations import CachingEncoder
+from tests.go_real import enrich_columns, go_levels, summarize
+from tests.realdata import KYTE_DOOLITTLE, human_proteins
+from trainer.concepts import ConceptsConfig, run_concepts_stage
+from trainer.concepts.neurons import EsmNeurons
 
 MODEL_NAME = "esm2_t4_2M_sprot14mini"
 CONCEPTS = ["gpsite_ZN", "gpsite_DNA", "scannet_PIDPBS"]
@@ -114,61 +112,14 @@ def test_fidelity_figure(
     _svg_ok(svg, "SAE fidelity", "n/a", f"{metrics[0]['fve']:.3g}", f"{len(full)} residues")
 
 
-# --- GO: a small, real enrichment ----------------------------------------------------------------
-
-
-def go_levels(obo: Path) -> dict[str, int]:
-    """Level (shortest is_a path to a root) of every non-obsolete GO term."""
-    parents: dict[str, list[str]] = {}
-    current: str | None = None
-    with gzip.open(obo, "rt") as handle:
-        for line in handle:
-            if line.startswith("id: GO:"):
-                current = line[4:].strip()
-                parents[current] = []
-            elif line.startswith("is_a: ") and current:
-                parents[current].append(line[6:16])
-            elif line.startswith("[Typedef]"):
-                current = None
-    children: dict[str, list[str]] = {}
-    for term, ps in parents.items():
-        for p in ps:
-            children.setdefault(p, []).append(term)
-    level = {t: 0 for t, ps in parents.items() if not ps}
-    queue = deque(level)
-    while queue:
-        t = queue.popleft()
-        for c in children.get(t, []):
-            if c not in level:
-                level[c] = level[t] + 1
-                queue.append(c)
-    return level
+# --- GO: a small, real enrichment (tests/go_real.py) -------------------------------------------
 
 
 def enrich(acts: np.ndarray, annotations: list[set[str]], levels: dict[str, int]) -> dict[str, Any]:
-    terms = sorted({t for a in annotations for t in a})
-    incidence = np.array([[t in a for t in terms] for a in annotations], dtype=bool)
-    keep = incidence.sum(0) >= 3
-    incidence, terms = incidence[:, keep], [t for t, k in zip(terms, keep, strict=True) if k]
-    active = acts > np.quantile(acts, 0.75, axis=0)  # study set: top quarter of proteins
-    k = active.T.astype(int) @ incidence.astype(int)  # [features, terms]
-    n_study, n_term, n_pop = active.sum(0)[:, None], incidence.sum(0)[None, :], len(acts)
-    p = hypergeom.sf(k - 1, n_pop, n_term, n_study)
-    q = false_discovery_control(p.ravel(), method="bh").reshape(p.shape)
-    sig_bh, sig_bonf = q < 0.05, p * p.size < 0.05
-    expected = n_study * n_term / n_pop
-    fold = np.divide(k, expected, out=np.zeros(k.shape), where=expected > 0)
-    hit_levels = [levels.get(terms[j], -1) for j in np.nonzero(sig_bh)[1]]
-    by_level = {
-        str(lv): {"hits": hit_levels.count(lv), "features": 0} for lv in sorted(set(hit_levels))
-    }
-    pct = lambda sig: 100.0 * sig.any(1).mean()  # noqa: E731
+    cols = enrich_columns(acts, annotations)
     return {
-        "bh": {"pct_features_with_hit": pct(sig_bh)},
-        "bonferroni": {"pct_features_with_hit": pct(sig_bonf)},
-        "hits_per_level": {"by_level": by_level},
-        "fold_enrichment": fold[sig_bh].tolist(),
-        "n_tests": int(p.size),
+        **summarize(cols, acts.shape[1], levels),
+        "fold_enrichment": cols["fold_enrichment"][cols["q_value"] < 0.05].tolist(),
     }
 
 

@@ -1,0 +1,326 @@
+"""Queries for the one-object pages: a feature, a protein, a GO term (part of the query layer).
+
+Each is a handful of indexed selects (no N+1): the feature page with 20+ top examples, their
+proteins and structures is five round trips.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.queries import NotFound, published_sae
+from app.read_models import (
+    BaselineContext,
+    ConceptHit,
+    EnrichedFeature,
+    ExplanationOut,
+    ExplanationScoreOut,
+    FeatureDetail,
+    FeatureSummary,
+    GoHit,
+    GoTermDetail,
+    GoTermRef,
+    NeighborOut,
+    ProteinDetail,
+    ProteinFeatureOut,
+    ProteinRef,
+    ProteinSaeFeatures,
+    SaeSummary,
+    StructureOut,
+    TopExampleOut,
+)
+from app.store.codec import decode_values
+from app.store.schema import (
+    Concept,
+    ConceptAlignment,
+    Explanation,
+    ExplanationScore,
+    Feature,
+    FeatureNeighbor,
+    GoEnrichment,
+    GoTerm,
+    Protein,
+    ProteinFeature,
+    Run,
+    Sae,
+    Structure,
+    TopExample,
+)
+
+BIN_ORDER = {"top": 0, "structure": 99}  # q1..qN sort between them by name
+
+
+def _values(blob: bytes | None) -> list[float]:
+    return [float(v) for v in decode_values(blob).tolist()]
+
+
+def _go_hit(hit: GoEnrichment, term: GoTerm) -> GoHit:
+    return GoHit(
+        go_id=hit.go_id, name=term.name, namespace=hit.namespace, level=term.level,
+        depth=term.depth, study_hits=hit.study_hits, study_size=hit.study_size,
+        pop_hits=hit.pop_hits, pop_size=hit.pop_size, fold_enrichment=hit.fold_enrichment,
+        odds_ratio=hit.odds_ratio, p_value=hit.p_value, q_value=hit.q_value,
+        p_bonferroni=hit.p_bonferroni, is_most_specific=hit.is_most_specific, method=hit.method,
+    )  # fmt: skip
+
+
+def _best_structures(session: Session, protein_ids: set[int]) -> dict[int, Structure]:
+    """Per protein, the structure chain covering most of its sequence."""
+    if not protein_ids:
+        return {}
+    best: dict[int, Structure] = {}
+    for s in session.scalars(select(Structure).where(Structure.protein_id.in_(protein_ids))):
+        current = best.get(s.protein_id)
+        if current is None or (s.coverage or 0) > (current.coverage or 0):
+            best[s.protein_id] = s
+    return best
+
+
+def _explanation(session: Session, feature_id: int) -> ExplanationOut | None:
+    explanation = session.scalars(
+        select(Explanation)
+        .where(Explanation.feature_id == feature_id)
+        .order_by(Explanation.created_at.desc(), Explanation.id.desc())
+        .limit(1)
+    ).first()
+    if explanation is None:
+        return None
+    scores = session.scalars(
+        select(ExplanationScore).where(ExplanationScore.explanation_id == explanation.id)
+    ).all()
+    return ExplanationOut(
+        id=explanation.id, text=explanation.text, model=explanation.model,
+        created_at=explanation.created_at,
+        scores=[ExplanationScoreOut.model_validate(s) for s in scores],
+    )  # fmt: skip
+
+
+def _baseline(session: Session, feature: Feature, sae: Sae) -> BaselineContext | None:
+    """Rank of this feature's score among the same run's neuron features (the paper's baseline)."""
+    score = feature.explanation_score
+    if score is None:
+        return None
+    neurons = session.execute(
+        select(Sae.id, Sae.name).where(Sae.run_id == sae.run_id, Sae.kind == "neurons").limit(1)
+    ).first()
+    if neurons is None:
+        return None
+    scored = Feature.sae_id == neurons.id, Feature.explanation_score.is_not(None)
+    n_scored = session.scalar(select(func.count()).select_from(Feature).where(*scored)) or 0
+    if n_scored == 0:
+        return None
+    n_better = (
+        session.scalar(
+            select(func.count())
+            .select_from(Feature)
+            .where(*scored, Feature.explanation_score > score)
+        )
+        or 0
+    )
+    return BaselineContext(
+        neuron_sae_id=neurons.id, neuron_sae_name=neurons.name, n_scored=n_scored,
+        n_better=n_better, percentile=(n_scored - n_better) / n_scored,
+    )  # fmt: skip
+
+
+def _bin_key(name: str) -> tuple[int, str]:
+    return BIN_ORDER.get(name, 50), name
+
+
+def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
+    """Everything the feature page and ``GET /features/{id}`` show."""
+    feature = session.get(Feature, feature_id)
+    if feature is None:
+        raise NotFound(f"no feature with id {feature_id}")
+    sae, run = published_sae(session, feature.sae_id)
+    examples = session.execute(
+        select(TopExample, Protein)
+        .join(Protein, TopExample.protein_id == Protein.id)
+        .where(TopExample.feature_id == feature_id)
+    ).all()
+    structures = _best_structures(session, {p.id for _, p in examples})
+    top = [
+        TopExampleOut(
+            bin=ex.bin, rank=ex.rank, activation=ex.activation, max_position=ex.max_position,
+            protein=ProteinRef.model_validate(p), sequence=p.sequence,
+            values=_values(ex.residue_values),
+            structure=StructureOut.model_validate(structures[p.id]) if p.id in structures else None,
+        )
+        for ex, p in examples
+    ]  # fmt: skip
+    top.sort(key=lambda e: (_bin_key(e.bin), e.rank))
+    hits = session.execute(
+        select(GoEnrichment, GoTerm)
+        .join(GoTerm, GoEnrichment.go_id == GoTerm.id)
+        .where(GoEnrichment.feature_id == feature_id)
+        .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
+        .limit(200)
+    ).all()
+    neighbors = session.execute(
+        select(FeatureNeighbor.cosine, Feature)
+        .join(Feature, FeatureNeighbor.neighbor_id == Feature.id)
+        .where(FeatureNeighbor.feature_id == feature_id)
+        .order_by(FeatureNeighbor.rank)
+        .limit(20)
+    ).all()
+    concepts = session.execute(
+        select(ConceptAlignment, Concept.name)
+        .join(Concept, ConceptAlignment.concept_id == Concept.id)
+        .where(ConceptAlignment.feature_id == feature_id)
+        .order_by(ConceptAlignment.f1.desc())
+        .limit(50)
+    ).all()
+    return FeatureDetail(
+        feature=FeatureSummary.model_validate(feature),
+        sae=SaeSummary.model_validate(sae),
+        run_name=run.name,
+        explanation=_explanation(session, feature_id),
+        go_hits=[_go_hit(h, t) for h, t in hits],
+        top_examples=top,
+        neighbors=[
+            NeighborOut(
+                feature_id=f.id, sae_id=f.sae_id, index=f.index, auto_label=f.auto_label, cosine=cos
+            )
+            for cos, f in neighbors
+        ],
+        concepts=[
+            ConceptHit(
+                concept=name,
+                threshold=c.threshold,
+                precision=c.precision,
+                recall=c.recall,
+                f1=c.f1,
+                site_recall=c.site_recall,
+                split=c.split,
+            )
+            for c, name in concepts
+        ],
+        baseline=_baseline(session, feature, sae),
+        track_scale=track_scale(sae.level, feature.max_activation, top),
+    )
+
+
+def track_scale(level: str, max_activation: float, examples: list[TopExampleOut]) -> float:
+    """Full colour on a residue track: the feature's max for residue-level dictionaries (values are
+    activations); for protein-level ones the values are attributions, so their largest magnitude."""
+    if level == "residue" and max_activation > 0:
+        return max_activation
+    peak = max((abs(v) for e in examples for v in e.values), default=0.0)
+    return peak or max_activation or 1.0
+
+
+def _go_refs(session: Session, ids: set[str]) -> dict[str, GoTerm]:
+    if not ids:
+        return {}
+    return {t.id: t for t in session.scalars(select(GoTerm).where(GoTerm.id.in_(ids)))}
+
+
+def protein_detail(session: Session, accession: str, per_sae: int = 10) -> ProteinDetail:
+    """A protein with its GO terms, structures and, per published SAE, its most active features."""
+    if "\x00" in accession:  # cannot name a stored protein (and PostgreSQL rejects NUL)
+        raise NotFound(f"no protein with accession {accession!r}")
+    protein = session.scalars(select(Protein).where(Protein.accession == accession)).first()
+    if protein is None:
+        raise NotFound(f"no protein with accession {accession!r}")
+    annotated = {
+        g
+        for col in (protein.go_bp, protein.go_mf, protein.go_cc)
+        for g in (col or "").split(";")
+        if g
+    }
+    terms = _go_refs(session, annotated)
+    go_terms = sorted(
+        (GoTermRef.model_validate(t) for t in terms.values()), key=lambda t: (t.namespace, t.name)
+    )
+    structures = session.scalars(
+        select(Structure)
+        .where(Structure.protein_id == protein.id)
+        .order_by(Structure.coverage.desc())
+    ).all()
+    rows = session.execute(
+        select(ProteinFeature, Feature, Sae)
+        .join(Feature, ProteinFeature.feature_id == Feature.id)
+        .join(Sae, ProteinFeature.sae_id == Sae.id)
+        .join(Run, Sae.run_id == Run.id)
+        .where(ProteinFeature.protein_id == protein.id, Run.status == "published")
+        .where(ProteinFeature.rank < per_sae)
+        .order_by(Sae.id, ProteinFeature.rank)
+    ).all()
+    groups: dict[int, ProteinSaeFeatures] = {}
+    for pf, feature, sae in rows:
+        group = groups.setdefault(
+            sae.id, ProteinSaeFeatures(sae=SaeSummary.model_validate(sae), features=[])
+        )
+        group.features.append(
+            ProteinFeatureOut(rank=pf.rank, activation=pf.activation,
+                              feature=FeatureSummary.model_validate(feature),
+                              values=_values(pf.residue_values))
+        )  # fmt: skip
+    return ProteinDetail(
+        protein=ProteinRef.model_validate(protein), sequence=protein.sequence,
+        taxon_id=protein.taxon_id, pfam=protein.pfam, ec=protein.ec, source=protein.source,
+        go_terms=go_terms, structures=[StructureOut.model_validate(s) for s in structures],
+        top_features=list(groups.values()),
+    )  # fmt: skip
+
+
+def structure_file(session: Session, structure_id: int) -> Structure:
+    structure = session.get(Structure, structure_id)
+    if structure is None:
+        raise NotFound(f"no structure with id {structure_id}")
+    return structure
+
+
+def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDetail:
+    """A GO term, its ancestors (walking the stored parents level by level) and enriched features."""
+    term = session.get(GoTerm, go_id)
+    if term is None:
+        raise NotFound(f"no GO term {go_id!r}")
+    ancestors: list[GoTerm] = []
+    seen = {term.id}
+    frontier = set(parent_ids(term))
+    while frontier:
+        level = _go_refs(session, frontier - seen)
+        seen |= frontier
+        ancestors.extend(sorted(level.values(), key=lambda t: t.id))
+        frontier = {p for t in level.values() for p in parent_ids(t) if p not in seen}
+    rows = session.execute(
+        select(GoEnrichment, Feature, Sae.name)
+        .join(Feature, GoEnrichment.feature_id == Feature.id)
+        .join(Sae, GoEnrichment.sae_id == Sae.id)
+        .join(Run, Sae.run_id == Run.id)
+        .where(GoEnrichment.go_id == go_id, Run.status == "published")
+        .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
+        .limit(limit)
+    ).all()
+    return GoTermDetail(
+        term=GoTermRef.model_validate(term), definition=term.definition,
+        is_obsolete=term.is_obsolete, parents=parent_ids(term),
+        ancestors=[GoTermRef.model_validate(t) for t in ancestors],
+        enriched_features=[
+            EnrichedFeature(feature=FeatureSummary.model_validate(f), sae_name=name,
+                            hit=_go_hit(hit, term))
+            for hit, f, name in rows
+        ],
+    )  # fmt: skip
+
+
+def parent_ids(term: GoTerm) -> list[str]:
+    """Direct parents as ids (stored as ids, or as {"id": ..., "relation": ...} objects)."""
+    out = []
+    for parent in term.parents or []:
+        pid = parent.get("id") if isinstance(parent, dict) else parent
+        if isinstance(pid, str):
+            out.append(pid)
+    return out
+
+
+def top_examples_by_bin(examples: list[TopExampleOut]) -> dict[str, list[TopExampleOut]]:
+    """Group already-sorted examples by bin, keeping the bin order."""
+    grouped: dict[str, list[TopExampleOut]] = defaultdict(list)
+    for example in examples:
+        grouped[example.bin].append(example)
+    return dict(grouped)

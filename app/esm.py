@@ -1,0 +1,322 @@
+"""Load fair-esm ESM2 checkpoints safely and embed sequences per residue.
+
+The one place that turns sequences into ESM2 activations: the trainer's embed stage and the
+server's on-demand encoding both call :func:`embed_sequences`, so they see identical numbers.
+
+Sequences longer than the model's 1,022-residue limit are cut into overlapping windows (stride
+half a window by default). Each residue is taken from the window in which it sits farthest from a
+window edge ("centre parts"): no averaging, so every residue's vector is one real forward pass,
+with at least ~``window - stride`` / 2 residues of context on each side wherever the protein has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import pickle
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import esm
+import numpy as np
+import torch
+from esm.model.esm2 import ESM2
+
+MAX_RESIDUES = 1022  # ESM2 was trained on crops of 1,022 residues (+ BOS/EOS = 1,024 tokens)
+_VALID_TOKENS = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
+
+
+class ModelLoadError(RuntimeError):
+    """An ESM checkpoint could not be loaded (missing file, refused pickle, offline download)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An ESM2 model in eval mode with what every caller needs to use and record it."""
+
+    model: ESM2
+    alphabet: esm.data.Alphabet
+    batch_converter: Callable[[Sequence[tuple[str, str]]], tuple[Any, Any, torch.Tensor]]
+    name: str
+    sha256: str
+    num_layers: int
+    embed_dim: int
+    device: torch.device
+    max_tokens: int = MAX_RESIDUES
+
+
+_CACHE: dict[tuple[str, ...], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an explicit CUDA request without a GPU fails."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints reach tens of GB)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def load_esm(path_or_name: str | Path, device: str = "auto") -> LoadedModel:
+    """Load an ESM2 checkpoint by local path, or by fair-esm name (needs the network); cached."""
+    dev = resolve_device(device)
+    path = Path(path_or_name)
+    is_local = (
+        isinstance(path_or_name, Path)
+        or path.exists()
+        or path.suffix == ".pt"
+        or "/" in str(path_or_name)
+    )
+    if is_local:
+        if not path.is_file():
+            raise ModelLoadError(f"ESM checkpoint not found: {path}")
+        stat = path.resolve().stat()
+        key: tuple[str, ...] = ("local", str(path.resolve()), str(stat.st_mtime_ns), str(dev))
+    else:
+        key = ("hub", str(path_or_name), str(dev))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            if is_local:
+                model, alphabet, name, sha = _load_local(path)
+            else:
+                model, alphabet, name, sha = _load_hub(str(path_or_name))
+            _CACHE[key] = _wrap(model, alphabet, name, sha, dev)
+        return _CACHE[key]
+
+
+def _allow_namespace() -> None:
+    """fair-esm pickles an ``argparse.Namespace``: allow exactly that class, nothing broader."""
+    torch.serialization.add_safe_globals([argparse.Namespace])
+
+
+def _load_local(path: Path) -> tuple[ESM2, esm.data.Alphabet, str, str]:
+    if not path.stem.startswith("esm2"):
+        raise ModelLoadError(
+            f"{path}: fair-esm picks its ESM2 loader by file name; the stem must start with 'esm2'"
+        )
+    regression = Path(str(path.with_suffix("")) + "-contact-regression.pt")
+    if not regression.is_file():
+        raise ModelLoadError(f"{path}: fair-esm needs {regression.name} beside the checkpoint")
+    _allow_namespace()
+    try:
+        model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{path}: refused to unpickle (only argparse.Namespace is allowed besides tensors): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    return _check_esm2(model, path.name), alphabet, path.stem, file_sha256(path)
+
+
+_HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+
+
+def _load_hub(name: str) -> tuple[ESM2, esm.data.Alphabet, str, str]:
+    """Download into torch's hub cache, then load like a local file.
+
+    fair-esm's own hub loader unpickles with ``weights_only=False``; going through the local loader
+    keeps the Namespace-only rule for downloaded files too.
+    """
+    if not name.startswith("esm2"):
+        raise ModelLoadError(f"{name!r} is neither an existing file nor a fair-esm ESM2 name")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        f"{_HUB_URL}/models/{name}.pt": folder / f"{name}.pt",
+        f"{_HUB_URL}/regression/{name}-contact-regression.pt": folder
+        / f"{name}-contact-regression.pt",
+    }
+    for url, target in files.items():
+        if target.is_file():
+            continue
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not download fair-esm model {name!r} ({type(exc).__name__}: {exc}); "
+                "without network access pass a local checkpoint path (with its "
+                "-contact-regression.pt beside it)"
+            ) from exc
+    return _load_local(folder / f"{name}.pt")
+
+
+def _check_esm2(model: torch.nn.Module, source: str) -> ESM2:
+    if not isinstance(model, ESM2):
+        raise ModelLoadError(f"{source}: not an ESM2 model ({type(model).__name__})")
+    return model
+
+
+def _wrap(
+    model: ESM2, alphabet: esm.data.Alphabet, name: str, sha: str, dev: torch.device
+) -> LoadedModel:
+    model = model.eval().to(dev)
+    return LoadedModel(
+        model=model,
+        alphabet=alphabet,
+        batch_converter=alphabet.get_batch_converter(),
+        name=name,
+        sha256=sha,
+        num_layers=model.num_layers,
+        embed_dim=model.embed_dim,
+        device=dev,
+    )
+
+
+def random_init_copy(loaded: LoadedModel, seed: int) -> LoadedModel:
+    """Same architecture, freshly initialised weights: the null control for GO and explanations."""
+    src = loaded.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ESM2(
+            num_layers=src.num_layers,
+            embed_dim=src.embed_dim,
+            attention_heads=src.attention_heads,
+            alphabet=loaded.alphabet,
+            token_dropout=src.token_dropout,
+        )
+    name = f"{loaded.name}-random-init{seed}"
+    return _wrap(model, loaded.alphabet, name, f"random-init:{seed}", loaded.device)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 (or fp16) autocast on CUDA; plain fp32 on CPU."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def check_sequences(sequences: Sequence[str]) -> None:
+    """Refuse empty sequences and letters outside ESM's amino-acid alphabet, naming the index."""
+    for i, seq in enumerate(sequences):
+        if not seq:
+            raise ValueError(f"sequence {i} is empty")
+        bad = set(seq) - _VALID_TOKENS
+        if bad:
+            raise ValueError(f"sequence {i} has letters outside the ESM alphabet: {sorted(bad)}")
+
+
+def plan_windows(length: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Windows ``(start, end, keep_from, keep_to)`` in sequence coordinates covering ``length``.
+
+    Each residue is kept from the window whose edge is farthest away (cut at overlap midpoints).
+    """
+    if length <= window:
+        return [(0, length, 0, length)]
+    if not 0 < stride < window:
+        raise ValueError(f"window stride must be in (0, {window}), got {stride}")
+    starts = [*range(0, length - window, stride), length - window]
+    cuts = [0] + [(starts[j + 1] + starts[j] + window) // 2 for j in range(len(starts) - 1)]
+    cuts.append(length)
+    return [(s, s + window, cuts[j], cuts[j + 1]) for j, s in enumerate(starts)]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    seq: int  # index of the input sequence
+    start: int  # window start in the sequence
+    end: int
+    keep_from: int  # kept residues, sequence coordinates
+    keep_to: int
+
+
+def token_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[list[int]]:
+    """Indices grouped longest first so that ``count * (longest + 2)`` stays within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = (lengths[current[0]] if current else lengths[i]) + 2
+        if current and (len(current) + 1) * width > max_tokens_per_batch:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def embed_concatenated(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    *,
+    max_tokens_per_batch: int = 8192,
+    dtype: np.dtype[Any] | type = np.float32,
+    stride: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per-residue activations of all sequences stacked: ``(offsets [n+1], {layer: [sum L, d]})``.
+
+    BOS/EOS are excluded; row ``offsets[i]:offsets[i+1]`` is sequence ``i`` in input order.
+    """
+    check_sequences(sequences)
+    bad = [layer for layer in layers if not 0 <= layer <= loaded.num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} outside 0..{loaded.num_layers} of {loaded.name}")
+    window = loaded.max_tokens
+    step = stride or window // 2
+    pieces = [
+        _Piece(i, *w)
+        for i, seq in enumerate(sequences)
+        for w in plan_windows(len(seq), window, step)
+    ]
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sequences], out=offsets[1:])
+    out = {layer: np.empty((int(offsets[-1]), loaded.embed_dim), dtype=dtype) for layer in layers}
+    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    batches = token_batches([p.end - p.start for p in pieces], max_tokens_per_batch)
+    with torch.inference_mode(), autocast_for(loaded.device):
+        for batch in batches:
+            chunk = [pieces[k] for k in batch]
+            data = [(str(p.seq), sequences[p.seq][p.start : p.end]) for p in chunk]
+            tokens = loaded.batch_converter(data)[2].to(loaded.device, non_blocking=True)
+            reps = loaded.model(tokens, repr_layers=list(layers))["representations"]
+            for layer in layers:
+                rep = reps[layer].to(torch_dtype).cpu().numpy()
+                for row, p in enumerate(chunk):
+                    base = int(offsets[p.seq])
+                    lo, hi = 1 + p.keep_from - p.start, 1 + p.keep_to - p.start
+                    out[layer][base + p.keep_from : base + p.keep_to] = rep[row, lo:hi]
+            if on_batch is not None:
+                on_batch(sum(p.keep_to - p.keep_from for p in chunk))
+    return offsets, out
+
+
+def embed_sequences(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    *,
+    max_tokens_per_batch: int = 8192,
+    stride: int | None = None,
+) -> list[dict[int, np.ndarray]]:
+    """Per sequence, ``{layer: float32 [L, d]}`` per residue (BOS/EOS excluded), windowed if long."""
+    offsets, stacked = embed_concatenated(
+        loaded, sequences, layers, max_tokens_per_batch=max_tokens_per_batch, stride=stride
+    )
+    return [
+        {layer: stacked[layer][offsets[i] : offsets[i + 1]] for layer in layers}
+        for i in range(len(sequences))
+    ]
+
+
+def iter_token_batches(
+    loaded: LoadedModel, sequences: Sequence[str], max_tokens_per_batch: int
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(input indices, tokens on the model's device) batched by token budget, longest first."""
+    for batch in token_batches([len(s) for s in sequences], max_tokens_per_batch):
+        data = [(str(i), sequences[i]) for i in batch]
+        yield batch, loaded.batch_converter(data)[2].to(loaded.device)

@@ -1,0 +1,272 @@
+"""What the query layer returns: Pydantic models shared by the JSON API and the HTML pages.
+
+The API declares them as response models (so the OpenAPI schema is exact) and the templates render
+the very same objects, so a page and its API answer can never disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SortKey = Literal["index", "density", "max_activation", "explanation_score", "n_go_hits"]
+SortOrder = Literal["asc", "desc"]
+
+
+class _Orm(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SaeSummary(_Orm):
+    id: int
+    run_id: int
+    name: str
+    kind: str
+    level: str
+    layer: int
+    out_layer: int | None
+    d_in: int
+    n_latents: int
+    k: int | None
+    l1_coefficient: float | None
+    is_control: bool
+    control_of: str | None
+    fve: float | None
+    mse: float | None
+    l0: float | None
+    dead_fraction: float | None
+    loss_recovered: float | None
+
+
+class SaeDetail(SaeSummary):
+    run_name: str
+    base_model: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    n_features: int
+
+
+class RunOut(_Orm):
+    id: int
+    name: str
+    base_model: str
+    checkpoint_sha256: str
+    layer: int
+    corpus: str
+    n_proteins: int
+    status: str
+    created_at: datetime
+    published_at: datetime | None
+    saes: list[SaeSummary]
+
+
+class FeatureSummary(_Orm):
+    id: int
+    sae_id: int
+    index: int
+    density: float = Field(description="Fraction of proteins (or residues) on which it is active")
+    n_active: int
+    max_activation: float
+    mean_activation: float
+    is_dead: bool
+    pattern_class: str | None
+    auto_label: str | None
+    auto_label_source: str | None
+    explanation_score: float | None
+    n_go_hits: int
+    hist_edges: list[float]
+    hist_counts: list[int]
+
+
+class FeatureFilters(BaseModel):
+    """Filters of the feature list (every bound optional)."""
+
+    q: str | None = None
+    density_min: float | None = None
+    density_max: float | None = None
+    max_activation_min: float | None = None
+    max_activation_max: float | None = None
+    score_min: float | None = None
+    has_go: bool | None = None
+    dead: bool | None = None
+
+
+class FeaturePage(BaseModel):
+    items: list[FeatureSummary]
+    total: int = Field(description="Features matching the filters, over all pages")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+    sort: SortKey
+    order: SortOrder
+
+
+class ProteinRef(_Orm):
+    id: int
+    accession: str
+    name: str | None
+    gene: str | None
+    organism: str | None
+    length: int
+
+
+class StructureOut(_Orm):
+    id: int
+    format: str
+    chain: str
+    source: str | None
+    structure_type: str | None
+    residue_ids: list[str] = Field(description="Author residue ids in ATOM order (e.g. '52A')")
+    sequence_positions: list[int] = Field(
+        description="0-based sequence position per residue, -1 none"
+    )
+    identity: float | None
+    coverage: float | None
+
+
+class TopExampleOut(BaseModel):
+    bin: str
+    rank: int
+    activation: float
+    max_position: int | None
+    protein: ProteinRef
+    sequence: str
+    values: list[float] = Field(description="Per-residue values, one per sequence position")
+    structure: StructureOut | None
+
+
+class GoHit(BaseModel):
+    go_id: str
+    name: str
+    namespace: str
+    level: int
+    depth: int
+    study_hits: int
+    study_size: int
+    pop_hits: int
+    pop_size: int
+    fold_enrichment: float
+    odds_ratio: float | None
+    p_value: float
+    q_value: float
+    p_bonferroni: float
+    is_most_specific: bool
+    method: str
+
+
+class ExplanationScoreOut(_Orm):
+    method: str
+    value: float | None
+    p_value: float | None
+    n: int | None
+
+
+class ExplanationOut(BaseModel):
+    id: int
+    text: str
+    model: str
+    created_at: datetime
+    scores: list[ExplanationScoreOut]
+
+
+class NeighborOut(BaseModel):
+    feature_id: int
+    sae_id: int
+    index: int
+    auto_label: str | None
+    cosine: float
+
+
+class ConceptHit(BaseModel):
+    concept: str
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    site_recall: float | None
+    split: str
+
+
+class BaselineContext(BaseModel):
+    """Where this feature's explanation score ranks among the run's neuron baseline."""
+
+    neuron_sae_id: int
+    neuron_sae_name: str
+    n_scored: int = Field(description="Neuron features with a score")
+    n_better: int = Field(description="Neurons whose score beats this feature's")
+    percentile: float = Field(description="Share of scored neurons this feature beats or ties")
+
+
+class FeatureDetail(BaseModel):
+    feature: FeatureSummary
+    sae: SaeSummary
+    run_name: str
+    explanation: ExplanationOut | None
+    go_hits: list[GoHit]
+    top_examples: list[TopExampleOut]
+    neighbors: list[NeighborOut]
+    concepts: list[ConceptHit]
+    baseline: BaselineContext | None
+    track_scale: float = Field(description="The value that maps to full colour on residue tracks")
+
+
+class GoTermRef(_Orm):
+    id: str
+    name: str
+    namespace: str
+    depth: int
+    level: int
+
+
+class ProteinFeatureOut(BaseModel):
+    rank: int
+    activation: float
+    feature: FeatureSummary
+    values: list[float]
+
+
+class ProteinSaeFeatures(BaseModel):
+    sae: SaeSummary
+    features: list[ProteinFeatureOut]
+
+
+class ProteinDetail(BaseModel):
+    protein: ProteinRef
+    sequence: str
+    taxon_id: int | None
+    pfam: str | None
+    ec: str | None
+    source: str | None
+    go_terms: list[GoTermRef]
+    structures: list[StructureOut]
+    top_features: list[ProteinSaeFeatures]
+
+
+class EnrichedFeature(BaseModel):
+    feature: FeatureSummary
+    sae_name: str
+    hit: GoHit
+
+
+class GoTermDetail(BaseModel):
+    term: GoTermRef
+    definition: str | None
+    is_obsolete: bool
+    parents: list[str]
+    ancestors: list[GoTermRef] = Field(
+        description="All ancestors via the stored parents, nearest first"
+    )
+    enriched_features: list[EnrichedFeature]
+
+
+class FeatureHit(BaseModel):
+    feature: FeatureSummary
+    sae_name: str
+    snippet: str | None
+
+
+class SearchResults(BaseModel):
+    query: str
+    features: list[FeatureHit]
+    proteins: list[ProteinRef]
+    go_terms: list[GoTermRef]

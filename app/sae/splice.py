@@ -1,0 +1,45 @@
+"""Splicing a dictionary's reconstruction into the language model (the basis of loss recovered).
+
+``trainer.lm_loss.loss_recovered`` replaces layer L's residual stream ``h [B, T, d]`` by
+``reconstruct(h)``. For residue-level SAEs that is each position's own reconstruction.
+
+For protein-level (pooled) SAEs we also reconstruct *every position's* vector with the SAE. This is
+the honest choice: the alternative — add (recon(pooled) − pooled) to every residue — only edits the
+per-protein mean, leaves each residue's deviation from it untouched, and so recovers nearly all of
+the loss by construction (compared with zero-ablating the whole stream) whatever the SAE's quality.
+Reconstructing each residue asks the stricter question of whether the pooled-trained dictionary
+spans what the model uses; expect lower figures than for residue-level SAEs and report them as such.
+BOS/EOS/padding positions are reconstructed too; ``lm_loss`` scores only the masked residues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from app.sae.models import SparseDictionary
+
+
+def residue_reconstructor(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``h [B, T, d] -> [B, T, d]``: every position replaced by the SAE's reconstruction.
+
+    Transcoders and the neuron baseline are refused: a transcoder predicts another quantity (layer
+    L+1 or a difference), which cannot replace layer L, and neurons do not reconstruct.
+    """
+    if not isinstance(module, SparseDictionary) or module.is_transcoder:
+        raise ValueError(
+            f"{getattr(module, 'kind', type(module).__name__)}: only SAEs reconstruct their "
+            "input; transcoders and raw neurons have no loss-recovered splice"
+        )
+    module.eval()
+    dtype = module.W_dec.dtype
+
+    @torch.no_grad()
+    def reconstruct(h: Tensor) -> Tensor:
+        batch, length, d = h.shape
+        recon, _ = module(h.reshape(batch * length, d).to(dtype))
+        return recon.reshape(batch, length, d).to(h.dtype)
+
+    return reconstruct

@@ -1,0 +1,125 @@
+"""Real inputs for the explain tests: human Swiss-Prot proteins, mini-ESM2 activations, GO names.
+
+Activations are real: the mini ESM2 model's layer-3 neurons (mean-pooled, ReLU as the seed's
+``embedding_relu``), a small TopK SAE fitted to those pooled vectors for a few hundred steps,
+and a residue-level view (neurons per residue, max over the protein).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from tests.realdata import go_term_records, human_proteins
+
+MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
+LAYER = 3
+
+
+@dataclass
+class TestCorpus:
+    """The ``trainer.corpus.Corpus`` attributes the explain stage reads (parallel lists)."""
+
+    accessions: list[str] = field(default_factory=list)
+    sequences: list[str] = field(default_factory=list)
+    names: list[str | None] = field(default_factory=list)
+    genes: list[str | None] = field(default_factory=list)
+    organisms: list[str | None] = field(default_factory=list)
+    go_bp: list[set[str]] = field(default_factory=list)
+    go_mf: list[set[str]] = field(default_factory=list)
+    go_cc: list[set[str]] = field(default_factory=list)
+    pfam: list[set[str]] = field(default_factory=list)
+    ec: list[set[str]] = field(default_factory=list)
+
+
+def _ids(value: str) -> set[str]:
+    return {v for v in value.split(";") if v}
+
+
+def load_test_corpus(shared: Path, n: int, max_len: int = 400) -> TestCorpus:
+    """The first ``n`` human proteins of at most ``max_len`` residues with a GO annotation."""
+    corpus = TestCorpus()
+    for row in human_proteins(shared, 6 * n):
+        if len(corpus.accessions) == n:
+            break
+        if int(row["length"]) > max_len or not (row["go_bp"] or row["go_mf"] or row["go_cc"]):
+            continue
+        corpus.accessions.append(row["accession"])
+        corpus.sequences.append(row["sequence"])
+        corpus.names.append(row["protein_name"] or None)
+        corpus.genes.append(row["gene_symbol"] or None)
+        corpus.organisms.append(row["organism"] or None)
+        corpus.go_bp.append(_ids(row["go_bp"]))
+        corpus.go_mf.append(_ids(row["go_mf"]))
+        corpus.go_cc.append(_ids(row["go_cc"]))
+        corpus.pfam.append(set())  # the source has no Pfam or EC columns
+        corpus.ec.append(set())
+    return corpus
+
+
+def go_names(shared: Path, corpus: TestCorpus) -> dict[str, str]:
+    ids = set().union(*corpus.go_bp, *corpus.go_mf, *corpus.go_cc)
+    return {k: v["name"] for k, v in go_term_records(shared, ids).items()}
+
+
+def residue_reps(shared: Path, sequences: list[str]) -> list[np.ndarray]:
+    """Layer-``LAYER`` per-residue representations (BOS/EOS excluded), float32 [len, 192] each."""
+    import esm
+
+    torch.set_num_threads(1)
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(shared / MODEL))
+    model.eval()
+    convert = alphabet.get_batch_converter()
+    out: dict[int, np.ndarray] = {}
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # little padding
+    with torch.inference_mode():
+        for start in range(0, len(order), 32):
+            idx = order[start : start + 32]
+            _, _, tokens = convert([(str(i), sequences[i]) for i in idx])
+            reps = model(tokens, repr_layers=[LAYER])["representations"][LAYER]
+            for j, i in enumerate(idx):
+                out[i] = reps[j, 1 : len(sequences[i]) + 1].numpy().copy()
+    return [out[i] for i in range(len(sequences))]
+
+
+def fit_topk_sae(
+    x: np.ndarray, n_latents: int, k: int, steps: int = 400, seed: int = 0
+) -> np.ndarray:
+    """Latents [n, n_latents] of a small TopK SAE trained on ``x`` (tied init, Adam, MSE)."""
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(x).float()
+    mean, std = xt.mean(0), xt.std(0) + 1e-6
+    z = (xt - mean) / std
+    enc = torch.nn.Linear(z.shape[1], n_latents)
+    dec = torch.nn.Linear(n_latents, z.shape[1])
+    dec.weight.data = enc.weight.data.T.clone()
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=3e-3)
+
+    def encode(v: torch.Tensor) -> torch.Tensor:
+        pre = enc(v)
+        top = pre.topk(k, dim=1)
+        return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+
+    for _ in range(steps):
+        loss = ((dec(encode(z)) - z) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return encode(z).numpy()
+
+
+def write_activations(workdir: Path, name: str, acts: np.ndarray, level: str = "protein") -> None:
+    """``analysis/{name}/protein_activations.npz`` (CSR float32) and a config with the level."""
+    out = workdir / "analysis" / name
+    out.mkdir(parents=True, exist_ok=True)
+    sparse.save_npz(out / "protein_activations.npz", sparse.csr_matrix(acts.astype(np.float32)))
+    cfg = workdir / "saes" / name
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "config.json").write_text(f'{{"level": "{level}"}}')

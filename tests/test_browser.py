@@ -1,0 +1,221 @@
+"""Headless Chromium (Debian's, driven by Playwright) against a live server on the fixture store.
+
+Checks what only a browser can: residue shading equals the stored values, the 3D canvas is drawn,
+htmx pagination swaps without a reload, search works. Screenshots go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from app.render import level
+from app.settings import PROJECT_ROOT
+from app.store.codec import decode_values
+from app.store.schema import Feature, Protein, TopExample
+
+pytestmark = pytest.mark.browser
+SHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(demo_store: Any) -> Iterator[str]:
+    if not (PROJECT_ROOT / "static/vendor/3Dmol-min.js").exists():
+        pytest.fail("static/vendor is empty: run ./scripts/install-assets.sh")
+    port = _free_port()
+    env = {**os.environ, "PROTSAE_DATABASE_URL": demo_store.url, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"],
+        cwd=PROJECT_ROOT, env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("server did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def _structure_feature(url: str) -> tuple[int, str, list[float], float]:
+    """A feature with a 'structure' example: its id, the protein, the stored values, the scale."""
+    engine = create_engine(url)
+    with Session(engine) as session:
+        ex, acc, fmax, fid = session.execute(
+            select(TopExample, Protein.accession, Feature.max_activation, Feature.id)
+            .join(Protein, TopExample.protein_id == Protein.id)
+            .join(Feature, TopExample.feature_id == Feature.id)
+            .where(TopExample.bin == "structure", Feature.max_activation > 0)
+            .order_by(Feature.id, TopExample.rank)
+            .limit(1)
+        ).one()
+        values = decode_values(ex.residue_values).tolist()
+    engine.dispose()
+    return int(fid), str(acc), values, float(fmax)
+
+
+def _non_background(png: bytes) -> int:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    return int((np.abs(pixels - 255).sum(axis=1) > 30).sum())
+
+
+def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: Any) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    feature_id, accession, values, scale = _structure_feature(demo_store.url)
+    page.goto(f"{server}/features/{feature_id}")
+    page.screenshot(path=str(SHOTS / "feature_top.png"))
+    track = page.locator(f'#bin-structure article[data-accession="{accession}"] p.track').first
+    spans = track.locator("span").evaluate_all(
+        "els => els.map(e => [e.textContent, e.className, e.getAttribute('title')])"
+    )
+    assert len(spans) == len(values)
+    colours = track.locator("span").evaluate_all(
+        "els => els.map(e => getComputedStyle(e).backgroundColor)"
+    )
+    for i, ((aa, cls, title), v) in enumerate(zip(spans, values, strict=True)):
+        match = re.fullmatch(r"(\w)(\d+): (\S+)", title)
+        assert match and match[1] == aa and int(match[2]) == i + 1
+        assert float(match[3]) == pytest.approx(v, rel=2e-3, abs=1e-3)
+        step = level(v, scale)
+        assert cls == (f"s{step}" if step else "")
+        # The computed colour is the step's colour: darker (lower green) for higher steps.
+        if step:
+            green = int(re.findall(r"\d+", colours[i])[1])
+            assert green == round(255 + (38 - 255) * step / 9)
+    viewer = page.locator(f'#bin-structure article[data-accession="{accession}"] .viewer').first
+    viewer.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "el => el.dataset.state === 'loaded' || el.dataset.state === 'error'", arg=viewer.element_handle(),
+        timeout=30_000,
+    )  # fmt: skip
+    assert viewer.get_attribute("data-state") == "loaded"
+    png_uri = viewer.evaluate("el => el._viewer.pngURI()")
+    drawn = _non_background(base64.b64decode(png_uri.split(",", 1)[1]))
+    assert drawn > 2000, f"3D canvas looks blank ({drawn} non-white pixels)"
+    # Residue colours on the structure come through the stored mapping, not enumeration order.
+    # Each atom's colour comes through the stored mapping (residue id -> sequence position).
+    checked = viewer.evaluate(
+        """el => {
+          const ids = JSON.parse(el.dataset.resids), pos = JSON.parse(el.dataset.positions);
+          const vals = JSON.parse(el.dataset.values), scale = parseFloat(el.dataset.scale);
+          const where = new Map(ids.map((r, i) => [String(r), pos[i]]));
+          let n = 0, bad = 0;
+          for (const a of el._viewer.getModel().selectedAtoms({chain: el.dataset.chain})) {
+            if (!a.style.cartoon) continue;
+            const p = where.get(String(a.resi) + (a.icode || '').trim());
+            const want = window.protsae.colour(p >= 0 ? vals[p] : null, scale);
+            n += 1; if (a.style.cartoon.colorfunc(a) !== want) bad += 1;
+          }
+          return [n, bad]; }"""
+    )
+    assert checked[0] > 100 and checked[1] == 0
+    page.screenshot(path=str(SHOTS / "feature.png"), full_page=False)
+    viewer.screenshot(path=str(SHOTS / "feature_structure.png"))
+
+
+def test_feature_list_htmx_pagination_and_search(server: str, page: Any, demo_store: Any) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{server}/saes/{demo_store.sae_id}/features?sort=max_activation&order=desc")
+    page.evaluate("window.__marker = 'still-here'")
+    first_rows = page.locator("#results tbody tr").count()
+    assert first_rows == 50
+    first_index = page.locator("#results tbody tr td").first.inner_text()
+    page.click("#next-page")
+    page.wait_for_url(re.compile(r"cursor="))
+    page.wait_for_function("document.querySelector('#results .pager a') !== null")
+    assert page.evaluate("window.__marker") == "still-here"  # no full reload
+    assert page.locator("#results tbody tr td").first.inner_text() != first_index
+    assert page.locator("#results").count() == 1  # swapped, not nested
+    page.screenshot(path=str(SHOTS / "feature_list_page2.png"), full_page=False)
+    # The pushed URL renders the same page without JS.
+    html = httpx.get(page.url).text
+    assert page.locator("#results tbody tr td").first.inner_text() in html
+    # Search: a protein accession from the store, through the header form.
+    accession = demo_store.structure_accessions[0]
+    page.fill("#site-q", accession)
+    page.press("#site-q", "Enter")
+    page.wait_for_url(re.compile(r"/search\?q="))
+    page.click(f'a[href="/proteins/{accession}"]')
+    page.wait_for_url(re.compile(f"/proteins/{accession}"))
+    page.screenshot(path=str(SHOTS / "search_to_protein.png"), full_page=False)
+
+
+def test_protein_page_repaints_viewer_without_reload(
+    server: str, page: Any, demo_store: Any
+) -> None:
+    accession = demo_store.structure_accessions[1]
+    page.goto(f"{server}/proteins/{accession}")
+    viewer = page.locator(".viewer").first
+    viewer.click()  # keyboard/click mount works as well as scrolling
+    page.wait_for_function(
+        "document.querySelector('.viewer').dataset.state === 'loaded'", timeout=30_000
+    )
+    page.evaluate(
+        "window.__marker = 1; window.__viewer = document.querySelector('.viewer')._viewer"
+    )
+    before = viewer.get_attribute("data-values")
+    links = page.locator(".paint-choices a[data-feature]")
+    links.nth(3).click()
+    page.wait_for_url(re.compile(r"feature="))
+    page.wait_for_function(
+        "b => document.querySelector('.viewer').dataset.values !== b", arg=before
+    )
+    same = page.evaluate(
+        "window.__marker === 1 && document.querySelector('.viewer')._viewer === window.__viewer"
+    )
+    assert same, "the viewer was re-created or the page reloaded"
+    assert viewer.get_attribute("data-feature") == links.nth(3).get_attribute("data-feature")
+    page.screenshot(path=str(SHOTS / "protein.png"), full_page=False)

@@ -1,0 +1,261 @@
+"""Server-rendered pages on the real fixture run: every page, htmx fragments, escaping, no torch.
+
+Tests that add rows (explanations, GO hits, neighbours) work on a private copy of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select, update
+from sqlalchemy.orm import Session
+
+from app.settings import PROJECT_ROOT, get_settings
+from app.store.engine import engine_for
+from app.store.schema import (
+    Explanation,
+    ExplanationScore,
+    Feature,
+    FeatureNeighbor,
+    GoEnrichment,
+    GoTerm,
+    Protein,
+)
+
+XSS = "<script>alert('x')</script> binds zinc"
+
+
+def _client(url: str, mp: pytest.MonkeyPatch) -> TestClient:
+    mp.setenv("PROTSAE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    engine_for.cache_clear()
+    from app.main import create_app
+
+    return TestClient(create_app())
+
+
+@pytest.fixture(scope="module")
+def client(demo_store: Any) -> Iterator[TestClient]:
+    mp = pytest.MonkeyPatch()
+    with _client(demo_store.url, mp) as test_client:
+        yield test_client
+    mp.undo()
+    get_settings.cache_clear()
+    engine_for.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def enriched(
+    demo_store: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, dict[str, Any]]]:
+    """A copy of the store with an explanation (containing <script>), scores, a GO hit with a
+    parent chain, and decoder neighbours — the rows the trainer adds in a real run."""
+    path = tmp_path_factory.mktemp("enriched") / "store.sqlite"
+    shutil.copy(demo_store.url.removeprefix("sqlite:///"), path)
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    with Session(engine) as session:
+        fids = session.scalars(
+            select(Feature.id).where(Feature.sae_id == demo_store.sae_id).order_by(Feature.index)
+        ).all()
+        target = fids[7]
+        # Scores for several neurons, so the baseline rank means something: target gets 0.5.
+        for rank, fid in enumerate(fids[:10]):
+            score = 0.5 if fid == target else rank / 20
+            text = XSS if fid == target else f"neuron {rank} tracks transmembrane helices"
+            expl = Explanation(feature_id=fid, text=text, model="claude-test", prompt_hash="0" * 64)
+            session.add(expl)
+            session.flush()
+            session.add(
+                ExplanationScore(
+                    explanation_id=expl.id, method="pearson", value=score, p_value=0.01, n=17
+                )
+            )
+            session.execute(
+                update(Feature).where(Feature.id == fid).values(explanation_score=score)
+            )
+        protein = session.scalars(
+            select(Protein).where(Protein.accession == demo_store.structure_accessions[0])
+        ).one()
+        go_id = (protein.go_bp or protein.go_mf or protein.go_cc or "").split(";")[0]
+        term = session.get(GoTerm, go_id)
+        assert term is not None
+        session.add(
+            GoTerm(
+                id="GO:0099998",
+                name="made-up parent <b>bold</b>",
+                namespace=term.namespace,
+                depth=1,
+                level=1,
+                parents=["GO:0099999"],
+            )
+        )
+        session.add(
+            GoTerm(
+                id="GO:0099999",
+                name="made-up root",
+                namespace=term.namespace,
+                depth=0,
+                level=0,
+                parents=[],
+            )
+        )
+        term.parents = ["GO:0099998"]
+        session.add(GoEnrichment(sae_id=demo_store.sae_id, feature_id=target, go_id=go_id, namespace=term.namespace,
+                                 study_hits=5, study_size=12, pop_hits=9, pop_size=120, odds_ratio=20.0,
+                                 fold_enrichment=5.55, p_value=1e-5, q_value=2e-4, p_bonferroni=1e-3,
+                                 method="hypergeom", is_most_specific=True))  # fmt: skip
+        session.execute(update(Feature).where(Feature.id == target).values(n_go_hits=1))
+        for rank, nid in enumerate(fids[20:23]):
+            session.add(
+                FeatureNeighbor(
+                    feature_id=target, neighbor_id=nid, rank=rank, cosine=0.9 - rank / 10
+                )
+            )
+        session.commit()
+    engine.dispose()
+    mp = pytest.MonkeyPatch()
+    with _client(url, mp) as test_client:
+        yield test_client, {"feature": target, "go_id": go_id, "neighbors": fids[20:23]}
+    mp.undo()
+    get_settings.cache_clear()
+    engine_for.cache_clear()
+
+
+def test_every_page_renders(client: TestClient, demo_store: Any) -> None:
+    acc = demo_store.structure_accessions[0]
+    feature_list = client.get(f"/saes/{demo_store.sae_id}/features?sort=max_activation&order=desc")
+    assert feature_list.status_code == 200 and feature_list.text.count('<svg class="spark"') >= 40
+    first_feature = feature_list.text.split('href="/features/')[1].split('"')[0]
+    for url in [
+        "/",
+        f"/features/{first_feature}",
+        f"/proteins/{acc}",
+        "/search?q=" + acc,
+        "/search",
+    ]:
+        page = client.get(url)
+        assert page.status_code == 200, url
+        assert page.text.startswith("<!doctype html>") and 'href="/encode"' in page.text
+    feature = client.get(f"/features/{first_feature}").text
+    assert 'class="viewer"' in feature and "/static/vendor/3Dmol-min.js" in feature
+    assert "No explanation for this feature yet" in feature and "No decoder neighbours" in feature
+
+
+def test_fragments_for_htmx(client: TestClient, demo_store: Any) -> None:
+    url = f"/saes/{demo_store.sae_id}/features?sort=density&order=desc"
+    full = client.get(url)
+    fragment = client.get(url, headers={"HX-Request": "true"})
+    assert (
+        fragment.text.lstrip().startswith('<section id="results"') and "<html" not in fragment.text
+    )
+    nxt = fragment.text.split('id="next-page" href="')[1].split('"')[0].replace("&amp;", "&")
+    page2 = client.get(nxt, headers={"HX-Request": "true"})
+    assert page2.status_code == 200 and "First page" in page2.text
+    assert "<form" in full.text and "hx-push-url" in full.text
+    acc = demo_store.structure_accessions[0]
+    protein = client.get(f"/proteins/{acc}").text
+    feature_id = protein.split('data-feature="')[2].split('"')[0]
+    paint = client.get(f"/proteins/{acc}?feature={feature_id}", headers={"HX-Request": "true"})
+    assert paint.text.lstrip().startswith('<section id="paint"')
+    assert f'data-feature="{feature_id}"' in paint.text
+    assert len(json.loads(paint.text.split('data-values="')[1].split('"')[0])) > 0
+
+
+def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> None:
+    pdb = client.get("/structures/1.pdb")
+    assert pdb.status_code == 200 and "ATOM" in pdb.text
+    assert client.get("/structures/1.cif").status_code == 404
+    assert client.get("/structures/999999.pdb").status_code == 404
+    assert client.get("/features/999999").status_code == 404
+    assert "Not found" in client.get("/proteins/NOPE").text
+    assert client.get("/saes/999/features").status_code == 404
+    assert client.get(f"/saes/{demo_store.sae_id}/features?cursor=junk").status_code == 422
+    # Form fields arrive empty or wrong from a browser: ignored, never a 500.
+    assert (
+        client.get(f"/saes/{demo_store.sae_id}/features?density_min=&score_min=abc").status_code
+        == 200
+    )
+
+
+def test_explanation_is_escaped_and_sections_render(
+    enriched: tuple[TestClient, dict[str, Any]],
+) -> None:
+    client, ids = enriched
+    page = client.get(f"/features/{ids['feature']}").text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; binds zinc" in page
+    assert "<script>alert" not in page
+    assert f'href="/go/{ids["go_id"]}"' in page and "most specific" in page
+    assert all(f'href="/features/{n}"' in page for n in ids["neighbors"])
+    # 0.5 beats the nine other scores (0 .. 0.45) and ties itself: 100 %, rank 1 of 10.
+    assert "100%" in page and "rank 1" in page
+    go = client.get(f"/go/{ids['go_id']}").text
+    assert "GO:0099998" in go and "GO:0099999" in go and "&lt;b&gt;bold&lt;/b&gt;" in go
+    assert f'href="/features/{ids["feature"]}"' in go
+    search = client.get("/search?q=binds zinc").text
+    assert f'href="/features/{ids["feature"]}"' in search and "<script>alert" not in search
+    listed = client.get("/saes/1/features?q=zinc&has_go=true").text
+    assert f'href="/features/{ids["feature"]}"' in listed and "1 feature match" in listed
+    api = client.get(f"/api/v1/features/{ids['feature']}").json()
+    assert api["explanation"]["text"] == XSS and api["baseline"]["n_scored"] == 10
+
+
+def test_pages_do_not_import_torch(demo_store: Any) -> None:
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+from app.main import app
+c = TestClient(app)
+for url in ["/", "/saes/{demo_store.sae_id}/features", "/features/1", "/proteins/{demo_store.structure_accessions[0]}",
+            "/search?q=kinase", "/api/v1/features/1"]:
+    assert c.get(url).status_code == 200, url
+print("torch" in sys.modules)
+"""
+    env = {
+        "PROTSAE_DATABASE_URL": demo_store.url,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(PROJECT_ROOT),
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_score_sort_pages_through_scored_then_unscored(
+    enriched: tuple[TestClient, dict[str, Any]], demo_store: Any, order: str
+) -> None:
+    client, _ = enriched
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {
+            "sort": "explanation_score",
+            "order": order,
+            "limit": 7,
+            **({"cursor": cursor} if cursor else {}),
+        }
+        body = client.get(f"/api/v1/saes/{demo_store.sae_id}/features", params=params).json()
+        seen += body["items"]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert len({f["id"] for f in seen}) == len(seen) == demo_store.n_features
+    scores = [f["explanation_score"] for f in seen[:10]]
+    assert None not in scores and scores == sorted(scores, reverse=order == "desc")
+    assert all(f["explanation_score"] is None for f in seen[10:])

@@ -1,0 +1,299 @@
+"""Stage 2, embed: ESM2 activations of chosen layers for every protein, in float16 shards.
+
+Proteins are sorted by length (longest first, ties in corpus order) and cut into shards of at
+most ``shard_max_residues`` residues, so each shard batches with little padding and memory stays
+bounded by one shard. Each shard (``shard_00000.safetensors``) holds, per layer ``L``,
+``layer{L}.residue`` [n_res, d] and ``layer{L}.pooled`` [n_prot, d] (mean of the stored residue
+vectors), plus ``offsets`` [n_prot+1] and ``protein_index`` [n_prot] (corpus row of each protein).
+``manifest.json`` records the model (name, sha256), layers, the shard plan and which shards are
+finished; it is rewritten atomically after each shard and marked ``done`` last. A rerun keeps
+finished shards, redoes unfinished ones and refuses a manifest made by another model, layer set
+or corpus. :class:`EmbeddingStore` reads the result (see docs/pipeline.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm import tqdm
+
+from app.esm import LoadedModel, embed_concatenated, load_esm
+
+FORMAT_VERSION = 1
+_IDENTITY_KEYS = ("format", "model", "layers", "d_model", "dtype", "corpus_sha256", "plan")
+
+
+class EmbedConfig(BaseModel):
+    """Every parameter of the embed stage (recorded in the run's config file)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="Local fair-esm ESM2 checkpoint path, or a fair-esm model name.")
+    layers: list[int] | None = Field(
+        default=None, description="Layers to keep; None = 0..n_layers."
+    )
+    max_tokens_per_batch: int = Field(default=8192, ge=16)
+    shard_max_residues: int = Field(default=200_000, ge=1)
+    dtype: Literal["float16", "float32"] = "float16"
+    device: str = "auto"
+    window_stride: int = Field(default=511, ge=1, description="Stride of windows over >1022 aa.")
+
+
+class EmbeddingMismatchError(RuntimeError):
+    """An existing embeddings directory was made with another model, layers or corpus."""
+
+
+def corpus_sha256(sequences: Sequence[str]) -> str:
+    """Fingerprint of the corpus in order (a resumed run must embed the same proteins)."""
+    digest = hashlib.sha256()
+    for seq in sequences:
+        digest.update(seq.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def plan_shards(lengths: np.ndarray, shard_max_residues: int) -> list[np.ndarray]:
+    """Corpus indices per shard: longest first, each shard at most ``shard_max_residues`` aa."""
+    order = np.argsort(-lengths, kind="stable")
+    shards: list[np.ndarray] = []
+    start, filled = 0, 0
+    for pos, idx in enumerate(order):
+        if pos > start and filled + lengths[idx] > shard_max_residues:
+            shards.append(order[start:pos])
+            start, filled = pos, 0
+        filled += int(lengths[idx])
+    if len(order) > start:
+        shards.append(order[start:])
+    return shards
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    diffs = [key for key in _IDENTITY_KEYS if old.get(key) != new.get(key)]
+    if diffs:
+        detail = "; ".join(
+            f"{k}: existing {old.get(k)!r} vs requested {new.get(k)!r}" for k in diffs
+        )
+        raise EmbeddingMismatchError(
+            f"{path} was made for other inputs ({detail[:600]}); delete the directory or choose "
+            "another one to embed again"
+        )
+
+
+def _embed_shard(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    indices: np.ndarray,
+    layers: list[int],
+    cfg: EmbedConfig,
+    path: Path,
+    bar: tqdm,
+) -> None:
+    seqs = [sequences[int(i)] for i in indices]
+    offsets, stacked = embed_concatenated(
+        loaded,
+        seqs,
+        layers,
+        max_tokens_per_batch=cfg.max_tokens_per_batch,
+        dtype=np.dtype(cfg.dtype),
+        stride=cfg.window_stride,
+        on_batch=bar.update,
+    )
+    lengths = np.diff(offsets)[:, None]
+    tensors: dict[str, np.ndarray] = {"offsets": offsets, "protein_index": indices.astype(np.int64)}
+    for layer in layers:
+        residue = stacked.pop(layer)
+        sums = np.add.reduceat(residue, offsets[:-1], axis=0, dtype=np.float32)
+        tensors[f"layer{layer}.residue"] = residue
+        tensors[f"layer{layer}.pooled"] = (sums / lengths).astype(cfg.dtype)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"model_sha256": loaded.sha256})
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
+    os.replace(tmp, path)
+
+
+def run_embed(
+    workdir: Path,
+    sequences: list[str],
+    cfg: EmbedConfig,
+    *,
+    model_override: LoadedModel | None = None,
+    subdir: str = "embeddings",
+) -> dict[str, Any]:
+    """Embed ``sequences`` (corpus order) into ``workdir/subdir``; resumable; returns the manifest."""
+    loaded = model_override or load_esm(cfg.model, cfg.device)
+    layers = sorted(set(cfg.layers)) if cfg.layers else list(range(loaded.num_layers + 1))
+    bad = [layer for layer in layers if not 0 <= layer <= loaded.num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} outside 0..{loaded.num_layers} of {loaded.name}")
+    if not sequences:
+        raise ValueError("no sequences to embed")
+    out_dir = workdir / subdir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    shards = plan_shards(lengths, cfg.shard_max_residues)
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": {"name": loaded.name, "sha256": loaded.sha256},
+        "layers": layers,
+        "d_model": loaded.embed_dim,
+        "num_layers": loaded.num_layers,
+        "dtype": cfg.dtype,
+        "n_proteins": len(sequences),
+        "n_residues": int(lengths.sum()),
+        "corpus_sha256": corpus_sha256(sequences),
+        "plan": {
+            "shard_max_residues": cfg.shard_max_residues,
+            "window": loaded.max_tokens,
+            "window_stride": cfg.window_stride,
+        },
+        "config": cfg.model_dump(),
+        "shards": [],
+        "done": False,
+    }
+    position = 0
+    for k, idx in enumerate(shards):
+        manifest["shards"].append(
+            {
+                "file": f"shard_{k:05d}.safetensors",
+                "sorted_range": [position, position + len(idx)],
+                "n_proteins": len(idx),
+                "n_residues": int(lengths[idx].sum()),
+                "done": False,
+            }
+        )
+        position += len(idx)
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        _check_same(old, manifest, manifest_path)
+        for new_shard, old_shard in zip(manifest["shards"], old["shards"], strict=True):
+            new_shard["done"] = bool(old_shard["done"]) and (out_dir / old_shard["file"]).exists()
+        if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
+            return old  # already finished: leave the directory untouched
+    for stale in out_dir.glob("shard_*.safetensors.tmp"):
+        stale.unlink()  # a shard interrupted while being written
+    _write_json_atomic(manifest_path, manifest)
+
+    finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
+    with tqdm(
+        total=manifest["n_residues"], initial=finished, unit="aa", desc="embed", disable=None
+    ) as bar:
+        for shard, idx in zip(manifest["shards"], shards, strict=True):
+            if shard["done"]:
+                continue
+            _embed_shard(loaded, sequences, idx, layers, cfg, out_dir / shard["file"], bar)
+            shard["done"] = True
+            _write_json_atomic(manifest_path, manifest)
+    manifest["done"] = True
+    _write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+class EmbeddingStore:
+    """Read access to a finished embed stage; every index is a corpus row (protein ``i``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        path = self.directory / "manifest.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no embeddings here (run the embed stage)")
+        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        if not self.manifest.get("done"):
+            raise RuntimeError(f"{path}: the embed stage has not finished (rerun it to resume)")
+        self.layers: list[int] = list(self.manifest["layers"])
+        self.d_model: int = int(self.manifest["d_model"])
+        self.n_proteins: int = int(self.manifest["n_proteins"])
+        self.lengths = np.zeros(self.n_proteins, dtype=np.int64)
+        self._shard_of = np.full(self.n_proteins, -1, dtype=np.int64)
+        self._row_of = np.zeros(self.n_proteins, dtype=np.int64)
+        self._index: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        self._files = [self.directory / s["file"] for s in self.manifest["shards"]]
+        for k, file in enumerate(self._files):
+            with safe_open(str(file), framework="numpy") as handle:
+                index, offsets = handle.get_tensor("protein_index"), handle.get_tensor("offsets")
+            self._index.append(index)
+            self._offsets.append(offsets)
+            self._shard_of[index] = k
+            self._row_of[index] = np.arange(len(index))
+            self.lengths[index] = np.diff(offsets)
+        if (self._shard_of < 0).any():
+            raise RuntimeError(f"{self.directory}: shards do not cover every protein")
+
+    def _name(self, layer: int, kind: str) -> str:
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not embedded (have {self.layers})")
+        return f"layer{layer}.{kind}"
+
+    def pooled(self, layer: int) -> np.ndarray:
+        """float32 [n_proteins, d]: mean over each protein's residues (BOS/EOS excluded)."""
+        name = self._name(layer, "pooled")
+        out = np.empty((self.n_proteins, self.d_model), dtype=np.float32)
+        for file, index in zip(self._files, self._index, strict=True):
+            with safe_open(str(file), framework="numpy") as handle:
+                out[index] = handle.get_tensor(name)
+        return out
+
+    def residues(self, layer: int, i: int) -> np.ndarray:
+        """float32 [len_i, d]: per-residue activations of protein ``i``."""
+        name = self._name(layer, "residue")
+        k, row = int(self._shard_of[i]), int(self._row_of[i])
+        lo, hi = int(self._offsets[k][row]), int(self._offsets[k][row + 1])
+        with safe_open(str(self._files[k]), framework="numpy") as handle:
+            return handle.get_slice(name)[lo:hi].astype(np.float32)
+
+    def iter_residue_batches(
+        self, layer: int, max_residues: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(protein_indices, offsets, float32 [n_res, d])`` in shard order, ≤ max_residues each.
+
+        A protein longer than ``max_residues`` comes alone in its batch.
+        """
+        name = self._name(layer, "residue")
+        for file, index, offsets in zip(self._files, self._index, self._offsets, strict=True):
+            with safe_open(str(file), framework="numpy") as handle:
+                data = handle.get_slice(name)
+                start = 0
+                while start < len(index):
+                    stop = start + 1
+                    while stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues:
+                        stop += 1
+                    lo, hi = int(offsets[start]), int(offsets[stop])
+                    yield (
+                        index[start:stop],
+                        offsets[start : stop + 1] - lo,
+                        data[lo:hi].astype(np.float32),
+                    )
+                    start = stop
+
+    def sample_residues(self, layer: int, n: int, seed: int) -> np.ndarray:
+        """float32 [n, d]: residues drawn uniformly without replacement, in random order."""
+        name = self._name(layer, "residue")
+        sizes = np.array([int(o[-1]) for o in self._offsets], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        if n > starts[-1]:
+            raise ValueError(f"asked for {n} residues, only {starts[-1]} embedded")
+        picks = np.random.default_rng(seed).choice(int(starts[-1]), size=n, replace=False)
+        shard = np.searchsorted(starts, picks, side="right") - 1
+        out = np.empty((n, self.d_model), dtype=np.float32)
+        for k, file in enumerate(self._files):
+            where = np.flatnonzero(shard == k)
+            if len(where):
+                with safe_open(str(file), framework="numpy") as handle:
+                    out[where] = handle.get_tensor(name)[picks[where] - starts[k]]
+        return out

@@ -1,0 +1,100 @@
+"""Offline feature labels, independent of Claude: the most specific significant GO term, or the
+dominant Pfam family of the top proteins. Each label carries its source so the store and the UI
+can mark it as automatic (``Feature.auto_label`` / ``Feature.auto_label_source``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+NAMESPACE_NAMES = {
+    "BP": "biological process",
+    "MF": "molecular function",
+    "CC": "cellular component",
+}
+
+
+class GoHitLike(Protocol):
+    """One feature × GO term enrichment result (as the GO stage records it)."""
+
+    go_id: str
+    name: str
+    namespace: str
+    depth: int
+    q_value: float
+    fold_enrichment: float
+    is_most_specific: bool
+
+
+@dataclass(frozen=True)
+class GoHit:
+    """A concrete :class:`GoHitLike` (for callers that hold plain records)."""
+
+    go_id: str
+    name: str
+    namespace: str
+    depth: int
+    q_value: float
+    fold_enrichment: float
+    is_most_specific: bool = False
+
+
+@dataclass(frozen=True)
+class AutoLabel:
+    text: str
+    source: str  # "auto:go" | "auto:pfam"
+    evidence: str
+
+
+def go_label(hits: Iterable[GoHitLike], alpha: float = 0.05) -> AutoLabel | None:
+    """The most specific significant term: flagged most-specific first, then deepest, then lowest q."""
+    significant = [h for h in hits if h.q_value < alpha]
+    if not significant:
+        return None
+    best = min(
+        significant,
+        key=lambda h: (not h.is_most_specific, -h.depth, h.q_value, -h.fold_enrichment, h.go_id),
+    )
+    ns = NAMESPACE_NAMES.get(best.namespace, best.namespace)
+    return AutoLabel(
+        text=f"{best.name} ({best.go_id}, {ns})",
+        source="auto:go",
+        evidence=f"q={best.q_value:.2g}, fold={best.fold_enrichment:.1f}, depth={best.depth}",
+    )
+
+
+def pfam_label(top_pfams: Sequence[Iterable[str]], min_share: float = 0.5) -> AutoLabel | None:
+    """The Pfam family shared by at least ``min_share`` of the top proteins (most shared wins)."""
+    if not top_pfams:
+        return None
+    counts = Counter(f for fams in top_pfams for f in set(fams))
+    if not counts:
+        return None
+    family, n = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if n / len(top_pfams) < min_share:
+        return None
+    return AutoLabel(
+        text=f"Pfam {family}",
+        source="auto:pfam",
+        evidence=f"{n} of the top {len(top_pfams)} proteins",
+    )
+
+
+def auto_labels(
+    go_hits: Mapping[int, Iterable[GoHitLike]],
+    top_pfams: Mapping[int, Sequence[Iterable[str]]],
+    alpha: float = 0.05,
+    min_share: float = 0.5,
+) -> dict[int, AutoLabel]:
+    """Labels per feature index: GO first (more specific), Pfam where GO has nothing."""
+    out: dict[int, AutoLabel] = {}
+    for feature in sorted(set(go_hits) | set(top_pfams)):
+        label = go_label(go_hits.get(feature, ()), alpha) or pfam_label(
+            top_pfams.get(feature, ()), min_share
+        )
+        if label is not None:
+            out[feature] = label
+    return out

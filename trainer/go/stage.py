@@ -1,0 +1,246 @@
+"""The GO stage: enrichment of every feature of every dictionary, with controls, to files.
+
+Reads the corpus and ``analysis/{name}/protein_activations.npz``; writes ``go/terms.tsv``,
+``go/{name}/hits.npz``, ``go/{name}/summary.json``, ``go/{name}/DONE`` and finally ``go/DONE``.
+A dictionary whose DONE marker carries the same config is not recomputed (resumable).
+
+hits.npz stores only tests with q_value < alpha (BH over all tests of the dictionary) or
+p_bonferroni < alpha (paper protocol); columns are ``enrichment.HIT_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from trainer.go.annotations import (
+    NamespaceIncidence,
+    build_incidence,
+    resolve_corpus_annotations,
+)
+from trainer.go.controls import permuted_incidences
+from trainer.go.enrichment import EnrichmentResult, enrich
+from trainer.go.ontology import Ontology, load_ontology
+from trainer.go.protein_table import GoCorpus
+from trainer.go.summary import hit_rates, summarize
+
+Namespace = Literal["BP", "MF", "CC"]
+Method = Literal["fdr_bh", "bonferroni"]
+
+
+class GoConfig(BaseModel):
+    """Parameters of the GO stage (all recorded in every summary.json)."""
+
+    obo_path: Path = Path("../shared/data/go/go-basic.obo.gz")
+    cache_dir: Path | None = None  # where go-basic.obo is decompressed; default {workdir}/go/cache
+    # A feature is active on a protein when its protein-level activation is > threshold.
+    # 0.0 = "active at all", as the paper did (non-zero after TopK/ReLU).
+    active_threshold: float = 0.0
+    namespaces: list[Namespace] = ["BP", "MF", "CC"]
+    min_term_size: int = Field(1, ge=1)  # population hits; 1 = every annotated term (paper)
+    max_term_size: int | None = None
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Which corrections decide what hits.npz keeps (a test significant by any of them).
+    methods: list[Method] = ["fdr_bh", "bonferroni"]
+    n_permutations: int = Field(1, ge=0)
+    length_bins: int = Field(10, ge=1)
+    seed: int = 0
+    block_size: int = Field(256, ge=1)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _load_corpus(workdir: Path) -> GoCorpus:
+    module = importlib.import_module("trainer.corpus")
+    corpus: GoCorpus = module.load_corpus(workdir)
+    return corpus
+
+
+def load_activations(path: Path, n_proteins: int) -> sp.csr_matrix:
+    """The protein × latent matrix, checked against the corpus size."""
+    if not path.exists():
+        raise FileNotFoundError(f"protein activations not found: {path}")
+    matrix = sp.csr_matrix(sp.load_npz(path))
+    if matrix.shape[0] != n_proteins:
+        raise ValueError(f"{path}: {matrix.shape[0]} rows but the corpus has {n_proteins} proteins")
+    return matrix
+
+
+def build_incidences(
+    ontology: Ontology, corpus: GoCorpus, cfg: GoConfig
+) -> tuple[dict[str, NamespaceIncidence], dict[str, int]]:
+    """Resolved, propagated, size-filtered incidence per namespace, and the resolution counts."""
+    per_ns, counts = resolve_corpus_annotations(ontology, corpus.go_bp, corpus.go_mf, corpus.go_cc)
+    out: dict[str, NamespaceIncidence] = {}
+    for ns in cfg.namespaces:
+        inc = build_incidence(ontology, ns, per_ns[ns], len(corpus.accessions))
+        sizes = inc.term_sizes()
+        keep = sizes >= cfg.min_term_size
+        if cfg.max_term_size is not None:
+            keep &= sizes <= cfg.max_term_size
+        out[ns] = inc.restrict_terms(keep)
+    return out, counts.as_dict()
+
+
+def write_terms(path: Path, ontology: Ontology, term_ids: set[str]) -> None:
+    """go/terms.tsv: every term tested in any namespace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        out.writerow(["id", "name", "namespace", "depth", "level", "definition", "parents"])
+        for go_id in sorted(term_ids):
+            term = ontology.terms[go_id]
+            definition = " ".join(str(getattr(term, "defn", "") or "").split())
+            out.writerow(
+                [go_id, term.name, ontology.namespace(go_id), term.depth, term.level,
+                 definition, ";".join(ontology.parents(go_id))]
+            )  # fmt: skip
+
+
+def save_hits(path: Path, result: EnrichmentResult) -> None:
+    """hits.npz with plain (non-object) arrays so it loads without pickle."""
+    cols = dict(result.columns)
+    cols["go_id"] = cols["go_id"].astype("U10")
+    cols["namespace"] = cols["namespace"].astype("U2")
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, allow_pickle=False, **cols)
+    tmp.replace(path)
+
+
+def _run_one(
+    workdir: Path,
+    name: str,
+    corpus: GoCorpus,
+    incidences: dict[str, NamespaceIncidence],
+    ontology: Ontology,
+    cfg: GoConfig,
+) -> tuple[EnrichmentResult, dict[str, Any]]:
+    acts = load_activations(
+        workdir / "analysis" / name / "protein_activations.npz", len(corpus.accessions)
+    )
+
+    def run(incs: dict[str, NamespaceIncidence]) -> EnrichmentResult:
+        return enrich(
+            acts, incs, ontology, threshold=cfg.active_threshold, alpha=cfg.alpha,
+            block_size=cfg.block_size, methods=tuple(cfg.methods),
+        )  # fmt: skip
+
+    result = run(incidences)
+    summary = summarize(result, ontology, cfg.alpha)
+    lengths = np.array([len(s) for s in corpus.sequences])
+    perms = []
+    for i in range(cfg.n_permutations):
+        shuffled = permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
+        perms.append(hit_rates(run(shuffled), cfg.alpha))
+    summary["permutation_control"] = {
+        "n_permutations": cfg.n_permutations,
+        "length_bins": cfg.length_bins,
+        "seed": cfg.seed,
+        "mean_pct_features_with_hit_bh": _mean(p["bh"]["pct_features_with_hit"] for p in perms),
+        "mean_pct_features_with_hit_bonferroni": _mean(
+            p["bonferroni"]["pct_features_with_hit"] for p in perms
+        ),
+        "permutations": perms,
+    }
+    return result, summary
+
+
+def _mean(values: Any) -> float | None:
+    vals = list(values)
+    return round(float(np.mean(vals)), 3) if vals else None
+
+
+def run_go_stage(
+    workdir: Path,
+    cfg: GoConfig,
+    *,
+    dictionaries: list[str],
+    control_of: dict[str, str] | None = None,
+    corpus: GoCorpus | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Enrich every dictionary (controls included), write go/…, return summaries by name.
+
+    ``control_of`` maps a dictionary to its control dictionary (e.g. the same SAE recipe on a
+    randomly initialised model); controls are run like any other dictionary.
+    """
+    workdir = Path(workdir)
+    control_of = dict(control_of or {})
+    names = list(dict.fromkeys([*dictionaries, *control_of.values()]))
+    corpus = corpus if corpus is not None else _load_corpus(workdir)
+    ontology = load_ontology(cfg.obo_path, cfg.cache_dir or workdir / "go" / "cache")
+    incidences, resolve_counts = build_incidences(ontology, corpus, cfg)
+    go_dir = workdir / "go"
+    write_terms(
+        go_dir / "terms.tsv", ontology, {t for i in incidences.values() for t in i.term_ids}
+    )
+    digest = cfg.digest()
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in names:
+        out = go_dir / name
+        done = out / "DONE"
+        if done.exists() and done.read_text().strip() == digest:
+            summaries[name] = json.loads((out / "summary.json").read_text())
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        done.unlink(missing_ok=True)
+        result, summary = _run_one(workdir, name, corpus, incidences, ontology, cfg)
+        summary.update(
+            dictionary=name,
+            config=json.loads(cfg.model_dump_json()),
+            active_threshold=cfg.active_threshold,
+            population_size={ns: inc.pop_size for ns, inc in incidences.items()},
+            terms_tested={ns: len(inc.term_ids) for ns, inc in incidences.items()},
+            annotation_resolution=resolve_counts,
+        )
+        save_hits(out / "hits.npz", result)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        done.write_text(digest + "\n")
+        summaries[name] = summary
+    for name, control in control_of.items():
+        summaries[name]["random_model_control"] = {
+            "dictionary": control,
+            "pct_features_with_hit_bh": summaries[control]["bh"]["pct_features_with_hit"],
+            "pct_features_with_hit_bonferroni": summaries[control]["bonferroni"][
+                "pct_features_with_hit"
+            ],
+        }
+        (go_dir / name / "summary.json").write_text(json.dumps(summaries[name], indent=2))
+    (go_dir / "DONE").write_text(json.dumps({"config": digest, "dictionaries": names}) + "\n")
+    print_summaries(summaries, cfg.alpha)
+    return summaries
+
+
+def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
+    """A rich table: hit rates of each dictionary next to its controls."""
+    table = Table(title=f"GO enrichment: % features with >= 1 term (corrected p < {alpha})")
+    for col in ("dictionary", "features", "BH", "paper (Bonf.)", "perm. BH", "perm. Bonf.",
+                "random-model BH", "random-model Bonf."):  # fmt: skip
+        table.add_column(col, justify="left" if col == "dictionary" else "right")
+    for name, s in summaries.items():
+        perm = s.get("permutation_control", {})
+        rnd = s.get("random_model_control", {})
+        table.add_row(
+            name, str(s["n_features"]),
+            f"{s['bh']['pct_features_with_hit']:.1f}",
+            f"{s['bonferroni']['pct_features_with_hit']:.1f}",
+            _fmt(perm.get("mean_pct_features_with_hit_bh")),
+            _fmt(perm.get("mean_pct_features_with_hit_bonferroni")),
+            _fmt(rnd.get("pct_features_with_hit_bh")),
+            _fmt(rnd.get("pct_features_with_hit_bonferroni")),
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"

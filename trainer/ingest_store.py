@@ -1,0 +1,111 @@
+"""The corpus and its structure chains as store rows (``proteins``, ``structures``).
+
+Proteins are global across runs (unique by accession): a publish inserts only the missing ones and
+reuses the ids of the rest. Called by the publish stage inside its one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from app.store.bulk import bulk_insert, reserve_ids
+from app.store.schema import Protein, Structure
+from trainer.corpus import Corpus
+from trainer.structures import StructureMapping
+
+_LOOKUP_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
+
+
+def _go(ids: set[str]) -> str | None:
+    return ";".join(sorted(ids)) or None
+
+
+def store_rows(corpus: Corpus) -> list[dict[str, Any]]:
+    """One ``proteins`` row (without id) per corpus protein, in corpus order."""
+    return [
+        {
+            "accession": acc,
+            "name": corpus.names[i],
+            "gene": corpus.genes[i],
+            "organism": corpus.organisms[i],
+            "taxon_id": corpus.taxon_ids[i],
+            "length": len(corpus.sequences[i]),
+            "sequence": corpus.sequences[i],
+            "go_bp": _go(corpus.go_bp[i]),
+            "go_mf": _go(corpus.go_mf[i]),
+            "go_cc": _go(corpus.go_cc[i]),
+            "pfam": corpus.pfam[i],
+            "ec": corpus.ec[i],
+            "source": corpus.sources[i] or None,
+        }
+        for i, acc in enumerate(corpus.accessions)
+    ]
+
+
+def structure_rows(
+    structures: Iterable[StructureMapping], protein_ids: dict[str, int]
+) -> list[dict[str, Any]]:
+    """One ``structures`` row (without id) per mapped chain."""
+    return [
+        {
+            "protein_id": protein_ids[s.accession],
+            "file_path": s.file_path,
+            "format": s.format,
+            "chain": s.chain,
+            "source": s.source,
+            "structure_type": s.structure_type,
+            "chain_sequence": s.chain_sequence,
+            "residue_ids": list(s.residue_ids),
+            "sequence_positions": list(s.sequence_positions),
+            "identity": s.identity,
+            "coverage": s.coverage,
+        }
+        for s in structures
+    ]
+
+
+def _chunks(items: Sequence[Any], size: int = _LOOKUP_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def upsert_proteins(session: Session, corpus: Corpus) -> dict[str, int]:
+    """Insert the corpus proteins the store lacks; return ``{accession: protein id}`` for all."""
+    ids: dict[str, int] = {}
+    for chunk in _chunks(corpus.accessions):
+        rows = session.execute(
+            select(Protein.accession, Protein.id).where(Protein.accession.in_(chunk))
+        )
+        ids.update({acc: pid for acc, pid in rows})
+    missing = [row for row in store_rows(corpus) if row["accession"] not in ids]
+    new_ids = reserve_ids(session, Protein, len(missing))
+    for row, pid in zip(missing, new_ids, strict=True):
+        row["id"] = pid
+        ids[row["accession"]] = pid
+    bulk_insert(session, Protein, missing)
+    return ids
+
+
+def insert_structures(
+    session: Session, structures: Sequence[StructureMapping], protein_ids: dict[str, int]
+) -> int:
+    """Insert the chains whose (file_path, chain) the store lacks; returns how many were new."""
+    present: set[tuple[str, str]] = set()
+    keys = sorted({(s.file_path, s.chain) for s in structures})
+    for chunk in _chunks(keys, _LOOKUP_CHUNK // 2):
+        rows = session.execute(
+            select(Structure.file_path, Structure.chain).where(
+                tuple_(Structure.file_path, Structure.chain).in_(chunk)
+            )
+        )
+        present.update((path, chain) for path, chain in rows)
+    new: list[StructureMapping] = []
+    for s in structures:
+        if (s.file_path, s.chain) not in present:
+            present.add((s.file_path, s.chain))
+            new.append(s)
+    return bulk_insert(session, Structure, structure_rows(new, protein_ids))

@@ -1,0 +1,290 @@
+"""The pipeline: chains the stages for one config, each resumable, then publishes atomically.
+
+ingest → embed (+ a randomly initialised copy for the null control) → train (SAEs, transcoders,
+control SAEs, neuron baselines; loss recovered) → analyze → GO → explain → concepts → publish.
+Every stage skips what a previous invocation finished, so rerunning after a crash or Ctrl-C
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
+from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
+from app.settings import Settings
+from app.store.engine import make_engine
+from app.store.schema import Run
+from trainer.analyze import Spec, run_analyze
+from trainer.config import TrainerConfig
+from trainer.corpus import Corpus, load_corpus, read_protein_tsv
+from trainer.embed import EmbeddingStore, run_embed
+from trainer.ingest import load_structure_mappings, run_ingest
+from trainer.lm_loss import loss_recovered
+from trainer.train import Data, SaeSpec, run_train
+
+log = logging.getLogger(__name__)
+console = Console()
+
+STAGES = ("ingest", "embed", "train", "analyze", "go", "explain", "concepts", "publish")
+RANDOM_SUFFIX = "-randinit"
+RANDOM_SUBDIR = "embeddings_random"
+
+
+@dataclasses.dataclass
+class DictionaryPlan:
+    """One dictionary the run produces, and where its activations come from."""
+
+    spec: SaeSpec
+    embeddings: str  # subdir of the work dir
+    is_control: bool = False
+    control_of: str | None = None
+
+
+class Pipeline:
+    """State shared by the stages of one run."""
+
+    def __init__(self, cfg: TrainerConfig, settings: Settings, database_url: str | None = None):
+        self.cfg = cfg
+        self.settings = settings
+        self.workdir = settings.data_dir / "runs" / cfg.run.name
+        self.database_url = database_url or settings.sqlalchemy_url
+        self.timings: dict[str, float] = {}
+        self._model: LoadedModel | None = None
+        self._random: LoadedModel | None = None
+        self._corpus: Corpus | None = None
+
+    # -- shared resources -------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            self._model = load_esm(self.cfg.embed.model, self.cfg.embed.device)
+        return self._model
+
+    @property
+    def random_model(self) -> LoadedModel:
+        if self._random is None:
+            self._random = random_init_copy(self.model, self.cfg.controls.random_init_seed)
+        return self._random
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = load_corpus(self.workdir)
+        return self._corpus
+
+    def plans(self) -> list[DictionaryPlan]:
+        """Every dictionary: configured SAEs, their random-init controls, neuron baselines."""
+        plans = [DictionaryPlan(spec, "embeddings") for spec in self.cfg.saes]
+        if self.cfg.controls.random_init:
+            for spec in self.cfg.saes:
+                if spec.name in self.cfg.controls.dictionaries:
+                    control = spec.model_copy(update={"name": spec.name + RANDOM_SUFFIX})
+                    plans.append(DictionaryPlan(control, RANDOM_SUBDIR, True, spec.name))
+        for layer in self.cfg.neurons.layers:
+            for level in sorted(
+                {s.level for s in self.cfg.saes if s.layer == layer} or {"protein"}
+            ):
+                spec = SaeSpec(name=f"L{layer}-{level}-neurons", kind="neurons",
+                               level=cast(Literal["protein", "residue"], level),
+                               layer=layer, expansion=1.0)  # fmt: skip
+                plans.append(DictionaryPlan(spec, "embeddings"))
+        return plans
+
+    def store(self, subdir: str) -> EmbeddingStore:
+        return EmbeddingStore(self.workdir / subdir)
+
+    def embed_layers(self) -> list[int]:
+        layers = {s.layer for s in self.cfg.saes} | set(self.cfg.neurons.layers)
+        layers |= {s.out_layer for s in self.cfg.saes if s.out_layer is not None}
+        return sorted(layers)
+
+    def load(self, plan: DictionaryPlan) -> Dictionary:
+        return load_dictionary(self.workdir / "saes" / plan.spec.name)
+
+    # -- stages -------------------------------------------------------------------------------
+    def ingest(self) -> None:
+        self._corpus = run_ingest(self.workdir, self.cfg.ingest)
+        console.print(f"corpus: {len(self._corpus.accessions):,} proteins")
+
+    def embed(self) -> None:
+        embed_cfg = self.cfg.embed.model_copy(update={"layers": self.embed_layers()})
+        run_embed(self.workdir, self.corpus.sequences, embed_cfg, model_override=self.model)
+        if any(p.is_control for p in self.plans()):
+            control_layers = sorted({p.spec.layer for p in self.plans() if p.is_control}
+                                    | {p.spec.out_layer for p in self.plans()
+                                       if p.is_control and p.spec.out_layer is not None})  # fmt: skip
+            run_embed(self.workdir, self.corpus.sequences,
+                      embed_cfg.model_copy(update={"layers": control_layers}),
+                      model_override=self.random_model, subdir=RANDOM_SUBDIR)  # fmt: skip
+
+    def _data(self, plan: DictionaryPlan) -> Callable[[SaeSpec], Data]:
+        def get(spec: SaeSpec) -> Data:
+            store = self.store(plan.embeddings)
+            if spec.level == "protein":
+                x = store.pooled(spec.layer)
+                y = None
+                if spec.out_layer is not None:
+                    y = store.pooled(spec.out_layer) - x  # the seed paper's transcoder target
+                return x, y, None, None
+            n = min(self._residue_samples(spec), int(store.lengths.sum()))
+            x = store.sample_residues(spec.layer, n, spec.seed)
+            y = store.sample_residues(spec.out_layer, n, spec.seed) if spec.out_layer else None
+            return x, y, None, None
+
+        return get
+
+    def _residue_samples(self, spec: SaeSpec) -> int:
+        return max(spec.steps * spec.batch_size // 2, 10_000)
+
+    def _held_out(self) -> list[str]:
+        """Proteins absent from the corpus, for masked-LM loss recovered."""
+        in_corpus = set(self.corpus.accessions)
+        rng = np.random.default_rng(self.cfg.loss.seed)
+        candidates: list[str] = []
+        for path in self.cfg.ingest.protein_tsvs:
+            extra = read_protein_tsv(path)
+            candidates.extend(
+                s
+                for a, s in zip(extra.accessions, extra.sequences, strict=True)
+                if a not in in_corpus and 30 <= len(s) <= self.cfg.loss.max_length
+            )
+        if not candidates:
+            candidates = [s for s in self.corpus.sequences if len(s) <= self.cfg.loss.max_length]
+        picks = rng.choice(len(candidates), min(self.cfg.loss.n_proteins, len(candidates)), False)
+        return [candidates[int(i)] for i in sorted(picks)]
+
+    def train(self) -> None:
+        held_out = self._held_out()
+        for plan in self.plans():
+            model = self.random_model if plan.is_control else self.model
+            base = Provenance(base_model=model.name, checkpoint_sha256=model.sha256,
+                              layer=plan.spec.layer, out_layer=plan.spec.out_layer,
+                              level=plan.spec.level, normalisation="layer_norm",
+                              training_data_hash="")  # fmt: skip
+
+            def extra(spec: SaeSpec, module: Dictionary, model: LoadedModel = model,
+                      plan: DictionaryPlan = plan) -> dict[str, Any]:  # fmt: skip
+                out: dict[str, Any] = {"is_control": plan.is_control, "control_of": plan.control_of}
+                if spec.kind in ("neurons", "transcoder") or spec.out_layer is not None:
+                    return out
+                with torch.inference_mode():
+                    out |= loss_recovered(
+                        model, held_out, spec.layer, residue_reconstructor(module)
+                    )
+                out["loss_recovered_n_proteins"] = len(held_out)
+                return out
+
+            run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra)
+
+    def analyze(self) -> None:
+        has_structure = np.zeros(len(self.corpus.accessions), dtype=bool)
+        for mapping in load_structure_mappings(self.workdir):
+            has_structure[mapping.protein_index] = True
+        for plan in self.plans():
+            spec = Spec(plan.spec.name, plan.spec.level, plan.spec.layer)
+            run_analyze(self.workdir, self.load(plan), spec, self.store(plan.embeddings),
+                        has_structure, self.cfg.analyze)  # fmt: skip
+
+    def go(self) -> None:
+        from trainer.go.stage import run_go_stage
+
+        plans = self.plans()
+        control_of = {p.control_of: p.spec.name for p in plans if p.control_of}
+        run_go_stage(self.workdir, self.cfg.go, dictionaries=[p.spec.name for p in plans],
+                     control_of=control_of, corpus=self.corpus)  # fmt: skip
+
+    def explain(self) -> None:
+        from trainer.explain.stage import run_explain_stage
+
+        plans = self.plans()
+        saes = [p.spec.name for p in plans if p.spec.kind != "neurons" and not p.is_control]
+        neurons = next((p.spec.name for p in plans if p.spec.kind == "neurons"), None)
+        result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
+                                   neurons=neurons, go_term_names=self._go_term_names(),
+                                   corpus=self.corpus)  # fmt: skip
+        if result.get("status") == "skipped":
+            console.print(f"explain: skipped ({result.get('reason', 'no API key')})")
+
+    def _go_term_names(self) -> dict[str, str]:
+        """Names of every GO id the prompts may show (alt ids resolved to their main term)."""
+        from trainer.go.ontology import load_ontology
+
+        ontology = load_ontology(self.cfg.go.obo_path, self.workdir / "go" / "cache")
+        names = {go_id: term.name for go_id, term in ontology.terms.items()}
+        names.update({alt: names[main] for alt, main in ontology.alt_to_main.items()})
+        return names
+
+    def concepts(self) -> None:
+        if self.cfg.concepts is None:
+            return
+        from trainer.concepts.stage import run_concepts_stage
+
+        plans = [p for p in self.plans() if p.spec.level == "residue" and p.spec.out_layer is None]
+        encoders = {p.spec.name: self._residue_encoder(p) for p in plans}
+        run_concepts_stage(self.workdir, self.cfg.concepts, encode_residues=encoders,
+                           dictionaries=list(encoders))  # fmt: skip
+
+    def _residue_encoder(self, plan: DictionaryPlan) -> Callable[[list[str]], list[np.ndarray]]:
+        module = self.load(plan)
+        model = self.random_model if plan.is_control else self.model
+        layer = plan.spec.layer
+
+        def encode(sequences: list[str]) -> list[np.ndarray]:
+            reps = embed_sequences(model, sequences, [layer],
+                                   max_tokens_per_batch=self.cfg.embed.max_tokens_per_batch)  # fmt: skip
+            with torch.inference_mode():
+                return [module.encode(torch.from_numpy(r[layer])).numpy() for r in reps]
+
+        return encode
+
+    def publish(self) -> int:
+        from trainer.publish import publish
+
+        engine = make_engine(self.database_url)
+        model = self.model
+        run = Run(name=self.cfg.run.name, base_model=model.name, checkpoint_sha256=model.sha256,
+                  layer=self.cfg.saes[0].layer if self.cfg.saes else 0,
+                  corpus=self._corpus_description(), config=self.cfg.model_dump(mode="json"),
+                  notes=self.cfg.run.description or None)  # fmt: skip
+        run_id = publish(engine, self.workdir, run, [p.spec.name for p in self.plans()])
+        engine.dispose()
+        return run_id
+
+    def _corpus_description(self) -> str:
+        names = [Path(p).name for p in self.cfg.ingest.protein_tsvs + self.cfg.ingest.fasta]
+        return f"{', '.join(names)} ({len(self.corpus.accessions):,} proteins)"
+
+    # -- driver -------------------------------------------------------------------------------
+    def run(self, stages: list[str] | None = None) -> int | None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.run.torch_threads:
+            torch.set_num_threads(self.cfg.run.torch_threads)
+        run_id = None
+        for stage in stages or list(STAGES):
+            start = time.perf_counter()
+            console.rule(f"[bold]{stage}")
+            result = getattr(self, stage)()
+            if stage == "publish":
+                run_id = result
+            self.timings[stage] = time.perf_counter() - start
+        self.print_timings()
+        return run_id
+
+    def print_timings(self) -> None:
+        table = Table(title=f"run {self.cfg.run.name}: time per stage")
+        table.add_column("stage")
+        table.add_column("seconds", justify="right")
+        for stage, seconds in self.timings.items():
+            table.add_row(stage, f"{seconds:.1f}")
+        console.print(table)
