@@ -151,6 +151,8 @@ class ProtSAEClient:
         """
         import py3Dmol
 
+        if isinstance(feature, dict) and "feature" in feature:  # get_feature()'s detail shape
+            feature = {**feature["feature"], "sae_id": feature["sae"]["id"]}
         index = feature if isinstance(feature, int) else int(feature["index"])
         sae = sae_id if sae_id is not None else (
             None if isinstance(feature, int) else feature.get("sae_id")

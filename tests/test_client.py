@@ -89,3 +89,14 @@ def test_show_feature_with_a_user_structure(live_server: str, demo_store) -> Non
         with pytest.raises(ValueError, match="no stored structure"):
             api.show_feature(3, sequence, sae_id=demo_store.sae_id)
     assert "CA  MET A   1" in view.startjs + view.endjs
+
+
+def test_read_api_and_show_feature_by_accession(live_server: str, demo_store) -> None:  # noqa: F811
+    accession = demo_store.structure_accessions[0]
+    with ProtSAEClient(live_server) as api:
+        features = api.list_features(demo_store.sae_id)
+        assert features and all("index" in f for f in features)
+        one = api.get_feature(features[0]["id"])
+        assert one["feature"]["index"] == features[0]["index"]
+        view = api.show_feature(one, accession)  # the detail dict carries its SAE
+    assert "addModel(" in view.startjs + view.endjs and "ATOM" in view.startjs + view.endjs
