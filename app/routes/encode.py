@@ -1,0 +1,281 @@
+"""Paste a sequence, see its features: ``POST /api/v1/encode`` and the ``/encode`` page.
+
+Both go through :func:`encode_request`, so the page and the API always agree. Bodies are read
+with a byte limit before parsing (413), bad sequences answer 4xx naming what is wrong and where,
+a full queue answers 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
+
+from app.deps import HtmxDep, SessionDep
+from app.encoding.batcher import QueueFull
+from app.encoding.lookup import feature_info, match_protein, published_saes
+from app.encoding.models import EncodingUnavailable
+from app.encoding.ranking import rank_features
+from app.encoding.service import EncodingService, UnknownSae
+from app.encoding.validation import EncodeInputError, parse_sequence_list, parse_sequences
+from app.settings import get_settings
+from app.store.schema import Structure
+from app.templating import templates
+
+router = APIRouter(tags=["encode"])
+
+
+class EncodeRequest(BaseModel):
+    """One or several sequences (``sequences``: bare or FASTA strings; or one ``fasta`` text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sae_id: int = Field(ge=1, le=2**31 - 1, description="The dictionary to encode with")
+    sequences: list[str] | None = Field(default=None, description="Bare sequences or FASTA texts")
+    fasta: str | None = Field(default=None, description="A FASTA text with one or more records")
+    top_n: int = Field(
+        default=20, ge=1, le=1000, description="Active features returned per sequence"
+    )
+    rank_by: Literal["max", "mean"] = "max"
+    hide_dense: bool = Field(default=False, description="Drop features denser than dense_threshold")
+    dense_threshold: float = Field(default=0.5, gt=0, le=1)
+    include_residues: bool = Field(default=True, description="Per-residue values per feature")
+
+
+class FeatureHit(BaseModel):
+    index: int
+    feature_id: int | None
+    label: str | None
+    explanation: str | None
+    explanation_score: float | None
+    density: float
+    max: float
+    mean: float
+    n_active_residues: int
+    max_position: int | None
+    values: list[float] | None
+
+
+class Quality(BaseModel):
+    fve: float | None
+    training_median_fve: float | None
+    warning: str | None
+    note: str | None
+
+
+class StructureOut(BaseModel):
+    structure_id: int
+    chain: str
+    format: str
+    url: str
+    residue_ids: list[str]
+    sequence_positions: list[int]
+
+
+class MatchOut(BaseModel):
+    protein_id: int
+    accession: str
+    name: str | None
+    structures: list[StructureOut]
+
+
+class SequenceResult(BaseModel):
+    id: str
+    sequence: str
+    length: int
+    sha256: str
+    windowed: bool
+    notes: list[str]
+    n_active_features: int
+    n_hidden_dense: int
+    features: list[FeatureHit]
+    quality: Quality
+    match: MatchOut | None
+
+
+class EncodeResponse(BaseModel):
+    sae_id: int
+    level: str
+    rank_by: str
+    provenance: dict[str, Any]
+    results: list[SequenceResult]
+
+
+def get_service(request: Request) -> EncodingService:
+    """The process's encoding service (models stay warm on ``app.state``)."""
+    service = getattr(request.app.state, "encoding", None)
+    if service is None:
+        service = request.app.state.encoding = EncodingService(get_settings())
+    return service
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _records(req: EncodeRequest) -> list[Any]:
+    settings = get_settings()
+    limits = {"max_length": settings.max_sequence_length, "max_records": settings.max_fasta_records}
+    if (req.sequences is None) == (req.fasta is None):
+        raise EncodeInputError("give exactly one of 'sequences' or 'fasta'", 422)
+    if req.fasta is not None:
+        return parse_sequences(req.fasta, **limits)
+    return parse_sequence_list(req.sequences or [], **limits)
+
+
+async def encode_request(request: Request, session: Session, req: EncodeRequest) -> EncodeResponse:
+    """Validate, encode (cache + batching queue), rank, and join labels and provenance."""
+    try:
+        records = _records(req)
+        service = get_service(request)
+        handle = await run_in_threadpool(service.handle, session, req.sae_id)
+        encodings = await service.encode(handle, [r.sequence for r in records])
+    except EncodeInputError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    except UnknownSae as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except EncodingUnavailable as exc:
+        raise HTTPException(503, f"encoding unavailable: {exc}", {"Retry-After": "60"}) from exc
+    except QueueFull as exc:
+        raise HTTPException(503, str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+    results = []
+    for record, enc in zip(records, encodings, strict=True):
+        ranking = rank_features(
+            handle, enc, top_n=req.top_n, rank_by=req.rank_by, hide_dense=req.hide_dense,
+            dense_threshold=req.dense_threshold, include_residues=req.include_residues,
+        )  # fmt: skip
+        info = await run_in_threadpool(
+            feature_info, session, handle.sae_id, [f.index for f in ranking.features]
+        )
+        match = await run_in_threadpool(match_protein, session, record.sequence)
+        notes = []
+        if record.windowed:
+            notes.append(
+                f"{record.length} residues exceed the model's window of 1022: embedded in "
+                "windows and stitched (each residue from the window where it is most central)"
+            )
+        features = []
+        for f in ranking.features:
+            meta = info.get(f.index)
+            features.append(FeatureHit(
+                index=f.index, feature_id=meta.feature_id if meta else None,
+                label=meta.label if meta else None,
+                explanation=meta.explanation if meta else None,
+                explanation_score=meta.explanation_score if meta else None,
+                density=f.density, max=f.max, mean=f.mean,
+                n_active_residues=f.n_active_residues, max_position=f.max_position,
+                values=f.values,
+            ))  # fmt: skip
+        results.append(SequenceResult(
+            id=record.id, sequence=record.sequence, length=record.length,
+            sha256=hashlib.sha256(record.sequence.encode()).hexdigest(),
+            windowed=record.windowed, notes=notes, n_active_features=ranking.n_active,
+            n_hidden_dense=ranking.n_hidden_dense, features=features,
+            quality=Quality(**service.quality(handle, enc.fve)),
+            match=MatchOut(**asdict(match)) if match else None,
+        ))  # fmt: skip
+    return EncodeResponse(
+        sae_id=handle.sae_id, level=handle.level, rank_by=req.rank_by,
+        provenance=handle.provenance, results=results,
+    )  # fmt: skip
+
+
+_REQUEST_SCHEMA = EncodeRequest.model_json_schema()
+
+
+@router.post(
+    "/api/v1/encode",
+    response_model=EncodeResponse,
+    summary="Encode sequences with an SAE: active features, per residue and pooled (sparse)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _REQUEST_SCHEMA}},
+        }
+    },
+    responses={
+        413: {"description": "Body, sequence or record count over the limit"},
+        422: {"description": "Empty input or a non-amino-acid character (which and where)"},
+        503: {"description": "Queue full (Retry-After) or model unavailable"},
+    },
+)
+async def encode_api(request: Request, session: SessionDep) -> EncodeResponse:
+    body = await read_body(request, get_settings().max_body_bytes)
+    try:
+        req = EncodeRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    return await encode_request(request, session, req)
+
+
+@router.get("/encode", response_class=HTMLResponse, include_in_schema=False)
+def encode_page(request: Request, session: SessionDep) -> Response:
+    ctx: dict[str, Any] = {"saes": published_saes(session), "form": {}, "result": None}
+    ctx["error"] = None
+    return templates.TemplateResponse(request, "encode.html", ctx)
+
+
+@router.post("/encode", response_class=HTMLResponse, include_in_schema=False)
+async def encode_form(request: Request, session: SessionDep, htmx: HtmxDep) -> Response:
+    """The page's form (urlencoded): the same encoding as the API, rendered server-side."""
+    body = await read_body(request, get_settings().max_body_bytes)
+    form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    ctx: dict[str, Any] = {"saes": published_saes(session), "form": form, "result": None}
+    status = 200
+    try:
+        req = EncodeRequest(
+            sae_id=int(form.get("sae_id", "0") or 0),
+            fasta=form.get("text", ""),
+            top_n=int(form.get("top_n", "20") or 20),
+            rank_by="mean" if form.get("rank_by") == "mean" else "max",
+            hide_dense=form.get("hide_dense") in {"on", "true", "1"},
+        )  # fmt: skip
+        result = await encode_request(request, session, req)
+        ctx["result"] = result
+        ctx["result_json"] = result.model_dump_json()
+        ctx["error"] = None
+    except (ValidationError, ValueError) as exc:
+        ctx["error"], status = f"invalid form: {exc}", 422
+    except HTTPException as exc:
+        ctx["error"], status = str(exc.detail), exc.status_code
+    block = "results" if htmx else None
+    return templates.TemplateResponse(
+        request, "encode.html", ctx, status_code=status, block_name=block
+    )
+
+
+@router.get("/encode/structure/{structure_id}", include_in_schema=False)
+def structure_file(
+    structure_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], session: SessionDep
+) -> Response:
+    """A stored structure's coordinates as text, for the 3D view (paths come from the store)."""
+    structure = session.get(Structure, structure_id)
+    if structure is None:
+        raise HTTPException(404, f"no structure with id {structure_id}")
+    path = Path(structure.file_path)
+    if not path.is_file():
+        raise HTTPException(404, f"structure file missing on this server: {path.name}")
+    raw = path.read_bytes()
+    text = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    return PlainTextResponse(text.decode("utf-8", "replace"))

@@ -1,0 +1,212 @@
+"""Bulk export of one dictionary: features with labels and GO hits (CSV, JSON), and its weights
+(our safetensors as trained, or a SAELens-style folder zipped) so others can load our SAEs."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.deps import SessionDep
+from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
+
+router = APIRouter(
+    prefix="/api/v1/saes",
+    tags=["export"],
+    responses={404: {"description": "No published SAE with that id, or no weights for it"}},
+)
+SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary's id")]
+
+CSV_COLUMNS = (
+    "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
+    "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
+    "pattern_class", "n_go_hits", "go_hits",
+)  # fmt: skip
+
+
+class GoHitOut(BaseModel):
+    go_id: str
+    name: str
+    namespace: str
+    q_value: float
+    p_bonferroni: float
+    fold_enrichment: float
+    study_hits: int
+    study_size: int
+
+
+class FeatureExport(BaseModel):
+    index: int
+    feature_id: int
+    label: str | None
+    label_source: str | None
+    explanation: str | None
+    explanation_model: str | None
+    explanation_score: float | None
+    density: float
+    n_active: int
+    max_activation: float
+    mean_activation: float
+    is_dead: bool
+    pattern_class: str | None
+    go_hits: list[GoHitOut]
+
+
+class SaeExport(BaseModel):
+    sae_id: int
+    sae_name: str
+    kind: str
+    level: str
+    layer: int
+    n_latents: int
+    run_name: str
+    base_model: str
+    checkpoint_sha256: str
+    features: list[FeatureExport]
+
+
+def published_sae(session: Session, sae_id: int) -> Sae:
+    """The SAE if its run is published; 404 otherwise."""
+    sae = session.get(Sae, sae_id)
+    if sae is None or sae.run.status != "published":
+        raise HTTPException(404, f"no published SAE with id {sae_id}")
+    return sae
+
+
+def export_features(session: Session, sae: Sae) -> SaeExport:
+    """Every feature of ``sae`` with its newest explanation and its GO hits (by q-value)."""
+    explanations: dict[int, tuple[str | None, str | None]] = {}
+    for fid, text, model in session.execute(
+        select(Explanation.feature_id, Explanation.text, Explanation.model)
+        .join(Feature, Feature.id == Explanation.feature_id)
+        .where(Feature.sae_id == sae.id)
+        .order_by(Explanation.created_at, Explanation.id)
+    ):
+        explanations[fid] = (text, model)
+    hits: dict[int, list[GoHitOut]] = {}
+    for hit, name in session.execute(
+        select(GoEnrichment, GoTerm.name)
+        .join(GoTerm, GoTerm.id == GoEnrichment.go_id)
+        .where(GoEnrichment.sae_id == sae.id)
+        .order_by(GoEnrichment.feature_id, GoEnrichment.q_value)
+    ):
+        hits.setdefault(hit.feature_id, []).append(GoHitOut(
+            go_id=hit.go_id, name=name, namespace=hit.namespace, q_value=hit.q_value,
+            p_bonferroni=hit.p_bonferroni, fold_enrichment=hit.fold_enrichment,
+            study_hits=hit.study_hits, study_size=hit.study_size,
+        ))  # fmt: skip
+    features = []
+    for f in session.scalars(
+        select(Feature).where(Feature.sae_id == sae.id).order_by(Feature.index)
+    ):
+        expl_text, expl_model = explanations.get(f.id, (None, None))
+        features.append(FeatureExport(
+            index=f.index, feature_id=f.id, label=f.auto_label, label_source=f.auto_label_source,
+            explanation=expl_text, explanation_model=expl_model, explanation_score=f.explanation_score,
+            density=f.density, n_active=f.n_active, max_activation=f.max_activation,
+            mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
+            go_hits=hits.get(f.id, []),
+        ))  # fmt: skip
+    run: Run = sae.run
+    return SaeExport(
+        sae_id=sae.id, sae_name=sae.name, kind=sae.kind, level=sae.level, layer=sae.layer,
+        n_latents=sae.n_latents, run_name=run.name, base_model=run.base_model,
+        checkpoint_sha256=run.checkpoint_sha256, features=features,
+    )  # fmt: skip
+
+
+def _filename(sae: Sae, suffix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{sae.run.name}-{sae.name}") + suffix
+
+
+@router.get("/{sae_id}/export.json", response_model=SaeExport, summary="All features, JSON")
+def export_json(sae_id: SaeId, session: SessionDep) -> SaeExport:
+    return export_features(session, published_sae(session, sae_id))
+
+
+@router.get(
+    "/{sae_id}/export.csv",
+    summary="All features with labels, explanation, score and GO hits, CSV",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
+    sae = published_sae(session, sae_id)
+    data = export_features(session, sae)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for f in data.features:
+        row: dict[str, Any] = f.model_dump(exclude={"go_hits"})
+        row["n_go_hits"] = len(f.go_hits)
+        row["go_hits"] = ";".join(f"{h.go_id}|{h.name}|q={h.q_value:.3g}" for h in f.go_hits)
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    headers = {"Content-Disposition": f'attachment; filename="{_filename(sae, ".csv")}"'}
+    return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
+
+
+def _weights_dir(sae: Sae) -> Path:
+    if sae.kind == "neurons":
+        raise HTTPException(404, f"SAE {sae.id} is the raw-neuron baseline: it has no weights")
+    if not sae.weights_path:
+        raise HTTPException(404, f"SAE {sae.id} ({sae.name}) has no weights in the store")
+    path = Path(sae.weights_path)
+    directory = path.parent if path.is_file() else path
+    if not (directory / "sae.safetensors").is_file():
+        raise HTTPException(404, f"weights of SAE {sae.id} are not on this server")
+    return directory
+
+
+@router.get(
+    "/{sae_id}/weights.safetensors",
+    summary="The dictionary's weights as trained (safetensors)",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+)
+def export_weights(sae_id: SaeId, session: SessionDep) -> FileResponse:
+    sae = published_sae(session, sae_id)
+    path = _weights_dir(sae) / "sae.safetensors"
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=_filename(sae, ".safetensors"))  # fmt: skip
+
+
+@router.get(
+    "/{sae_id}/saelens.zip",
+    summary="A SAELens-style folder (cfg.json + sae_weights.safetensors), zipped",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {"schema": {"type": "string"}}}}},
+)
+def export_saelens_zip(sae_id: SaeId, session: SessionDep) -> Response:
+    sae = published_sae(session, sae_id)
+    directory = _weights_dir(sae)
+    try:
+        sae_mod = importlib.import_module("app.sae")
+    except ImportError as exc:
+        raise HTTPException(
+            503, "the SAE module (app.sae) is not installed on this server"
+        ) from exc
+    module = sae_mod.load_dictionary(directory)
+    folder = _filename(sae, "")
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out = Path(sae_mod.export_saelens(module, Path(tmp) / folder, source_dir=directory))
+        except ValueError as exc:
+            raise HTTPException(404, f"SAE {sae.id}: {exc}") from exc
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(out.iterdir()):
+                archive.write(file, f"{folder}/{file.name}")
+    headers = {"Content-Disposition": f'attachment; filename="{folder}-saelens.zip"'}
+    return Response(buffer.getvalue(), media_type="application/zip", headers=headers)

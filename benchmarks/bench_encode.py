@@ -1,0 +1,219 @@
+"""On-demand encoding benchmark: latency vs the bare fair-esm forward, batching throughput, API reads.
+
+    PYTHONPATH=. python benchmarks/bench_encode.py [--model PATH] [--layer 3] [--device auto]
+
+Runs unchanged on CUDA (device from ``--device``/``PROTSAE_DEVICE``, ``auto`` = CUDA when present)
+and prints the device first. (1) median latency of one encode (ESM2 + dictionary + sparse ranking,
+through the batching queue, cache off) at 100/300/1000 residues against the bare
+``model(tokens, repr_layers=[layer])`` on the same sequences, as a ratio; (2) throughput with 8
+and 64 concurrent clients with the batching queue vs one-at-a-time; (3) API latency over HTTP
+(ASGI, in process) on a small real published run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import gzip
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.encoding.batcher import MicroBatcher
+from app.encoding.models import ReluNeurons, _load_checkpoint, autocast, file_sha256
+from app.encoding.ranking import rank_features
+from app.encoding.service import DictionaryHandle, SequenceEncoding, encode_with
+from app.settings import get_settings
+
+
+def real_sequences(shared: Path, length: int, n: int) -> list[str]:
+    """``n`` real human Swiss-Prot sequences cropped to ``length`` residues."""
+    out = []
+    with gzip.open(shared / "data/proteins/human_sprot2014.tsv.gz", "rt", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if int(row["length"]) >= length:
+                out.append(row["sequence"][:length])
+                if len(out) == n:
+                    break
+    return out
+
+
+def make_handle(model_path: Path, layer: int, device: str, sae: str) -> DictionaryHandle:
+    esm = _load_checkpoint(model_path, file_sha256(model_path), torch.device(device))
+    d = int(esm.model.embed_dim)
+    module: torch.nn.Module = ReluNeurons()
+    kind, n_latents = "neurons", d
+    if sae == "topk":
+        try:
+            from app.sae import TopKSAE  # type: ignore[attr-defined]
+
+            module, kind, n_latents = TopKSAE(d, 16 * d, 32), "topk", 16 * d
+        except ImportError:
+            print("app.sae not installed: using the neuron baseline as the dictionary")
+    module = module.to(esm.device).eval()
+    return DictionaryHandle(
+        sae_id=1, sae_name=kind, kind=kind, level="residue", layer=layer, n_latents=n_latents,
+        esm=esm, module=module, provenance={}, fve_median=None, fve_floor=None,
+        density=np.zeros(n_latents, dtype=np.float32),
+    )  # fmt: skip
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_forward(handle: DictionaryHandle, sequence: str) -> float:
+    esm = handle.esm
+    start = time.perf_counter()
+    _, _, tokens = esm.alphabet.get_batch_converter()([("q", sequence)])
+    with torch.inference_mode(), autocast(esm.device):
+        reps = esm.model(tokens.to(esm.device), repr_layers=[handle.layer])["representations"]
+        reps[handle.layer].float().cpu()
+    sync(esm.device)
+    return time.perf_counter() - start
+
+
+def batcher_for(handle: DictionaryHandle, batching: bool) -> MicroBatcher[str, SequenceEncoding]:
+    return MicroBatcher(
+        lambda key, seqs: encode_with(handle, seqs),
+        max_batch=16 if batching else 1,
+        max_wait_ms=5 if batching else 0,
+        queue_size=1024,
+    )
+
+
+async def ours(handle: DictionaryHandle, batcher: MicroBatcher, sequence: str) -> float:  # type: ignore[type-arg]
+    start = time.perf_counter()
+    enc = await batcher.submit(1, len(sequence), sequence)
+    rank_features(handle, enc, top_n=20)
+    sync(handle.esm.device)
+    return time.perf_counter() - start
+
+
+def latency(handle: DictionaryHandle, shared: Path, reps: int) -> None:
+    print("\n(1) latency, median of", reps, "(one request at a time)")
+    print(f"{'length':>7} {'bare fair-esm ms':>17} {'encode ms':>10} {'ratio':>6}")
+    for length in (100, 300, 1000):
+        seqs = real_sequences(shared, length, reps + 2)
+
+        async def run(seqs: list[str] = seqs) -> tuple[list[float], list[float]]:
+            batcher = batcher_for(handle, batching=True)
+            for s in seqs[:2]:  # warm-up (CUDA kernels, allocator, the worker thread)
+                bare_forward(handle, s)
+                await ours(handle, batcher, s)
+            bare, enc = [], []
+            for s in seqs[2:]:  # interleaved so drifting machine load hits both alike
+                bare.append(bare_forward(handle, s))
+                enc.append(await ours(handle, batcher, s))
+                await asyncio.sleep(0.01)  # a lone request, as from one user
+            await batcher.close()
+            return bare, enc
+
+        bare, enc = asyncio.run(run())
+        b, e = statistics.median(bare) * 1e3, statistics.median(enc) * 1e3
+        print(f"{length:>7} {b:>17.2f} {e:>10.2f} {e / b:>6.2f}x")
+
+
+def throughput(handle: DictionaryHandle, shared: Path, per_client: int) -> None:
+    print("\n(2) throughput, 300-aa real sequences, closed-loop clients")
+    pool = real_sequences(shared, 300, 256)
+
+    async def run(clients: int, batching: bool) -> float:
+        batcher = batcher_for(handle, batching)
+
+        async def client(c: int) -> None:
+            for r in range(per_client):
+                s = pool[(c * per_client + r) % len(pool)]
+                await batcher.submit(1, len(s), s)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        elapsed = time.perf_counter() - start
+        await batcher.close()
+        return clients * per_client / elapsed
+
+    print(f"{'clients':>8} {'one-at-a-time req/s':>20} {'batched req/s':>14} {'gain':>6}")
+    for clients in (8, 64):
+        single = asyncio.run(run(clients, batching=False))
+        batched = asyncio.run(run(clients, batching=True))
+        print(f"{clients:>8} {single:>20.1f} {batched:>14.1f} {batched / single:>5.2f}x")
+
+
+def api_reads(shared: Path, n: int) -> None:
+    import httpx
+
+    from tests.store_fixture import build_store
+
+    print("\n(3) API over HTTP (ASGI in process) on a small real published run")
+    tmp = Path(tempfile.mkdtemp())
+    start = time.perf_counter()
+    info = build_store(shared, tmp / "store.sqlite")
+    print(f"   (store built in {time.perf_counter() - start:.0f} s)")
+    import os
+
+    os.environ["PROTSAE_DATABASE_URL"] = info.url
+    get_settings.cache_clear()
+    from app.main import create_app
+
+    app = create_app()
+    seq = real_sequences(shared, 300, 1)[0]
+    requests = [
+        ("GET /api/v1/runs", "GET", "/api/v1/runs", None),
+        ("GET export.json", "GET", f"/api/v1/saes/{info.sae_id}/export.json", None),
+        ("POST encode 300 aa (cached)", "POST", "/api/v1/encode",
+         {"sae_id": info.sae_id, "sequences": [seq]}),
+    ]  # fmt: skip
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            for label, method, url, body in requests:
+                await client.request(method, url, json=body)
+                times = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    response = await client.request(method, url, json=body)
+                    times.append(time.perf_counter() - t0)
+                    assert response.status_code == 200, response.text
+                ms = statistics.median(times) * 1e3
+                print(f"   {label:<30} median {ms:7.2f} ms  ({1e3 / ms:7.1f} req/s serial)")
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path,
+                        default=settings.shared_dir / "models/esm2_t4_2M_sprot14mini.pt")  # fmt: skip
+    parser.add_argument("--layer", type=int, default=3)
+    parser.add_argument("--device", default=settings.device)
+    parser.add_argument("--sae", choices=["neurons", "topk"], default="topk")
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--skip-api", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(settings.torch_threads)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    handle = make_handle(args.model, args.layer, device, args.sae)
+    print(f"model: {handle.esm.name} (sha256 {handle.esm.sha256[:12]}), layer {args.layer}, "
+          f"dictionary: {handle.kind} ({handle.n_latents} latents)")  # fmt: skip
+    latency(handle, settings.shared_dir, args.reps)
+    throughput(handle, settings.shared_dir, args.per_client)
+    if not args.skip_api:
+        api_reads(settings.shared_dir, args.reps)
+
+
+if __name__ == "__main__":
+    main()
