@@ -282,14 +282,24 @@ def embed_concatenated(
         for batch in batches:
             chunk = [pieces[k] for k in batch]
             data = [(str(p.seq), sequences[p.seq][p.start : p.end]) for p in chunk]
-            tokens = loaded.batch_converter(data)[2].to(loaded.device, non_blocking=True)
-            reps = loaded.model(tokens, repr_layers=list(layers))["representations"]
+            tokens = loaded.batch_converter(data)[2]
+            width = tokens.shape[1]
+            # Gather the kept residues on the device (one small copy back, no padding, no
+            # per-row Python loop on the host): source rows in the padded batch, destination
+            # rows in the stacked output.
+            source = np.concatenate(
+                [row * width + np.arange(1 + p.keep_from - p.start, 1 + p.keep_to - p.start)
+                 for row, p in enumerate(chunk)]
+            )  # fmt: skip
+            dest = np.concatenate(
+                [int(offsets[p.seq]) + np.arange(p.keep_from, p.keep_to) for p in chunk]
+            )
+            index = torch.from_numpy(source).to(loaded.device, non_blocking=True)
+            reps = loaded.model(tokens.to(loaded.device, non_blocking=True),
+                                repr_layers=list(layers))["representations"]  # fmt: skip
             for layer in layers:
-                rep = reps[layer].to(torch_dtype).cpu().numpy()
-                for row, p in enumerate(chunk):
-                    base = int(offsets[p.seq])
-                    lo, hi = 1 + p.keep_from - p.start, 1 + p.keep_to - p.start
-                    out[layer][base + p.keep_from : base + p.keep_to] = rep[row, lo:hi]
+                flat = reps[layer].reshape(-1, reps[layer].shape[-1])
+                out[layer][dest] = flat.index_select(0, index).to(torch_dtype).cpu().numpy()
             if on_batch is not None:
                 on_batch(sum(p.keep_to - p.keep_from for p in chunk))
     return offsets, out
