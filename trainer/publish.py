@@ -40,6 +40,12 @@ from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read once (indexing an NpzFile re-reads the member each time)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
 def _blob(values: np.ndarray, offsets: np.ndarray, i: int) -> bytes | None:
     start, end = int(offsets[i]), int(offsets[i + 1])
     return encode_values(values[start:end]) if end > start else None
@@ -134,7 +140,7 @@ class DictionaryLoader:
         return sae
 
     def _features(self, sae: Sae, name: str) -> list[int]:
-        stats = np.load(self.workdir / "analysis" / name / "features.npz")
+        stats = _load_npz(self.workdir / "analysis" / name / "features.npz")
         n = len(stats["n_active"])
         ids = reserve_ids(self.session, Feature, n)
         rows = (
@@ -161,7 +167,7 @@ class DictionaryLoader:
         return ids
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
-        ex = np.load(self.workdir / "analysis" / name / "examples.npz")
+        ex = _load_npz(self.workdir / "analysis" / name / "examples.npz")
         offsets, values = ex["offsets"], ex["values"]
         rows: Iterator[dict[str, Any]] = (
             {
@@ -178,7 +184,7 @@ class DictionaryLoader:
         bulk_insert(self.session, TopExample, rows)
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
-        pt = np.load(self.workdir / "analysis" / name / "protein_top.npz")
+        pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
         offsets, values = pt["offsets"], pt["values"]
         rows = (
             {
@@ -194,7 +200,7 @@ class DictionaryLoader:
         bulk_insert(self.session, ProteinFeature, rows)
 
     def _neighbors(self, name: str, feature_ids: list[int]) -> None:
-        nb = np.load(self.workdir / "analysis" / name / "neighbors.npz")
+        nb = _load_npz(self.workdir / "analysis" / name / "neighbors.npz")
         idx, cos = nb["indices"], nb["cosines"]
         rows = (
             {
@@ -222,7 +228,7 @@ class DictionaryLoader:
         self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
         if not (go_dir / "hits.npz").exists():
             return
-        hits = np.load(go_dir / "hits.npz", allow_pickle=False)
+        hits = _load_npz(go_dir / "hits.npz")
         n = len(hits["feature_index"])
         terms = known_terms
         rows = []
@@ -282,7 +288,7 @@ class DictionaryLoader:
         if not path.exists():
             return
         concept_ids = _concept_ids(self.session, self.workdir)
-        al = np.load(path, allow_pickle=False)
+        al = _load_npz(path)
         rows = (
             {
                 "sae_id": sae.id,
