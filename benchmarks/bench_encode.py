@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from app.encoding.batcher import MicroBatcher
-from app.encoding.models import ReluNeurons, _load_checkpoint, autocast, file_sha256
+from app.encoding.models import LoadedEsm
 from app.encoding.ranking import rank_features
 from app.encoding.service import DictionaryHandle, SequenceEncoding, encode_with
+from app.esm import autocast_for, load_esm
+from app.sae import NeuronBasis, TopKSAE
 from app.settings import get_settings
 
 
@@ -44,17 +46,12 @@ def real_sequences(shared: Path, length: int, n: int) -> list[str]:
 
 
 def make_handle(model_path: Path, layer: int, device: str, sae: str) -> DictionaryHandle:
-    esm = _load_checkpoint(model_path, file_sha256(model_path), torch.device(device))
-    d = int(esm.model.embed_dim)
-    module: torch.nn.Module = ReluNeurons()
+    esm = LoadedEsm(load_esm(model_path, device=device))
+    d = esm.loaded.embed_dim
+    module: torch.nn.Module = NeuronBasis(d)
     kind, n_latents = "neurons", d
-    if sae == "topk":
-        try:
-            from app.sae import TopKSAE  # type: ignore[attr-defined]
-
-            module, kind, n_latents = TopKSAE(d, 16 * d, 32), "topk", 16 * d
-        except ImportError:
-            print("app.sae not installed: using the neuron baseline as the dictionary")
+    if sae == "topk":  # untrained weights: the cost of a forward does not depend on them
+        module, kind, n_latents = TopKSAE(d, 16 * d, 32), "topk", 16 * d
     module = module.to(esm.device).eval()
     return DictionaryHandle(
         sae_id=1, sae_name=kind, kind=kind, level="residue", layer=layer, n_latents=n_latents,
@@ -72,7 +69,7 @@ def bare_forward(handle: DictionaryHandle, sequence: str) -> float:
     esm = handle.esm
     start = time.perf_counter()
     _, _, tokens = esm.alphabet.get_batch_converter()([("q", sequence)])
-    with torch.inference_mode(), autocast(esm.device):
+    with torch.inference_mode(), autocast_for(esm.device):
         reps = esm.model(tokens.to(esm.device), repr_layers=[handle.layer])["representations"]
         reps[handle.layer].float().cpu()
     sync(esm.device)
