@@ -169,7 +169,7 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
     concepts = session.execute(
         select(ConceptAlignment, Concept.name)
         .join(Concept, ConceptAlignment.concept_id == Concept.id)
-        .where(ConceptAlignment.feature_id == feature_id)
+        .where(ConceptAlignment.feature_id == feature_id, ConceptAlignment.split == "test")
         .order_by(ConceptAlignment.f1.desc())
         .limit(50)
     ).all()

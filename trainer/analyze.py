@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from app.sae import Dictionary
+from app.sae import Dictionary, SparseDictionary, sequence_fve
 from trainer.embed import EmbeddingStore
 
 FloatArray = npt.NDArray[np.float32]
@@ -100,6 +100,36 @@ def protein_activations(
         rows.append(sp.csr_matrix(dense_max))
     acts = sp.vstack(rows, format="csr").astype(np.float32)
     return acts, residue_active, np.array([float(n_residues)])
+
+
+def per_protein_fve(
+    module: Dictionary, spec: Spec, store: EmbeddingStore, cfg: AnalyzeConfig
+) -> FloatArray | None:
+    """Each protein's reconstruction FVE (``app.sae.sequence_fve``), for SAEs only.
+
+    The server compares a pasted sequence's FVE with this distribution to warn when the input
+    is out of distribution. Transcoders (another target) and raw neurons have none.
+    """
+    if not isinstance(module, SparseDictionary) or module.is_transcoder:
+        return None
+    out = np.full(store.n_proteins, np.nan, dtype=np.float32)
+    with torch.inference_mode():
+        if spec.level == "protein":
+            pooled = torch.from_numpy(np.ascontiguousarray(store.pooled(spec.layer)))
+            for start in range(0, pooled.shape[0], cfg.batch_size):
+                x = pooled[start : start + cfg.batch_size]
+                recon, _ = module(x)
+                for j in range(x.shape[0]):
+                    out[start + j] = sequence_fve(x[j : j + 1], recon[j : j + 1])
+            return out
+        batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
+        for protein_indices, offsets, residues in batches:
+            x = torch.from_numpy(np.ascontiguousarray(residues))
+            recon, _ = module(x)
+            for j, p in enumerate(protein_indices):
+                lo, hi = int(offsets[j]), int(offsets[j + 1])
+                out[int(p)] = sequence_fve(x[lo:hi], recon[lo:hi])
+    return out
 
 
 def feature_stats(
@@ -299,7 +329,10 @@ def run_analyze(
     )
     nb_idx, nb_cos = decoder_neighbors(module, cfg.n_neighbors)
     np.savez_compressed(out / "neighbors.npz", indices=nb_idx, cosines=nb_cos)
+    fve = per_protein_fve(module, spec, store, cfg)
     summary = {
+        "fve_median": float(np.nanmedian(fve)) if fve is not None else None,
+        "fve_p05": float(np.nanpercentile(fve, 5)) if fve is not None else None,
         "n_proteins": int(acts.shape[0]),
         "n_latents": int(acts.shape[1]),
         "n_dead": int(stats["is_dead"].sum()),

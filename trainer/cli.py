@@ -105,7 +105,7 @@ ConfigArgument = typer.Argument(
 )
 
 
-def _pipeline(config: Path, database_url: str | None) -> Pipeline:
+def _pipeline(config: Path, database_url: str | None, republish: bool = False) -> Pipeline:
     from trainer.config import ConfigError, load_config
     from trainer.pipeline import Pipeline
 
@@ -114,11 +114,13 @@ def _pipeline(config: Path, database_url: str | None) -> Pipeline:
         cfg = load_config(config, settings)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="CONFIG") from exc
-    return Pipeline(cfg, settings, database_url=database_url)
+    return Pipeline(cfg, settings, database_url=database_url, republish=republish)
 
 
-def _run_stages(config: Path, database_url: str | None, stages: list[str]) -> None:
-    pipeline = _pipeline(config, database_url)
+def _run_stages(
+    config: Path, database_url: str | None, stages: list[str], republish: bool = False
+) -> None:
+    pipeline = _pipeline(config, database_url, republish)
     try:
         run_id = pipeline.run(stages)
     except KeyboardInterrupt:
@@ -135,13 +137,16 @@ def trainer_run(
     stages: str | None = typer.Option(
         None, help="Comma-separated subset of: " + ", ".join(STAGE_NAMES)
     ),
+    republish: bool = typer.Option(
+        False, help="Replace the published run even when its config is unchanged."
+    ),
 ) -> None:
     """Run every stage (each resumable), then publish the run atomically."""
     chosen = [s.strip() for s in stages.split(",")] if stages else list(STAGE_NAMES)
     unknown = [s for s in chosen if s not in STAGE_NAMES]
     if unknown:
         raise typer.BadParameter(f"unknown stage(s): {', '.join(unknown)}", param_hint="--stages")
-    _run_stages(config, database_url, chosen)
+    _run_stages(config, database_url, chosen, republish)
 
 
 def _stage_command(stage: str, help_text: str) -> None:

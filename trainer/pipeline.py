@@ -56,11 +56,19 @@ class DictionaryPlan:
 class Pipeline:
     """State shared by the stages of one run."""
 
-    def __init__(self, cfg: TrainerConfig, settings: Settings, database_url: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        settings: Settings,
+        database_url: str | None = None,
+        *,
+        republish: bool = False,
+    ):
         self.cfg = cfg
         self.settings = settings
         self.workdir = settings.data_dir / "runs" / cfg.run.name
         self.database_url = database_url or settings.sqlalchemy_url
+        self.republish = republish
         self.timings: dict[str, float] = {}
         self._model: LoadedModel | None = None
         self._random: LoadedModel | None = None
@@ -262,7 +270,7 @@ class Pipeline:
                 existing = session.scalar(
                     select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
                 )
-                if existing is not None and existing.config == config:
+                if existing is not None and existing.config == config and not self.republish:
                     console.print(
                         f"publish: run {existing.name!r} is already published (id {existing.id})"
                     )

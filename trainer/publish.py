@@ -95,6 +95,10 @@ class DictionaryLoader:
         sae_dir = self.workdir / "saes" / name
         config = json.loads((sae_dir / "config.json").read_text())
         metrics = json.loads((sae_dir / "metrics.json").read_text())
+        analysis = self.workdir / "analysis" / name / "summary.json"
+        if analysis.exists():  # the corpus distribution of per-protein FVE (for the server)
+            summary = json.loads(analysis.read_text())
+            metrics |= {k: summary.get(k) for k in ("fve_median", "fve_p05")}
         self.go_hits = {}
         sae = self._sae_row(name, config, metrics, sae_dir)
         feature_ids = self._features(sae, name)
@@ -109,22 +113,24 @@ class DictionaryLoader:
     def _sae_row(
         self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_dir: Path
     ) -> Sae:
-        provenance = config.get("provenance", {})
-        spec = config.get("spec", config)
+        provenance = config["provenance"]
+        dictionary = config["dictionary"]
+        training = config.get("training", {})
         weights = sae_dir / "sae.safetensors"
+        kind = str(training.get("kind", dictionary.get("kind")))
         sae = Sae(
             run_id=self.run.id,
             name=name,
-            kind=str(spec.get("kind")),
-            level=str(spec.get("level", provenance.get("level"))),
-            layer=int(spec.get("layer", provenance.get("layer"))),
-            out_layer=spec.get("out_layer"),
-            d_in=int(config.get("d_in", spec.get("d_in", 0))),
-            n_latents=int(config.get("n_latents", spec.get("n_latents", 0))),
-            k=spec.get("k"),
-            l1_coefficient=spec.get("l1_coefficient"),
-            is_control=bool(config.get("is_control", False)),
-            control_of=config.get("control_of"),
+            kind=kind,
+            level=str(provenance["level"]),
+            layer=int(provenance["layer"]),
+            out_layer=provenance.get("out_layer"),
+            d_in=int(dictionary["d_in"]),
+            n_latents=int(dictionary["n_latents"]),
+            k=dictionary.get("k"),
+            l1_coefficient=dictionary.get("l1_coefficient") or None,
+            is_control=bool(metrics.get("is_control", False)),
+            control_of=metrics.get("control_of"),
             fve=metrics.get("fve"),
             mse=metrics.get("mse"),
             l0=metrics.get("l0"),
@@ -143,12 +149,14 @@ class DictionaryLoader:
         stats = _load_npz(self.workdir / "analysis" / name / "features.npz")
         n = len(stats["n_active"])
         ids = reserve_ids(self.session, Feature, n)
+        # Residue level: the fraction of residues a feature fires on; protein level: of proteins.
+        density = stats["residue_density"] if sae.level == "residue" else stats["density"]
         rows = (
             {
                 "id": ids[f],
                 "sae_id": sae.id,
                 "index": f,
-                "density": float(stats["density"][f]),
+                "density": float(density[f]),
                 "n_active": int(stats["n_active"][f]),
                 "max_activation": float(stats["max_activation"][f]),
                 "mean_activation": float(stats["mean_activation"][f]),

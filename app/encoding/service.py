@@ -30,6 +30,7 @@ from app.encoding.models import (
     load_dictionary_for,
     load_esm_for_run,
 )
+from app.sae import sequence_fve
 from app.settings import Settings
 from app.store.schema import Feature, Run, Sae
 
@@ -108,14 +109,6 @@ class ResultCache:
                 self._items.popitem(last=False)
 
 
-def _fve(x: torch.Tensor, recon: torch.Tensor) -> float:
-    """1 − SSE/SST over this sequence (SST about its mean over residues; over dims if one row)."""
-    x64, r64 = x.double(), recon.double()
-    centre = x64.mean(dim=0, keepdim=True) if x64.shape[0] > 1 else x64.mean(dim=1, keepdim=True)
-    sst = float(((x64 - centre) ** 2).sum())
-    return 1.0 - float(((x64 - r64) ** 2).sum()) / sst if sst > 0 else float("nan")
-
-
 def encode_with(handle: DictionaryHandle, sequences: Sequence[str]) -> list[SequenceEncoding]:
     """Synchronous: one ESM2 pass over ``sequences`` then the dictionary (worker-thread code)."""
     with handle.esm.lock:
@@ -134,7 +127,7 @@ def encode_with(handle: DictionaryHandle, sequences: Sequence[str]) -> list[Sequ
 
 def _encode_residues(handle: DictionaryHandle, x: torch.Tensor) -> SequenceEncoding:
     recon, z = handle.module.forward(x)
-    fve = None if handle.kind == "neurons" else _fve(x, recon)
+    fve = None if handle.kind == "neurons" else sequence_fve(x, recon)
     z_np = z.float().cpu().numpy()
     return SequenceEncoding(
         length=x.shape[0],
@@ -162,7 +155,7 @@ def _encode_protein(handle: DictionaryHandle, x: torch.Tensor) -> SequenceEncodi
         ),
         shape=(x.shape[0], handle.n_latents),
     )
-    fve = None if handle.kind == "neurons" else _fve(pooled_x, recon)
+    fve = None if handle.kind == "neurons" else sequence_fve(pooled_x, recon)
     return SequenceEncoding(x.shape[0], residue, z_np, z_np, fve)
 
 

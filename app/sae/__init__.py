@@ -3,7 +3,7 @@
 Pure torch (no fair-esm): the server encodes with these. See :mod:`app.sae.models` for the maths.
 """
 
-from app.sae.functional import fraction_variance_explained, layer_norm
+from app.sae.functional import fraction_variance_explained, layer_norm, sequence_fve
 from app.sae.io import (
     Dictionary,
     Provenance,
@@ -43,5 +43,6 @@ __all__ = [
     "read_provenance",
     "residue_reconstructor",
     "save_dictionary",
+    "sequence_fve",
     "sha256_file",
 ]

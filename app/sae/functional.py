@@ -115,3 +115,15 @@ def remove_parallel_grad_(weight: Tensor) -> None:
 def fraction_variance_explained(recon: Tensor, target: Tensor) -> float:
     """1 − SSE / SST, with SST about the target's mean over all samples."""
     return 1.0 - float(normalized_mse(recon.double(), target.double()))
+
+
+def sequence_fve(x: Tensor, recon: Tensor) -> float:
+    """FVE of one sequence: 1 − SSE/SST, SST about its mean over residues (over dims if one row).
+
+    The trainer records its distribution over the corpus and the server compares a pasted
+    sequence against it, so both must use this one definition.
+    """
+    x64, r64 = x.double(), recon.double()
+    centre = x64.mean(dim=0, keepdim=True) if x64.shape[0] > 1 else x64.mean(dim=1, keepdim=True)
+    sst = float(((x64 - centre) ** 2).sum())
+    return 1.0 - float(((x64 - r64) ** 2).sum()) / sst if sst > 0 else float("nan")
