@@ -84,6 +84,7 @@ def protein_activations(
         pooled = store.pooled(spec.layer)
         return _encode(module, pooled, cfg.batch_size), residue_active, np.zeros(1)
     rows: list[sp.csr_matrix] = []
+    order: list[np.ndarray] = []  # batches come in shard order, not corpus order
     n_residues = 0
     batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
     for protein_indices, offsets, residues in tqdm(
@@ -98,7 +99,12 @@ def protein_activations(
             if part.nnz:
                 dense_max[j] = part.max(axis=0).toarray().ravel()
         rows.append(sp.csr_matrix(dense_max))
-    acts = sp.vstack(rows, format="csr").astype(np.float32)
+        order.append(np.asarray(protein_indices, dtype=np.int64))
+    stacked = sp.vstack(rows, format="csr").astype(np.float32)
+    # Row r of ``stacked`` is protein order[r]: put every protein back on its corpus row.
+    position = np.empty(store.n_proteins, dtype=np.int64)
+    position[np.concatenate(order)] = np.arange(stacked.shape[0])
+    acts = stacked[position]
     return acts, residue_active, np.array([float(n_residues)])
 
 

@@ -287,7 +287,7 @@ class Pipeline:
 
     def _corpus_description(self) -> str:
         names = [Path(p).name for p in self.cfg.ingest.protein_tsvs + self.cfg.ingest.fasta]
-        return f"{', '.join(names)} ({len(self.corpus.accessions):,} proteins)"
+        return ", ".join(names)
 
     # -- driver -------------------------------------------------------------------------------
     def run(self, stages: list[str] | None = None) -> int | None:

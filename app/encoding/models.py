@@ -18,14 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.encoding.errors import EncodingUnavailable
 from app.esm import LoadedModel, embed_sequences, load_esm, resolve_device
 from app.sae import NeuronBasis, load_dictionary
 from app.settings import Settings
 from app.store.schema import Run, Sae
-
-
-class EncodingUnavailable(RuntimeError):
-    """The server cannot encode for this dictionary (missing checkpoint or weights): a 503."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.encoding.batcher import MicroBatcher
+from app.encoding.errors import UnknownSae
 from app.encoding.models import (
     EncodingUnavailable,
     LoadedEsm,
@@ -35,10 +36,6 @@ from app.settings import Settings
 from app.store.schema import Feature, Run, Sae
 
 OOD_MARGIN = 0.2  # warn when FVE falls this far below the training median (or below its p05)
-
-
-class UnknownSae(LookupError):
-    """No published dictionary with that id: a 404."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ import gzip
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.deps import HtmxDep, SessionDep
+
+if TYPE_CHECKING:  # torch loads only when a sequence is encoded, never for the other pages
+    from app.encoding.service import EncodingService
 from app.encoding.batcher import QueueFull
+from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.lookup import feature_info, match_protein, published_saes
-from app.encoding.models import EncodingUnavailable
-from app.encoding.ranking import rank_features
-from app.encoding.service import EncodingService, UnknownSae
 from app.encoding.validation import EncodeInputError, parse_sequence_list, parse_sequences
 from app.settings import get_settings
 from app.store.schema import Structure
@@ -116,6 +117,8 @@ def get_service(request: Request) -> EncodingService:
     """The process's encoding service (models stay warm on ``app.state``)."""
     service = getattr(request.app.state, "encoding", None)
     if service is None:
+        from app.encoding.service import EncodingService
+
         service = request.app.state.encoding = EncodingService(get_settings())
     return service
 
@@ -161,6 +164,8 @@ async def encode_request(request: Request, session: Session, req: EncodeRequest)
         raise HTTPException(503, str(exc), {"Retry-After": str(exc.retry_after)}) from exc
     results = []
     for record, enc in zip(records, encodings, strict=True):
+        from app.encoding.ranking import rank_features
+
         ranking = rank_features(
             handle, enc, top_n=req.top_n, rank_by=req.rank_by, hide_dense=req.hide_dense,
             dense_threshold=req.dense_threshold, include_residues=req.include_residues,
