@@ -39,7 +39,8 @@ def residue_reconstructor(module: nn.Module) -> Callable[[Tensor], Tensor]:
     @torch.no_grad()
     def reconstruct(h: Tensor) -> Tensor:
         batch, length, d = h.shape
-        recon, _ = module(h.reshape(batch * length, d).to(dtype))
-        return recon.reshape(batch, length, d).to(h.dtype)
+        # The language model may sit on a GPU while the dictionary stays where it was trained.
+        recon, _ = module(h.reshape(batch * length, d).to(device=module.W_dec.device, dtype=dtype))
+        return recon.reshape(batch, length, d).to(device=h.device, dtype=h.dtype)
 
     return reconstruct
