@@ -5,9 +5,11 @@ by alignment), the real mini ESM2 model, and its layer-3 neurons as the dictiona
 baseline, kind "neurons": ReLU of each neuron, residue level). Top examples carry the real
 per-residue activations. Built once per test session into an SQLite file.
 
-The lead will later build this from the trainer pipeline itself; tests should rely only on what
-``build_store`` documents: one published run with >=1 dictionary, features with top examples
-(bins "top", "q1".."q5", "structure") and per-residue values, proteins with structures whose
+It is quick to build and independent of the trainer, so the explorer's tests do not break with
+it; the trainer's own end-to-end run is covered by ``tests/test_pipeline.py`` (the same pages
+then read a store the pipeline wrote). Tests should rely only on what ``build_store``
+documents: one published run with >=1 dictionary, features with top examples (bins "top",
+"q1".."q5", "structure") and per-residue values, proteins with structures whose
 ``sequence_positions`` come from an alignment, GO terms for the proteins' annotations.
 """
 

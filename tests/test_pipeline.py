@@ -164,3 +164,33 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     broken.write_text("[run\nname=1")
     with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_config(broken, Settings())
+
+
+def test_explorer_reads_the_pipeline_store(
+    tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.settings import get_settings
+    from app.store.engine import engine_for
+
+    monkeypatch.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
+    get_settings.cache_clear()
+    engine_for.cache_clear()
+    from app.main import create_app
+
+    try:
+        with TestClient(create_app()) as client:
+            runs = client.get("/api/v1/runs").json()
+            assert runs[0]["name"] == "tiny-test-run"
+            sae = next(s for s in runs[0]["saes"] if s["name"] == "L3-residue-topk")
+            assert client.get(f"/saes/{sae['id']}/features").status_code == 200
+            page = client.get(f"/api/v1/saes/{sae['id']}/features?sort=max_activation&order=desc")
+            top = page.json()["items"][0]
+            detail = client.get(f"/api/v1/features/{top['id']}").json()
+            assert detail["top_examples"], "the strongest feature has top examples"
+            assert client.get(f"/features/{top['id']}").status_code == 200
+            assert client.get(f"/runs/{runs[0]['id']}/findings").status_code == 200
+    finally:
+        get_settings.cache_clear()
+        engine_for.cache_clear()
