@@ -63,10 +63,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+_SHA_CACHE: dict[tuple[str, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints reach tens of GB)."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    """Hex sha256 of a file, read in chunks (checkpoints reach tens of GB); computed once per
+    (path, mtime) in a process, since the server checks the same checkpoint on every load."""
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _SHA_CACHE:
+        with path.open("rb") as handle:
+            _SHA_CACHE[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _SHA_CACHE[key]
 
 
 def load_esm(path_or_name: str | Path, device: str = "auto") -> LoadedModel:

@@ -22,6 +22,7 @@ from app.store.engine import make_engine
 
 SHARED = Path(os.environ.get("PROTSAE_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 POSTGRES_ENV = "PROTSAE_TEST_POSTGRES_URL"
+MINI_MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")  # relative to the shared folder
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +93,14 @@ def demo_store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # t
     from tests.store_fixture import build_store
 
     return build_store(shared_dir, tmp_path_factory.mktemp("demo") / "store.sqlite")
+
+
+@pytest.fixture(scope="module")
+def loaded(shared_dir: Path):  # type: ignore[no-untyped-def]
+    """The real mini ESM2 model on the CPU, one thread (``app.esm`` caches it per process)."""
+    import torch
+
+    from app.esm import load_esm
+
+    torch.set_num_threads(1)
+    return load_esm(shared_dir / MINI_MODEL, device="cpu")

@@ -8,61 +8,34 @@ and a residue-level view (neurons per residue, max over the protein).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import sparse
 
-from tests.realdata import go_term_records, human_proteins
+from tests.realdata import HUMAN_TSV, go_term_records
+from trainer.corpus import Corpus, read_protein_tsv
 
 MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
 LAYER = 3
 
 
-@dataclass
-class TestCorpus:
-    """The ``trainer.corpus.Corpus`` attributes the explain stage reads (parallel lists)."""
+def load_test_corpus(shared: Path, n: int, max_len: int = 400) -> Corpus:
+    """The first ``n`` human proteins of at most ``max_len`` residues with a GO annotation.
 
-    accessions: list[str] = field(default_factory=list)
-    sequences: list[str] = field(default_factory=list)
-    names: list[str | None] = field(default_factory=list)
-    genes: list[str | None] = field(default_factory=list)
-    organisms: list[str | None] = field(default_factory=list)
-    go_bp: list[set[str]] = field(default_factory=list)
-    go_mf: list[set[str]] = field(default_factory=list)
-    go_cc: list[set[str]] = field(default_factory=list)
-    pfam: list[set[str]] = field(default_factory=list)
-    ec: list[set[str]] = field(default_factory=list)
+    Read with the trainer's own reader, so the explain tests see exactly what a run sees.
+    """
+    table = read_protein_tsv(shared / HUMAN_TSV)
+    keep = [
+        i
+        for i, seq in enumerate(table.sequences)
+        if len(seq) <= max_len and (table.go_bp[i] or table.go_mf[i] or table.go_cc[i])
+    ][:n]
+    return table.subset(keep)
 
 
-def _ids(value: str) -> set[str]:
-    return {v for v in value.split(";") if v}
-
-
-def load_test_corpus(shared: Path, n: int, max_len: int = 400) -> TestCorpus:
-    """The first ``n`` human proteins of at most ``max_len`` residues with a GO annotation."""
-    corpus = TestCorpus()
-    for row in human_proteins(shared, 6 * n):
-        if len(corpus.accessions) == n:
-            break
-        if int(row["length"]) > max_len or not (row["go_bp"] or row["go_mf"] or row["go_cc"]):
-            continue
-        corpus.accessions.append(row["accession"])
-        corpus.sequences.append(row["sequence"])
-        corpus.names.append(row["protein_name"] or None)
-        corpus.genes.append(row["gene_symbol"] or None)
-        corpus.organisms.append(row["organism"] or None)
-        corpus.go_bp.append(_ids(row["go_bp"]))
-        corpus.go_mf.append(_ids(row["go_mf"]))
-        corpus.go_cc.append(_ids(row["go_cc"]))
-        corpus.pfam.append(set())  # the source has no Pfam or EC columns
-        corpus.ec.append(set())
-    return corpus
-
-
-def go_names(shared: Path, corpus: TestCorpus) -> dict[str, str]:
+def go_names(shared: Path, corpus: Corpus) -> dict[str, str]:
     ids = set().union(*corpus.go_bp, *corpus.go_mf, *corpus.go_cc)
     return {k: v["name"] for k, v in go_term_records(shared, ids).items()}
 

@@ -7,21 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from pydantic import ValidationError
 from safetensors.numpy import load_file
 
-from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
+from app.esm import LoadedModel, embed_sequences, random_init_copy
+from tests.conftest import MINI_MODEL as MODEL
 from tests.realdata import human_proteins
 from trainer.embed import EmbedConfig, EmbeddingMismatchError, EmbeddingStore, run_embed
-
-MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
-
-
-@pytest.fixture(scope="module")
-def loaded(shared_dir: Path) -> LoadedModel:
-    torch.set_num_threads(1)
-    return load_esm(shared_dir / MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,10 @@ from app.esm import (
     plan_windows,
     random_init_copy,
 )
+from tests.conftest import MINI_MODEL as MODEL
 from tests.realdata import human_proteins
 
-MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
 LONG_ACCESSION = "A1KZ92"  # PXDNL, 1,463 aa: two windows
-
-
-@pytest.fixture(scope="module")
-def loaded(shared_dir: Path) -> LoadedModel:
-    torch.set_num_threads(1)
-    return load_esm(shared_dir / MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")

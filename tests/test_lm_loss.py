@@ -8,17 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.esm import LoadedModel, load_esm
+from app.esm import LoadedModel
 from tests.realdata import human_proteins
 from trainer.lm_loss import loss_recovered, mask_positions, masked_lm_loss
-
-MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
-
-
-@pytest.fixture(scope="module")
-def loaded(shared_dir: Path) -> LoadedModel:
-    torch.set_num_threads(1)
-    return load_esm(shared_dir / MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ is ``app.esm.load_esm`` (safe unpickling, cached per process) and ``app.sae.load
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from app.encoding.errors import EncodingUnavailable
-from app.esm import LoadedModel, embed_sequences, load_esm, resolve_device
+from app.esm import LoadedModel, embed_sequences, file_sha256, load_esm, resolve_device
 from app.sae import NeuronBasis, load_dictionary
 from app.settings import Settings
 from app.store.schema import Run, Sae
@@ -56,18 +55,6 @@ class LoadedEsm:
         """Per sequence ``float32 [L, d]`` at ``layer`` (BOS/EOS excluded; windows beyond 1,022)."""
         out = embed_sequences(self.loaded, list(sequences), [layer])
         return [np.asarray(d[layer], dtype=np.float32) for d in out]
-
-
-_SHA_CACHE: dict[tuple[str, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, mtime) in this process."""
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
-    if key not in _SHA_CACHE:
-        with path.open("rb") as handle:
-            _SHA_CACHE[key] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return _SHA_CACHE[key]
 
 
 def checkpoint_candidates(run: Run, settings: Settings) -> list[Path]:
