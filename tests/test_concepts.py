@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.esm import LoadedModel
 from tests.esm_activations import CachingEncoder
 from trainer.concepts import ConceptsConfig, run_concepts_stage
 from trainer.concepts.labels import (
@@ -315,3 +316,54 @@ def test_stage_refuses_misshapen_activations(label_dir: Path, tmp_path: Path) ->
         run_concepts_stage(tmp_path, cfg, encode_residues=encoders, dictionaries=["broken"])
     with pytest.raises(ValueError, match=r"no encoder given for dictionary\(ies\) other"):
         run_concepts_stage(tmp_path, cfg, encode_residues=encoders, dictionaries=["other"])
+
+
+# --- shared representations --------------------------------------------------------------------
+
+
+def test_shared_representations_run_the_model_once_per_batch(
+    loaded: LoadedModel, label_dir: Path
+) -> None:
+    """Three dictionaries on two layers, two passes: one forward per batch, same numbers."""
+    from app.esm import embed_sequences
+    from app.sae import NeuronBasis
+    from trainer.concepts.representations import SharedRepresentations
+
+    chains = subsample(read_concept(label_dir / "gpsite_ZN.tsv.gz"), 6, 3).test
+    batches = [[c.sequence for c in chains[:3]], [c.sequence for c in chains[3:]]]
+    shared = SharedRepresentations(max_bytes=2**30)
+    basis = NeuronBasis(loaded.embed_dim)
+    enc3 = shared.encoder(loaded, 3, basis.encode)
+    enc4 = shared.encoder(loaded, 4, basis.encode)
+    doubled = shared.encoder(loaded, 3, lambda x: 2 * basis.encode(x))
+    for _ in range(2):
+        for seqs in batches:
+            a3, a4, d3 = enc3(seqs), enc4(seqs), doubled(seqs)
+            ref = embed_sequences(loaded, seqs, [3, 4])
+            for i, seq in enumerate(seqs):
+                assert a3[i].shape == (len(seq), loaded.embed_dim)
+                for layer, got in ((3, a3[i]), (4, a4[i])):
+                    want = np.maximum(ref[i][layer].astype(np.float16).astype(np.float32), 0)
+                    np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(d3[i], 2 * a3[i])
+    assert shared.forward_passes == len(batches)
+    assert shared.kept_bytes == 2 * 2 * sum(len(s) for b in batches for s in b) * loaded.embed_dim
+
+
+def test_shared_representations_recompute_beyond_their_budget(
+    loaded: LoadedModel, label_dir: Path
+) -> None:
+    from app.sae import NeuronBasis
+    from trainer.concepts.representations import SharedRepresentations
+
+    chains = subsample(read_concept(label_dir / "gpsite_ZN.tsv.gz"), 4, 3).test
+    batches = [[c.sequence] for c in chains]
+    shared = SharedRepresentations(max_bytes=0)
+    enc = shared.encoder(loaded, 2, NeuronBasis(loaded.embed_dim).encode)
+    first = [enc(b)[0] for b in batches]
+    second = [enc(b)[0] for b in batches]
+    assert shared.forward_passes == 2 * len(batches) and shared.kept_bytes == 0
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="not registered"):
+        shared.get(loaded, 1, batches[0])

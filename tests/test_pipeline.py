@@ -168,6 +168,27 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load_config(broken, Settings())
 
 
+def test_a_config_extends_another(tmp_path: Path) -> None:
+    """The repository's variant config: only its overrides differ from the demo it extends."""
+    settings = Settings()
+    demo = load_config(Path("configs/demo.toml"), settings)
+    variant = load_config(Path("configs/demo-allchains.toml"), settings)
+    assert variant.run.name == "demo-mini-esm2-allchains" and variant.run.seed == demo.run.seed
+    assert variant.concepts is not None and demo.concepts is not None
+    assert variant.concepts.max_chains_per_split is None  # 0 in TOML: every chain
+    assert variant.concepts.label_dir == demo.concepts.label_dir
+    assert variant.saes == demo.saes and variant.embed == demo.embed
+    loop = tmp_path / "a.toml"
+    loop.write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(loop, settings)
+    orphan = tmp_path / "orphan.toml"
+    orphan.write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match=r"missing\.toml: no such config file \(extended by"):
+        load_config(orphan, settings)
+
+
 def test_explorer_reads_the_pipeline_store(
     tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:

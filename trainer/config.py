@@ -90,14 +90,44 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
-def load_config(path: Path, settings: Settings) -> TrainerConfig:
-    """Read and validate a TOML config; errors name the file and the offending field."""
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else (values, arrays such as [[saes]]) is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One TOML file, with ``extends = "other.toml"`` (relative to it) merged underneath."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such config file") from exc
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: no such config file{where}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a file name, got {parent!r}")
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {parent!r} makes a cycle")
+    return _merge(_read_toml(base_path, (*seen, path.resolve())), raw)
+
+
+def load_config(path: Path, settings: Settings) -> TrainerConfig:
+    """Read and validate a TOML config; errors name the file and the offending field.
+
+    A config may start from another (``extends = "demo.toml"``) and override some of its
+    tables, so a variant run states only what differs.
+    """
+    raw = _read_toml(path)
     mapping = {"shared": str(settings.shared_dir), "data": str(settings.data_dir)}
     try:
         return TrainerConfig.model_validate(_substitute(raw, mapping))

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from app.esm import LoadedModel, embed_sequences, load_esm, random_init_copy
+from app.esm import LoadedModel, load_esm, random_init_copy
 from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
 from app.settings import Settings
 from app.store.engine import make_engine, session_factory
@@ -239,25 +239,22 @@ class Pipeline:
     def concepts(self) -> None:
         if self.cfg.concepts is None:
             return
+        from trainer.concepts.representations import SharedRepresentations
         from trainer.concepts.stage import run_concepts_stage
 
         plans = [p for p in self.plans() if p.spec.level == "residue" and p.spec.out_layer is None]
-        encoders = {p.spec.name: self._residue_encoder(p) for p in plans}
+        shared = SharedRepresentations(int(self.cfg.concepts.cache_gib * 2**30),
+                                       self.cfg.embed.max_tokens_per_batch)  # fmt: skip
+        encoders = {}
+        for plan in plans:
+            model = self.random_model if plan.is_control else self.model
+            encoders[plan.spec.name] = shared.encoder(
+                model, plan.spec.layer, self.load(plan).encode
+            )
         run_concepts_stage(self.workdir, self.cfg.concepts, encode_residues=encoders,
                            dictionaries=list(encoders))  # fmt: skip
-
-    def _residue_encoder(self, plan: DictionaryPlan) -> Callable[[list[str]], list[np.ndarray]]:
-        module = self.load(plan)
-        model = self.random_model if plan.is_control else self.model
-        layer = plan.spec.layer
-
-        def encode(sequences: list[str]) -> list[np.ndarray]:
-            reps = embed_sequences(model, sequences, [layer],
-                                   max_tokens_per_batch=self.cfg.embed.max_tokens_per_batch)  # fmt: skip
-            with torch.inference_mode():
-                return [module.encode(torch.from_numpy(r[layer])).numpy() for r in reps]
-
-        return encode
+        console.print(f"concepts: {shared.forward_passes} language-model batches, "
+                      f"{shared.kept_bytes / 2**30:.2f} GiB of representations kept")  # fmt: skip
 
     def publish(self) -> int:
         """Load the run into the store; a run already published from this exact config is kept."""

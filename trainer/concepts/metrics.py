@@ -77,6 +77,8 @@ class ConceptCounts:
     """Running counts for one (concept, split) over every threshold × feature."""
 
     def __init__(self, n_features: int, thresholds: tuple[float, ...]) -> None:
+        if any(t < 0 for t in thresholds) or list(thresholds) != sorted(set(thresholds)):
+            raise ValueError(f"thresholds must be distinct, ascending and >= 0: {thresholds}")
         shape = (len(thresholds), n_features)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.fired = np.zeros(shape, dtype=np.int64)
@@ -88,21 +90,43 @@ class ConceptCounts:
 
     def add(self, acts: np.ndarray, labels: np.ndarray, chain_starts: np.ndarray) -> None:
         """Add whole chains: ``acts`` normalised float [n, F], ``labels`` bool [n],
-        ``chain_starts`` the row where each chain begins."""
+        ``chain_starts`` the row where each chain begins.
+
+        Dictionary activations are sparse (TopK: k of F per residue), so residue counts are
+        taken over the nonzero entries only: each entry's level (how many thresholds it
+        exceeds) goes into a level × feature histogram, which a reverse cumulative sum turns
+        into per-threshold counts. That costs O(nonzeros), not O(n × F × thresholds).
+        """
         labels = np.asarray(labels, dtype=bool)
         if acts.shape[0] != labels.shape[0]:
             raise ValueError(f"{acts.shape[0]} activation rows for {labels.shape[0]} labels")
+        n_features = self.fired.shape[1]
+        if acts.ndim != 2 or acts.shape[1] != n_features:
+            raise ValueError(f"activations of shape {acts.shape}; expected (n, {n_features})")
+        # Compared in the activations' own precision, exactly as ``acts > t`` would be.
+        thresholds = np.asarray(self.thresholds, dtype=acts.dtype)
+        rows, cols = np.nonzero(acts)
+        levels = np.searchsorted(thresholds, acts[rows, cols], side="left")
+        self.fired += self._counts_above(levels, cols)
+        labelled = labels[rows]
+        self.true_pos += self._counts_above(levels[labelled], cols[labelled])
+
         pos = np.flatnonzero(labels)
-        on_pos = acts[pos]
         starts = site_starts_in_positives(labels, chain_starts)
-        site_max = np.maximum.reduceat(on_pos, starts, axis=0) if len(starts) else on_pos[:0]
-        for i, t in enumerate(self.thresholds):
-            self.fired[i] += np.count_nonzero(acts > t, axis=0)
-            self.true_pos[i] += np.count_nonzero(on_pos > t, axis=0)
-            self.sites_hit[i] += np.count_nonzero(site_max > t, axis=0)
+        if len(starts):
+            site_max = np.maximum.reduceat(acts[pos], starts, axis=0)
+            for i, t in enumerate(thresholds):
+                self.sites_hit[i] += np.count_nonzero(site_max > t, axis=0)
         self.n_residues += int(labels.shape[0])
         self.n_positive += len(pos)
         self.n_sites += len(starts)
+
+    def _counts_above(self, levels: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[n_thresholds, F]: entries whose level exceeds threshold i, per feature."""
+        n_thr, n_features = self.fired.shape
+        hist = np.bincount(levels * n_features + cols, minlength=(n_thr + 1) * n_features)
+        at_least = np.cumsum(hist.reshape(n_thr + 1, n_features)[::-1], axis=0)[::-1]
+        return at_least[1:]
 
     def metrics(self) -> Metrics:
         fired = self.fired.astype(np.float64)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from trainer.concepts.labels import ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
@@ -46,14 +46,24 @@ class ConceptsConfig(BaseModel):
 
     label_dir: Path
     concepts: list[str] | None = Field(None, description="file stems; None = every *.tsv.gz")
-    max_chains_per_split: int | None = Field(100, ge=1, description="per concept and split")
+    max_chains_per_split: int | None = Field(
+        100, ge=0, description="per concept and split; 0 or None = every chain"
+    )
     thresholds: tuple[float, ...] = INTERPLM_THRESHOLDS
     seed: int = 0
     max_length: int = Field(1022, ge=1, description="longer chains are dropped")
     batch_residues: int = Field(4096, ge=1, description="padded residues per encoder call")
+    cache_gib: float = Field(
+        4.0, ge=0, description="language-model representations kept between the two passes"
+    )
     top_features: int = Field(20, ge=1, description="pairs kept per concept, by train F1")
     keep_f1: float = Field(0.2, description="also keep every pair with F1 above this")
     associated_f1: float = Field(0.5, description="InterPLM's 'associated' criterion")
+
+    @field_validator("max_chains_per_split")
+    @classmethod
+    def _zero_means_all(cls, value: int | None) -> int | None:
+        return None if value == 0 else value  # TOML has no null
 
     def label_paths(self) -> list[Path]:
         if self.concepts is None:
