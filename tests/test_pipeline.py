@@ -178,6 +178,12 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
     assert variant.concepts.max_chains_per_split is None  # 0 in TOML: every chain
     assert variant.concepts.label_dir == demo.concepts.label_dir
     assert variant.saes == demo.saes and variant.embed == demo.embed
+    device = load_config(Path("configs/full-mini-device.toml"), settings)
+    assert device.ingest.structures_table is None  # "" in TOML switches the table off
+    assert (
+        device.ingest.protein_tsvs
+        == load_config(Path("configs/full-mini.toml"), settings).ingest.protein_tsvs
+    )
     loop = tmp_path / "a.toml"
     loop.write_text('extends = "b.toml"\n')
     (tmp_path / "b.toml").write_text('extends = "a.toml"\n')

@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainer.corpus import (
     Corpus,
@@ -84,6 +84,11 @@ class IngestConfig(BaseModel):
     include_structure_chains: bool = True  # labelled chains matching no protein become proteins
     min_identity: float = Field(default=MIN_IDENTITY, ge=0.0, le=1.0)
     min_coverage: float = Field(default=MIN_COVERAGE, ge=0.0, le=1.0)
+
+    @field_validator("structures_table", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value  # TOML has no null: "" switches a table off
 
     @model_validator(mode="after")
     def _has_proteins(self) -> IngestConfig:
