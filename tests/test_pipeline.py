@@ -157,6 +157,25 @@ def test_rerun_resumes_and_keeps_the_published_run(tiny_run: TinyRun) -> None:
     assert manifest["done"] is True
 
 
+def test_summary_reads_the_run_directory(tiny_run: TinyRun) -> None:
+    from trainer.summary import collect_summary
+
+    workdir = tiny_run.pipeline.workdir
+    summary = collect_summary(workdir)
+    assert set(summary["timings_s"]) >= {"ingest", "embed", "train", "analyze", "go", "publish"}
+    assert all(seconds >= 0 for seconds in summary["timings_s"].values())
+    assert summary["corpus"]["n_proteins"] == len(tiny_run.pipeline.corpus.accessions)
+    names = [p.spec.name for p in tiny_run.pipeline.plans()]
+    assert sorted(summary["dictionaries"]) == sorted(names)
+    for name, row in summary["dictionaries"].items():
+        metrics = json.loads((workdir / "saes" / name / "metrics.json").read_text())
+        assert row["l0"] == metrics["l0"] and row["fve"] == metrics.get("fve")
+        go = json.loads((workdir / "go" / name / "summary.json").read_text())
+        assert row["go_pct_features_bh"] == go["bh"]["pct_features_with_hit"]
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        collect_summary(workdir.parent / "never-ran")
+
+
 def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(CONFIG.read_text().replace('name = "tiny-test-run"', 'name = "bad name!"'))

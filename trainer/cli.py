@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,6 +169,24 @@ for _stage, _help in (
     ("publish", "Load the run into the store in one transaction."),
 ):
     _stage_command(_stage, _help)
+
+
+@trainer_cli.command("summary")
+def trainer_summary(
+    config: Path = ConfigArgument,
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Print a run's figures (time per stage, fidelity, GO, concepts) from its work directory."""
+    from trainer.summary import collect_summary, print_summary
+
+    pipeline = _pipeline(config, None)
+    try:
+        summary = collect_summary(pipeline.workdir)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from exc
+    print_summary(summary)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=1))
 
 
 @trainer_cli.command("report")

@@ -33,6 +33,7 @@ from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.embed import EmbeddingStore, run_embed
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered
+from trainer.summary import record_timing
 from trainer.train import Data, SaeSpec, run_train
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ class Pipeline:
             if stage == "publish":
                 run_id = result
             self.timings[stage] = time.perf_counter() - start
+            record_timing(self.workdir, stage, self.timings[stage])
         self.print_timings()
         return run_id
 

@@ -1,0 +1,109 @@
+"""``protsae trainer summary``: a run's headline figures, read from its work directory.
+
+The Findings page and ``trainer report`` read a published run from the store; this reads the
+stage outputs themselves, so it works before publishing and on a machine without the store (a
+lent GPU whose results come back as one small JSON file). Figures: seconds per stage, each
+dictionary's fidelity (FVE, L0, dead fraction, loss recovered), GO hit rates and concept
+alignment (InterPLM's F1 > 0.5 criterion).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TIMINGS_FILE = "timings.json"
+
+
+def record_timing(workdir: Path, stage: str, seconds: float) -> None:
+    """Add one finished stage's wall time to ``{workdir}/timings.json`` (the last run wins)."""
+    path = workdir / TIMINGS_FILE
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[stage] = round(seconds, 2)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=1))
+    tmp.replace(path)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _dictionary_names(workdir: Path) -> list[str]:
+    saes = workdir / "saes"
+    return sorted(p.name for p in saes.iterdir() if (p / "DONE").exists()) if saes.exists() else []
+
+
+def collect_summary(workdir: Path) -> dict[str, Any]:
+    """Everything the stages of the run in ``workdir`` have finished, as plain JSON data."""
+    if not workdir.exists():
+        raise FileNotFoundError(f"{workdir}: no such run directory (has the run started?)")
+    corpus = _read(workdir / "corpus" / "manifest.json") or {}
+    embed = _read(workdir / "embeddings" / "manifest.json") or {}
+    dictionaries: dict[str, dict[str, Any]] = {}
+    for name in _dictionary_names(workdir):
+        metrics = _read(workdir / "saes" / name / "metrics.json") or {}
+        row: dict[str, Any] = {
+            key: metrics.get(key)
+            for key in ("fve", "mse", "l0", "dead_fraction", "loss_recovered", "ce_clean",
+                        "ce_spliced", "ce_zero", "n_train", "vectors_per_s", "is_control")
+        }  # fmt: skip
+        go = _read(workdir / "go" / name / "summary.json")
+        if go is not None:
+            row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
+            row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
+        concepts = _read(workdir / "concepts" / name / "summary.json")
+        if concepts is not None:
+            row["concepts_associated"] = concepts["n_concepts_associated"]
+            row["concepts_evaluated"] = concepts["n_concepts_evaluated"]
+            row["concept_best_f1_median"] = concepts["best_f1_distribution"]["median"]
+            row["concept_best_f1_max"] = concepts["best_f1_distribution"]["max"]
+        dictionaries[name] = row
+    concepts_manifest = _read(workdir / "concepts" / "manifest.json") or {}
+    return {
+        "run_dir": str(workdir),
+        "timings_s": _read(workdir / TIMINGS_FILE) or {},
+        "corpus": {k: corpus.get(k) for k in ("n_proteins", "n_structures_mapped")},
+        "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")},
+        "concept_chains": {
+            k: concepts_manifest.get(k) for k in ("n_distinct_chains", "n_distinct_residues")
+        },
+        "dictionaries": dictionaries,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"run directory: {summary['run_dir']}")
+    times = Table(title="seconds per stage")
+    times.add_column("stage")
+    times.add_column("seconds", justify="right")
+    for stage, seconds in summary["timings_s"].items():
+        times.add_row(stage, f"{seconds:.1f}")
+    console.print(times)
+    table = Table(title="dictionaries")
+    for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "concepts F1>0.5",
+                   "best F1 (median / max)"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "dictionary" else "right")
+    for name, row in summary["dictionaries"].items():
+        table.add_row(
+            name,
+            _fmt(row["fve"], ".3f"),
+            _fmt(row["l0"], ".1f"),
+            _fmt(row["dead_fraction"], ".1%"),
+            _fmt(row["loss_recovered"], ".3f"),
+            _fmt(row.get("go_pct_features_bh"), ".1f"),
+            "—" if "concepts_associated" not in row
+            else f"{row['concepts_associated']} / {row['concepts_evaluated']}",
+            "—" if row.get("concept_best_f1_median") is None
+            else f"{row['concept_best_f1_median']:.2f} / {row['concept_best_f1_max']:.2f}",
+        )  # fmt: skip
+    console.print(table)
