@@ -14,6 +14,7 @@ encodes with them), and their losses are the free functions of :mod:`app.sae.fun
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +39,11 @@ from app.sae.functional import (
 
 NORMALISATIONS = ("layer_norm", "none")
 AUX_COEFFICIENT = 1 / 32
+# forward_sparse multiplies a CSR tensor, the product torch.sparse documents for CPU and CUDA;
+# torch labels that API beta on first use, which is no news to a server log.
+warnings.filterwarnings(
+    "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+)
 
 
 class Activation(nn.Module):
@@ -201,8 +207,6 @@ class SparseDictionary(nn.Module):
         (a CSR product reads only the active latents' decoder rows, k of n per residue).
 
         The reconstruction equals ``forward``'s up to float rounding (sums in another order).
-        torch warns once per process that its sparse CSR API is beta; ``sparse_csr @ dense`` is
-        the documented product on CPU (MKL) and CUDA (cuSPARSE).
         """
         x_n, stats = self.normalise(x)
         indptr, indices, values = self.activation.sparse(self._pre(x_n))
