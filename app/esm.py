@@ -7,12 +7,17 @@ Sequences longer than the model's 1,022-residue limit are cut into overlapping w
 half a window by default). Each residue is taken from the window in which it sits farthest from a
 window edge ("centre parts"): no averaging, so every residue's vector is one real forward pass,
 with at least ~``window - stride`` / 2 residues of context on each side wherever the protein has it.
+
+The forward stops at the deepest layer asked for (:func:`forward_representations`, exactly
+fair-esm's numbers) and tokens come from a lookup table (:func:`tokenize`, exactly fair-esm's
+tokens): an SAE on layer 3 of 4 must not pay for layer 4, the final LayerNorm and the LM head.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import pickle
 import threading
@@ -255,19 +260,86 @@ def token_batches(lengths: Sequence[int], max_tokens_per_batch: int) -> list[lis
     return batches
 
 
-def embed_concatenated(
+@functools.lru_cache(maxsize=8)
+def _token_table(alphabet: esm.data.Alphabet) -> np.ndarray:
+    """Byte -> token index for the alphabet's one-letter tokens (-1 elsewhere)."""
+    table = np.full(256, -1, dtype=np.int64)
+    for tok, idx in alphabet.tok_to_idx.items():
+        if len(tok) == 1 and ord(tok) < 128:
+            table[ord(tok)] = idx
+    return table
+
+
+def tokenize(loaded: LoadedModel, sequences: Sequence[str]) -> torch.Tensor:
+    """fair-esm's ``BatchConverter`` tokens ``[B, longest + BOS/EOS]`` (padded), on the CPU.
+
+    One table lookup per sequence instead of fair-esm's token-by-token string splitting (a
+    millisecond per 300 aa, paid on every request); anything the table does not cover (multi-
+    letter tokens such as ``<mask>``, unknown letters) goes through fair-esm's own converter.
+    """
+    alphabet = loaded.alphabet
+    table = _token_table(alphabet)
+    codes = [table[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+             for seq in sequences]  # fmt: skip
+    if not codes or any(c.size == 0 or bool((c < 0).any()) for c in codes):
+        return loaded.batch_converter([(str(i), s) for i, s in enumerate(sequences)])[2]
+    bos, eos = int(alphabet.prepend_bos), int(alphabet.append_eos)
+    tokens = np.full((len(codes), max(c.size for c in codes) + bos + eos), alphabet.padding_idx,
+                     dtype=np.int64)  # fmt: skip
+    for row, c in enumerate(codes):
+        if bos:
+            tokens[row, 0] = alphabet.cls_idx
+        tokens[row, bos : bos + c.size] = c
+        if eos:
+            tokens[row, bos + c.size] = alphabet.eos_idx
+    return torch.from_numpy(tokens)
+
+
+def forward_representations(
+    model: ESM2, tokens: torch.Tensor, layers: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """``model(tokens, repr_layers=layers)["representations"]``, run only as deep as needed.
+
+    Follows ``ESM2.forward`` step by step with the model's own modules (so the numbers are
+    fair-esm's, bit for bit) but stops after the deepest layer in ``layers``. fair-esm's last
+    layer is reported after ``emb_layer_norm_after``, so that LayerNorm runs only when the last
+    layer is asked for; the LM head never runs.
+    """
+    wanted = set(layers)
+    deepest = max(wanted)
+    padding_mask = tokens.eq(model.padding_idx)  # B, T
+    x = model.embed_scale * model.embed_tokens(tokens)
+    if model.token_dropout:
+        x.masked_fill_((tokens == model.mask_idx).unsqueeze(-1), 0.0)
+        mask_ratio_train = 0.15 * 0.8
+        src_lengths = (~padding_mask).sum(-1)
+        mask_ratio_observed = (tokens == model.mask_idx).sum(-1).to(x.dtype) / src_lengths
+        x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+    x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+    reps: dict[int, torch.Tensor] = {}
+    if 0 in wanted:
+        reps[0] = x
+    x = x.transpose(0, 1)  # (B, T, E) => (T, B, E)
+    mask = padding_mask if padding_mask.any() else None
+    for index, layer in enumerate(model.layers[:deepest]):
+        x, _ = layer(x, self_attn_padding_mask=mask, need_head_weights=False)
+        if index + 1 in wanted:
+            reps[index + 1] = x.transpose(0, 1)
+    if 0 < deepest == model.num_layers:
+        reps[deepest] = model.emb_layer_norm_after(x).transpose(0, 1)
+    return reps
+
+
+def _batch_representations(
     loaded: LoadedModel,
     sequences: Sequence[str],
     layers: Sequence[int],
-    *,
-    max_tokens_per_batch: int = 8192,
-    dtype: np.dtype[Any] | type = np.float32,
-    stride: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Per-residue activations of all sequences stacked: ``(offsets [n+1], {layer: [sum L, d]})``.
+    max_tokens_per_batch: int,
+    stride: int | None,
+) -> tuple[np.ndarray, Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]]:
+    """``offsets [n+1]`` and, per forward batch, (destination rows, ``{layer: kept rows}``).
 
-    BOS/EOS are excluded; row ``offsets[i]:offsets[i+1]`` is sequence ``i`` in input order.
+    The kept rows stay on the model's device; destination rows index the stacked output.
     """
     check_sequences(sequences)
     bad = [layer for layer in layers if not 0 <= layer <= loaded.num_layers]
@@ -282,18 +354,15 @@ def embed_concatenated(
     ]
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in sequences], out=offsets[1:])
-    out = {layer: np.empty((int(offsets[-1]), loaded.embed_dim), dtype=dtype) for layer in layers}
-    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
     batches = token_batches([p.end - p.start for p in pieces], max_tokens_per_batch)
-    with torch.inference_mode(), autocast_for(loaded.device):
+
+    def run() -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
         for batch in batches:
             chunk = [pieces[k] for k in batch]
-            data = [(str(p.seq), sequences[p.seq][p.start : p.end]) for p in chunk]
-            tokens = loaded.batch_converter(data)[2]
+            tokens = tokenize(loaded, [sequences[p.seq][p.start : p.end] for p in chunk])
             width = tokens.shape[1]
-            # Gather the kept residues on the device (one small copy back, no padding, no
-            # per-row Python loop on the host): source rows in the padded batch, destination
-            # rows in the stacked output.
+            # Gather the kept residues on the device (no padding, no per-row Python loop on
+            # the host): source rows in the padded batch, destination rows in the output.
             source = np.concatenate(
                 [row * width + np.arange(1 + p.keep_from - p.start, 1 + p.keep_to - p.start)
                  for row, p in enumerate(chunk)]
@@ -302,13 +371,45 @@ def embed_concatenated(
                 [int(offsets[p.seq]) + np.arange(p.keep_from, p.keep_to) for p in chunk]
             )
             index = torch.from_numpy(source).to(loaded.device, non_blocking=True)
-            reps = loaded.model(tokens.to(loaded.device, non_blocking=True),
-                                repr_layers=list(layers))["representations"]  # fmt: skip
+            reps = forward_representations(
+                loaded.model, tokens.to(loaded.device, non_blocking=True), layers
+            )
+            yield (
+                dest,
+                {
+                    layer: reps[layer].reshape(-1, reps[layer].shape[-1]).index_select(0, index)
+                    for layer in layers
+                },
+            )
+
+    return offsets, run()
+
+
+def embed_concatenated(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    *,
+    max_tokens_per_batch: int = 8192,
+    dtype: np.dtype[Any] | type = np.float32,
+    stride: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per-residue activations of all sequences stacked: ``(offsets [n+1], {layer: [sum L, d]})``.
+
+    BOS/EOS are excluded; row ``offsets[i]:offsets[i+1]`` is sequence ``i`` in input order.
+    """
+    offsets, batches = _batch_representations(
+        loaded, sequences, layers, max_tokens_per_batch, stride
+    )
+    out = {layer: np.empty((int(offsets[-1]), loaded.embed_dim), dtype=dtype) for layer in layers}
+    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    with torch.inference_mode(), autocast_for(loaded.device):
+        for dest, kept in batches:
             for layer in layers:
-                flat = reps[layer].reshape(-1, reps[layer].shape[-1])
-                out[layer][dest] = flat.index_select(0, index).to(torch_dtype).cpu().numpy()
+                out[layer][dest] = kept[layer].to(torch_dtype).cpu().numpy()
             if on_batch is not None:
-                on_batch(sum(p.keep_to - p.keep_from for p in chunk))
+                on_batch(int(dest.size))
     return offsets, out
 
 
@@ -330,10 +431,36 @@ def embed_sequences(
     ]
 
 
+def embed_on_device(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layer: int,
+    *,
+    max_tokens_per_batch: int = 8192,
+    stride: int | None = None,
+) -> list[torch.Tensor]:
+    """Per sequence, float32 ``[L, d]`` at ``layer`` left on the model's device (the server's
+    path: the dictionary runs there next, so no round trip through host memory). Same numbers as
+    :func:`embed_sequences`."""
+    offsets, batches = _batch_representations(
+        loaded, sequences, [layer], max_tokens_per_batch, stride
+    )
+    parts = []
+    with torch.inference_mode(), autocast_for(loaded.device):
+        for dest, kept in batches:
+            parts.append((dest, kept[layer]))
+    if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(int(offsets[-1]))):
+        stacked = parts[0][1].float()
+    else:
+        stacked = torch.empty((int(offsets[-1]), loaded.embed_dim), device=loaded.device)
+        for dest, rows in parts:
+            stacked[torch.from_numpy(dest).to(loaded.device)] = rows.float()
+    return [stacked[offsets[i] : offsets[i + 1]] for i in range(len(sequences))]
+
+
 def iter_token_batches(
     loaded: LoadedModel, sequences: Sequence[str], max_tokens_per_batch: int
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(input indices, tokens on the model's device) batched by token budget, longest first."""
     for batch in token_batches([len(s) for s in sequences], max_tokens_per_batch):
-        data = [(str(i), sequences[i]) for i in batch]
-        yield batch, loaded.batch_converter(data)[2].to(loaded.device)
+        yield batch, tokenize(loaded, [sequences[i] for i in batch]).to(loaded.device)

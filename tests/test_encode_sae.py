@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from app.esm import embed_sequences, load_esm
-from app.sae import Provenance, TopKSAE, fraction_variance_explained, save_dictionary
+from app.sae import (
+    Provenance,
+    TopKSAE,
+    fraction_variance_explained,
+    load_dictionary,
+    save_dictionary,
+    sequence_fve,
+)
 from app.store import migrate
 from app.store.engine import make_engine
 from app.store.publish import publish_run
@@ -102,6 +109,35 @@ def test_encode_with_a_trained_sae(sae_client) -> None:  # type: ignore[no-untyp
     # Far out of distribution: a homopolymer.
     odd = client.post("/api/v1/encode", json={"sae_id": sae_id, "sequences": ["W" * 120]}).json()
     assert "out of distribution" in (odd["results"][0]["quality"]["warning"] or "")
+
+
+def test_encode_equals_the_dense_definition(
+    sae_client: tuple[TestClient, int, Path, float, list[str]], shared_dir: Path
+) -> None:
+    """The served numbers are the dense ones: ESM2's full forward at the layer, ``forward``'s
+    latents, numpy's max and mean over residues (bit for bit), and the FVE of the dense decode."""
+    client, sae_id, directory, _, held_out = sae_client
+    seq = held_out[2]
+    body = {"sae_id": sae_id, "sequences": [seq], "top_n": 1000}
+    result = client.post("/api/v1/encode", json=body).json()["results"][0]
+    loaded = load_esm(shared_dir / "models/esm2_t4_2M_sprot14mini.pt", device="cpu")
+    sae = load_dictionary(directory, device="cpu").eval()
+    with torch.inference_mode():
+        tokens = loaded.batch_converter([("x", seq)])[2]
+        x = loaded.model(tokens, repr_layers=[LAYER])["representations"][LAYER][0, 1:-1]
+        recon, z = sae(x)
+    z_np = z.numpy()
+    pooled, mean = z_np.max(axis=0), z_np.mean(axis=0)
+    features = result["features"]
+    assert [f["index"] for f in features] == [int(i) for i in np.argsort(-pooled, kind="stable")
+                                              if pooled[i] > 0]  # fmt: skip
+    for f in features:
+        assert f["max"] == float(pooled[f["index"]]) and f["mean"] == float(mean[f["index"]])
+        column = z_np[:, f["index"]]
+        assert f["values"] == np.round(column, 4).astype(float).tolist()
+        assert f["n_active_residues"] == int((column > 0).sum())
+        assert f["max_position"] == int(column.argmax())
+    assert result["quality"]["fve"] == pytest.approx(sequence_fve(x, recon), abs=1e-6)
 
 
 def test_weights_and_saelens_export(sae_client) -> None:  # type: ignore[no-untyped-def]

@@ -15,10 +15,13 @@ import torch
 from app.esm import (
     LoadedModel,
     ModelLoadError,
+    embed_on_device,
     embed_sequences,
+    forward_representations,
     load_esm,
     plan_windows,
     random_init_copy,
+    tokenize,
 )
 from tests.conftest import MINI_MODEL as MODEL
 from tests.realdata import human_proteins
@@ -58,6 +61,50 @@ def test_per_residue_equals_fair_esm_forward(loaded: LoadedModel, sequences: lis
         for layer in layers:
             assert got[layer].shape == (len(seq), 192) and got[layer].dtype == np.float32
             np.testing.assert_allclose(got[layer], ref[layer], atol=2e-4, rtol=1e-4)
+
+
+def test_truncated_forward_is_fair_esm_bit_for_bit(
+    loaded: LoadedModel, sequences: list[str]
+) -> None:
+    """Every layer, alone and with others, on padded batches (different lengths) and one row."""
+    batch = loaded.batch_converter([(str(i), s) for i, s in enumerate(sequences[:6])])[2]
+    assert bool(batch.eq(loaded.alphabet.padding_idx).any())  # padding is exercised
+    single = loaded.batch_converter([("x", sequences[6])])[2]
+    n = loaded.num_layers
+    with torch.inference_mode():
+        for tokens in (batch, single):
+            for layer in range(n + 1):
+                ref = loaded.model(tokens, repr_layers=[layer])["representations"][layer]
+                got = forward_representations(loaded.model, tokens, [layer])
+                assert set(got) == {layer} and torch.equal(got[layer], ref), layer
+            ref_all = loaded.model(tokens, repr_layers=list(range(n + 1)))["representations"]
+            got_all = forward_representations(loaded.model, tokens, [0, n - 1, n])
+            for layer in (0, n - 1, n):
+                assert torch.equal(got_all[layer], ref_all[layer]), layer
+        # A masked token exercises fair-esm's token-dropout rescaling.
+        masked = batch.clone()
+        masked[0, 3] = loaded.alphabet.mask_idx
+        ref = loaded.model(masked, repr_layers=[2])["representations"][2]
+        assert torch.equal(forward_representations(loaded.model, masked, [2])[2], ref)
+
+
+def test_tokenize_equals_fair_esm_converter(loaded: LoadedModel, sequences: list[str]) -> None:
+    odd = ["MKXBUZO", "A", "M<mask>KT"]  # rare letters; a multi-letter token takes the fallback
+    for batch in (sequences[:8], sequences[8:9], odd):
+        ref = loaded.batch_converter([(str(i), s) for i, s in enumerate(batch)])[2]
+        got = tokenize(loaded, batch)
+        assert got.dtype == ref.dtype and torch.equal(got, ref)
+
+
+def test_embed_on_device_equals_embed_sequences(loaded: LoadedModel, shared_dir: Path) -> None:
+    rows = human_proteins(shared_dir, 200)
+    long = next(r["sequence"] for r in rows if r["accession"] == LONG_ACCESSION)
+    batch = [rows[0]["sequence"], long, rows[1]["sequence"][:40]]  # windows and plain, mixed
+    ref = embed_sequences(loaded, batch, [3], max_tokens_per_batch=2048)
+    got = embed_on_device(loaded, batch, 3, max_tokens_per_batch=2048)
+    for r, g in zip(ref, got, strict=True):
+        assert g.device == loaded.device and g.dtype == torch.float32
+        assert np.array_equal(g.numpy(), r[3])
 
 
 def test_windowing_long_protein(loaded: LoadedModel, shared_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,6 +168,37 @@ def test_residue_attribution_sums_to_pooled_pre_activation(acts: RealActivations
         terms = module.residue_attribution(residues)
         assert terms.shape == (residues.shape[0], module.n_latents)
         torch.testing.assert_close(terms.sum(dim=0, keepdim=True), module.pre_activations(pooled))
+
+
+def test_forward_sparse_is_forward_in_csr(acts: RealActivations) -> None:
+    """The serving path: the same latents as ``forward`` (as scipy's CSR of them, exactly) and
+    the same reconstruction up to float rounding, for every kind of dictionary."""
+    from scipy import sparse
+
+    x = torch.from_numpy(acts.residues[3][: acts.offsets[2]])
+    for module in _modules(x.shape[1]):
+        _randomise(module)
+        if isinstance(module, BatchTopKSAE):
+            module.activation.threshold.fill_(0.1)  # type: ignore[union-attr]
+        module.eval()
+        with torch.inference_mode():
+            recon, z = module.forward(x)
+            codes = module.forward_sparse(x)
+        ref = sparse.csr_matrix(z.numpy())
+        assert 0 < ref.nnz < z.numel() // 2, module.kind  # sparse, and not empty
+        assert np.array_equal(codes.indptr.numpy(), ref.indptr), module.kind
+        assert np.array_equal(codes.indices.numpy(), ref.indices), module.kind
+        assert np.array_equal(codes.values.numpy(), ref.data), module.kind
+        torch.testing.assert_close(codes.recon, recon, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_pre_activations_equal_training_ones(acts: RealActivations) -> None:
+    x = torch.from_numpy(acts.residues[3][: acts.offsets[1]])
+    sae = TopKSAE(x.shape[1], 4 * x.shape[1], k=16)
+    _randomise(sae)
+    with_grad = sae.pre_activations(x)
+    with torch.inference_mode():
+        assert torch.equal(sae.pre_activations(x), with_grad.detach())
 
 
 def test_save_load_round_trip_and_refuses_mismatch(acts: RealActivations, tmp_path: Path) -> None:

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from app.encoding.errors import EncodingUnavailable
-from app.esm import LoadedModel, embed_sequences, file_sha256, load_esm, resolve_device
+from app.esm import LoadedModel, embed_on_device, file_sha256, load_esm, resolve_device
 from app.sae import NeuronBasis, load_dictionary
 from app.settings import Settings
 from app.store.schema import Run, Sae
@@ -51,10 +50,10 @@ class LoadedEsm:
     def alphabet(self) -> Any:
         return self.loaded.alphabet
 
-    def embed(self, sequences: Sequence[str], layer: int) -> list[np.ndarray]:
-        """Per sequence ``float32 [L, d]`` at ``layer`` (BOS/EOS excluded; windows beyond 1,022)."""
-        out = embed_sequences(self.loaded, list(sequences), [layer])
-        return [np.asarray(d[layer], dtype=np.float32) for d in out]
+    def embed(self, sequences: Sequence[str], layer: int) -> list[torch.Tensor]:
+        """Per sequence ``float32 [L, d]`` at ``layer`` on the model's device (BOS/EOS excluded;
+        windows beyond 1,022; the forward stops at ``layer``)."""
+        return embed_on_device(self.loaded, list(sequences), layer)
 
 
 def checkpoint_candidates(run: Run, settings: Settings) -> list[Path]:

@@ -110,11 +110,9 @@ def encode_with(handle: DictionaryHandle, sequences: Sequence[str]) -> list[Sequ
     """Synchronous: one ESM2 pass over ``sequences`` then the dictionary (worker-thread code)."""
     with handle.esm.lock:
         reps = handle.esm.embed(sequences, handle.layer)
-    device = handle.esm.device
     out = []
     with torch.inference_mode():
-        for x_np in reps:
-            x = torch.from_numpy(x_np).to(device)
+        for x in reps:
             if handle.level == "protein":
                 out.append(_encode_protein(handle, x))
             else:
@@ -123,16 +121,25 @@ def encode_with(handle: DictionaryHandle, sequences: Sequence[str]) -> list[Sequ
 
 
 def _encode_residues(handle: DictionaryHandle, x: torch.Tensor) -> SequenceEncoding:
-    recon, z = handle.module.forward(x)
-    fve = None if handle.kind == "neurons" else sequence_fve(x, recon)
-    z_np = z.float().cpu().numpy()
-    return SequenceEncoding(
-        length=x.shape[0],
-        residue=sparse.csr_matrix(z_np),
-        pooled=z_np.max(axis=0),
-        mean=z_np.mean(axis=0),
-        fve=fve,
+    """Only the latents' non-zeros leave the device; max and mean come from them.
+
+    ``np.add.at`` sums each latent's values in residue order in float32, exactly as numpy's mean
+    over the dense ``[L, n]`` did (the zeros add nothing). The decode reads only the active
+    latents (it serves the FVE warning, nothing else).
+    """
+    codes = handle.module.forward_sparse(x)
+    fve = None if handle.kind == "neurons" else sequence_fve(x, codes.recon)
+    length = x.shape[0]
+    values = codes.values.float().cpu().numpy()
+    indices = codes.indices.cpu().numpy()
+    residue = sparse.csr_matrix(
+        (values, indices, codes.indptr.cpu().numpy()), shape=(length, handle.n_latents)
     )
+    pooled = np.zeros(handle.n_latents, dtype=np.float32)
+    np.maximum.at(pooled, indices, values)
+    total = np.zeros(handle.n_latents, dtype=np.float32)
+    np.add.at(total, indices, values)
+    return SequenceEncoding(length, residue, pooled, total / np.float32(length), fve)
 
 
 def _encode_protein(handle: DictionaryHandle, x: torch.Tensor) -> SequenceEncoding:

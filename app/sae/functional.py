@@ -21,6 +21,41 @@ class NormStats(NamedTuple):
     std: Tensor
 
 
+class SparseCodes(NamedTuple):
+    """A dictionary's answer for serving: the reconstruction and the latents as CSR.
+
+    ``indptr [B+1]``, ``indices [nnz]``, ``values [nnz]`` are the CSR layout of the latents ``z
+    [B, n]`` (row-major, latents ascending within a row, explicit zeros dropped): exactly what
+    ``scipy.sparse.csr_matrix(z)`` holds, built where ``z`` lives so only non-zeros reach the host.
+    """
+
+    recon: Tensor  # [B, d_out] in raw units
+    indptr: Tensor
+    indices: Tensor
+    values: Tensor
+
+
+def csr_parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(indptr [B+1], indices [nnz], values [nnz])`` of ``z [B, n]``'s non-zeros, on its device.
+
+    Row-major like ``scipy.sparse.csr_matrix(z)``; for dictionaries whose activation is dense."""
+    rows, cols = z.nonzero(as_tuple=True)
+    indptr = torch.zeros(z.shape[0] + 1, dtype=torch.long, device=z.device)
+    torch.cumsum(torch.bincount(rows, minlength=z.shape[0]), 0, out=indptr[1:])
+    return indptr, cols, z[rows, cols]
+
+
+def topk_csr(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`topk_relu`'s latents as CSR parts (see :class:`SparseCodes`), never densified."""
+    values, indices = pre.topk(k, dim=-1)
+    indices, order = indices.sort(dim=-1)
+    values = values.gather(-1, order).relu()
+    keep = values > 0
+    indptr = torch.zeros(pre.shape[0] + 1, dtype=torch.long, device=pre.device)
+    torch.cumsum(keep.sum(dim=-1), 0, out=indptr[1:])
+    return indptr, indices[keep], values[keep]
+
+
 def layer_norm(x: Tensor, eps: float = LN_EPS) -> tuple[Tensor, NormStats]:
     """Per-sample LayerNorm without affine weights: ``(x - mean) / sqrt(var + eps)``.
 

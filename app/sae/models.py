@@ -14,6 +14,7 @@ encodes with them), and their losses are the free functions of :mod:`app.sae.fun
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -22,22 +23,38 @@ from torch import Tensor, nn
 from app.sae.functional import (
     LN_EPS,
     NormStats,
+    SparseCodes,
     aux_k_loss,
     batch_topk_relu,
+    csr_parts,
     jump_relu,
     l1_penalty,
     layer_norm,
     normalise_rows_,
     normalized_mse,
     remove_parallel_grad_,
+    topk_csr,
     topk_relu,
 )
 
 NORMALISATIONS = ("layer_norm", "none")
 AUX_COEFFICIENT = 1 / 32
+# forward_sparse multiplies a CSR tensor, the product torch.sparse documents for CPU and CUDA;
+# torch labels that API beta on first use, which is no news to a server log.
+warnings.filterwarnings(
+    "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+)
 
 
-class TopK(nn.Module):
+class Activation(nn.Module):
+    """A sparsifying non-linearity ``[B, n] -> [B, n]``; :meth:`sparse` gives its CSR parts."""
+
+    def sparse(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(indptr, indices, values)`` of ``self(pre)`` (see :class:`SparseCodes`)."""
+        return csr_parts(self(pre))
+
+
+class TopK(Activation):
     """Keep each sample's k largest pre-activations (ReLU'd)."""
 
     def __init__(self, k: int) -> None:
@@ -47,8 +64,11 @@ class TopK(nn.Module):
     def forward(self, pre: Tensor) -> Tensor:
         return topk_relu(pre, self.k)
 
+    def sparse(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return topk_csr(pre, self.k)  # straight from topk's indices: no dense [B, n] at all
 
-class BatchTopK(nn.Module):
+
+class BatchTopK(Activation):
     """Top k×B across the batch while training; a learned global threshold at inference.
 
     The threshold is an EMA of the smallest positive training activation (Bussmann et al.); it is
@@ -80,14 +100,14 @@ class BatchTopK(nn.Module):
             self.threshold.mul_(beta).add_((1 - beta) * low)
 
 
-class ReLU(nn.Module):
+class ReLU(Activation):
     """Plain ReLU; sparsity comes from the L1 penalty in the loss (InterPLM)."""
 
     def forward(self, pre: Tensor) -> Tensor:
         return pre.relu()
 
 
-def make_activation(encoder_kind: str, k: int | None) -> nn.Module:
+def make_activation(encoder_kind: str, k: int | None) -> Activation:
     """The activation module for ``topk`` | ``batchtopk`` | ``relu_l1``."""
     if encoder_kind == "relu_l1":
         return ReLU()
@@ -155,7 +175,10 @@ class SparseDictionary(nn.Module):
     def _pre(self, x_n: Tensor) -> Tensor:
         if self.pre_bias:
             x_n = x_n - self.b_dec
-        return x_n @ self.W_enc + self.b_enc
+        pre = x_n @ self.W_enc
+        if torch.is_grad_enabled() or pre.dtype != self.b_enc.dtype:
+            return pre + self.b_enc
+        return pre.add_(self.b_enc)  # same numbers, one [B, n] buffer fewer (inference only)
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Linear pre-activations before the sparsifying non-linearity. ``[B, d_in] -> [B, n]``."""
@@ -177,6 +200,24 @@ class SparseDictionary(nn.Module):
         x_n, stats = self.normalise(x)
         z = self.activation(self._pre(x_n))
         return self.decode(z, stats), z
+
+    @torch.no_grad()
+    def forward_sparse(self, x: Tensor) -> SparseCodes:
+        """:meth:`forward` for serving: the same latents, never densified, and a sparse decode
+        (a CSR product reads only the active latents' decoder rows, k of n per residue).
+
+        The reconstruction equals ``forward``'s up to float rounding (sums in another order).
+        """
+        x_n, stats = self.normalise(x)
+        indptr, indices, values = self.activation.sparse(self._pre(x_n))
+        shape = (x.shape[0], self.n_latents)
+        z = torch.sparse_csr_tensor(
+            indptr, indices, values.to(self.W_dec.dtype), size=shape, check_invariants=True
+        )
+        out = z @ self.W_dec + self.b_dec
+        if not self.is_transcoder:
+            out = out * stats.std + stats.mean
+        return SparseCodes(out, indptr, indices, values)
 
     def training_loss(
         self, x: Tensor, target: Tensor, dead: Tensor | None

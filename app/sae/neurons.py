@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from app.sae.functional import SparseCodes, csr_parts
+
 
 class NeuronBasis(nn.Module):
     """Latent i = ReLU(x_i); ``n_latents = d_in``; no parameters, no normalisation.
@@ -42,6 +44,12 @@ class NeuronBasis(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.encode(x)
         return z, z
+
+    @torch.no_grad()
+    def forward_sparse(self, x: Tensor) -> SparseCodes:
+        """:meth:`forward` with the non-zeros laid out as CSR (the serving path)."""
+        z = self.encode(x)
+        return SparseCodes(z, *csr_parts(z))
 
     def decoder_directions(self) -> Tensor:
         """The standard basis ``[d, d]``."""
