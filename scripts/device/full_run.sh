@@ -8,18 +8,7 @@
 set -euo pipefail
 CONFIG=${1:-configs/full-mini-device.toml}
 STAGES=${2:-ingest,embed,train,analyze,go,concepts}
-OUT=${OUT:-/tmp/protsae-out}
-mkdir -p "$OUT"
-PYTHON=${PYTHON:-python3}
-if [[ -d .whl ]]; then  # the device image lacks these packages (see bundle.sh)
-  $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-export PROTSAE_SHARED_DIR=${PROTSAE_SHARED_DIR:-$PWD/.devdata}
-export PROTSAE_DATA_DIR=${PROTSAE_DATA_DIR:-/tmp/protsae-data}
-export PROTSAE_DATABASE_URL=sqlite:///$PROTSAE_DATA_DIR/store.sqlite
-mkdir -p "$PROTSAE_DATA_DIR"
+source "$(dirname "$0")/env.sh"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU"; nproc; df -h /tmp | tail -1; } \
   | tee "$OUT/device.txt"
 $PYTHON -m trainer.cli db upgrade
