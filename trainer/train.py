@@ -198,10 +198,12 @@ def train_dictionary(
     where to train, ``auto`` = CUDA when available (the data moves there once; batches are drawn
     on the CPU generator, so the draw is device-independent); the module comes back on the CPU.
 
-    A transcoder trains on its target divided by the target's RMS spread (a pooled layer
-    difference is tiny next to the LayerNorm'd input, and unit-norm decoder rows would force the
-    latents towards zero); the scale is folded into the weights at the end, so the returned
-    module predicts the target in its own units.
+    A transcoder trains standardised on both sides: its encoder sees LN(x) minus its data mean,
+    divided by its RMS spread (pooled LN'd vectors are one common direction plus deviations ~15×
+    smaller, so without this each latent fires for all proteins or none, and most die), and its
+    target is divided by the target's RMS spread (unit-norm decoder rows, latents of order 1).
+    Both are folded into the weights at the end, so the returned module is a plain transcoder
+    that predicts the target in its own units.
     """
     dev = resolve_device(device)
     x, y, xv, yv = (_to_device(t, dev) for t in _prepare(spec, (x_train, y_train, x_val, y_val)))
@@ -210,6 +212,8 @@ def train_dictionary(
     if not isinstance(module, SparseDictionary):  # the neuron baseline has nothing to train
         return module.cpu(), evaluate(module, xv, yv) | {"steps": 0, "n_train": 0}
     scale = target_scale(y) if module.is_transcoder else 1.0
+    if module.is_transcoder:
+        module.standardise_input(*_input_standardisation(module, x))
     _init_decoder_bias(module, x, y, scale)
     optimiser = torch.optim.Adam(module.parameters(), lr=spec.lr, eps=6.25e-10)  # OpenAI's eps
     state = _TrainState(torch.Generator().manual_seed(spec.seed), module.n_latents, dev)
@@ -249,7 +253,7 @@ def train_dictionary(
     seconds = time.perf_counter() - started
     module.load_state_dict(state.best_state or module.state_dict())
     if module.is_transcoder:
-        module.scale_output_(scale)
+        module.fold_standardisation_(scale)
     metrics = evaluate(module, xv, yv)
     train_fit = evaluate(module, x[:4096], y[:4096])
     metrics |= {
@@ -290,19 +294,23 @@ def target_scale(y: Tensor) -> float:
 
 
 @torch.no_grad()
+def _input_standardisation(module: SparseDictionary, x: Tensor) -> tuple[Tensor, float]:
+    """Mean and RMS spread of LN(x) over the data: what a transcoder's encoder subtracts and
+    divides by while it trains (SAEs get the same centring from their pre-bias)."""
+    x_n = module.normalise(x[:SAMPLE].float())[0].double()
+    mean = x_n.mean(dim=0)
+    spread = float((x_n - mean).pow(2).mean().sqrt())
+    return mean.float(), spread if spread > 0 else 1.0
+
+
+@torch.no_grad()
 def _init_decoder_bias(module: SparseDictionary, x: Tensor, y: Tensor, scale: float) -> None:
     """Start b_dec at the data mean (of LN(x) for SAEs, of the scaled target for transcoders), so
-    the latents first model deviations from the mean rather than the mean itself (OpenAI).
-
-    A transcoder has no pre-bias, so its encoder also sees the input's mean: pooled vectors share
-    a large common direction, and latents whose encoder row points against it never fire. b_enc
-    starts at −mean(LN(x))·W_enc, centring every pre-activation over the data (the same as a
-    pre-bias at initialisation, with no new parameter)."""
+    the latents first model deviations from the mean rather than the mean itself (OpenAI)."""
     if module.pre_bias:
         module.b_dec.copy_(module.normalise(x[:SAMPLE].float())[0].mean(dim=0))
-        return
-    module.b_dec.copy_(y[:SAMPLE].double().mean(dim=0) / scale)
-    module.b_enc.copy_(-(module.normalise(x[:SAMPLE].float())[0].mean(dim=0) @ module.W_enc))
+    else:
+        module.b_dec.copy_(y[:SAMPLE].double().mean(dim=0) / scale)
 
 
 class _TrainState:

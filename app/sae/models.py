@@ -144,6 +144,12 @@ class SparseDictionary(nn.Module):
             w_dec = torch.empty(n_latents, d_out).uniform_(-bound, bound)
         self.W_dec = nn.Parameter(normalise_rows_(w_dec))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
+        # Transcoders while training: the encoder sees (LN(x) − in_shift) / in_scale (see
+        # ``standardise_input``); folded into W_enc/b_enc before saving, so never persisted.
+        self.in_shift: Tensor
+        self.in_scale: Tensor
+        self.register_buffer("in_shift", torch.zeros(d_in), persistent=False)
+        self.register_buffer("in_scale", torch.ones(()), persistent=False)
 
     # SAEs subtract b_dec from the input and undo the LayerNorm on the output; transcoders map
     # into another space, so they do neither (seed paper: output not un-normalised).
@@ -160,7 +166,37 @@ class SparseDictionary(nn.Module):
     def _pre(self, x_n: Tensor) -> Tensor:
         if self.pre_bias:
             x_n = x_n - self.b_dec
+        elif self._standardising:
+            x_n = (x_n - self.in_shift) / self.in_scale
         return x_n @ self.W_enc + self.b_enc
+
+    _standardising = False
+
+    @torch.no_grad()
+    def standardise_input(self, shift: Tensor, scale: float) -> None:
+        """Transcoders, for training: encode (LN(x) − shift) / scale instead of LN(x).
+
+        Pooled LN'd vectors are nearly one common direction (norm ~√d) plus small deviations;
+        a transcoder has no pre-bias to remove it, so each latent would be on or off for every
+        protein at once. ``fold_standardisation_`` turns this back into plain weights."""
+        if not self.is_transcoder:
+            raise ValueError("standardise_input is for transcoders (SAEs have a pre-bias)")
+        self.in_shift.copy_(shift)
+        self.in_scale.fill_(scale)
+        self._standardising = True
+
+    @torch.no_grad()
+    def fold_standardisation_(self, output_scale: float = 1.0) -> None:
+        """Fold the input standardisation into W_enc/b_enc and multiply the output by
+        ``output_scale`` (see ``scale_output_``): the same function, as plain weights."""
+        if self._standardising:
+            self.W_enc.div_(self.in_scale)
+            self.b_enc.sub_(self.in_shift @ self.W_enc)
+            self.in_shift.zero_()
+            self.in_scale.fill_(1.0)
+            self._standardising = False
+        if output_scale != 1.0:
+            self.scale_output_(output_scale)
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Linear pre-activations before the sparsifying non-linearity. ``[B, d_in] -> [B, n]``."""
