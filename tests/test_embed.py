@@ -90,6 +90,9 @@ def test_residue_batches_and_samples(finished: Path, corpus: list[str]) -> None:
     sample = store.sample_residues(4, 300, seed=7)
     assert sample.shape == (300, 192)
     np.testing.assert_array_equal(sample, store.sample_residues(4, 300, seed=7))
+    half = store.sample_residues(4, 300, seed=7, dtype=np.float16)  # the stored precision
+    assert half.dtype == np.float16 and store.dtype == np.float16
+    np.testing.assert_array_equal(half.astype(np.float32), sample)
     everything = np.concatenate([store.residues(4, i) for i in range(len(corpus))])
     rows = {row.tobytes() for row in everything}
     assert all(row.tobytes() in rows for row in sample)

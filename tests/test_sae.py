@@ -266,3 +266,26 @@ def test_residue_reconstructor_reconstructs_every_position(acts: RealActivations
     for refused in (Transcoder(192, 384, 192, k=8), NeuronBasis(192)):
         with pytest.raises(ValueError, match="splice"):
             residue_reconstructor(refused)
+
+
+def test_fold_standardisation_keeps_the_transcoder_function(acts: RealActivations) -> None:
+    """Training-time input standardisation and target scale fold into plain weights exactly."""
+    x = torch.from_numpy(acts.pooled[3][:64]).double()
+    for kind in ("topk", "batchtopk", "relu_l1"):
+        torch.manual_seed(0)
+        module = Transcoder(192, 384, 192, encoder_kind=kind, k=8).double()
+        _randomise(module)
+        if kind == "batchtopk":
+            module.activation.threshold.fill_(0.05)  # type: ignore[operator]
+        module.eval()
+        shift = layer_norm(x)[0].mean(dim=0)
+        module.standardise_input(shift, 0.25)
+        before, z_before = module(x)
+        module.fold_standardisation_(3.0)
+        after, z_after = module(x)
+        assert not module.in_shift.any() and float(module.in_scale) == 1.0
+        assert set(module.state_dict()) == {"W_enc", "b_enc", "W_dec", "b_dec"} | (
+            {"activation.threshold"} if kind == "batchtopk" else set()
+        )
+        torch.testing.assert_close(after, 3.0 * before)
+        assert torch.equal(z_after > 0, z_before > 0)

@@ -21,9 +21,11 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 from pydantic import BaseModel, Field
+from torch import Tensor
 from tqdm import tqdm
 
-from app.sae import Dictionary, SparseDictionary, sequence_fve
+from app.esm import resolve_device
+from app.sae import Dictionary, SparseDictionary
 from trainer.embed import EmbeddingStore
 
 FloatArray = npt.NDArray[np.float32]
@@ -45,6 +47,10 @@ class AnalyzeConfig(BaseModel):
     protein_top_features: int = Field(default=10, ge=1)
     batch_size: int = Field(default=2048, ge=1)
     max_residues_per_batch: int = Field(default=65_536, ge=1)
+    max_residues_per_track_batch: int = Field(
+        default=4096, ge=1, description="residues per batch when computing example tracks"
+    )
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu or cuda[:n]")
     seed: int = 0
 
 
@@ -57,16 +63,53 @@ class Spec:
     layer: int
 
 
+def _device_of(module: Dictionary) -> torch.device:
+    """Where the module's weights are (the neuron baseline, weightless, runs on the CPU)."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _to(a: np.ndarray, device: torch.device) -> Tensor:
+    """float32 tensor on ``device``; on CUDA through pinned memory, the copy asynchronous."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _nonzero(module: Dictionary, x: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Latents of ``x [N, d_in]`` as (rows, columns, values) of the non-zero entries, row-major,
+    on ``x``'s device; encoded ``batch`` rows at a time so the dense latents stay small."""
+    rows, cols, vals = [], [], []
+    for start in range(0, x.shape[0], batch):
+        z = module.encode(x[start : start + batch])
+        r, c = z.nonzero(as_tuple=True)
+        rows.append(r + start)
+        cols.append(c)
+        vals.append(z[r, c].float())
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.long, device=x.device)
+        return empty, empty, torch.zeros(0, device=x.device)
+    return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+
+
+def _csr(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR from row-major sorted non-zero entries (one copy to the host)."""
+    r, c, v = rows.cpu().numpy(), cols.cpu().numpy(), vals.cpu().numpy().astype(np.float32)
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=shape[0]), out=indptr[1:])
+    return sp.csr_matrix((v, c.astype(np.int64), indptr), shape=shape)
+
+
 def _encode(module: Dictionary, x: FloatArray, batch: int) -> sp.csr_matrix:
     """Sparse latents of ``x`` [N, d_in] -> CSR [N, n_latents] (float32)."""
-    blocks = []
     with torch.inference_mode():
-        for start in range(0, x.shape[0], batch):
-            z = module.encode(torch.from_numpy(np.ascontiguousarray(x[start : start + batch])))
-            blocks.append(sp.csr_matrix(z.float().numpy()))
-    if not blocks:
-        return sp.csr_matrix((0, module.n_latents), dtype=np.float32)
-    return sp.vstack(blocks, format="csr").astype(np.float32)
+        t = _to(x, _device_of(module))
+        return _csr(*_nonzero(module, t, batch), (x.shape[0], module.n_latents))
+
+
+def _owners(offsets: np.ndarray, device: torch.device) -> Tensor:
+    """Residue -> index of its protein within a batch, from the batch's ``offsets``."""
+    lengths = torch.from_numpy(np.diff(offsets).astype(np.int64)).to(device)
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
 
 
 def protein_activations(
@@ -74,38 +117,63 @@ def protein_activations(
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
-    Protein level: the encoded pooled vector. Residue level: the max over the protein's residues.
+    Protein level: the encoded pooled vector. Residue level: the max over the protein's residues
+    (a scatter-max over the non-zero latents, on the module's device).
     Also returns, per feature, the number of residues it fires on and the total residue count
     (residue-level density), zeros for protein-level dictionaries.
     """
     n_latents = module.n_latents
-    residue_active = np.zeros(n_latents, dtype=np.int64)
     if spec.level == "protein":
         pooled = store.pooled(spec.layer)
-        return _encode(module, pooled, cfg.batch_size), residue_active, np.zeros(1)
+        acts = _encode(module, pooled, cfg.batch_size)
+        return acts, np.zeros(n_latents, dtype=np.int64), np.zeros(1)
+    device = _device_of(module)
+    residue_active = torch.zeros(n_latents, dtype=torch.long, device=device)
     rows: list[sp.csr_matrix] = []
     order: list[np.ndarray] = []  # batches come in shard order, not corpus order
     n_residues = 0
     batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
-    for protein_indices, offsets, residues in tqdm(
-        batches, desc=f"encode {spec.name}", unit="batch"
-    ):
-        z = _encode(module, residues, cfg.batch_size)
-        n_residues += residues.shape[0]
-        residue_active += np.bincount(z.indices, minlength=n_latents)
-        dense_max = np.zeros((len(protein_indices), n_latents), dtype=np.float32)
-        for j in range(len(protein_indices)):
-            part = z[offsets[j] : offsets[j + 1]]
-            if part.nnz:
-                dense_max[j] = part.max(axis=0).toarray().ravel()
-        rows.append(sp.csr_matrix(dense_max))
-        order.append(np.asarray(protein_indices, dtype=np.int64))
+    with torch.inference_mode():
+        for protein_indices, offsets, residues in tqdm(
+            batches, desc=f"encode {spec.name}", unit="batch"
+        ):
+            r, c, v = _nonzero(module, _to(residues, device), cfg.batch_size)
+            n_residues += residues.shape[0]
+            residue_active += torch.bincount(c, minlength=n_latents)
+            # One key per (protein, feature); unique() sorts them, so the result is row-major.
+            keys, inverse = torch.unique(
+                _owners(offsets, device)[r] * n_latents + c, return_inverse=True
+            )
+            maxima = torch.zeros(len(keys), device=device).scatter_reduce_(0, inverse, v, "amax")
+            shape = (len(protein_indices), n_latents)
+            rows.append(_csr(keys // n_latents, keys % n_latents, maxima, shape))
+            order.append(np.asarray(protein_indices, dtype=np.int64))
     stacked = sp.vstack(rows, format="csr").astype(np.float32)
     # Row r of ``stacked`` is protein order[r]: put every protein back on its corpus row.
     position = np.empty(store.n_proteins, dtype=np.int64)
     position[np.concatenate(order)] = np.arange(stacked.shape[0])
     acts = stacked[position]
-    return acts, residue_active, np.array([float(n_residues)])
+    return acts, residue_active.cpu().numpy(), np.array([float(n_residues)])
+
+
+def _fve(x: Tensor, recon: Tensor, offsets: np.ndarray) -> Tensor:
+    """``app.sae.sequence_fve`` of every protein of a batch at once (float64).
+
+    ``x``/``recon`` [n_res, d] hold the proteins' residues back to back (``offsets``); a
+    one-residue protein is centred over its dimensions, a longer one over its residues.
+    """
+    x64, r64 = x.double(), recon.double()
+    owner = _owners(offsets, x.device)
+    n_proteins = len(offsets) - 1
+    lengths = torch.from_numpy(np.diff(offsets)).to(x.device).double()
+    sums = torch.zeros(n_proteins, x.shape[1], dtype=torch.float64, device=x.device)
+    centre = (sums.index_add_(0, owner, x64) / lengths[:, None])[owner]
+    single = (lengths == 1)[owner]
+    centre = torch.where(single[:, None], x64.mean(dim=1, keepdim=True), centre)
+    per_protein = torch.zeros(n_proteins, dtype=torch.float64, device=x.device)
+    sst = per_protein.index_add(0, owner, (x64 - centre).pow(2).sum(dim=1))
+    sse = per_protein.index_add(0, owner, (x64 - r64).pow(2).sum(dim=1))
+    return torch.where(sst > 0, 1.0 - sse / sst, torch.nan)
 
 
 def per_protein_fve(
@@ -118,23 +186,24 @@ def per_protein_fve(
     """
     if not isinstance(module, SparseDictionary) or module.is_transcoder:
         return None
+    device = _device_of(module)
     out = np.full(store.n_proteins, np.nan, dtype=np.float32)
     with torch.inference_mode():
         if spec.level == "protein":
-            pooled = torch.from_numpy(np.ascontiguousarray(store.pooled(spec.layer)))
+            pooled = store.pooled(spec.layer)
             for start in range(0, pooled.shape[0], cfg.batch_size):
-                x = pooled[start : start + cfg.batch_size]
+                x = _to(pooled[start : start + cfg.batch_size], device)
                 recon, _ = module(x)
-                for j in range(x.shape[0]):
-                    out[start + j] = sequence_fve(x[j : j + 1], recon[j : j + 1])
+                each = np.arange(x.shape[0] + 1)  # every pooled vector is its own "sequence"
+                out[start : start + x.shape[0]] = _fve(x, recon, each).cpu().numpy()
             return out
         batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
         for protein_indices, offsets, residues in batches:
-            x = torch.from_numpy(np.ascontiguousarray(residues))
-            recon, _ = module(x)
-            for j, p in enumerate(protein_indices):
-                lo, hi = int(offsets[j]), int(offsets[j + 1])
-                out[int(p)] = sequence_fve(x[lo:hi], recon[lo:hi])
+            x = _to(residues, device)
+            recon = torch.cat(
+                [module(x[s : s + cfg.batch_size])[0] for s in range(0, x.shape[0], cfg.batch_size)]
+            )
+            out[np.asarray(protein_indices)] = _fve(x, recon, offsets).cpu().numpy()
     return out
 
 
@@ -144,24 +213,38 @@ def feature_stats(
     residue_active: npt.NDArray[np.int64],
     n_residues: float,
 ) -> dict[str, Any]:
-    """Density, max, mean over active, histogram per feature (columns of ``acts``)."""
+    """Density, max, mean over active, histogram per feature (columns of ``acts``).
+
+    All features at once: each stored value carries its column, and the histogram bins are
+    those of ``np.histogram(values, n_hist_bins, range=(0, max))`` per feature.
+    """
     csc = acts.tocsc()
+    csc.sort_indices()
     n_proteins, n_latents = acts.shape
+    n_bins = cfg.n_hist_bins
     n_active = np.diff(csc.indptr).astype(np.int64)
+    column = np.repeat(np.arange(n_latents), n_active)
+    positive = csc.data > 0
+    values, column = csc.data[positive].astype(np.float32), column[positive]
+    count = np.bincount(column, minlength=n_latents)
     max_act = np.zeros(n_latents, dtype=np.float32)
-    mean_act = np.zeros(n_latents, dtype=np.float32)
-    hist_counts = np.zeros((n_latents, cfg.n_hist_bins), dtype=np.int64)
-    hist_edges = np.zeros((n_latents, cfg.n_hist_bins + 1), dtype=np.float32)
-    for f in range(n_latents):
-        values = csc.data[csc.indptr[f] : csc.indptr[f + 1]]
-        values = values[values > 0]
-        if values.size == 0:
-            continue
-        max_act[f] = values.max()
-        mean_act[f] = values.mean()
-        counts, edges = np.histogram(values, bins=cfg.n_hist_bins, range=(0.0, float(max_act[f])))
-        hist_counts[f] = counts
-        hist_edges[f] = edges
+    np.maximum.at(max_act, column, values)
+    total = np.bincount(column, weights=values.astype(np.float64), minlength=n_latents)
+    mean_act = (total / np.maximum(count, 1)).astype(np.float32)
+    # A zero stop anywhere would switch linspace to another rounding for every row: dead
+    # features get stop 1 here and zero edges afterwards, as np.histogram is never run on them.
+    stops = np.where(count > 0, max_act, 1.0).astype(np.float64)
+    hist_edges = np.linspace(0.0, stops, n_bins + 1, axis=1).astype(np.float32)
+    hist_edges[count == 0] = 0.0
+    # np.histogram's uniform-bin rule: floor((v - lo) · n / (hi - lo)), the top edge in the last
+    # bin, then one step down/up where the float32 edges disagree with the float64 estimate.
+    per_unit = n_bins / stops
+    bins = (values.astype(np.float64) * per_unit[column]).astype(np.intp)
+    bins[bins == n_bins] -= 1
+    bins[values < hist_edges[column, bins]] -= 1
+    bins[(values >= hist_edges[column, bins + 1]) & (bins != n_bins - 1)] += 1
+    hist_counts = np.bincount(column * n_bins + bins, minlength=n_latents * n_bins)
+    hist_counts = hist_counts.reshape(n_latents, n_bins).astype(np.int64)
     density = n_active / max(n_proteins, 1)
     residue_density = residue_active / n_residues if n_residues > 0 else np.zeros(n_latents)
     return {
@@ -182,7 +265,8 @@ def select_examples(
     """(feature, protein, bin, rank, activation) for the top, quantile-bin and structure groups.
 
     Bins are equal-width in max-normalised activation: q1 = (0, 1/n], ..., qn = ((n-1)/n, 1];
-    proteins already in the top group are not sampled again in a quantile bin.
+    proteins already in the top group are not sampled again in a quantile bin. The loop over
+    features stays: each bin's draw comes from one seeded generator, in feature order.
     """
     rng = np.random.default_rng(cfg.seed)
     csc = acts.tocsc()
@@ -197,12 +281,12 @@ def select_examples(
         order = np.argsort(-values, kind="stable")
         top = order[: cfg.n_top]
         out.extend((f, int(proteins[i]), "top", r, float(values[i])) for r, i in enumerate(top))
-        taken = set(top.tolist())
+        taken = np.zeros(proteins.size, dtype=bool)
+        taken[top] = True
         normalised = values / values.max()
         edges = np.linspace(0.0, 1.0, cfg.n_bins + 1)
         for b in range(cfg.n_bins):
-            in_bin = np.flatnonzero((normalised > edges[b]) & (normalised <= edges[b + 1]))
-            in_bin = np.array([i for i in in_bin if i not in taken], dtype=np.int64)
+            in_bin = np.flatnonzero((normalised > edges[b]) & (normalised <= edges[b + 1]) & ~taken)
             if in_bin.size == 0 or cfg.per_bin == 0:
                 continue
             chosen = rng.choice(in_bin, size=min(cfg.per_bin, in_bin.size), replace=False)
@@ -223,14 +307,58 @@ def residue_values(
     module: Dictionary, spec: Spec, store: EmbeddingStore, protein: int, features: list[int]
 ) -> dict[int, FloatArray]:
     """Per-residue values of ``features`` on one protein (see module docstring)."""
-    residues = torch.from_numpy(np.ascontiguousarray(store.residues(spec.layer, protein)))
+    tracks = residue_tracks(module, spec, store, {protein: features})
+    return {f: tracks[(f, protein)] for f in features}
+
+
+def _per_residue(module: Dictionary, spec: Spec, x: Tensor, lengths: Tensor) -> Tensor:
+    """``[n_res, n_latents]``: latents (residue level) or pooled attribution (protein level)."""
+    if spec.level == "residue":
+        return module.encode(x)
+    return module.residue_attribution(x, lengths=lengths)
+
+
+def residue_tracks(
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    wanted: dict[int, list[int]],
+    max_residues: int = 4096,
+) -> dict[tuple[int, int], FloatArray]:
+    """Per-residue values of each ``wanted[protein]`` feature, keyed ``(feature, protein)``.
+
+    Proteins go through the module a batch of ≤ ``max_residues`` residues at a time (a longer
+    protein alone), in shard order, and only the wanted columns come back to the host.
+    """
+    device = _device_of(module)
+    proteins = sorted(wanted, key=store.location)
+    out: dict[tuple[int, int], FloatArray] = {}
+    start = 0
     with torch.inference_mode():
-        if spec.level == "residue":
-            per_residue = module.encode(residues)[:, features]
-        else:
-            per_residue = module.residue_attribution(residues)[:, features]
-    values = per_residue.float().numpy().T
-    return {f: values[j] for j, f in enumerate(features)}
+        while start < len(proteins):
+            stop, total = start + 1, int(store.lengths[proteins[start]])
+            while stop < len(proteins) and total + store.lengths[proteins[stop]] <= max_residues:
+                total += int(store.lengths[proteins[stop]])
+                stop += 1
+            batch = proteins[start:stop]
+            lengths = store.lengths[batch]
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            x = _to(np.concatenate([store.residues(spec.layer, p) for p in batch]), device)
+            values = _per_residue(module, spec, x, torch.from_numpy(lengths).to(device))
+            # Gather (residue, feature) for every wanted pair at once, then cut per pair.
+            feats = [np.asarray(wanted[p], dtype=np.int64) for p in batch]
+            n_feats = np.array([len(f) for f in feats])
+            pair_len = np.repeat(lengths, n_feats)
+            pair_start = np.repeat(offsets[:-1], n_feats)
+            within = np.arange(pair_len.sum()) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
+            rows = np.repeat(pair_start, pair_len) + within
+            cols = np.repeat(np.concatenate(feats), pair_len)
+            picked = values[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)]
+            pieces = np.split(picked.float().cpu().numpy(), np.cumsum(pair_len)[:-1])
+            pairs = [(int(f), p) for p, fs in zip(batch, feats, strict=True) for f in fs]
+            out.update(zip(pairs, pieces, strict=True))
+            start = stop
+    return out
 
 
 def decoder_neighbors(
@@ -248,12 +376,25 @@ def decoder_neighbors(
         return indices, cosines
     for start in range(0, n, block):
         sims = directions[start : start + block] @ directions.T
-        rows = torch.arange(sims.shape[0])
+        rows = torch.arange(sims.shape[0], device=sims.device)
         sims[rows, rows + start] = -2.0  # never your own neighbour
         top = torch.topk(sims, k, dim=1)
-        indices[start : start + block] = top.indices.numpy()
-        cosines[start : start + block] = top.values.numpy()
+        indices[start : start + block] = top.indices.cpu().numpy()
+        cosines[start : start + block] = top.values.cpu().numpy()
     return indices, cosines
+
+
+def protein_top_features(acts: sp.csr_matrix, k: int) -> list[tuple[int, int, int, float]]:
+    """(protein, feature, rank, activation): each protein's ``k`` most active features, ties in
+    feature order, for all proteins at once (one sort of the stored values)."""
+    csr = acts.tocsr()
+    csr.sort_indices()
+    row = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    order = np.lexsort((-csr.data, row))  # by protein, then activation descending (stable)
+    rank = np.arange(len(order)) - csr.indptr[row[order]]
+    keep = order[rank < k]
+    return list(zip(row[keep].tolist(), csr.indices[keep].tolist(),
+                    rank[rank < k].tolist(), csr.data[keep].astype(float).tolist(), strict=True))  # fmt: skip
 
 
 def _pack(arrays: Iterator[FloatArray]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float16]]:
@@ -277,7 +418,7 @@ def run_analyze(
     if (out / "DONE").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    module.eval()
+    module = module.to(resolve_device(cfg.device)).eval()
     acts, residue_active, n_residues = protein_activations(module, spec, store, cfg)
     sp.save_npz(out / "protein_activations.npz", acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
@@ -285,16 +426,7 @@ def run_analyze(
 
     examples = select_examples(acts, has_structure, cfg)
     # Per protein, its most active features (protein page).
-    k = cfg.protein_top_features
-    top_rows: list[tuple[int, int, int, float]] = []
-    for p in range(acts.shape[0]):
-        row = acts.getrow(p)
-        if row.nnz == 0:
-            continue
-        order = np.argsort(-row.data, kind="stable")[:k]
-        top_rows.extend(
-            (p, int(row.indices[i]), r, float(row.data[i])) for r, i in enumerate(order)
-        )
+    top_rows = protein_top_features(acts, cfg.protein_top_features)
     # Per-residue values, computed once per protein for every feature that needs them there.
     wanted: dict[int, set[int]] = {}
     for f, p, *_ in examples:
@@ -305,10 +437,8 @@ def run_analyze(
     for p, f, *_ in top_rows:
         if p in shown:
             wanted.setdefault(p, set()).add(f)
-    values: dict[tuple[int, int], FloatArray] = {}
-    for p, feats in tqdm(sorted(wanted.items()), desc=f"residues {spec.name}", unit="protein"):
-        for f, v in residue_values(module, spec, store, p, sorted(feats)).items():
-            values[(f, p)] = v
+    values = residue_tracks(module, spec, store, {p: sorted(f) for p, f in wanted.items()},
+                            cfg.max_residues_per_track_batch)  # fmt: skip
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
     np.savez_compressed(

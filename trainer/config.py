@@ -59,10 +59,17 @@ class LossSection(BaseModel):
     seed: int = 0
 
 
+class TrainSection(BaseModel):
+    """Where the dictionaries train (each dictionary's own parameters are its ``[[saes]]``)."""
+
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu or cuda[:n]")
+
+
 class TrainerConfig(BaseModel):
     run: RunSection
     ingest: IngestConfig
     embed: EmbedConfig
+    train: TrainSection = Field(default_factory=TrainSection)
     saes: list[SaeSpec] = Field(default_factory=list)
     neurons: NeuronsSection = Field(default_factory=NeuronsSection)
     controls: ControlsSection = Field(default_factory=ControlsSection)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -218,6 +219,7 @@ class EmbeddingStore:
         self.layers: list[int] = list(self.manifest["layers"])
         self.d_model: int = int(self.manifest["d_model"])
         self.n_proteins: int = int(self.manifest["n_proteins"])
+        self.dtype = np.dtype(self.manifest["dtype"])
         self.lengths = np.zeros(self.n_proteins, dtype=np.int64)
         self._shard_of = np.full(self.n_proteins, -1, dtype=np.int64)
         self._row_of = np.zeros(self.n_proteins, dtype=np.int64)
@@ -248,6 +250,10 @@ class EmbeddingStore:
             with safe_open(str(file), framework="numpy") as handle:
                 out[index] = handle.get_tensor(name)
         return out
+
+    def location(self, i: int) -> tuple[int, int]:
+        """(shard, row) of protein ``i``: sorting by it reads the shards in file order."""
+        return int(self._shard_of[i]), int(self._row_of[i])
 
     def residues(self, layer: int, i: int) -> np.ndarray:
         """float32 [len_i, d]: per-residue activations of protein ``i``."""
@@ -281,8 +287,15 @@ class EmbeddingStore:
                     )
                     start = stop
 
-    def sample_residues(self, layer: int, n: int, seed: int) -> np.ndarray:
-        """float32 [n, d]: residues drawn uniformly without replacement, in random order."""
+    def sample_residues(
+        self, layer: int, n: int, seed: int, dtype: npt.DTypeLike = np.float32
+    ) -> np.ndarray:
+        """``[n, d]`` residues drawn uniformly without replacement, in random order.
+
+        Only the drawn rows are read (a memory map per shard, rows in file order), so sampling
+        from the full corpus needs memory for the sample alone. ``dtype`` float16 keeps the
+        stored values exactly at half the memory.
+        """
         name = self._name(layer, "residue")
         sizes = np.array([int(o[-1]) for o in self._offsets], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -290,10 +303,27 @@ class EmbeddingStore:
             raise ValueError(f"asked for {n} residues, only {starts[-1]} embedded")
         picks = np.random.default_rng(seed).choice(int(starts[-1]), size=n, replace=False)
         shard = np.searchsorted(starts, picks, side="right") - 1
-        out = np.empty((n, self.d_model), dtype=np.float32)
+        out = np.empty((n, self.d_model), dtype=dtype)
         for k, file in enumerate(self._files):
             where = np.flatnonzero(shard == k)
             if len(where):
-                with safe_open(str(file), framework="numpy") as handle:
-                    out[where] = handle.get_tensor(name)[picks[where] - starts[k]]
+                where = where[np.argsort(picks[where], kind="stable")]  # sequential reads
+                out[where] = tensor_map(file, name)[picks[where] - starts[k]]
         return out
+
+
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
+
+
+def tensor_map(file: Path, name: str) -> np.ndarray:
+    """A read-only memory map of one tensor in a safetensors file: rows are read when indexed.
+
+    safetensors' own slices take ranges only; random rows of a shard would otherwise mean
+    loading the whole tensor. Layout: 8-byte little-endian header size, JSON header, raw data.
+    """
+    with open(file, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        info = json.loads(handle.read(header_size))[name]
+    begin, _ = info["data_offsets"]
+    return np.memmap(file, dtype=_SAFETENSORS_DTYPES[info["dtype"]], mode="r",
+                     offset=8 + header_size + begin, shape=tuple(info["shape"]))  # fmt: skip

@@ -148,9 +148,11 @@ class Pipeline:
                 if spec.out_layer is not None:
                     y = store.pooled(spec.out_layer) - x  # the seed paper's transcoder target
                 return x, y, None, None
-            n = min(self._residue_samples(spec), int(store.lengths.sum()))
-            x = store.sample_residues(spec.layer, n, spec.seed)
-            y = store.sample_residues(spec.out_layer, n, spec.seed) if spec.out_layer else None
+            # Stored precision (float16 shards stay float16: half the memory, cast per batch).
+            n, dtype = min(self._residue_samples(spec), int(store.lengths.sum())), store.dtype
+            x = store.sample_residues(spec.layer, n, spec.seed, dtype)
+            y = (store.sample_residues(spec.out_layer, n, spec.seed, dtype)
+                 if spec.out_layer else None)  # fmt: skip
             return x, y, None, None
 
         return get
@@ -196,7 +198,8 @@ class Pipeline:
                 out["loss_recovered_n_proteins"] = len(held_out)
                 return out
 
-            run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra)
+            run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
+                      device=self.cfg.train.device)  # fmt: skip
 
     def analyze(self) -> None:
         has_structure = np.zeros(len(self.corpus.accessions), dtype=bool)

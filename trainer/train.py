@@ -26,6 +26,7 @@ from pydantic import BaseModel, model_validator
 from torch import Tensor
 from tqdm import tqdm
 
+from app.esm import resolve_device
 from app.sae import (
     BatchTopKSAE,
     Dictionary,
@@ -108,33 +109,53 @@ def build_module(spec: SaeSpec, d_in: int, d_out: int) -> Dictionary:
 
 
 @torch.no_grad()
-def evaluate(module: Dictionary, x: Tensor, y: Tensor, chunk: int = 4096) -> dict[str, Any]:
-    """Held-out metrics: FVE (1 − SSE/SST about the target's mean), MSE, L0, dead fraction."""
+def evaluate(
+    module: Dictionary, x: Tensor, y: Tensor, chunk: int = 4096, output_scale: float = 1.0
+) -> dict[str, Any]:
+    """Held-out metrics: FVE (1 − SSE/SST about the target's mean), MSE, L0, dead fraction.
+
+    ``output_scale`` multiplies the module's output first (a transcoder while it trains on its
+    target divided by that scale), so the MSE is always in the target's own units.
+    """
     module.eval()
-    sse, l0_sum = 0.0, 0.0
+    sse = torch.zeros((), dtype=torch.float64, device=x.device)
+    l0_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     fired = torch.zeros(module.n_latents, dtype=torch.bool, device=x.device)
     for start in range(0, x.shape[0], chunk):
-        recon, z = module(x[start : start + chunk])
-        sse += float((recon.double() - y[start : start + chunk].double()).pow(2).sum())
+        recon, z = module(x[start : start + chunk].float())
+        recon = recon.double() * output_scale
+        sse += (recon - y[start : start + chunk].double()).pow(2).sum()
         active = z > 0
         fired |= active.any(dim=0)
-        l0_sum += float(active.sum())
+        l0_sum += active.sum()
     n = x.shape[0]
     metrics: dict[str, Any] = {
-        "l0": l0_sum / n,
+        "l0": float(l0_sum) / n,
         "dead_fraction": 1.0 - float(fired.float().mean()),
         "n_eval": n,
     }
     if isinstance(module, NeuronBasis):  # not a reconstruction: no FVE/MSE (see NeuronBasis)
         return metrics | {"fve": None, "mse": None}
-    sst = float((y.double() - y.double().mean(dim=0)).pow(2).sum())
-    return metrics | {"fve": 1.0 - sse / max(sst, 1e-12), "mse": sse / y.numel()}
+    sst = _sst(y)
+    return metrics | {"fve": 1.0 - float(sse) / max(sst, 1e-12), "mse": float(sse) / y.numel()}
+
+
+def _sst(y: Tensor, chunk: int = 65536) -> float:
+    """Sum of squares about the column means, in float64, a chunk at a time (y may be huge)."""
+    mean = torch.zeros(y.shape[1], dtype=torch.float64, device=y.device)
+    for s in range(0, y.shape[0], chunk):
+        mean += y[s : s + chunk].double().sum(dim=0)
+    mean /= max(y.shape[0], 1)
+    total = torch.zeros((), dtype=torch.float64, device=y.device)
+    for s in range(0, y.shape[0], chunk):
+        total += (y[s : s + chunk].double() - mean).pow(2).sum()
+    return float(total)
 
 
 def _tensor(a: Array) -> Tensor:
-    return torch.as_tensor(
-        np.asarray(a, dtype=np.float32) if isinstance(a, np.ndarray) else a
-    ).float()
+    """float32, or float16 kept as is (residue samples: half the memory, cast per batch)."""
+    t = torch.as_tensor(a)
+    return t if t.dtype in (torch.float16, torch.float32) else t.float()
 
 
 def _split(spec: SaeSpec, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,23 +188,33 @@ def train_dictionary(
     checkpoint_dir: Path | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> tuple[Dictionary, dict[str, Any]]:
     """Train one dictionary on ``x_train [N, d_in]`` (targets ``y_train [N, d_out]`` for transcoders).
 
     Returns the best-validation-MSE module (eval mode) and its held-out metrics. With
     ``checkpoint_dir`` it resumes from the last checkpoint there. ``on_step(step)`` runs after each
     step (progress hooks; raising from it interrupts training like a crash would). ``device``:
-    where to train (batches are drawn on the CPU generator, so the draw is device-independent);
-    the module comes back on the CPU.
+    where to train, ``auto`` = CUDA when available (the data moves there once; batches are drawn
+    on the CPU generator, so the draw is device-independent); the module comes back on the CPU.
+
+    A transcoder trains standardised on both sides: its encoder sees LN(x) minus its data mean,
+    divided by its RMS spread (pooled LN'd vectors are one common direction plus deviations ~15×
+    smaller, so without this each latent fires for all proteins or none, and most die), and its
+    target is divided by the target's RMS spread (unit-norm decoder rows, latents of order 1).
+    Both are folded into the weights at the end, so the returned module is a plain transcoder
+    that predicts the target in its own units.
     """
-    dev = torch.device(device)
-    x, y, xv, yv = (t.to(dev) for t in _prepare(spec, (x_train, y_train, x_val, y_val)))
+    dev = resolve_device(device)
+    x, y, xv, yv = (_to_device(t, dev) for t in _prepare(spec, (x_train, y_train, x_val, y_val)))
     torch.manual_seed(spec.seed)  # the initialisation, on the CPU whatever the device
     module = build_module(spec, x.shape[1], y.shape[1]).to(dev)
     if not isinstance(module, SparseDictionary):  # the neuron baseline has nothing to train
         return module.cpu(), evaluate(module, xv, yv) | {"steps": 0, "n_train": 0}
-    _init_decoder_bias(module, x, y)
+    scale = target_scale(y) if module.is_transcoder else 1.0
+    if module.is_transcoder:
+        module.standardise_input(*_input_standardisation(module, x))
+    _init_decoder_bias(module, x, y, scale)
     optimiser = torch.optim.Adam(module.parameters(), lr=spec.lr, eps=6.25e-10)  # OpenAI's eps
     state = _TrainState(torch.Generator().manual_seed(spec.seed), module.n_latents, dev)
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
@@ -197,19 +228,20 @@ def train_dictionary(
         idx = torch.randint(x.shape[0], (spec.batch_size,), generator=state.generator).to(dev)
         module.train()
         dead = state.since_fired >= spec.dead_threshold
-        loss, _, z = module.training_loss(x[idx], y[idx], dead)
+        target = y[idx].float() / scale if module.is_transcoder else y[idx].float()
+        loss, _, z = module.training_loss(x[idx].float(), target, dead)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         module.constrain_gradients()
         optimiser.step()
         module.constrain_weights()
         state.since_fired += 1
-        state.since_fired[(z > 0).any(dim=0)] = 0
+        state.since_fired.masked_fill_((z > 0).any(dim=0), 0)  # no host sync, unlike a[mask] = 0
         if isinstance(module.activation, BatchTopK) and step >= threshold_start:
             module.activation.update_threshold(z.detach())
         state.step = step + 1
         if state.step % spec.eval_every == 0 or state.step == spec.steps:
-            val = evaluate(module, xv, yv)
+            val = evaluate(module, xv, yv, output_scale=scale)
             state.consider(val, module)
             bar.set_postfix(
                 loss=f"{float(loss.detach()):.4f}", fve=f"{val['fve']:.3f}", l0=f"{val['l0']:.1f}"
@@ -220,6 +252,8 @@ def train_dictionary(
             on_step(state.step)
     seconds = time.perf_counter() - started
     module.load_state_dict(state.best_state or module.state_dict())
+    if module.is_transcoder:
+        module.fold_standardisation_(scale)
     metrics = evaluate(module, xv, yv)
     train_fit = evaluate(module, x[:4096], y[:4096])
     metrics |= {
@@ -230,20 +264,53 @@ def train_dictionary(
         "dead_latents_at_end": int((state.since_fired >= spec.dead_threshold).sum()),
         "vectors_per_s": (state.step - start_step) * spec.batch_size / max(seconds, 1e-9),
     }
+    if module.is_transcoder:
+        metrics["target_scale"] = scale
     if isinstance(module.activation, BatchTopK):
         metrics["threshold"] = float(module.activation.threshold)
     return module.cpu().eval(), metrics
 
 
+def _to_device(t: Tensor, dev: torch.device) -> Tensor:
+    """Onto the training device once; via pinned memory on CUDA so the copy runs at full speed."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+SAMPLE = 65536  # rows that estimate the data mean and the target scale
+
+
 @torch.no_grad()
-def _init_decoder_bias(module: SparseDictionary, x: Tensor, y: Tensor) -> None:
-    """Start b_dec at the data mean (of LN(x) for SAEs, of the target for transcoders), so the
-    latents first model deviations from the mean rather than the mean itself (OpenAI)."""
-    sample = slice(0, 65536)
+def target_scale(y: Tensor) -> float:
+    """RMS spread of the target about its mean (over samples and dimensions), 1 if constant.
+
+    Dividing a transcoder's target by it gives the target per-dimension variance ~1, like the
+    LayerNorm'd input, whatever the layer difference's raw size.
+    """
+    sample = y[:SAMPLE].double()
+    spread = float((sample - sample.mean(dim=0)).pow(2).mean().sqrt())
+    return spread if spread > 0 else 1.0
+
+
+@torch.no_grad()
+def _input_standardisation(module: SparseDictionary, x: Tensor) -> tuple[Tensor, float]:
+    """Mean and RMS spread of LN(x) over the data: what a transcoder's encoder subtracts and
+    divides by while it trains (SAEs get the same centring from their pre-bias)."""
+    x_n = module.normalise(x[:SAMPLE].float())[0].double()
+    mean = x_n.mean(dim=0)
+    spread = float((x_n - mean).pow(2).mean().sqrt())
+    return mean.float(), spread if spread > 0 else 1.0
+
+
+@torch.no_grad()
+def _init_decoder_bias(module: SparseDictionary, x: Tensor, y: Tensor, scale: float) -> None:
+    """Start b_dec at the data mean (of LN(x) for SAEs, of the scaled target for transcoders), so
+    the latents first model deviations from the mean rather than the mean itself (OpenAI)."""
     if module.pre_bias:
-        module.b_dec.copy_(module.normalise(x[sample])[0].mean(dim=0))
+        module.b_dec.copy_(module.normalise(x[:SAMPLE].float())[0].mean(dim=0))
     else:
-        module.b_dec.copy_(y[sample].mean(dim=0))
+        module.b_dec.copy_(y[:SAMPLE].double().mean(dim=0) / scale)
 
 
 class _TrainState:
@@ -303,9 +370,11 @@ def data_hash(*arrays: Array | None) -> str:
         if a is None:
             digest.update(b"none")
             continue
-        arr = np.ascontiguousarray(_tensor(a).numpy())
-        digest.update(str(arr.shape).encode())
-        digest.update(arr.tobytes())
+        t = _tensor(a)
+        digest.update(str(tuple(t.shape)).encode())
+        for start in range(0, t.shape[0], 1 << 18):  # float32 bytes, a chunk at a time
+            chunk = t[start : start + (1 << 18)].float().contiguous().numpy()
+            digest.update(chunk.tobytes())
     return digest.hexdigest()
 
 
@@ -317,11 +386,13 @@ def run_train(
     *,
     extra_metrics: Callable[[SaeSpec, Dictionary], dict[str, Any]] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Train every spec into ``{workdir}/saes/{name}/`` (weights, config, metrics, DONE last).
 
     Finished dictionaries are skipped; an unfinished one resumes from its checkpoint.
     ``extra_metrics(spec, module)`` adds e.g. loss recovered (``trainer.lm_loss``) before DONE.
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
     """
     results: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -331,7 +402,7 @@ def run_train(
             continue
         data = get_data(spec)
         module, metrics = train_dictionary(
-            spec, *data, checkpoint_dir=out / "checkpoint", progress=progress
+            spec, *data, checkpoint_dir=out / "checkpoint", progress=progress, device=device
         )
         provenance = dataclasses.replace(
             provenance_base,

@@ -89,15 +89,20 @@ class BatchTopK(Activation):
 
     @torch.no_grad()
     def update_threshold(self, z: Tensor, beta: float = 0.999) -> None:
-        """Fold the smallest positive activation of a training batch into the EMA."""
-        positive = z[z > 0]
-        if positive.numel() == 0:
-            return
-        low = positive.min()
-        if float(self.threshold) < 0:
-            self.threshold.copy_(low)
-        else:
-            self.threshold.mul_(beta).add_((1 - beta) * low)
+        """Fold the smallest positive activation of a training batch into the EMA.
+
+        Written without reading values back to the host, so a GPU step never waits on it.
+        """
+        low = torch.where(z > 0, z, torch.inf).min()
+        ema = self.threshold * beta + (1 - beta) * low
+        new = torch.where(self.threshold < 0, low, ema)
+        self.threshold.copy_(torch.where(torch.isinf(low), self.threshold, new))
+
+    @torch.no_grad()
+    def scale_(self, factor: float) -> None:
+        """Scale the learned threshold with the pre-activations (see ``scale_output_``)."""
+        if float(self.threshold) >= 0:
+            self.threshold.mul_(factor)
 
 
 class ReLU(Activation):
@@ -159,6 +164,12 @@ class SparseDictionary(nn.Module):
             w_dec = torch.empty(n_latents, d_out).uniform_(-bound, bound)
         self.W_dec = nn.Parameter(normalise_rows_(w_dec))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
+        # Transcoders while training: the encoder sees (LN(x) − in_shift) / in_scale (see
+        # ``standardise_input``); folded into W_enc/b_enc before saving, so never persisted.
+        self.in_shift: Tensor
+        self.in_scale: Tensor
+        self.register_buffer("in_shift", torch.zeros(d_in), persistent=False)
+        self.register_buffer("in_scale", torch.ones(()), persistent=False)
 
     # SAEs subtract b_dec from the input and undo the LayerNorm on the output; transcoders map
     # into another space, so they do neither (seed paper: output not un-normalised).
@@ -175,10 +186,40 @@ class SparseDictionary(nn.Module):
     def _pre(self, x_n: Tensor) -> Tensor:
         if self.pre_bias:
             x_n = x_n - self.b_dec
+        elif self._standardising:
+            x_n = (x_n - self.in_shift) / self.in_scale
         pre = x_n @ self.W_enc
         if torch.is_grad_enabled() or pre.dtype != self.b_enc.dtype:
             return pre + self.b_enc
         return pre.add_(self.b_enc)  # same numbers, one [B, n] buffer fewer (inference only)
+
+    _standardising = False
+
+    @torch.no_grad()
+    def standardise_input(self, shift: Tensor, scale: float) -> None:
+        """Transcoders, for training: encode (LN(x) − shift) / scale instead of LN(x).
+
+        Pooled LN'd vectors are nearly one common direction (norm ~√d) plus small deviations;
+        a transcoder has no pre-bias to remove it, so each latent would be on or off for every
+        protein at once. ``fold_standardisation_`` turns this back into plain weights."""
+        if not self.is_transcoder:
+            raise ValueError("standardise_input is for transcoders (SAEs have a pre-bias)")
+        self.in_shift.copy_(shift)
+        self.in_scale.fill_(scale)
+        self._standardising = True
+
+    @torch.no_grad()
+    def fold_standardisation_(self, output_scale: float = 1.0) -> None:
+        """Fold the input standardisation into W_enc/b_enc and multiply the output by
+        ``output_scale`` (see ``scale_output_``): the same function, as plain weights."""
+        if self._standardising:
+            self.W_enc.div_(self.in_scale)
+            self.b_enc.sub_(self.in_shift @ self.W_enc)
+            self.in_shift.zero_()
+            self.in_scale.fill_(1.0)
+            self._standardising = False
+        if output_scale != 1.0:
+            self.scale_output_(output_scale)
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """Linear pre-activations before the sparsifying non-linearity. ``[B, d_in] -> [B, n]``."""
@@ -221,7 +262,7 @@ class SparseDictionary(nn.Module):
 
     def training_loss(
         self, x: Tensor, target: Tensor, dead: Tensor | None
-    ) -> tuple[Tensor, dict[str, float], Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Normalised MSE (+ L1 weighted by decoder norms) (+ 1/32·AuxK on ``dead [n]`` latents)."""
         x_n, stats = self.normalise(x)
         pre = self._pre(x_n)
@@ -229,18 +270,32 @@ class SparseDictionary(nn.Module):
         recon = self.decode(z, stats)
         mse = normalized_mse(recon, target)
         loss = mse
-        parts = {"nmse": float(mse.detach())}
+        parts = {"nmse": mse.detach()}  # tensors: no host sync per step (float() them to log)
         if self.l1_coefficient > 0:
             l1 = l1_penalty(z, self.W_dec)
             loss = loss + self.l1_coefficient * l1
-            parts["l1"] = float(l1.detach())
+            parts["l1"] = l1.detach()
         if self.aux_k is not None and dead is not None and bool(dead.any()):
+            # Transcoders: the decoder's space is the target's (the trainer scales the target).
             scale = stats.std if not self.is_transcoder else torch.ones_like(stats.std)
             residual = (target - recon).detach()
             aux = aux_k_loss(pre, residual, self.W_dec, dead, self.aux_k, scale)
             loss = loss + AUX_COEFFICIENT * aux
-            parts["aux"] = float(aux.detach())
+            parts["aux"] = aux.detach()
         return loss, parts, z
+
+    @torch.no_grad()
+    def scale_output_(self, factor: float) -> None:
+        """Multiply a transcoder's output by ``factor`` > 0, in place, without changing which
+        latents fire: the latents scale by ``factor`` (W_enc, b_enc, a BatchTopK threshold) and
+        so does b_dec. TopK, BatchTopK and ReLU commute with a positive scale. Not for SAEs,
+        whose pre-bias feeds b_dec back into the encoder."""
+        if not self.is_transcoder or factor <= 0:
+            raise ValueError("scale_output_ needs a transcoder and a positive factor")
+        for p in (self.W_enc, self.b_enc, self.b_dec):
+            p.mul_(factor)
+        if isinstance(self.activation, BatchTopK):
+            self.activation.scale_(factor)
 
     def constrain_gradients(self) -> None:
         """Before the optimiser step: drop the decoder-parallel gradient."""
@@ -255,7 +310,9 @@ class SparseDictionary(nn.Module):
         return self.W_dec.detach()
 
     @torch.no_grad()
-    def residue_attribution(self, residue_vectors: Tensor, include_bias: bool = True) -> Tensor:
+    def residue_attribution(
+        self, residue_vectors: Tensor, include_bias: bool = True, lengths: Tensor | None = None
+    ) -> Tensor:
         """Exact split of the *pooled* pre-activation into per-residue terms. ``[L, d] -> [L, n]``.
 
         The pooled input is p = mean_l r_l. Under p's own LayerNorm statistics (mean μ(p), std σ(p)
@@ -263,17 +320,27 @@ class SparseDictionary(nn.Module):
         matrix, and C p = mean_l C r_l. So pre(p) = Σ_l (C r_l)·W_enc / (L σ(p)) + (b_enc − b_dec·W_enc),
         exactly; the constant is shared equally (1/L per residue) when ``include_bias``. Only
         σ(p) couples the residues, which is why a residue's term is not its own pre-activation.
+        ``lengths [P]``: the rows are P proteins back to back, each attributed on its own.
         """
-        n_res = residue_vectors.shape[0]
-        _, stats = self.normalise(residue_vectors.mean(dim=0, keepdim=True))
+        if lengths is None:
+            lengths = torch.tensor([residue_vectors.shape[0]], device=residue_vectors.device)
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        n_res = lengths.to(residue_vectors.dtype)[:, None]  # [P, 1]
+        pooled = torch.zeros(
+            len(lengths),
+            residue_vectors.shape[1],
+            dtype=residue_vectors.dtype,
+            device=residue_vectors.device,
+        ).index_add_(0, owner, residue_vectors)
+        _, stats = self.normalise(pooled / n_res)  # fmt: skip
         if self.normalisation == "layer_norm":
             centred = residue_vectors - residue_vectors.mean(dim=-1, keepdim=True)
-            terms = (centred / (n_res * stats.std)) @ self.W_enc
+            terms = (centred / (n_res * stats.std)[owner]) @ self.W_enc
         else:
-            terms = (residue_vectors / n_res) @ self.W_enc
+            terms = (residue_vectors / n_res[owner]) @ self.W_enc
         if include_bias:
             bias = self.b_enc - (self.b_dec @ self.W_enc if self.pre_bias else 0.0)
-            terms = terms + bias / n_res
+            terms = terms + (bias / n_res)[owner]
         return terms
 
     def config(self) -> dict[str, Any]:

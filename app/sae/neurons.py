@@ -56,9 +56,17 @@ class NeuronBasis(nn.Module):
         return torch.eye(self.d_in)
 
     @torch.no_grad()
-    def residue_attribution(self, residue_vectors: Tensor, include_bias: bool = True) -> Tensor:
-        """Pooled neuron = mean of residue values, so residue l contributes r_l / L exactly."""
-        return residue_vectors / residue_vectors.shape[0]
+    def residue_attribution(
+        self, residue_vectors: Tensor, include_bias: bool = True, lengths: Tensor | None = None
+    ) -> Tensor:
+        """Pooled neuron = mean of residue values, so residue l contributes r_l / L exactly.
+
+        ``lengths [P]``: the rows are P proteins back to back, each divided by its own length.
+        """
+        if lengths is None:
+            return residue_vectors / residue_vectors.shape[0]
+        n_res = torch.repeat_interleave(lengths, lengths).to(residue_vectors.dtype)
+        return residue_vectors / n_res[:, None]
 
     def config(self) -> dict[str, Any]:
         return {

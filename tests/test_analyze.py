@@ -1,0 +1,171 @@
+"""Analyze's batched tensor code against plain per-protein / per-feature references.
+
+Real embeddings of real proteins (the mini ESM2 model), a seeded random dictionary (what is
+checked is the bookkeeping, not what the features mean), on the device ``auto`` picks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from app.sae import NeuronBasis, TopKSAE, Transcoder, sequence_fve
+from tests.realdata import human_proteins
+from trainer.analyze import (
+    AnalyzeConfig,
+    Spec,
+    _fve,
+    feature_stats,
+    per_protein_fve,
+    protein_activations,
+    protein_top_features,
+    residue_tracks,
+    run_analyze,
+)
+from trainer.embed import EmbedConfig, EmbeddingStore, run_embed
+
+MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
+CFG = AnalyzeConfig(batch_size=100, max_residues_per_batch=900, max_residues_per_track_batch=700)
+
+
+@pytest.fixture(scope="module")
+def store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingStore:
+    torch.set_num_threads(2)
+    rows = human_proteins(shared_dir, 120)
+    corpus = [r["sequence"] for r in rows if len(r["sequence"]) <= 300][:40]
+    workdir = tmp_path_factory.mktemp("analyze")
+    cfg = EmbedConfig(model=str(shared_dir / MODEL), layers=[3, 4], shard_max_residues=3000,
+                      device="cpu")  # fmt: skip
+    run_embed(workdir, corpus, cfg)
+    return EmbeddingStore(workdir / "embeddings")
+
+
+def _sae(d: int = 192, seed: int = 0) -> TopKSAE:
+    torch.manual_seed(seed)
+    module = TopKSAE(d, 2 * d, k=8)
+    with torch.no_grad():
+        module.b_enc.uniform_(-0.5, 0.5)
+    return module.eval()
+
+
+def test_residue_level_activations_are_per_protein_maxima(store: EmbeddingStore) -> None:
+    module = _sae()
+    acts, residue_active, n_residues = protein_activations(
+        module, Spec("r", "residue", 3), store, CFG
+    )
+    expected = np.zeros((store.n_proteins, module.n_latents), dtype=np.float32)
+    fired = np.zeros(module.n_latents, dtype=np.int64)
+    with torch.inference_mode():
+        for p in range(store.n_proteins):
+            z = module.encode(torch.from_numpy(store.residues(3, p))).numpy()
+            expected[p] = z.max(axis=0)
+            fired += (z > 0).sum(axis=0)
+    assert isinstance(acts, sp.csr_matrix) and acts.shape == expected.shape
+    np.testing.assert_array_equal(acts.toarray(), expected)
+    np.testing.assert_array_equal(residue_active, fired)
+    assert n_residues[0] == store.lengths.sum()
+
+
+def test_protein_level_activations_encode_pooled_vectors(store: EmbeddingStore) -> None:
+    module = _sae()
+    acts, residue_active, _ = protein_activations(module, Spec("p", "protein", 3), store, CFG)
+    with torch.inference_mode():
+        expected = module.encode(torch.from_numpy(store.pooled(3))).numpy()
+    np.testing.assert_array_equal(acts.toarray(), expected)
+    assert acts.nnz == (expected > 0).sum() and not residue_active.any()
+
+
+@pytest.mark.parametrize("level", ["residue", "protein"])
+def test_per_protein_fve_is_sequence_fve(store: EmbeddingStore, level: str) -> None:
+    module = _sae()
+    fve = per_protein_fve(module, Spec("f", level, 3), store, CFG)
+    assert fve is not None
+    with torch.inference_mode():
+        for p in range(store.n_proteins):
+            x = torch.from_numpy(
+                store.residues(3, p) if level == "residue" else store.pooled(3)[p : p + 1]
+            )
+            assert fve[p] == pytest.approx(sequence_fve(x, module(x)[0]), abs=1e-5)
+    assert per_protein_fve(NeuronBasis(192), Spec("n", level, 3), store, CFG) is None
+
+
+def test_fve_of_one_residue_proteins_centres_over_dimensions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, recon = torch.randn(7, 5, generator=gen), torch.randn(7, 5, generator=gen)
+    offsets = np.array([0, 1, 4, 5, 7])  # lengths 1, 3, 1, 2
+    got = _fve(x, recon, offsets).numpy()
+    want = [sequence_fve(x[a:b], recon[a:b]) for a, b in itertools.pairwise(offsets)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_feature_stats_match_numpy_histograms(store: EmbeddingStore) -> None:
+    module = _sae()
+    acts, residue_active, n_res = protein_activations(module, Spec("r", "residue", 3), store, CFG)
+    stats = feature_stats(acts, CFG, residue_active, float(n_res[0]))
+    csc = acts.tocsc()
+    assert stats["is_dead"].any() and not stats["is_dead"].all()
+    for f in range(acts.shape[1]):
+        values = csc.data[csc.indptr[f] : csc.indptr[f + 1]]
+        assert stats["n_active"][f] == values.size
+        if values.size == 0:
+            assert stats["max_activation"][f] == 0 and not stats["hist_counts"][f].any()
+            continue
+        counts, edges = np.histogram(values, bins=CFG.n_hist_bins, range=(0.0, float(values.max())))
+        assert stats["max_activation"][f] == values.max()
+        assert stats["mean_activation"][f] == pytest.approx(values.mean(), rel=1e-6)
+        np.testing.assert_array_equal(stats["hist_counts"][f], counts)
+        np.testing.assert_array_equal(stats["hist_edges"][f], edges.astype(np.float32))
+
+
+def test_protein_top_features_rank_each_row() -> None:
+    dense = np.array([[0, 3, 1, 3, 0], [0, 0, 0, 0, 0], [2, 0, 5, 1, 4]], dtype=np.float32)
+    got = protein_top_features(sp.csr_matrix(dense), 2)
+    assert got == [(0, 1, 0, 3.0), (0, 3, 1, 3.0), (2, 2, 0, 5.0), (2, 4, 1, 4.0)]
+
+
+@pytest.mark.parametrize("level", ["residue", "protein"])
+def test_residue_tracks_match_one_protein_at_a_time(store: EmbeddingStore, level: str) -> None:
+    modules = [_sae(), NeuronBasis(192)]
+    if level == "protein":
+        torch.manual_seed(1)
+        modules.append(Transcoder(192, 384, 192, encoder_kind="topk", k=8).eval())
+    wanted = {p: [int(f) for f in np.random.default_rng(p).choice(192, 3, replace=False)]
+              for p in range(0, store.n_proteins, 3)}  # fmt: skip
+    for module in modules:
+        tracks = residue_tracks(module, Spec("t", level, 3), store, wanted, max_residues=700)
+        assert set(tracks) == {(f, p) for p, fs in wanted.items() for f in fs}
+        with torch.inference_mode():
+            for p, feats in wanted.items():
+                r = torch.from_numpy(store.residues(3, p))
+                full = module.encode(r) if level == "residue" else module.residue_attribution(r)
+                for f in feats:
+                    np.testing.assert_allclose(
+                        tracks[(f, p)], full[:, f].numpy(), rtol=1e-4, atol=1e-6
+                    )
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_run_analyze_writes_the_same_files_on_any_device(
+    store: EmbeddingStore, tmp_path: Path, device: str
+) -> None:
+    has_structure = np.zeros(store.n_proteins, dtype=bool)
+    has_structure[::7] = True
+    outs = []
+    for run, dev in (("ref", "cpu"), ("dev", device)):
+        cfg = CFG.model_copy(update={"device": dev})
+        outs.append(
+            run_analyze(tmp_path / run, _sae(), Spec("a", "residue", 3), store, has_structure, cfg)
+        )
+    for name in ("features.npz", "examples.npz", "protein_top.npz", "neighbors.npz"):
+        ref, other = np.load(outs[0] / name), np.load(outs[1] / name)
+        for key in ref.files:
+            if ref[key].dtype.kind == "f":  # a GPU may round differently
+                np.testing.assert_allclose(ref[key], other[key], rtol=1e-5)
+            else:
+                np.testing.assert_array_equal(ref[key], other[key])
+    assert (outs[1] / "DONE").exists()
