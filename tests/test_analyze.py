@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from app.esm import LoadedModel
 from app.sae import NeuronBasis, TopKSAE, Transcoder, sequence_fve
 from tests.realdata import human_proteins
 from trainer.analyze import (
@@ -27,21 +28,46 @@ from trainer.analyze import (
     residue_tracks,
     run_analyze,
 )
-from trainer.embed import EmbedConfig, EmbeddingStore, run_embed
+from trainer.embed import (
+    EmbedConfig,
+    EmbeddingStore,
+    ResiduesNotStoredError,
+    model_residue_source,
+    run_embed,
+)
 
 MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
 CFG = AnalyzeConfig(batch_size=100, max_residues_per_batch=900, max_residues_per_track_batch=700)
 
 
 @pytest.fixture(scope="module")
-def store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingStore:
+def corpus(shared_dir: Path) -> list[str]:
     torch.set_num_threads(2)
     rows = human_proteins(shared_dir, 120)
-    corpus = [r["sequence"] for r in rows if len(r["sequence"]) <= 300][:40]
+    return [r["sequence"] for r in rows if len(r["sequence"]) <= 300][:40]
+
+
+def _embed_cfg(shared_dir: Path, **update: object) -> EmbedConfig:
+    return EmbedConfig(model=str(shared_dir / MODEL), layers=[3, 4], shard_max_residues=3000,
+                       device="cpu", **update)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(
+    shared_dir: Path, corpus: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> EmbeddingStore:
     workdir = tmp_path_factory.mktemp("analyze")
-    cfg = EmbedConfig(model=str(shared_dir / MODEL), layers=[3, 4], shard_max_residues=3000,
-                      device="cpu")  # fmt: skip
-    run_embed(workdir, corpus, cfg)
+    run_embed(workdir, corpus, _embed_cfg(shared_dir))
+    return EmbeddingStore(workdir / "embeddings")
+
+
+@pytest.fixture(scope="module")
+def pooled_store(
+    shared_dir: Path, corpus: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> EmbeddingStore:
+    """The same proteins with layer 4 stored pooled-only (its residues not on disk)."""
+    workdir = tmp_path_factory.mktemp("analyze-pooled")
+    run_embed(workdir, corpus, _embed_cfg(shared_dir, residue_layers=[3]))
     return EmbeddingStore(workdir / "embeddings")
 
 
@@ -169,3 +195,51 @@ def test_run_analyze_writes_the_same_files_on_any_device(
             else:
                 np.testing.assert_array_equal(ref[key], other[key])
     assert (outs[1] / "DONE").exists()
+
+
+def test_tracks_of_a_pooled_only_layer_come_from_the_model(
+    store: EmbeddingStore, pooled_store: EmbeddingStore, corpus: list[str], loaded: LoadedModel
+) -> None:
+    """Residues recomputed by the model give the tracks the float16 shards give."""
+    source = model_residue_source(pooled_store, loaded, corpus)
+    wanted = {p: [int(f) for f in np.random.default_rng(p).choice(192, 4, replace=False)]
+              for p in range(0, store.n_proteins, 2)}  # fmt: skip
+    torch.manual_seed(1)
+    transcoder = Transcoder(192, 384, 192, encoder_kind="topk", k=8).eval()
+    spec = Spec("t", "protein", 4)
+    with pytest.raises(ResiduesNotStoredError, match="layer 4 was embedded pooled-only"):
+        residue_tracks(_sae(), spec, pooled_store, wanted)  # no source: a clear error
+    for module in (_sae(), NeuronBasis(192), transcoder):
+        shards = residue_tracks(module, spec, store, wanted, max_residues=700)
+        model = residue_tracks(module, spec, pooled_store, wanted, 700, residue_source=source)
+        assert model.keys() == shards.keys()
+        for key, values in shards.items():
+            # Inputs differ by at most one float16 step (other batches, other float noise);
+            # measured: at most 3e-4 of the track's scale.
+            scale = float(np.abs(values).max())
+            np.testing.assert_allclose(model[key], values, rtol=0, atol=1e-3 * scale + 1e-7)
+
+
+def test_run_analyze_on_a_pooled_only_layer_matches_the_shards(
+    store: EmbeddingStore,
+    pooled_store: EmbeddingStore,
+    corpus: list[str],
+    loaded: LoadedModel,
+    tmp_path: Path,
+) -> None:
+    has_structure = np.zeros(store.n_proteins, dtype=bool)
+    has_structure[::5] = True
+    spec = Spec("p4", "protein", 4)
+    ref = run_analyze(tmp_path / "ref", _sae(), spec, store, has_structure, CFG)
+    source = model_residue_source(pooled_store, loaded, corpus)
+    got = run_analyze(tmp_path / "got", _sae(), spec, pooled_store, has_structure, CFG, source)
+    for name in ("features.npz", "examples.npz", "protein_top.npz", "neighbors.npz"):
+        a, b = np.load(ref / name), np.load(got / name)
+        for key in a.files:
+            if key == "values":  # float16 tracks, within 1e-3 of their scale (measured 2e-4)
+                scale = float(np.abs(a[key].astype(np.float32)).max())
+                np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3 * scale)
+            elif key == "max_position":  # a near tie may flip between float16 neighbours
+                assert np.mean(a[key] == b[key]) > 0.95
+            else:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")

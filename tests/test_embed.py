@@ -13,7 +13,14 @@ from safetensors.numpy import load_file
 from app.esm import LoadedModel, embed_sequences, random_init_copy
 from tests.conftest import MINI_MODEL as MODEL
 from tests.realdata import human_proteins
-from trainer.embed import EmbedConfig, EmbeddingMismatchError, EmbeddingStore, run_embed
+from trainer.embed import (
+    EmbedConfig,
+    EmbeddingMismatchError,
+    EmbeddingStore,
+    ResiduesNotStoredError,
+    model_residue_source,
+    run_embed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +42,16 @@ def finished(
 ) -> Path:
     workdir = tmp_path_factory.mktemp("run")
     run_embed(workdir, corpus, config)
+    return workdir / "embeddings"
+
+
+@pytest.fixture(scope="module")
+def pooled_only(
+    tmp_path_factory: pytest.TempPathFactory, corpus: list[str], config: EmbedConfig
+) -> Path:
+    """The same corpus with per-residue vectors of layer 2 only (0 and 4 pooled-only)."""
+    workdir = tmp_path_factory.mktemp("pooled")
+    run_embed(workdir, corpus, config.model_copy(update={"residue_layers": [2]}))
     return workdir / "embeddings"
 
 
@@ -153,3 +170,82 @@ def test_finished_run_is_left_alone(finished: Path, corpus: list[str], config: E
     stamp = (finished / "manifest.json").stat().st_mtime_ns
     manifest = run_embed(finished.parent, corpus, config)
     assert manifest["done"] and (finished / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def _bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("shard_*.safetensors"))
+
+
+def test_residue_layers_keep_pooled_vectors_of_every_layer(
+    finished: Path, pooled_only: Path
+) -> None:
+    full, part = EmbeddingStore(finished), EmbeddingStore(pooled_only)
+    assert json.loads((pooled_only / "manifest.json").read_text())["residue_layers"] == [2]
+    assert (part.layers, part.residue_layers, full.residue_layers) == ([0, 2, 4], [2], [0, 2, 4])
+    assert [part.has_residues(layer) for layer in (0, 2, 4)] == [False, True, False]
+    for layer in (0, 2, 4):  # one forward pass, the same float16 residues pooled
+        np.testing.assert_array_equal(part.pooled(layer), full.pooled(layer))
+    for i in (0, 17, len(part.lengths) - 1):
+        np.testing.assert_array_equal(part.residues(2, i), full.residues(2, i))
+    for name, tensors in _shards(pooled_only).items():
+        assert "layer4.residue" not in tensors and "layer0.residue" not in tensors, name
+        assert {"layer0.pooled", "layer2.residue", "layer4.pooled"} <= tensors.keys()
+    # Two of three layers' residue rows are gone: the shards shrink by about two thirds.
+    assert _bytes(pooled_only) < 0.4 * _bytes(finished)
+    message = r"layer 4 was embedded pooled-only .*residue layers: \[2\]"
+    with pytest.raises(ResiduesNotStoredError, match=message):
+        part.residues(4, 0)
+    with pytest.raises(ResiduesNotStoredError, match="layer 0 was embedded pooled-only"):
+        next(part.iter_residue_batches(0, 1000))
+    with pytest.raises(ResiduesNotStoredError, match="layer 4"):
+        part.sample_residues(4, 10, seed=0)
+    with pytest.raises(KeyError, match="layer 3 was not embedded"):
+        part.residues(3, 0)
+
+
+def test_model_residue_source_recomputes_pooled_only_layers(
+    finished: Path, pooled_only: Path, corpus: list[str], loaded: LoadedModel
+) -> None:
+    full, part = EmbeddingStore(finished), EmbeddingStore(pooled_only)
+    source = model_residue_source(part, loaded, corpus)
+    proteins = [3, 0, 41]  # any order: rows come back in the order asked
+    got = source(4, proteins)
+    expected = np.concatenate([full.residues(4, p) for p in proteins])
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    # Other batches, so float noise may round to a neighbouring float16 value, no further.
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3)
+    assert np.mean(got == expected) > 0.9
+    np.testing.assert_array_equal(got, got.astype(np.float16).astype(np.float32))
+    with pytest.raises(EmbeddingMismatchError, match="sha256"):
+        model_residue_source(part, random_init_copy(loaded, 0), corpus)
+    with pytest.raises(EmbeddingMismatchError, match="another corpus"):
+        model_residue_source(part, loaded, corpus[:-1])
+
+
+def test_residue_layers_resume_and_mismatch(
+    finished: Path, pooled_only: Path, corpus: list[str], config: EmbedConfig, tmp_path: Path
+) -> None:
+    subset = config.model_copy(update={"residue_layers": [2]})
+    run_embed(tmp_path, corpus, subset)
+    out = tmp_path / "embeddings"
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / manifest["shards"][-1]["file"]).unlink()
+    manifest["done"] = manifest["shards"][-1]["done"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmbeddingMismatchError, match="residue_layers: existing \\[2\\]"):
+        run_embed(tmp_path, corpus, config.model_copy(update={"residue_layers": [2, 4]}))
+    with pytest.raises(EmbeddingMismatchError, match="residue_layers"):
+        run_embed(tmp_path, corpus, config)  # None: every layer per residue
+    run_embed(tmp_path, corpus, subset)  # resumes the missing shard, pooled-only as before
+    expected, got = _shards(pooled_only), _shards(out)
+    assert expected.keys() == got.keys()
+    for name, tensors in expected.items():
+        assert tensors.keys() == got[name].keys()
+        for key, value in tensors.items():
+            np.testing.assert_array_equal(value, got[name][key], err_msg=f"{name}:{key}")
+    # A finished directory with residues of more layers serves a smaller request untouched.
+    stamp = (finished / "manifest.json").stat().st_mtime_ns
+    assert run_embed(finished.parent, corpus, subset)["residue_layers"] == [0, 2, 4]
+    assert (finished / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"residue_layers \[3\] are not among"):
+        run_embed(tmp_path / "other", corpus, config.model_copy(update={"residue_layers": [2, 3]}))

@@ -35,7 +35,8 @@ from app.store.schema import (
 )
 from tests.fake_anthropic import FakeAnthropic
 from trainer.config import ConfigError, load_config
-from trainer.pipeline import Pipeline
+from trainer.embed import EmbeddingStore
+from trainer.pipeline import RANDOM_SUBDIR, Pipeline
 
 CONFIG = PROJECT_ROOT / "tests" / "configs" / "tiny.toml"
 
@@ -122,6 +123,66 @@ def test_top_examples_carry_true_per_residue_values(tiny_run: TinyRun) -> None:
         assert session.scalar(select(func.count()).select_from(Structure)) > 0
         assert session.scalar(select(func.count()).select_from(FeatureNeighbor)) > 0
     engine.dispose()
+
+
+def test_pooled_only_layers_get_tracks_from_the_model(tiny_run: TinyRun) -> None:
+    """Layer 4 (protein transcoder target) and the control's layer 3 have no residue shards;
+    the control's example tracks, recomputed with the random model, still add up to the
+    pooled activation (the attribution is exact)."""
+    workdir = tiny_run.pipeline.workdir
+    main, control = EmbeddingStore(workdir / "embeddings"), EmbeddingStore(workdir / RANDOM_SUBDIR)
+    assert (main.layers, main.residue_layers) == ([3, 4], [3])
+    assert (control.layers, control.residue_layers) == ([3], [])
+    assert not any(k.endswith(".residue") for k in _tensor_names(workdir / RANDOM_SUBDIR))
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        for name in ("L3-protein-topk-randinit", "L3-protein-topk"):
+            sae = session.scalars(select(Sae).where(Sae.name == name)).one()
+            rows = session.execute(
+                select(TopExample, Protein)
+                .join(Protein, Protein.id == TopExample.protein_id)
+                .join(Feature, Feature.id == TopExample.feature_id)
+                .where(Feature.sae_id == sae.id, TopExample.bin == "top")
+            ).all()
+            assert len(rows) > 20, name
+            for example, protein in rows:
+                values = decode_values(example.residue_values).astype(np.float64)
+                assert values.shape == (protein.length,)
+                assert values.sum() == pytest.approx(example.activation, rel=2e-2, abs=2e-3)
+    engine.dispose()
+
+
+def _tensor_names(directory: Path) -> set[str]:
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in directory.glob("shard_*.safetensors"):
+        with safe_open(str(file), framework="numpy") as handle:
+            names |= set(handle.keys())
+    return names
+
+
+def test_residue_layers_follow_the_dictionaries(tmp_path: Path) -> None:
+    """The full-corpus config: residue shards for layers 3 and 4 only; an explicit list that
+    drops a layer a residue-level dictionary reads is refused, naming the dictionary."""
+    settings = Settings(data_dir=tmp_path)
+    full = Pipeline(load_config(Path("configs/full-mini.toml"), settings), settings)
+    assert full.embed_layers() == [1, 2, 3, 4]
+    assert full.residue_layers() == [3, 4] and full.residue_layers(RANDOM_SUBDIR) == []
+    names = {p.spec.name for p in full.plans()}
+    assert {f"L{n}-protein-topk" for n in (1, 2, 3, 4)} <= names
+    assert {"L1to2-protein-transcoder", "L3to4-residue-transcoder", "L4-protein-neurons"} <= names
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text(CONFIG.read_text().replace(
+        'max_tokens_per_batch = 8192', 'max_tokens_per_batch = 8192\nresidue_layers = [3, 4]'))  # fmt: skip
+    cfg = load_config(explicit, settings)
+    assert Pipeline(cfg, settings).residue_layers() == [3, 4]  # more than needed is allowed
+    explicit.write_text(CONFIG.read_text().replace(
+        'max_tokens_per_batch = 8192', 'max_tokens_per_batch = 8192\nresidue_layers = [4]'))  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"explicit\.toml.*lacks layer\(s\) \[3\].*'L3-residue-topk'"
+    ):
+        load_config(explicit, settings)
 
 
 def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:

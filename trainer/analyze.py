@@ -4,7 +4,8 @@ For every feature: activation density, max, mean, a histogram; the top proteins 
 activation-quantile bin (like InterPLM/InterProt) and among proteins with a structure, each with
 per-residue values (residue level: the feature's activation at each residue; protein level: the
 exact per-residue attribution of the pooled pre-activation); decoder-cosine neighbours; and per
-protein its most active features. Everything is written under ``analysis/{name}/`` as ``.npz``
+protein its most active features. A protein-level dictionary of a layer embedded pooled-only gets
+its example proteins' residues from a ``residue_source`` (the caller's model; analyze loads none). Everything is written under ``analysis/{name}/`` as ``.npz``
 files, the ``DONE`` marker last.
 """
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
-from trainer.embed import EmbeddingStore
+from trainer.embed import EmbeddingStore, ResidueSource
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -304,10 +305,15 @@ def select_examples(
 
 
 def residue_values(
-    module: Dictionary, spec: Spec, store: EmbeddingStore, protein: int, features: list[int]
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    protein: int,
+    features: list[int],
+    residue_source: ResidueSource | None = None,
 ) -> dict[int, FloatArray]:
     """Per-residue values of ``features`` on one protein (see module docstring)."""
-    tracks = residue_tracks(module, spec, store, {protein: features})
+    tracks = residue_tracks(module, spec, store, {protein: features}, residue_source=residue_source)
     return {f: tracks[(f, protein)] for f in features}
 
 
@@ -318,17 +324,28 @@ def _per_residue(module: Dictionary, spec: Spec, x: Tensor, lengths: Tensor) -> 
     return module.residue_attribution(x, lengths=lengths)
 
 
+def _residues(
+    store: EmbeddingStore, layer: int, proteins: list[int], source: ResidueSource | None
+) -> np.ndarray:
+    """float32 [sum of lengths, d]: the proteins' residues back to back, from shards or source."""
+    if source is not None and not store.has_residues(layer):
+        return source(layer, proteins)
+    return np.concatenate([store.residues(layer, p) for p in proteins])
+
+
 def residue_tracks(
     module: Dictionary,
     spec: Spec,
     store: EmbeddingStore,
     wanted: dict[int, list[int]],
     max_residues: int = 4096,
+    residue_source: ResidueSource | None = None,
 ) -> dict[tuple[int, int], FloatArray]:
     """Per-residue values of each ``wanted[protein]`` feature, keyed ``(feature, protein)``.
 
     Proteins go through the module a batch of ≤ ``max_residues`` residues at a time (a longer
-    protein alone), in shard order, and only the wanted columns come back to the host.
+    protein alone), in shard order, and only the wanted columns come back to the host. Residues
+    come from the shards, or from ``residue_source`` where the layer was stored pooled-only.
     """
     device = _device_of(module)
     proteins = sorted(wanted, key=store.location)
@@ -343,7 +360,7 @@ def residue_tracks(
             batch = proteins[start:stop]
             lengths = store.lengths[batch]
             offsets = np.concatenate([[0], np.cumsum(lengths)])
-            x = _to(np.concatenate([store.residues(spec.layer, p) for p in batch]), device)
+            x = _to(_residues(store, spec.layer, batch, residue_source), device)
             values = _per_residue(module, spec, x, torch.from_numpy(lengths).to(device))
             # Gather (residue, feature) for every wanted pair at once, then cut per pair.
             feats = [np.asarray(wanted[p], dtype=np.int64) for p in batch]
@@ -412,8 +429,13 @@ def run_analyze(
     store: EmbeddingStore,
     has_structure: npt.NDArray[np.bool_],
     cfg: AnalyzeConfig,
+    residue_source: ResidueSource | None = None,
 ) -> Path:
-    """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE)."""
+    """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
+
+    ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
+    pooled-only (protein-level dictionaries); it must come from the model the store was made with.
+    """
     out = workdir / "analysis" / spec.name
     if (out / "DONE").exists():
         return out
@@ -438,7 +460,7 @@ def run_analyze(
         if p in shown:
             wanted.setdefault(p, set()).add(f)
     values = residue_tracks(module, spec, store, {p: sorted(f) for p, f in wanted.items()},
-                            cfg.max_residues_per_track_batch)  # fmt: skip
+                            cfg.max_residues_per_track_batch, residue_source)  # fmt: skip
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
     np.savez_compressed(

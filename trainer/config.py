@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from app.settings import Settings
 from trainer.analyze import AnalyzeConfig
@@ -78,6 +78,20 @@ class TrainerConfig(BaseModel):
     go: GoConfig
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
+
+    @model_validator(mode="after")
+    def _residue_layers_cover(self) -> TrainerConfig:
+        """An explicit ``embed.residue_layers`` must keep every layer a dictionary reads per residue."""
+        if self.embed.residue_layers is None:
+            return self
+        for spec in self.saes:
+            missing = sorted(set(spec.residue_layers()) - set(self.embed.residue_layers))
+            if missing:
+                raise ValueError(
+                    f"embed.residue_layers {self.embed.residue_layers} lacks layer(s) {missing}, "
+                    f"which the residue-level dictionary {spec.name!r} reads per residue"
+                )
+        return self
 
     def digest(self) -> str:
         return hashlib.sha256(

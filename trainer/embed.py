@@ -3,12 +3,19 @@
 Proteins are sorted by length (longest first, ties in corpus order) and cut into shards of at
 most ``shard_max_residues`` residues, so each shard batches with little padding and memory stays
 bounded by one shard. Each shard (``shard_00000.safetensors``) holds, per layer ``L``,
-``layer{L}.residue`` [n_res, d] and ``layer{L}.pooled`` [n_prot, d] (mean of the stored residue
-vectors), plus ``offsets`` [n_prot+1] and ``protein_index`` [n_prot] (corpus row of each protein).
-``manifest.json`` records the model (name, sha256), layers, the shard plan and which shards are
-finished; it is rewritten atomically after each shard and marked ``done`` last. A rerun keeps
-finished shards, redoes unfinished ones and refuses a manifest made by another model, layer set
-or corpus. :class:`EmbeddingStore` reads the result (see docs/pipeline.md).
+``layer{L}.pooled`` [n_prot, d] (mean of the residue vectors as stored, float16) and, for the
+``residue_layers`` only, ``layer{L}.residue`` [n_res, d]; plus ``offsets`` [n_prot+1] and
+``protein_index`` [n_prot] (corpus row of each protein). Per-residue rows are what costs disk
+(12 GB per layer on the full corpus), and protein-level dictionaries read pooled vectors alone,
+so a layer used only at the protein level is stored pooled-only; one forward pass still serves
+every layer. :func:`model_residue_source` recomputes such a layer's residues for the few
+proteins that need them (analyze's example tracks), exactly as the embed stage would have.
+``manifest.json`` records the model (name, sha256), layers, residue layers, the shard plan and
+which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
+A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more
+layers than asked is reused as it is) and refuses a manifest made by another model, layer set,
+residue layer set or corpus. :class:`EmbeddingStore` reads the result (see
+docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +37,10 @@ from tqdm import tqdm
 from app.esm import LoadedModel, embed_concatenated, load_esm
 
 FORMAT_VERSION = 1
-_IDENTITY_KEYS = ("format", "model", "layers", "d_model", "dtype", "corpus_sha256", "plan")
+_IDENTITY_KEYS = ("format", "model", "layers", "residue_layers", "d_model", "dtype", "corpus_sha256",
+                  "plan")  # fmt: skip
+# (layer, corpus rows) -> float32 [sum of their lengths, d]: the rows' residues back to back.
+ResidueSource = Callable[[int, Sequence[int]], np.ndarray]
 
 
 class EmbedConfig(BaseModel):
@@ -42,6 +52,11 @@ class EmbedConfig(BaseModel):
     layers: list[int] | None = Field(
         default=None, description="Layers to keep; None = 0..n_layers."
     )
+    residue_layers: list[int] | None = Field(
+        default=None,
+        description="Layers whose per-residue vectors are stored (pooled vectors are stored for "
+        "every layer); None = all of them.",
+    )
     max_tokens_per_batch: int = Field(default=8192, ge=16)
     shard_max_residues: int = Field(default=200_000, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
@@ -51,6 +66,13 @@ class EmbedConfig(BaseModel):
 
 class EmbeddingMismatchError(RuntimeError):
     """An existing embeddings directory was made with another model, layers or corpus."""
+
+
+class ResiduesNotStoredError(KeyError):
+    """A layer was embedded pooled-only: its per-residue vectors are not in the shards."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 def corpus_sha256(sequences: Sequence[str]) -> str:
@@ -84,6 +106,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    old = {"residue_layers": old.get("layers"), **old}  # manifests from before residue_layers
     diffs = [key for key in _IDENTITY_KEYS if old.get(key) != new.get(key)]
     if diffs:
         detail = "; ".join(
@@ -100,6 +123,7 @@ def _embed_shard(
     sequences: Sequence[str],
     indices: np.ndarray,
     layers: list[int],
+    residue_layers: list[int],
     cfg: EmbedConfig,
     path: Path,
     bar: tqdm,
@@ -119,7 +143,8 @@ def _embed_shard(
     for layer in layers:
         residue = stacked.pop(layer)
         sums = np.add.reduceat(residue, offsets[:-1], axis=0, dtype=np.float32)
-        tensors[f"layer{layer}.residue"] = residue
+        if layer in residue_layers:
+            tensors[f"layer{layer}.residue"] = residue
         tensors[f"layer{layer}.pooled"] = (sums / lengths).astype(cfg.dtype)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"model_sha256": loaded.sha256})
@@ -141,6 +166,10 @@ def run_embed(
     bad = [layer for layer in layers if not 0 <= layer <= loaded.num_layers]
     if bad:
         raise ValueError(f"layers {bad} outside 0..{loaded.num_layers} of {loaded.name}")
+    residue_layers = layers if cfg.residue_layers is None else sorted(set(cfg.residue_layers))
+    if not set(residue_layers) <= set(layers):
+        extra = sorted(set(residue_layers) - set(layers))
+        raise ValueError(f"residue_layers {extra} are not among the embedded layers {layers}")
     if not sequences:
         raise ValueError("no sequences to embed")
     out_dir = workdir / subdir
@@ -151,6 +180,7 @@ def run_embed(
         "format": FORMAT_VERSION,
         "model": {"name": loaded.name, "sha256": loaded.sha256},
         "layers": layers,
+        "residue_layers": residue_layers,
         "d_model": loaded.embed_dim,
         "num_layers": loaded.num_layers,
         "dtype": cfg.dtype,
@@ -181,6 +211,9 @@ def run_embed(
     manifest_path = out_dir / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
+        kept = old.get("residue_layers", old.get("layers"))
+        if isinstance(kept, list) and set(residue_layers) <= set(kept):
+            residue_layers = manifest["residue_layers"] = kept  # more residues than asked: reuse
         _check_same(old, manifest, manifest_path)
         for new_shard, old_shard in zip(manifest["shards"], old["shards"], strict=True):
             new_shard["done"] = bool(old_shard["done"]) and (out_dir / old_shard["file"]).exists()
@@ -197,7 +230,8 @@ def run_embed(
         for shard, idx in zip(manifest["shards"], shards, strict=True):
             if shard["done"]:
                 continue
-            _embed_shard(loaded, sequences, idx, layers, cfg, out_dir / shard["file"], bar)
+            _embed_shard(loaded, sequences, idx, layers, residue_layers, cfg,
+                         out_dir / shard["file"], bar)  # fmt: skip
             shard["done"] = True
             _write_json_atomic(manifest_path, manifest)
     manifest["done"] = True
@@ -217,6 +251,7 @@ class EmbeddingStore:
         if not self.manifest.get("done"):
             raise RuntimeError(f"{path}: the embed stage has not finished (rerun it to resume)")
         self.layers: list[int] = list(self.manifest["layers"])
+        self.residue_layers: list[int] = list(self.manifest.get("residue_layers", self.layers))
         self.d_model: int = int(self.manifest["d_model"])
         self.n_proteins: int = int(self.manifest["n_proteins"])
         self.dtype = np.dtype(self.manifest["dtype"])
@@ -240,7 +275,18 @@ class EmbeddingStore:
     def _name(self, layer: int, kind: str) -> str:
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not embedded (have {self.layers})")
+        if kind == "residue" and layer not in self.residue_layers:
+            raise ResiduesNotStoredError(
+                f"layer {layer} was embedded pooled-only in {self.directory}: its per-residue "
+                f"vectors are not stored (residue layers: {self.residue_layers}); compute them "
+                "with the model (trainer.embed.model_residue_source) or embed again with "
+                "residue_layers including it"
+            )
         return f"layer{layer}.{kind}"
+
+    def has_residues(self, layer: int) -> bool:
+        """Whether ``layer``'s per-residue vectors are in the shards (not only pooled ones)."""
+        return layer in self.residue_layers
 
     def pooled(self, layer: int) -> np.ndarray:
         """float32 [n_proteins, d]: mean over each protein's residues (BOS/EOS excluded)."""
@@ -310,6 +356,42 @@ class EmbeddingStore:
                 where = where[np.argsort(picks[where], kind="stable")]  # sequential reads
                 out[where] = tensor_map(file, name)[picks[where] - starts[k]]
         return out
+
+
+def model_residue_source(
+    store: EmbeddingStore, loaded: LoadedModel, sequences: Sequence[str]
+) -> ResidueSource:
+    """Residues of any embedded layer computed with ``loaded``, as the shards would hold them.
+
+    For layers stored pooled-only: the same model (checked by sha256), corpus, windows, batch
+    size and dtype as the embed stage, so values equal the shards' up to float16 rounding of
+    batch-dependent float noise. The forward stops at the requested layer.
+    """
+    manifest = store.manifest
+    if loaded.sha256 != manifest["model"]["sha256"]:
+        raise EmbeddingMismatchError(
+            f"{store.directory} was embedded with model sha256 {manifest['model']['sha256']}, "
+            f"not {loaded.name} ({loaded.sha256})"
+        )
+    if corpus_sha256(sequences) != manifest["corpus_sha256"]:
+        raise EmbeddingMismatchError(f"{store.directory} was embedded from another corpus")
+    max_tokens = int(manifest["config"]["max_tokens_per_batch"])
+    stride = int(manifest["plan"]["window_stride"])
+
+    def residues(layer: int, proteins: Sequence[int]) -> np.ndarray:
+        if layer not in store.layers:
+            raise KeyError(f"layer {layer} was not embedded (have {store.layers})")
+        _, stacked = embed_concatenated(
+            loaded,
+            [sequences[int(p)] for p in proteins],
+            [layer],
+            max_tokens_per_batch=max_tokens,
+            dtype=store.dtype,
+            stride=stride,
+        )
+        return stacked[layer].astype(np.float32)
+
+    return residues
 
 
 _SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}

@@ -2,6 +2,10 @@
 
 ingest → embed (+ a randomly initialised copy for the null control) → train (SAEs, transcoders,
 control SAEs, neuron baselines; loss recovered) → analyze → GO → explain → concepts → publish.
+Per-residue shards are written only for the layers a residue-level dictionary reads (or the
+config's ``embed.residue_layers``); the other layers are pooled-only, and analyze recomputes the
+few residues it shows for them with the same model. Loss recovered and concepts run the model
+themselves and read no shards.
 Every stage skips what a previous invocation finished, so rerunning after a crash or Ctrl-C
 continues where it stopped.
 """
@@ -30,7 +34,7 @@ from app.store.schema import Run
 from trainer.analyze import Spec, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
-from trainer.embed import EmbeddingStore, run_embed
+from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered
 from trainer.summary import record_timing
@@ -118,7 +122,19 @@ class Pipeline:
     def embed_layers(self) -> list[int]:
         layers = {s.layer for s in self.cfg.saes} | set(self.cfg.neurons.layers)
         layers |= {s.out_layer for s in self.cfg.saes if s.out_layer is not None}
-        return sorted(layers)
+        return sorted(layers | set(self.cfg.embed.residue_layers or []))
+
+    def residue_layers(self, subdir: str = "embeddings") -> list[int]:
+        """Layers of ``subdir`` stored per residue: those its residue-level dictionaries read.
+
+        The main embeddings take ``embed.residue_layers`` when the config sets it (the config
+        checks it covers every residue-level dictionary); the random-init control's embeddings
+        always keep only what its control dictionaries read.
+        """
+        if subdir == "embeddings" and self.cfg.embed.residue_layers is not None:
+            return sorted(set(self.cfg.embed.residue_layers))
+        plans = [p for p in self.plans() if p.embeddings == subdir]
+        return sorted({layer for p in plans for layer in p.spec.residue_layers()})
 
     def load(self, plan: DictionaryPlan) -> Dictionary:
         return load_dictionary(self.workdir / "saes" / plan.spec.name)
@@ -129,14 +145,19 @@ class Pipeline:
         console.print(f"corpus: {len(self._corpus.accessions):,} proteins")
 
     def embed(self) -> None:
-        embed_cfg = self.cfg.embed.model_copy(update={"layers": self.embed_layers()})
+        embed_cfg = self.cfg.embed.model_copy(
+            update={"layers": self.embed_layers(), "residue_layers": self.residue_layers()}
+        )
         run_embed(self.workdir, self.corpus.sequences, embed_cfg, model_override=self.model)
         if any(p.is_control for p in self.plans()):
             control_layers = sorted({p.spec.layer for p in self.plans() if p.is_control}
                                     | {p.spec.out_layer for p in self.plans()
                                        if p.is_control and p.spec.out_layer is not None})  # fmt: skip
-            run_embed(self.workdir, self.corpus.sequences,
-                      embed_cfg.model_copy(update={"layers": control_layers}),
+            update = {
+                "layers": control_layers,
+                "residue_layers": self.residue_layers(RANDOM_SUBDIR),
+            }
+            run_embed(self.workdir, self.corpus.sequences, embed_cfg.model_copy(update=update),
                       model_override=self.random_model, subdir=RANDOM_SUBDIR)  # fmt: skip
 
     def _data(self, plan: DictionaryPlan) -> Callable[[SaeSpec], Data]:
@@ -205,10 +226,20 @@ class Pipeline:
         has_structure = np.zeros(len(self.corpus.accessions), dtype=bool)
         for mapping in load_structure_mappings(self.workdir):
             has_structure[mapping.protein_index] = True
+        sources: dict[str, ResidueSource] = {}
         for plan in self.plans():
             spec = Spec(plan.spec.name, plan.spec.level, plan.spec.layer)
-            run_analyze(self.workdir, self.load(plan), spec, self.store(plan.embeddings),
-                        has_structure, self.cfg.analyze)  # fmt: skip
+            store = self.store(plan.embeddings)
+            source = None
+            if spec.level == "protein" and not store.has_residues(spec.layer):
+                if plan.embeddings not in sources:  # the example tracks' residues, recomputed
+                    model = self.random_model if plan.is_control else self.model
+                    sources[plan.embeddings] = model_residue_source(
+                        store, model, self.corpus.sequences
+                    )
+                source = sources[plan.embeddings]
+            run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
+                        self.cfg.analyze, source)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage
@@ -223,7 +254,11 @@ class Pipeline:
 
         plans = self.plans()
         saes = [p.spec.name for p in plans if p.spec.kind != "neurons" and not p.is_control]
-        neurons = next((p.spec.name for p in plans if p.spec.kind == "neurons"), None)
+        # The baseline of the run's main layer (its first dictionary's), else any neurons.
+        main = self.cfg.saes[0].layer if self.cfg.saes else None
+        baselines = sorted((p.spec.layer != main, i) for i, p in enumerate(plans)
+                           if p.spec.kind == "neurons")  # fmt: skip
+        neurons = plans[baselines[0][1]].spec.name if baselines else None
         result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
                                    neurons=neurons, go_term_names=self._go_term_names(),
                                    corpus=self.corpus,

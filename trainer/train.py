@@ -81,6 +81,12 @@ class SaeSpec(BaseModel):
             raise ValueError(f"{self.name}: give n_latents or expansion")
         return self
 
+    def residue_layers(self) -> list[int]:
+        """Layers it reads per residue (input and target); protein level reads pooled vectors."""
+        if self.level == "protein":
+            return []
+        return [self.layer] + ([self.out_layer] if self.out_layer is not None else [])
+
     def latents_for(self, d_in: int) -> int:
         return self.n_latents or round((self.expansion or 1.0) * d_in)
 
