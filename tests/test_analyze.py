@@ -209,9 +209,10 @@ def test_tracks_of_a_pooled_only_layer_come_from_the_model(
     spec = Spec("t", "protein", 4)
     with pytest.raises(ResiduesNotStoredError, match="layer 4 was embedded pooled-only"):
         residue_tracks(_sae(), spec, pooled_store, wanted)  # no source: a clear error
-    for module in (_sae(), NeuronBasis(192), transcoder):
+    # The model runs on all proteins at once, or on groups of a few track batches.
+    for module, fetch in ((_sae(), 65_536), (NeuronBasis(192), 1500), (transcoder, 1)):
         shards = residue_tracks(module, spec, store, wanted, max_residues=700)
-        model = residue_tracks(module, spec, pooled_store, wanted, 700, residue_source=source)
+        model = residue_tracks(module, spec, pooled_store, wanted, 700, source, fetch)
         assert model.keys() == shards.keys()
         for key, values in shards.items():
             # Inputs differ by at most one float16 step (other batches, other float noise);

@@ -324,13 +324,39 @@ def _per_residue(module: Dictionary, spec: Spec, x: Tensor, lengths: Tensor) -> 
     return module.residue_attribution(x, lengths=lengths)
 
 
-def _residues(
-    store: EmbeddingStore, layer: int, proteins: list[int], source: ResidueSource | None
-) -> np.ndarray:
-    """float32 [sum of lengths, d]: the proteins' residues back to back, from shards or source."""
-    if source is not None and not store.has_residues(layer):
-        return source(layer, proteins)
-    return np.concatenate([store.residues(layer, p) for p in proteins])
+def _groups(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` runs of items whose sizes add up to ≤ ``limit`` (or one)."""
+    runs, start = [], 0
+    while start < len(sizes):
+        stop, total = start + 1, sizes[start]
+        while stop < len(sizes) and total + sizes[stop] <= limit:
+            total += sizes[stop]
+            stop += 1
+        runs.append((start, stop))
+        start = stop
+    return runs
+
+
+def _batch_residues(
+    store: EmbeddingStore,
+    layer: int,
+    batches: list[list[int]],
+    source: ResidueSource | None,
+    fetch_residues: int,
+) -> Iterator[np.ndarray]:
+    """float32 [sum of lengths, d] per batch: its proteins' residues back to back.
+
+    From the shards; for a pooled-only layer from ``source``, asked for several batches at once
+    (≤ ``fetch_residues`` residues) so the language model runs on large batches.
+    """
+    if source is None or store.has_residues(layer):
+        for batch in batches:
+            yield np.concatenate([store.residues(layer, p) for p in batch])
+        return
+    sizes = [int(store.lengths[batch].sum()) for batch in batches]
+    for start, stop in _groups(sizes, fetch_residues):
+        stacked = source(layer, [p for batch in batches[start:stop] for p in batch])
+        yield from np.split(stacked, np.cumsum(sizes[start:stop])[:-1])
 
 
 def residue_tracks(
@@ -340,27 +366,26 @@ def residue_tracks(
     wanted: dict[int, list[int]],
     max_residues: int = 4096,
     residue_source: ResidueSource | None = None,
+    fetch_residues: int = 65_536,
 ) -> dict[tuple[int, int], FloatArray]:
     """Per-residue values of each ``wanted[protein]`` feature, keyed ``(feature, protein)``.
 
     Proteins go through the module a batch of ≤ ``max_residues`` residues at a time (a longer
     protein alone), in shard order, and only the wanted columns come back to the host. Residues
-    come from the shards, or from ``residue_source`` where the layer was stored pooled-only.
+    come from the shards, or from ``residue_source`` where the layer was stored pooled-only
+    (≤ ``fetch_residues`` per call).
     """
     device = _device_of(module)
     proteins = sorted(wanted, key=store.location)
+    sizes = [int(store.lengths[p]) for p in proteins]
+    batches = [proteins[a:b] for a, b in _groups(sizes, max_residues)]
+    residues = _batch_residues(store, spec.layer, batches, residue_source, fetch_residues)
     out: dict[tuple[int, int], FloatArray] = {}
-    start = 0
     with torch.inference_mode():
-        while start < len(proteins):
-            stop, total = start + 1, int(store.lengths[proteins[start]])
-            while stop < len(proteins) and total + store.lengths[proteins[stop]] <= max_residues:
-                total += int(store.lengths[proteins[stop]])
-                stop += 1
-            batch = proteins[start:stop]
+        for batch, x_host in zip(batches, residues, strict=True):
             lengths = store.lengths[batch]
             offsets = np.concatenate([[0], np.cumsum(lengths)])
-            x = _to(_residues(store, spec.layer, batch, residue_source), device)
+            x = _to(x_host, device)
             values = _per_residue(module, spec, x, torch.from_numpy(lengths).to(device))
             # Gather (residue, feature) for every wanted pair at once, then cut per pair.
             feats = [np.asarray(wanted[p], dtype=np.int64) for p in batch]
@@ -374,7 +399,6 @@ def residue_tracks(
             pieces = np.split(picked.float().cpu().numpy(), np.cumsum(pair_len)[:-1])
             pairs = [(int(f), p) for p, fs in zip(batch, feats, strict=True) for f in fs]
             out.update(zip(pairs, pieces, strict=True))
-            start = stop
     return out
 
 
@@ -460,7 +484,8 @@ def run_analyze(
         if p in shown:
             wanted.setdefault(p, set()).add(f)
     values = residue_tracks(module, spec, store, {p: sorted(f) for p, f in wanted.items()},
-                            cfg.max_residues_per_track_batch, residue_source)  # fmt: skip
+                            cfg.max_residues_per_track_batch, residue_source,
+                            cfg.max_residues_per_batch)  # fmt: skip
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
     np.savez_compressed(
