@@ -8,8 +8,8 @@ bounded by one shard. Each shard (``shard_00000.safetensors``) holds, per layer 
 ``protein_index`` [n_prot] (corpus row of each protein). Per-residue rows are what costs disk
 (12 GB per layer on the full corpus), and protein-level dictionaries read pooled vectors alone,
 so a layer used only at the protein level is stored pooled-only; one forward pass still serves
-every layer. :func:`model_residue_source` recomputes such a layer's residues for the few
-proteins that need them (analyze's example tracks), exactly as the embed stage would have.
+every layer. :func:`model_residue_source` recomputes such a layer's residues for the
+proteins that need them (analyze's example tracks), as the embed stage would have stored them.
 ``manifest.json`` records the model (name, sha256), layers, residue layers, the shard plan and
 which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
 A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more

@@ -4,7 +4,7 @@ ingest → embed (+ a randomly initialised copy for the null control) → train 
 control SAEs, neuron baselines; loss recovered) → analyze → GO → explain → concepts → publish.
 Per-residue shards are written only for the layers a residue-level dictionary reads (or the
 config's ``embed.residue_layers``); the other layers are pooled-only, and analyze recomputes the
-few residues it shows for them with the same model. Loss recovered and concepts run the model
+residues of the proteins it shows for them with the same model. Loss recovered and concepts run the model
 themselves and read no shards.
 Every stage skips what a previous invocation finished, so rerunning after a crash or Ctrl-C
 continues where it stopped.
