@@ -3,9 +3,9 @@
 ingest → embed (+ a randomly initialised copy for the null control) → train (SAEs, transcoders,
 control SAEs, neuron baselines; loss recovered) → analyze → GO → explain → concepts → publish.
 Per-residue shards are written only for the layers a residue-level dictionary reads (or the
-config's ``embed.residue_layers``); the other layers are pooled-only, and analyze recomputes the
-residues of the proteins it shows for them with the same model. Loss recovered and concepts run the model
-themselves and read no shards.
+config's ``embed.residue_layers``); the other layers are pooled-only, and analyze recomputes
+the residues of the proteins it shows at them with the same model. Loss recovered and concepts
+run the model themselves and read no shards.
 Every stage skips what a previous invocation finished, so rerunning after a crash or Ctrl-C
 continues where it stopped.
 """
