@@ -81,7 +81,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 140))
     console.print(f"run directory: {summary['run_dir']}")
     times = Table(title="seconds per stage")
     times.add_column("stage")
@@ -92,7 +92,10 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     table = Table(title="dictionaries")
     for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "concepts F1>0.5",
                    "best F1 (median / max)"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "dictionary" else "right")
+        if column == "dictionary":
+            table.add_column(column, no_wrap=True, min_width=26)
+        else:
+            table.add_column(column, justify="right")
     for name, row in summary["dictionaries"].items():
         table.add_row(
             name,

@@ -3,9 +3,10 @@
 # device image lacks and points the project at the carried data, e.g.
 #   source scripts/device/env.sh && python3 benchmarks/bench_encode.py --device cuda
 PYTHON=${PYTHON:-python3}
-if [[ -d .whl ]]; then
+WHEELS=${WHEELS:-.whl}  # WHEELS=none: use the packages already installed (e.g. this venv)
+if [[ -d $WHEELS ]]; then
   $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+    --target /tmp/site "$WHEELS"/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 export PROTSAE_SHARED_DIR=${PROTSAE_SHARED_DIR:-$PWD/.devdata}
