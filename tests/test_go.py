@@ -18,6 +18,7 @@ from trainer.go.enrichment import HIT_COLUMNS, enrich, most_specific
 from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import ProteinTable, read_protein_table
 from trainer.go.stage import GoConfig, run_go_stage
+from trainer.go.summary import hit_rates
 
 N_PROTEINS = 400
 
@@ -188,6 +189,23 @@ def test_global_bh_and_stored_hits(
     want = {key(every, i): every["q_value"][i] for i in np.flatnonzero(sig)}
     got = {key(stored, i): stored["q_value"][i] for i in range(stored["q_value"].size)}
     assert got == want
+
+
+def test_hit_rate_over_active_features_leaves_dead_latents_out(
+    ontology: Ontology, table: ProteinTable, incidences: dict
+) -> None:
+    """Two dead (all-zero) latents beside the composition features: same hits, more features."""
+    x = composition_features(table)
+    padded = sp.hstack([x, sp.csr_matrix((x.shape[0], 2), dtype=x.dtype)]).tocsr()
+    live, both = (enrich(m, incidences, ontology) for m in (x, padded))
+    assert (both.n_features, both.n_active_features) == (x.shape[1] + 2, live.n_active_features)
+    assert live.n_active_features == int((x.getnnz(axis=0) > 0).sum())
+    rates = hit_rates(both, 0.05)["bh"]
+    assert rates["features_with_hit"] == hit_rates(live, 0.05)["bh"]["features_with_hit"] > 0
+    assert rates["pct_active_features_with_hit"] == pytest.approx(
+        100 * rates["features_with_hit"] / live.n_active_features, abs=1e-3
+    )
+    assert rates["pct_active_features_with_hit"] > rates["pct_features_with_hit"]
 
 
 def test_most_specific_on_a_real_chain(ontology: Ontology) -> None:

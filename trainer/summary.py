@@ -55,6 +55,7 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
         go = _read(workdir / "go" / name / "summary.json")
         if go is not None:
             row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
+            row["go_pct_active_features_bh"] = go["bh"].get("pct_active_features_with_hit")
             row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
         concepts = _read(workdir / "concepts" / name / "summary.json")
         if concepts is not None:
@@ -90,7 +91,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         times.add_row(stage, f"{seconds:.1f}")
     console.print(times)
     table = Table(title="dictionaries")
-    for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "concepts F1>0.5",
+    for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "of active", "concepts F1>0.5",
                    "best F1 (median / max)"):  # fmt: skip
         if column == "dictionary":
             table.add_column(column, no_wrap=True, min_width=26)
@@ -104,6 +105,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             _fmt(row["dead_fraction"], ".1%"),
             _fmt(row["loss_recovered"], ".3f"),
             _fmt(row.get("go_pct_features_bh"), ".1f"),
+            _fmt(row.get("go_pct_active_features_bh"), ".1f"),
             "—" if "concepts_associated" not in row
             else f"{row['concepts_associated']} / {row['concepts_evaluated']}",
             "—" if row.get("concept_best_f1_median") is None

@@ -222,6 +222,7 @@ class EnrichmentResult:
     columns: dict[str, np.ndarray]
     n_tests: int
     n_features: int
+    n_active_features: int  # active above the threshold on >= 1 protein: dead latents excluded
 
 
 def enrich(
@@ -270,4 +271,6 @@ def enrich(
     }  # fmt: skip
     order = np.lexsort((cols["p_value"], cols["namespace"], cols["feature_index"]))
     cols = {name: arr[order] for name, arr in cols.items()}
-    return EnrichmentResult(cols, hist.n_tests, int(activations.shape[1]))
+    coo = sp.coo_matrix(activations)
+    n_active = int(np.unique(coo.col[coo.data > threshold]).size)
+    return EnrichmentResult(cols, hist.n_tests, int(activations.shape[1]), n_active)

@@ -28,6 +28,8 @@ def hit_rates(result: EnrichmentResult, alpha: float) -> dict[str, Any]:
         out[label] = {
             "features_with_hit": int(n_any),
             "pct_features_with_hit": pct(n_any, result.n_features),
+            # Dead latents can have no hit: SAEs with many dead latents compare with neurons here.
+            "pct_active_features_with_hit": pct(n_any, result.n_active_features),
             "pct_features_with_hit_by_namespace": per_ns,
             "n_significant_tests": int(sig.sum()),
         }
@@ -59,6 +61,7 @@ def summarize(result: EnrichmentResult, ontology: Ontology, alpha: float) -> dic
     rates = hit_rates(result, alpha)
     return {
         "n_features": result.n_features,
+        "n_active_features": result.n_active_features,
         "n_tests": result.n_tests,
         "n_stored_hits": int(result.columns["p_value"].size),
         **rates,
