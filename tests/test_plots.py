@@ -158,6 +158,9 @@ def test_go_figures(shared_dir: Path, pooled: dict[str, Any]) -> None:
     line = f"{N_PROTEINS} human proteins"
     svg = plot_go_hit_rates(summaries, inputs, link=lambda d, _: f"/go/{d}")
     _svg_ok(svg, line, "Bonferroni", 'href="/go/neurons_L4"')
+    assert "diamonds" not in svg  # no active-feature rate given: no diamond, no caption for it
+    summaries[0]["bh"] = {**summaries[0]["bh"], "pct_active_features_with_hit": 50.0}
+    _svg_ok(plot_go_hit_rates(summaries, inputs), "diamonds: BH over the features that fire")
     _svg_ok(plot_go_hits_per_level(summaries, inputs), line, "GO level")
     _svg_ok(plot_fold_enrichment(summaries, inputs), line, "fold enrichment")
 

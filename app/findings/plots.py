@@ -14,6 +14,7 @@ controls). Without ``kind``, names starting with ``neurons`` are neurons and nam
 - ``plot_sae_fidelity``: ``fve``, ``l0``, ``dead_fraction``, ``loss_recovered`` (each may be
   None) — ``saes/{name}/metrics.json``.
 - ``plot_go_hit_rates``: ``bh`` and ``bonferroni``, each ``{"pct_features_with_hit": float}``
+  (``bh`` may also give ``pct_active_features_with_hit``: drawn as a diamond)
   — ``go/{name}/summary.json``.
 - ``plot_go_hits_per_level``: ``hits_per_level.by_level`` = ``{level: {"hits": int,
   "features": int}}`` — ``go/{name}/summary.json``.
@@ -154,12 +155,21 @@ def plot_go_hit_rates(
         bars = ax.bar(x + offset, vals, 0.4, color=_colours(summaries), hatch=hatch,
                       edgecolor="white", label=key)  # fmt: skip
         _link_bars(bars, names, link)
+    # Dead latents can have no hit; the same BH count over the latents that fire at all.
+    active = [(i, s["bh"].get("pct_active_features_with_hit")) for i, s in enumerate(summaries)]
+    active = [(i, v) for i, v in active if v is not None]
+    if active:
+        ax.scatter([x[i] - 0.2 for i, _ in active], [float(v) for _, v in active], marker="D",
+                   s=18, color="black", zorder=3, label="BH, % of active features")  # fmt: skip
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("% of features with ≥1 significant term")
-    ax.legend(["BH (q < α)", "Bonferroni (paper)"], fontsize=7)
-    caption = "Plain bars: Benjamini–Hochberg; hatched: Bonferroni. Colour: " + ", ".join(
-        f"{k} {c}" for k, c in KIND_COLOURS.items()
-    )
+    handles, _ = ax.get_legend_handles_labels()
+    labels = ["BH (q < α)", "Bonferroni (paper)"] + (["BH, % of active features"] if active else [])
+    ax.legend(handles, labels, fontsize=7)
+    caption = "Plain bars: Benjamini–Hochberg; hatched: Bonferroni" + (
+        "; diamonds: BH over the features that fire on ≥1 protein (dead latents left out)"
+        if active else ""
+    ) + ". Colour: " + ", ".join(f"{k} {c}" for k, c in KIND_COLOURS.items())  # fmt: skip
     return _svg(fig, "GO enrichment: features vs neurons vs controls", inputs, caption)
 
 
