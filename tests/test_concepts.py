@@ -29,8 +29,11 @@ from trainer.concepts.labels import (
 )
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
+    SPARSE_BELOW,
     ConceptCounts,
     choose_thresholds,
+    count_dense,
+    count_sparse,
     normalise,
 )
 from trainer.concepts.neurons import Encoder, EsmNeurons
@@ -216,6 +219,30 @@ def test_bulk_metrics_match_the_slow_reference(
         ref = reference_metrics(normed, labels, features, t)
         for name, values in ref.items():
             np.testing.assert_allclose(getattr(bulk, name)[ti, features], values, rtol=1e-12)
+
+
+def test_sparse_and_dense_counting_agree(
+    pro_chains: tuple[list[np.ndarray], list[np.ndarray]],
+) -> None:
+    """Both ways of counting, on real neurons (dense) and on them kept to the top 3 per residue
+    (as sparse as a TopK SAE); ``add`` picks the sparse way only for the sparse block."""
+    acts, labels = pro_chains
+    dense = normalise(np.concatenate(acts), np.max([a.max(axis=0) for a in acts], axis=0))
+    top3 = np.zeros_like(dense)
+    keep = np.argsort(-dense, axis=1)[:, :3]
+    np.put_along_axis(top3, keep, np.take_along_axis(dense, keep, axis=1), axis=1)
+    lab = np.concatenate(labels).astype(bool)
+    thresholds = np.asarray(INTERPLM_THRESHOLDS, dtype=np.float32)
+    for block in (dense, top3):
+        want = count_dense(block, lab, thresholds)
+        got = count_sparse(block, lab, thresholds)
+        assert want[0].sum() > 0 and want[1].sum() > 0
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_array_equal(a, b)
+        counts = ConceptCounts(block.shape[1], INTERPLM_THRESHOLDS)
+        counts.add(block, lab, np.array([0]))
+        np.testing.assert_array_equal(counts.fired, want[0])
+    assert np.count_nonzero(top3) / top3.size < SPARSE_BELOW < np.count_nonzero(dense) / dense.size
 
 
 def test_threshold_is_chosen_on_train_only(

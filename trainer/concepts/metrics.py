@@ -20,8 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 INTERPLM_THRESHOLDS: tuple[float, ...] = (0.0, 0.15, 0.5, 0.6, 0.8)
+# Below this fraction of nonzero activations (SAEs: k of F), counting goes over the nonzero
+# entries; above it (neurons: about half), the dense comparison is faster (bench_concept_counts).
+SPARSE_BELOW = 0.1
 
 
 class FeatureMax:
@@ -55,6 +59,40 @@ def site_starts_in_positives(labels: np.ndarray, chain_starts: np.ndarray) -> np
     starts = np.ones(len(pos), dtype=bool)
     starts[1:] = (np.diff(pos) != 1) | new_chain[pos[1:]]
     return np.flatnonzero(starts)
+
+
+def count_dense(
+    acts: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[n_thresholds, F] residues above each threshold, and labelled ones: whole-block compares."""
+    on_labelled = acts[labels]
+    fired = np.stack([(acts > t).sum(axis=0) for t in thresholds])
+    true_pos = np.stack([(on_labelled > t).sum(axis=0) for t in thresholds])
+    return fired, true_pos
+
+
+def count_sparse(
+    acts: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same counts from the nonzero entries only (thresholds ascending and >= 0).
+
+    Each entry's level (how many thresholds it exceeds) goes into a level × feature histogram;
+    a reverse cumulative sum over levels gives the count above each threshold.
+    """
+    n_features = acts.shape[1]
+    flat = np.ascontiguousarray(acts).reshape(-1)
+    where = torch.nonzero(torch.from_numpy(flat)).numpy().ravel()  # 3x numpy's nonzero here
+    rows, cols = np.divmod(where, n_features)
+    levels = np.searchsorted(thresholds, flat[where], side="left")
+
+    def above(lv: np.ndarray, c: np.ndarray) -> np.ndarray:
+        n_thr = len(thresholds)
+        hist = np.bincount(lv * n_features + c, minlength=(n_thr + 1) * n_features)
+        at_least = np.cumsum(hist.reshape(n_thr + 1, n_features)[::-1], axis=0)[::-1]
+        return at_least[1:]
+
+    labelled = labels[rows]
+    return above(levels, cols), above(levels[labelled], cols[labelled])
 
 
 @dataclass
@@ -92,10 +130,11 @@ class ConceptCounts:
         """Add whole chains: ``acts`` normalised float [n, F], ``labels`` bool [n],
         ``chain_starts`` the row where each chain begins.
 
-        Dictionary activations are sparse (TopK: k of F per residue), so residue counts are
-        taken over the nonzero entries only: each entry's level (how many thresholds it
-        exceeds) goes into a level × feature histogram, which a reverse cumulative sum turns
-        into per-threshold counts. That costs O(nonzeros), not O(n × F × thresholds).
+        Dictionary activations are sparse (TopK: k of F per residue), so for them residue
+        counts are taken over the nonzero entries only: each entry's level (how many
+        thresholds it exceeds) goes into a level × feature histogram, which a reverse
+        cumulative sum turns into per-threshold counts. Dense activations (neurons) are
+        compared with each threshold directly, which is faster for them.
         """
         labels = np.asarray(labels, dtype=bool)
         if acts.shape[0] != labels.shape[0]:
@@ -105,28 +144,21 @@ class ConceptCounts:
             raise ValueError(f"activations of shape {acts.shape}; expected (n, {n_features})")
         # Compared in the activations' own precision, exactly as ``acts > t`` would be.
         thresholds = np.asarray(self.thresholds, dtype=acts.dtype)
-        rows, cols = np.nonzero(acts)
-        levels = np.searchsorted(thresholds, acts[rows, cols], side="left")
-        self.fired += self._counts_above(levels, cols)
-        labelled = labels[rows]
-        self.true_pos += self._counts_above(levels[labelled], cols[labelled])
+        sample = acts[:: max(1, acts.shape[0] // 512)]
+        sparse = np.count_nonzero(sample) <= SPARSE_BELOW * max(sample.size, 1)
+        fired, true_pos = (count_sparse if sparse else count_dense)(acts, labels, thresholds)
+        self.fired += fired
+        self.true_pos += true_pos
 
         pos = np.flatnonzero(labels)
         starts = site_starts_in_positives(labels, chain_starts)
         if len(starts):
             site_max = np.maximum.reduceat(acts[pos], starts, axis=0)
             for i, t in enumerate(thresholds):
-                self.sites_hit[i] += np.count_nonzero(site_max > t, axis=0)
+                self.sites_hit[i] += (site_max > t).sum(axis=0)
         self.n_residues += int(labels.shape[0])
         self.n_positive += len(pos)
         self.n_sites += len(starts)
-
-    def _counts_above(self, levels: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """[n_thresholds, F]: entries whose level exceeds threshold i, per feature."""
-        n_thr, n_features = self.fired.shape
-        hist = np.bincount(levels * n_features + cols, minlength=(n_thr + 1) * n_features)
-        at_least = np.cumsum(hist.reshape(n_thr + 1, n_features)[::-1], axis=0)[::-1]
-        return at_least[1:]
 
     def metrics(self) -> Metrics:
         fired = self.fired.astype(np.float64)
