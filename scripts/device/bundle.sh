@@ -41,5 +41,4 @@ rm -rf .devdata && mkdir -p .devdata/data/go .devdata/data/proteins .devdata/mod
 cp "$SHARED"/data/proteins/*.tsv.gz .devdata/data/proteins/
 cp "$SHARED"/data/go/go-basic.obo.gz .devdata/data/go/
 cp "$SHARED"/models/esm2_t4_2M_sprot14mini.pt .devdata/models/
-grep -qxF '/.devdata/' .git/info/exclude 2>/dev/null || echo '/.devdata/' >> .git/info/exclude
 du -sh .whl .devdata
