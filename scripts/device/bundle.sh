@@ -37,8 +37,9 @@ done
 python3 -m zipfile -l .whl/goatools-*.whl >/dev/null
 zip -q -d .whl/goatools-*.whl 'goatools/test_data/*' || true
 
-rm -rf .devdata && mkdir -p .devdata/data/go .devdata/data/proteins .devdata/models
+rm -rf .devdata && mkdir -p .devdata/data/go .devdata/data/proteins .devdata/data/residue_annotations .devdata/models
 cp "$SHARED"/data/proteins/*.tsv.gz .devdata/data/proteins/
 cp "$SHARED"/data/go/go-basic.obo.gz .devdata/data/go/
+cp "$SHARED"/data/residue_annotations/*.tsv.gz .devdata/data/residue_annotations/  # concepts
 cp "$SHARED"/models/esm2_t4_2M_sprot14mini.pt .devdata/models/
 du -sh .whl .devdata
