@@ -222,6 +222,42 @@ def test_model_residue_source_recomputes_pooled_only_layers(
         model_residue_source(part, loaded, corpus[:-1])
 
 
+def test_model_residue_source_cache_serves_every_pooled_only_layer(
+    pooled_only: Path, corpus: list[str], loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a cache, the first forward keeps all pooled-only layers: later layers and repeated
+    proteins need no forward, and values equal the uncached source's on the same batch."""
+    import trainer.embed as embed_module
+
+    part = EmbeddingStore(pooled_only)
+    pooled_layers = [layer for layer in part.layers if not part.has_residues(layer)]
+    assert len(pooled_layers) >= 2
+    calls: list[list[int]] = []
+    real = embed_module.embed_concatenated
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "embed_concatenated", counting)
+    plain = model_residue_source(part, loaded, corpus)
+    cached = model_residue_source(part, loaded, corpus, cache_bytes=2**30)
+    proteins = [5, 2, 17]
+    first, second = pooled_layers[0], pooled_layers[-1]
+    np.testing.assert_array_equal(cached(first, proteins), plain(first, proteins))
+    assert calls[0] == sorted(pooled_layers) and calls[1] == [first]
+    n_calls = len(calls)
+    ref = plain(second, proteins)  # the batch the cache was filled from: same values
+    starts = np.cumsum([0, *[len(corpus[p]) for p in proteins]])
+    rows = {p: ref[starts[i] : starts[i + 1]] for i, p in enumerate(proteins)}
+    np.testing.assert_array_equal(cached(second, [17, 5]), np.concatenate([rows[17], rows[5]]))
+    assert len(calls) == n_calls + 1  # only the plain source ran a forward
+    tiny = model_residue_source(part, loaded, corpus, cache_bytes=1)  # too small to keep any
+    tiny(first, [5])
+    tiny(first, [5])
+    assert len(calls) == n_calls + 3
+
+
 def test_residue_layers_resume_and_mismatch(
     finished: Path, pooled_only: Path, corpus: list[str], config: EmbedConfig, tmp_path: Path
 ) -> None:

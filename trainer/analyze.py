@@ -52,6 +52,9 @@ class AnalyzeConfig(BaseModel):
         default=4096, ge=1, description="residues per batch when computing example tracks"
     )
     device: str = Field(default="auto", description="auto (CUDA when available), cpu or cuda[:n]")
+    residue_cache_gib: float = Field(
+        default=2.0, ge=0, description="pooled-only layers' recomputed residues kept for reuse"
+    )
     seed: int = 0
 
 

@@ -359,13 +359,22 @@ class EmbeddingStore:
 
 
 def model_residue_source(
-    store: EmbeddingStore, loaded: LoadedModel, sequences: Sequence[str]
+    store: EmbeddingStore,
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    *,
+    cache_bytes: int = 0,
 ) -> ResidueSource:
     """Residues of any embedded layer computed with ``loaded``, as the shards would hold them.
 
     For layers stored pooled-only: the same model (checked by sha256), corpus, windows, batch
     size and dtype as the embed stage, so values equal the shards' up to float16 rounding of
     batch-dependent float noise. The forward stops at the requested layer.
+
+    Several dictionaries on pooled-only layers show many of the same example proteins. With
+    ``cache_bytes`` > 0 a protein's forward keeps every pooled-only layer (in the store's
+    dtype) up to that budget, so one forward serves all those dictionaries; without, each
+    call runs only as deep as it must.
     """
     manifest = store.manifest
     if loaded.sha256 != manifest["model"]["sha256"]:
@@ -377,19 +386,42 @@ def model_residue_source(
         raise EmbeddingMismatchError(f"{store.directory} was embedded from another corpus")
     max_tokens = int(manifest["config"]["max_tokens_per_batch"])
     stride = int(manifest["plan"]["window_stride"])
+    pooled_only = [layer for layer in store.layers if not store.has_residues(layer)]
+    cache: dict[tuple[int, int], np.ndarray] = {}  # (layer, protein) -> residues
+    used = 0
 
-    def residues(layer: int, proteins: Sequence[int]) -> np.ndarray:
-        if layer not in store.layers:
-            raise KeyError(f"layer {layer} was not embedded (have {store.layers})")
-        _, stacked = embed_concatenated(
+    def compute(layers: list[int], proteins: Sequence[int]) -> list[dict[int, np.ndarray]]:
+        offsets, stacked = embed_concatenated(
             loaded,
             [sequences[int(p)] for p in proteins],
-            [layer],
+            layers,
             max_tokens_per_batch=max_tokens,
             dtype=store.dtype,
             stride=stride,
         )
-        return stacked[layer].astype(np.float32)
+        return [
+            {layer: stacked[layer][offsets[i] : offsets[i + 1]] for layer in layers}
+            for i in range(len(proteins))
+        ]
+
+    def residues(layer: int, proteins: Sequence[int]) -> np.ndarray:
+        nonlocal used
+        if layer not in store.layers:
+            raise KeyError(f"layer {layer} was not embedded (have {store.layers})")
+        if cache_bytes <= 0:
+            return np.concatenate([r[layer] for r in compute([layer], proteins)]).astype(np.float32)
+        missing = list(dict.fromkeys(int(p) for p in proteins if (layer, int(p)) not in cache))
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            layers = sorted({layer, *pooled_only})
+            for protein, reps in zip(missing, compute(layers, missing), strict=True):
+                fresh[protein] = reps[layer]
+                size = sum(a.nbytes for a in reps.values())
+                if used + size <= cache_bytes:
+                    cache.update({(lay, protein): a.copy() for lay, a in reps.items()})
+                    used += size
+        parts = [fresh[int(p)] if int(p) in fresh else cache[(layer, int(p))] for p in proteins]
+        return np.concatenate(parts).astype(np.float32)
 
     return residues
 

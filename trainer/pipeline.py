@@ -235,8 +235,9 @@ class Pipeline:
                 if plan.embeddings not in sources:  # the example tracks' residues, recomputed
                     model = self.random_model if plan.is_control else self.model
                     sources[plan.embeddings] = model_residue_source(
-                        store, model, self.corpus.sequences
-                    )
+                        store, model, self.corpus.sequences,
+                        cache_bytes=int(self.cfg.analyze.residue_cache_gib * 2**30),
+                    )  # fmt: skip
                 source = sources[plan.embeddings]
             run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
                         self.cfg.analyze, source)  # fmt: skip
