@@ -8,12 +8,13 @@ same batch in turn.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from app.esm import load_esm
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
 
@@ -22,12 +23,9 @@ class EsmNeurons:
     """A fair-esm model whose layers' ReLU'd neurons are read per residue (BOS/EOS dropped)."""
 
     def __init__(self, model_path: Path, layers: list[int], device: str = "cpu") -> None:
-        import esm
-
-        torch.serialization.add_safe_globals([argparse.Namespace])
-        model, alphabet = esm.pretrained.load_model_and_alphabet_local(str(model_path))
-        self.model = model.eval().to(device)
-        self.converter = alphabet.get_batch_converter()
+        loaded = load_esm(model_path, device)  # the project's one checked, safe loader
+        self.model = loaded.model
+        self.converter = loaded.batch_converter
         self.layers = list(layers)
         self.device = device
         self._key: tuple[str, ...] | None = None
