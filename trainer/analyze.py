@@ -79,12 +79,20 @@ def _to(a: np.ndarray, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
-def _nonzero(module: Dictionary, x: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+def _nonzero(
+    module: Dictionary, x: Tensor, batch: int, recon_out: list[Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Latents of ``x [N, d_in]`` as (rows, columns, values) of the non-zero entries, row-major,
-    on ``x``'s device; encoded ``batch`` rows at a time so the dense latents stay small."""
+    on ``x``'s device; encoded ``batch`` rows at a time so the dense latents stay small.
+    With ``recon_out`` (SAEs), each batch's reconstruction is appended there from the same
+    forward, so the FVE needs no second encode."""
     rows, cols, vals = [], [], []
     for start in range(0, x.shape[0], batch):
-        z = module.encode(x[start : start + batch])
+        if recon_out is None:
+            z = module.encode(x[start : start + batch])
+        else:
+            recon, z = module(x[start : start + batch])
+            recon_out.append(recon)
         r, c = z.nonzero(as_tuple=True)
         rows.append(r + start)
         cols.append(c)
@@ -117,7 +125,11 @@ def _owners(offsets: np.ndarray, device: torch.device) -> Tensor:
 
 
 def protein_activations(
-    module: Dictionary, spec: Spec, store: EmbeddingStore, cfg: AnalyzeConfig
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    cfg: AnalyzeConfig,
+    fve_out: FloatArray | None = None,
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
@@ -125,6 +137,8 @@ def protein_activations(
     (a scatter-max over the non-zero latents, on the module's device).
     Also returns, per feature, the number of residues it fires on and the total residue count
     (residue-level density), zeros for protein-level dictionaries.
+    ``fve_out [n_proteins]`` (residue-level SAEs): filled with each protein's FVE from the same
+    pass, so the shards are read and encoded once, not twice.
     """
     n_latents = module.n_latents
     if spec.level == "protein":
@@ -141,7 +155,13 @@ def protein_activations(
         for protein_indices, offsets, residues in tqdm(
             batches, desc=f"encode {spec.name}", unit="batch"
         ):
-            r, c, v = _nonzero(module, _to(residues, device), cfg.batch_size)
+            x = _to(residues, device)
+            recon: list[Tensor] | None = [] if fve_out is not None else None
+            r, c, v = _nonzero(module, x, cfg.batch_size, recon)
+            if fve_out is not None and recon is not None:
+                fve_out[np.asarray(protein_indices)] = (
+                    _fve(x, torch.cat(recon), offsets).cpu().numpy()
+                )
             n_residues += residues.shape[0]
             residue_active += torch.bincount(c, minlength=n_latents)
             # One key per (protein, feature); unique() sorts them, so the result is row-major.
@@ -180,6 +200,11 @@ def _fve(x: Tensor, recon: Tensor, offsets: np.ndarray) -> Tensor:
     return torch.where(sst > 0, 1.0 - sse / sst, torch.nan)
 
 
+def _has_fve(module: Dictionary) -> bool:
+    """SAEs reconstruct their own input; transcoders (another target) and neurons do not."""
+    return isinstance(module, SparseDictionary) and not module.is_transcoder
+
+
 def per_protein_fve(
     module: Dictionary, spec: Spec, store: EmbeddingStore, cfg: AnalyzeConfig
 ) -> FloatArray | None:
@@ -188,7 +213,7 @@ def per_protein_fve(
     The server compares a pasted sequence's FVE with this distribution to warn when the input
     is out of distribution. Transcoders (another target) and raw neurons have none.
     """
-    if not isinstance(module, SparseDictionary) or module.is_transcoder:
+    if not _has_fve(module):
         return None
     device = _device_of(module)
     out = np.full(store.n_proteins, np.nan, dtype=np.float32)
@@ -201,13 +226,7 @@ def per_protein_fve(
                 each = np.arange(x.shape[0] + 1)  # every pooled vector is its own "sequence"
                 out[start : start + x.shape[0]] = _fve(x, recon, each).cpu().numpy()
             return out
-        batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
-        for protein_indices, offsets, residues in batches:
-            x = _to(residues, device)
-            recon = torch.cat(
-                [module(x[s : s + cfg.batch_size])[0] for s in range(0, x.shape[0], cfg.batch_size)]
-            )
-            out[np.asarray(protein_indices)] = _fve(x, recon, offsets).cpu().numpy()
+    protein_activations(module, spec, store, cfg, fve_out=out)  # residue level: one pass
     return out
 
 
@@ -468,7 +487,9 @@ def run_analyze(
         return out
     out.mkdir(parents=True, exist_ok=True)
     module = module.to(resolve_device(cfg.device)).eval()
-    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg)
+    one_pass = spec.level == "residue" and _has_fve(module)
+    fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
+    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg, fve)
     sp.save_npz(out / "protein_activations.npz", acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
     np.savez_compressed(out / "features.npz", **stats)
@@ -515,7 +536,8 @@ def run_analyze(
     )
     nb_idx, nb_cos = decoder_neighbors(module, cfg.n_neighbors)
     np.savez_compressed(out / "neighbors.npz", indices=nb_idx, cosines=nb_cos)
-    fve = per_protein_fve(module, spec, store, cfg)
+    if not one_pass:
+        fve = per_protein_fve(module, spec, store, cfg)
     summary = {
         "fve_median": float(np.nanmedian(fve)) if fve is not None else None,
         "fve_p05": float(np.nanpercentile(fve, 5)) if fve is not None else None,

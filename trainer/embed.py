@@ -395,8 +395,10 @@ def model_residue_source(
     cache: dict[tuple[int, int], np.ndarray] = {}  # (layer, protein) -> residues
     used = 0
 
-    def compute(layers: list[int], proteins: Sequence[int]) -> list[dict[int, np.ndarray]]:
-        offsets, stacked = embed_concatenated(
+    def compute(
+        layers: list[int], proteins: Sequence[int]
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        return embed_concatenated(
             loaded,
             [sequences[int(p)] for p in proteins],
             layers,
@@ -404,22 +406,20 @@ def model_residue_source(
             dtype=store.dtype,
             stride=stride,
         )
-        return [
-            {layer: stacked[layer][offsets[i] : offsets[i + 1]] for layer in layers}
-            for i in range(len(proteins))
-        ]
 
     def residues(layer: int, proteins: Sequence[int]) -> np.ndarray:
         nonlocal used
         if layer not in store.layers:
             raise KeyError(f"layer {layer} was not embedded (have {store.layers})")
         if cache_bytes <= 0:
-            return np.concatenate([r[layer] for r in compute([layer], proteins)]).astype(np.float32)
+            return compute([layer], proteins)[1][layer].astype(np.float32)
         missing = list(dict.fromkeys(int(p) for p in proteins if (layer, int(p)) not in cache))
         fresh: dict[int, np.ndarray] = {}
         if missing:
             layers = sorted({layer, *pooled_only})
-            for protein, reps in zip(missing, compute(layers, missing), strict=True):
+            offsets, stacked = compute(layers, missing)
+            for i, protein in enumerate(missing):
+                reps = {lay: stacked[lay][offsets[i] : offsets[i + 1]] for lay in layers}
                 fresh[protein] = reps[layer]
                 size = sum(a.nbytes for a in reps.values())
                 if used + size <= cache_bytes:

@@ -136,6 +136,10 @@ class Pipeline:
         plans = [p for p in self.plans() if p.embeddings == subdir]
         return sorted({layer for p in plans for layer in p.spec.residue_layers()})
 
+    def model_for(self, plan: DictionaryPlan) -> LoadedModel:
+        """The model whose activations ``plan`` reads: the random-init copy for controls."""
+        return self.random_model if plan.is_control else self.model
+
     def load(self, plan: DictionaryPlan) -> Dictionary:
         return load_dictionary(self.workdir / "saes" / plan.spec.name)
 
@@ -201,7 +205,7 @@ class Pipeline:
     def train(self) -> None:
         held_out = self._held_out()
         for plan in self.plans():
-            model = self.random_model if plan.is_control else self.model
+            model = self.model_for(plan)
             base = Provenance(base_model=model.name, checkpoint_sha256=model.sha256,
                               layer=plan.spec.layer, out_layer=plan.spec.out_layer,
                               level=plan.spec.level, normalisation="layer_norm",
@@ -233,7 +237,7 @@ class Pipeline:
             source = None
             if spec.level == "protein" and not store.has_residues(spec.layer):
                 if plan.embeddings not in sources:  # the example tracks' residues, recomputed
-                    model = self.random_model if plan.is_control else self.model
+                    model = self.model_for(plan)
                     sources[plan.embeddings] = model_residue_source(
                         store, model, self.corpus.sequences,
                         cache_bytes=int(self.cfg.analyze.residue_cache_gib * 2**30),
@@ -257,9 +261,9 @@ class Pipeline:
         saes = [p.spec.name for p in plans if p.spec.kind != "neurons" and not p.is_control]
         # The baseline of the run's main layer (its first dictionary's), else any neurons.
         main = self.cfg.saes[0].layer if self.cfg.saes else None
-        baselines = sorted((p.spec.layer != main, i) for i, p in enumerate(plans)
-                           if p.spec.kind == "neurons")  # fmt: skip
-        neurons = plans[baselines[0][1]].spec.name if baselines else None
+        all_neurons = [p.spec for p in plans if p.spec.kind == "neurons"]
+        baselines = [s for s in all_neurons if s.layer == main] or all_neurons
+        neurons = baselines[0].name if baselines else None
         result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
                                    neurons=neurons, go_term_names=self._go_term_names(),
                                    corpus=self.corpus,
@@ -287,7 +291,7 @@ class Pipeline:
                                        self.cfg.embed.max_tokens_per_batch)  # fmt: skip
         encoders = {}
         for plan in plans:
-            model = self.random_model if plan.is_control else self.model
+            model = self.model_for(plan)
             encoders[plan.spec.name] = shared.encoder(
                 model, plan.spec.layer, self.load(plan).encode
             )

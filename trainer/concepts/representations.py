@@ -28,7 +28,6 @@ class SharedRepresentations:
         self.max_bytes = max_bytes
         self.max_tokens_per_batch = max_tokens_per_batch
         self._layers: dict[int, set[int]] = {}
-        self._models: dict[int, LoadedModel] = {}
         self._kept: dict[tuple[int, tuple[str, ...]], _Reps] = {}
         self._last: tuple[tuple[int, tuple[str, ...]], _Reps] | None = None
         self.kept_bytes = 0
@@ -36,7 +35,6 @@ class SharedRepresentations:
 
     def register(self, model: LoadedModel, layer: int) -> None:
         """Declare that some dictionary reads ``layer`` of ``model`` (before the first batch)."""
-        self._models[id(model)] = model
         self._layers.setdefault(id(model), set()).add(layer)
 
     def get(

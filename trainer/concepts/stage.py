@@ -145,7 +145,9 @@ def _encode(name: str, encoder: Encoder, seqs: list[str], n_features: int | None
 
 
 def _fingerprint(cfg: ConceptsConfig, dictionaries: list[str]) -> dict[str, Any]:
-    return {"config": json.loads(cfg.model_dump_json()), "dictionaries": list(dictionaries)}
+    # The cache budget changes memory use, not results: a finished stage stays valid across it.
+    config = json.loads(cfg.model_dump_json(exclude={"cache_gib"}))
+    return {"config": config, "dictionaries": list(dictionaries)}
 
 
 def _load_finished(out: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
