@@ -148,6 +148,44 @@ def test_resume_after_interruption_is_identical(
     assert json.loads((out / "manifest.json").read_text())["done"]
 
 
+def test_failed_shard_write_is_not_recorded_and_resumes(
+    finished: Path,
+    corpus: list[str],
+    config: EmbedConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shards are written by a background thread while the next one is computed: a write that
+    fails surfaces in the stage, leaves its shard unrecorded, and a rerun completes it."""
+    import trainer.embed as embed_module
+
+    real_write = embed_module._write_shard
+    calls: list[Path] = []
+
+    def failing_second_write(*args: object, **kwargs: object) -> None:
+        path = args[-1]
+        assert isinstance(path, Path)
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(f"{path}: disk full")
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(embed_module, "_write_shard", failing_second_write)
+    with pytest.raises(OSError, match="disk full"):
+        run_embed(tmp_path, corpus, config)
+    out = tmp_path / "embeddings"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["done"] for s in manifest["shards"]][:2] == [True, False]
+    assert not manifest["done"]
+    monkeypatch.setattr(embed_module, "_write_shard", real_write)
+    run_embed(tmp_path, corpus, config)
+    expected, got = _shards(finished), _shards(out)
+    assert expected.keys() == got.keys()
+    for name, tensors in expected.items():
+        for key, value in tensors.items():
+            np.testing.assert_array_equal(value, got[name][key], err_msg=f"{name}:{key}")
+
+
 def test_mismatched_manifest_is_refused(
     finished: Path, corpus: list[str], config: EmbedConfig, loaded: LoadedModel
 ) -> None:

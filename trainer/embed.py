@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,13 +124,12 @@ def _embed_shard(
     sequences: Sequence[str],
     indices: np.ndarray,
     layers: list[int],
-    residue_layers: list[int],
     cfg: EmbedConfig,
-    path: Path,
     bar: tqdm,
-) -> None:
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The shard's forward passes: ``(offsets, {layer: residues})`` in shard order."""
     seqs = [sequences[int(i)] for i in indices]
-    offsets, stacked = embed_concatenated(
+    return embed_concatenated(
         loaded,
         seqs,
         layers,
@@ -138,6 +138,19 @@ def _embed_shard(
         stride=cfg.window_stride,
         on_batch=bar.update,
     )
+
+
+def _write_shard(
+    offsets: np.ndarray,
+    stacked: dict[int, np.ndarray],
+    indices: np.ndarray,
+    residue_layers: list[int],
+    cfg: EmbedConfig,
+    model_sha256: str,
+    path: Path,
+) -> None:
+    """Pool and write one shard atomically (host work that overlaps the next shard's forward)."""
+    layers = sorted(stacked)
     lengths = np.diff(offsets)[:, None]
     tensors: dict[str, np.ndarray] = {"offsets": offsets, "protein_index": indices.astype(np.int64)}
     for layer in layers:
@@ -147,7 +160,7 @@ def _embed_shard(
             tensors[f"layer{layer}.residue"] = residue
         tensors[f"layer{layer}.pooled"] = (sums / lengths).astype(cfg.dtype)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"model_sha256": loaded.sha256})
+    save_file(tensors, str(tmp), metadata={"model_sha256": model_sha256})
     os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
     os.replace(tmp, path)
 
@@ -224,19 +237,40 @@ def run_embed(
     _write_json_atomic(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
-    with tqdm(
-        total=manifest["n_residues"], initial=finished, unit="aa", desc="embed", disable=None
-    ) as bar:
+    # One writer thread: shard k is pooled and written while shard k+1 runs on the model, so the
+    # device does not wait on the disk. At most two shards are in memory; a shard is marked done
+    # in the manifest only once its file is in place.
+    with (
+        tqdm(
+            total=manifest["n_residues"], initial=finished, unit="aa", desc="embed", disable=None
+        ) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
+    ):
+        pending: tuple[dict[str, Any], Future[None]] | None = None
         for shard, idx in zip(manifest["shards"], shards, strict=True):
             if shard["done"]:
                 continue
-            _embed_shard(loaded, sequences, idx, layers, residue_layers, cfg,
-                         out_dir / shard["file"], bar)  # fmt: skip
-            shard["done"] = True
-            _write_json_atomic(manifest_path, manifest)
+            offsets, stacked = _embed_shard(loaded, sequences, idx, layers, cfg, bar)
+            if pending is not None:
+                _finish_shard(pending, manifest, manifest_path)
+            future = writer.submit(_write_shard, offsets, stacked, idx, residue_layers, cfg,
+                                   loaded.sha256, out_dir / shard["file"])  # fmt: skip
+            pending = (shard, future)
+            del offsets, stacked
+        if pending is not None:
+            _finish_shard(pending, manifest, manifest_path)
     manifest["done"] = True
     _write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def _finish_shard(
+    pending: tuple[dict[str, Any], Future[None]], manifest: dict[str, Any], manifest_path: Path
+) -> None:
+    shard, future = pending
+    future.result()  # re-raises a failed write here, before anything is marked done
+    shard["done"] = True
+    _write_json_atomic(manifest_path, manifest)
 
 
 class EmbeddingStore:

@@ -5,14 +5,33 @@
 # device = "auto"), and leaves in $OUT: device.txt, run.log and summary.json (time per stage,
 # FVE / L0 / dead / loss recovered per dictionary, GO hit rates, concepts): small files only,
 # since at most 64 MiB come back. A rerun on the same warm machine resumes where it stopped.
+#
+# Stages run one at a time, in the order given, and summary.json is rewritten after each, so a
+# call that runs out of time still returns every finished stage's figures. BUDGET_S (seconds,
+# default none) stops the stage in progress (SIGINT) early enough to write the summary; the
+# next call on the same warm machine resumes it.
 set -euo pipefail
 CONFIG=${1:-configs/full-mini-device.toml}
-STAGES=${2:-ingest,embed,train,analyze,go,concepts}
+STAGES=${2:-ingest,embed,train,concepts,analyze,go}
+BUDGET_S=${BUDGET_S:-0}
+START=$SECONDS
 source "$(dirname "$0")/env.sh"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU"; nproc; df -h /tmp | tail -1; } \
-  | tee "$OUT/device.txt"
+  | tee -a "$OUT/device.txt"
 $PYTHON -m trainer.cli db upgrade
 status=0
-$PYTHON -m trainer.cli trainer run "$CONFIG" --stages "$STAGES" 2>&1 | tee -a "$OUT/run.log" || status=$?
-$PYTHON -m trainer.cli trainer summary "$CONFIG" --json "$OUT/summary.json" | tee -a "$OUT/run.log"
+for stage in ${STAGES//,/ }; do
+  limit=()
+  if (( BUDGET_S > 0 )); then
+    left=$(( BUDGET_S - (SECONDS - START) - 10 ))  # 10 s to write the summary
+    (( left > 5 )) || { echo "full_run: no time left for $stage" | tee -a "$OUT/run.log"; status=124; break; }
+    limit=(timeout --signal=INT --kill-after=5 "$left")
+  fi
+  echo "full_run: $stage at $(( SECONDS - START )) s" | tee -a "$OUT/run.log"
+  "${limit[@]}" $PYTHON -m trainer.cli trainer run "$CONFIG" --stages "$stage" 2>&1 | tee -a "$OUT/run.log" \
+    || { status=$?; echo "full_run: $stage stopped (exit $status)" | tee -a "$OUT/run.log"; }
+  $PYTHON -m trainer.cli trainer summary "$CONFIG" --json "$OUT/summary.json" > "$OUT/summary.txt" 2>&1 || true
+  (( status == 0 )) || break
+done
+cat "$OUT/summary.txt"
 exit "$status"
