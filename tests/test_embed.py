@@ -19,6 +19,7 @@ from trainer.embed import (
     EmbeddingStore,
     ResiduesNotStoredError,
     model_residue_source,
+    pooled_sums,
     run_embed,
 )
 
@@ -146,6 +147,19 @@ def test_resume_after_interruption_is_identical(
         for key, value in tensors.items():
             np.testing.assert_array_equal(value, got[name][key], err_msg=f"{name}:{key}")
     assert json.loads((out / "manifest.json").read_text())["done"]
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 300, 1])
+def test_pooled_sums_match_numpy_reduceat(finished: Path, chunk: int) -> None:
+    """Per-protein sums of a real shard's float16 residues, against numpy's reduceat; small
+    chunks put proteins longer than a chunk and chunk edges inside the shard."""
+    shard = _shards(finished)["shard_00000.safetensors"]
+    offsets, residue = shard["offsets"], shard["layer2.residue"]
+    assert residue.dtype == np.float16 and len(offsets) > 3
+    expected = np.add.reduceat(residue, offsets[:-1], axis=0, dtype=np.float32)
+    got = pooled_sums(residue, offsets, chunk_residues=chunk)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_failed_shard_write_is_not_recorded_and_resumes(
