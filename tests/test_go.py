@@ -291,6 +291,33 @@ def test_stage_end_to_end(
     assert (tmp_path / "go/neurons/hits.npz").stat().st_mtime_ns == stamp  # resumed, not redone
 
 
+def test_stage_in_parallel_workers_equals_serial(
+    tmp_path: Path, shared_dir: Path, table: ProteinTable, neurons: sp.csr_matrix
+) -> None:
+    """Dictionaries enriched in forked workers give the very files of a serial run, and the
+    worker count is not part of the config digest (changing it redoes nothing)."""
+    outputs = {}
+    for workers in (1, 2):
+        root = tmp_path / f"workers{workers}"
+        for name, x in (("neurons", neurons), ("composition", composition_features(table))):
+            (root / "analysis" / name).mkdir(parents=True)
+            sp.save_npz(root / "analysis" / name / "protein_activations.npz",
+                        sp.csr_matrix(x, dtype=np.float32))  # fmt: skip
+        cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", workers=workers)
+        out = run_go_stage(root, cfg, dictionaries=["composition", "neurons"], corpus=table)
+        for summary in out.values():
+            summary["config"].pop("workers")
+        outputs[workers] = (out, root)
+    (serial, serial_root), (parallel, parallel_root) = outputs[1], outputs[2]
+    assert serial == parallel
+    for name in ("composition", "neurons"):
+        a = np.load(serial_root / "go" / name / "hits.npz", allow_pickle=False)
+        b = np.load(parallel_root / "go" / name / "hits.npz", allow_pickle=False)
+        for column in HIT_COLUMNS:
+            np.testing.assert_array_equal(a[column], b[column], err_msg=f"{name}:{column}")
+    assert GoConfig(workers=1).digest() == GoConfig(workers=3).digest()
+
+
 def test_activation_rows_must_match_corpus(
     tmp_path: Path, shared_dir: Path, table: ProteinTable
 ) -> None:
