@@ -41,5 +41,7 @@ rm -rf .devdata && mkdir -p .devdata/data/go .devdata/data/proteins .devdata/dat
 cp "$SHARED"/data/proteins/*.tsv.gz .devdata/data/proteins/
 cp "$SHARED"/data/go/go-basic.obo.gz .devdata/data/go/
 cp "$SHARED"/data/residue_annotations/*.tsv.gz .devdata/data/residue_annotations/  # concepts
-cp "$SHARED"/models/esm2_t4_2M_sprot14mini.pt .devdata/models/
+# fair-esm loads a local checkpoint only with its contact-regression file beside it.
+cp "$SHARED"/models/esm2_t4_2M_sprot14mini.pt "$SHARED"/models/esm2_t4_2M_sprot14mini-contact-regression.pt \
+  .devdata/models/
 du -sh .whl .devdata

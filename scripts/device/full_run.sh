@@ -34,4 +34,13 @@ for stage in ${STAGES//,/ }; do
   (( status == 0 )) || break
 done
 cat "$OUT/summary.txt"
+# BENCH_ENCODE=1: with the stages done and at least 90 s of the budget left, also measure encode
+# latency on the GPU (benchmarks/bench_encode.py), into $OUT/bench_encode.txt.
+if [[ ${BENCH_ENCODE:-0} == 1 && $status == 0 ]]; then
+  left=$(( BUDGET_S > 0 ? BUDGET_S - (SECONDS - START) - 5 : 300 ))
+  if (( left >= 90 )); then
+    timeout --signal=INT "$left" $PYTHON benchmarks/bench_encode.py --device cuda 2>&1 \
+      | tee "$OUT/bench_encode.txt" || true
+  fi
+fi
 exit "$status"
