@@ -233,6 +233,9 @@ def test_summary_reads_the_run_directory(tiny_run: TinyRun) -> None:
         assert row["l0"] == metrics["l0"] and row["fve"] == metrics.get("fve")
         go = json.loads((workdir / "go" / name / "summary.json").read_text())
         assert row["go_pct_features_bh"] == go["bh"]["pct_features_with_hit"]
+        assert row["go_s"] == go["seconds"] >= 0 and row["analyze_s"] >= 0
+    embed = summary["embeddings"]
+    assert embed["forward_s"] > 0 and embed["write_s"] > 0 and embed["wait_s"] >= 0
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         collect_summary(workdir.parent / "never-ran")
 

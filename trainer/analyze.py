@@ -12,6 +12,7 @@ files, the ``DONE`` marker last.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,6 +486,7 @@ def run_analyze(
     out = workdir / "analysis" / spec.name
     if (out / "DONE").exists():
         return out
+    started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
@@ -547,6 +549,7 @@ def run_analyze(
         "n_examples": len(examples),
         "bin_edges": np.linspace(0.0, 1.0, cfg.n_bins + 1).tolist(),
         "mean_l0_protein": float(acts.getnnz() / max(acts.shape[0], 1)),
+        "seconds": round(time.perf_counter() - started, 2),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "DONE").write_text("ok\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -272,15 +273,17 @@ def run_embed(
         ) as bar,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
     ):
-        pending: tuple[dict[str, Any], Future[None]] | None = None
+        pending: tuple[dict[str, Any], Future[float]] | None = None
         for shard, idx in zip(manifest["shards"], shards, strict=True):
             if shard["done"]:
                 continue
+            started = time.perf_counter()
             offsets, stacked = _embed_shard(loaded, sequences, idx, layers, cfg, bar)
+            shard["forward_s"] = round(time.perf_counter() - started, 3)
             if pending is not None:
                 _finish_shard(pending, manifest, manifest_path)
-            future = writer.submit(_write_shard, offsets, stacked, idx, residue_layers, cfg,
-                                   loaded.sha256, out_dir / shard["file"])  # fmt: skip
+            future = writer.submit(_timed, _write_shard, offsets, stacked, idx, residue_layers,
+                                   cfg, loaded.sha256, out_dir / shard["file"])  # fmt: skip
             pending = (shard, future)
             del offsets, stacked
         if pending is not None:
@@ -290,11 +293,23 @@ def run_embed(
     return manifest
 
 
+def _timed(fn: Callable[..., None], *args: Any) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
 def _finish_shard(
-    pending: tuple[dict[str, Any], Future[None]], manifest: dict[str, Any], manifest_path: Path
+    pending: tuple[dict[str, Any], Future[float]], manifest: dict[str, Any], manifest_path: Path
 ) -> None:
+    """Wait for a shard's write and record it. The manifest keeps, per shard, the seconds of its
+    forward passes, of its pooling and writing, and how long the forward loop waited for the
+    writer (where a run's time goes, e.g. on a GPU machine whose logs are all one sees)."""
     shard, future = pending
-    future.result()  # re-raises a failed write here, before anything is marked done
+    started = time.perf_counter()
+    seconds = future.result()  # re-raises a failed write here, before anything is marked done
+    shard["write_s"] = round(seconds, 3)
+    shard["wait_s"] = round(time.perf_counter() - started, 3)
     shard["done"] = True
     _write_json_atomic(manifest_path, manifest)
 

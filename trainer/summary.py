@@ -52,8 +52,12 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
             for key in ("fve", "mse", "l0", "dead_fraction", "loss_recovered", "ce_clean",
                         "ce_spliced", "ce_zero", "n_train", "vectors_per_s", "is_control")
         }  # fmt: skip
+        analysis = _read(workdir / "analysis" / name / "summary.json")
+        if analysis is not None and (workdir / "analysis" / name / "DONE").exists():
+            row["analyze_s"] = analysis.get("seconds")
         go = _read(workdir / "go" / name / "summary.json")
         if go is not None:
+            row["go_s"] = go.get("seconds")
             row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
             row["go_pct_active_features_bh"] = go["bh"].get("pct_active_features_with_hit")
             row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
@@ -69,11 +73,22 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
         "run_dir": str(workdir),
         "timings_s": _read(workdir / TIMINGS_FILE) or {},
         "corpus": {k: corpus.get(k) for k in ("n_proteins", "n_structures_mapped")},
-        "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")},
+        "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")}
+        | _shard_seconds(embed),
         "concept_chains": {
             k: concepts_manifest.get(k) for k in ("n_distinct_chains", "n_distinct_residues")
         },
         "dictionaries": dictionaries,
+    }
+
+
+def _shard_seconds(manifest: dict[str, Any]) -> dict[str, float]:
+    """Seconds the embed stage spent in forward passes, in pooling and writing shards (a
+    background thread), and waiting for that writer: where its time went."""
+    shards = manifest.get("shards", [])
+    return {
+        key: round(sum(float(s.get(key, 0.0)) for s in shards), 2)
+        for key in ("forward_s", "write_s", "wait_s")
     }
 
 
@@ -90,9 +105,14 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for stage, seconds in summary["timings_s"].items():
         times.add_row(stage, f"{seconds:.1f}")
     console.print(times)
+    embed = summary["embeddings"]
+    if embed.get("forward_s"):
+        console.print(f"embed: forward passes {embed['forward_s']:.1f} s, pooling and writing "
+                      f"{embed['write_s']:.1f} s (background), waiting for the writer "
+                      f"{embed['wait_s']:.1f} s")  # fmt: skip
     table = Table(title="dictionaries")
     for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "of active", "concepts F1>0.5",
-                   "best F1 (median / max)"):  # fmt: skip
+                   "best F1 (median / max)", "analyze s", "GO s"):  # fmt: skip
         if column == "dictionary":
             table.add_column(column, no_wrap=True, min_width=26)
         else:
@@ -110,5 +130,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             else f"{row['concepts_associated']} / {row['concepts_evaluated']}",
             "—" if row.get("concept_best_f1_median") is None
             else f"{row['concept_best_f1_median']:.2f} / {row['concept_best_f1_max']:.2f}",
+            _fmt(row.get("analyze_s"), ".1f"),
+            _fmt(row.get("go_s"), ".1f"),
         )  # fmt: skip
     console.print(table)

@@ -16,6 +16,7 @@ import importlib
 import json
 import multiprocessing as mp
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,7 @@ class _Job:
         done = out / "DONE"
         out.mkdir(parents=True, exist_ok=True)
         done.unlink(missing_ok=True)
+        started = time.perf_counter()
         result, summary = _run_one(
             self.workdir, name, self.corpus, self.incidences, self.ontology, self.cfg
         )
@@ -190,6 +192,7 @@ class _Job:
             population_size={ns: inc.pop_size for ns, inc in self.incidences.items()},
             terms_tested={ns: len(inc.term_ids) for ns, inc in self.incidences.items()},
             annotation_resolution=self.resolve_counts,
+            seconds=round(time.perf_counter() - started, 2),
         )
         save_hits(out / "hits.npz", result)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
