@@ -328,3 +328,18 @@ def test_activation_rows_must_match_corpus(
     cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", n_permutations=0)
     with pytest.raises(ValueError, match=r"protein_activations\.npz: 10 rows"):
         run_go_stage(tmp_path, cfg, dictionaries=["short"], corpus=table)
+
+
+def test_a_failing_dictionary_in_a_worker_is_named(
+    tmp_path: Path, shared_dir: Path, table: ProteinTable
+) -> None:
+    """In parallel, the error from a worker names its dictionary and keeps the cause; the
+    dictionary that succeeded is finished and kept for the rerun."""
+    features = composition_features(table)
+    for name, x in (("good", features), ("short", features[:10])):
+        (tmp_path / "analysis" / name).mkdir(parents=True)
+        sp.save_npz(tmp_path / "analysis" / name / "protein_activations.npz", sp.csr_matrix(x))
+    cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", n_permutations=0, workers=2)
+    with pytest.raises(RuntimeError, match=r"GO enrichment of 'short' failed: .*10 rows"):
+        run_go_stage(tmp_path, cfg, dictionaries=["good", "short"], corpus=table)
+    assert (tmp_path / "go/good/DONE").exists() and not (tmp_path / "go/short/DONE").exists()

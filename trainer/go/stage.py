@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -205,7 +206,10 @@ _JOB: _Job | None = None
 
 def _enrich_in_worker(name: str) -> dict[str, Any]:
     assert _JOB is not None, "GO worker started without a job (needs the fork start method)"
-    return _JOB.enrich_and_save(name)
+    try:
+        return _JOB.enrich_and_save(name)
+    except Exception as error:  # name the dictionary: the traceback stays in the worker
+        raise RuntimeError(f"GO enrichment of {name!r} failed: {error}") from error
 
 
 def _mean(values: Any) -> float | None:
@@ -255,6 +259,11 @@ def run_go_stage(
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
                 for name, summary in zip(todo, pool.map(_enrich_in_worker, todo), strict=True):
                     summaries[name] = summary
+        except BrokenProcessPool as error:
+            raise RuntimeError(
+                f"a GO worker process died (out of memory?) with {workers} workers; set "
+                "go.workers lower and rerun: finished dictionaries are kept"
+            ) from error
         finally:
             _JOB = None
     else:
