@@ -1,15 +1,16 @@
 """Stage 2, embed: ESM2 activations of chosen layers for every protein, in float16 shards.
 
-Proteins are sorted by length (longest first, ties in corpus order) and cut into shards of at
-most ``shard_max_residues`` residues, so each shard batches with little padding and memory stays
-bounded by two shards (a writer thread pools and writes one while the next runs on the model).
-Each shard (``shard_00000.safetensors``) holds, per layer ``L``, ``layer{L}.pooled``
-[n_prot, d] (mean of the residue vectors as stored, float16) and, for the ``residue_layers`` only, ``layer{L}.residue`` [n_res, d]; plus ``offsets`` [n_prot+1] and
-``protein_index`` [n_prot] (corpus row of each protein). Per-residue rows are what costs disk
-(12 GB per layer on the full corpus), and protein-level dictionaries read pooled vectors alone,
-so a layer used only at the protein level is stored pooled-only; one forward pass still serves
-every layer. :func:`model_residue_source` recomputes such a layer's residues for the
-proteins that need them (analyze's example tracks), as the embed stage would have stored them.
+Proteins are sorted by length (longest first, ties in corpus order) and cut into shards of at most
+``shard_max_residues`` residues, so each shard batches with little padding and memory stays bounded
+by two shards (a writer thread pools and writes one while the next runs on the model). Each shard
+(``shard_00000.safetensors``) holds, per layer ``L``, ``layer{L}.pooled`` [n_prot, d] (mean of the
+residue vectors as stored, float16) and, for the ``residue_layers`` only, ``layer{L}.residue``
+[n_res, d]; plus ``offsets`` [n_prot+1] and ``protein_index`` [n_prot] (corpus row of each
+protein). Per-residue rows are what costs disk (12 GB per layer on the full corpus), and
+protein-level dictionaries read pooled vectors alone, so a layer used only at the protein level is
+stored pooled-only; one forward pass still serves every layer. :func:`model_residue_source`
+recomputes such a layer's residues for the proteins that need them (analyze's example tracks), as
+the embed stage would have stored them.
 ``manifest.json`` records the model (name, sha256), layers, residue layers, the shard plan and
 which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
 A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more
