@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -292,10 +293,24 @@ def test_stage_end_to_end(
 
 
 def test_stage_in_parallel_workers_equals_serial(
-    tmp_path: Path, shared_dir: Path, table: ProteinTable, neurons: sp.csr_matrix
+    tmp_path: Path,
+    shared_dir: Path,
+    table: ProteinTable,
+    neurons: sp.csr_matrix,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Dictionaries enriched in forked workers give the very files of a serial run, and the
     worker count is not part of the config digest (changing it redoes nothing)."""
+    import trainer.go.stage as stage_module
+
+    pools: list[int] = []
+
+    class CountingPool(stage_module.ProcessPoolExecutor):
+        def __init__(self, max_workers: int, **kwargs: Any) -> None:
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(stage_module, "ProcessPoolExecutor", CountingPool)
     outputs = {}
     for workers in (1, 2):
         root = tmp_path / f"workers{workers}"
@@ -310,6 +325,7 @@ def test_stage_in_parallel_workers_equals_serial(
             summary.pop("seconds")
         outputs[workers] = (out, root)
     (serial, serial_root), (parallel, parallel_root) = outputs[1], outputs[2]
+    assert pools == [2]  # the serial run used no pool, the parallel one two worker processes
     assert serial == parallel
     for name in ("composition", "neurons"):
         a = np.load(serial_root / "go" / name / "hits.npz", allow_pickle=False)

@@ -41,10 +41,9 @@ def fisher_greater(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: int) 
 
     k study hits, n study size, big_k population hits, big_n population size (int arrays).
     """
-    p = hypergeom_upper_tail(k, n, big_k, big_n)
+    p = hypergeom_upper_tail(k, n, big_k, big_n)  # float64, clipped at 1
     # fisher_exact returns 1 when a margin of the table is empty.
-    p = np.where((n == big_n) | (big_k == big_n), 1.0, p)
-    return np.asarray(np.minimum(p, 1.0), dtype=np.float64)
+    return np.where((n == big_n) | (big_k == big_n), 1.0, p)
 
 
 def unique_tuple_pvalues(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: int) -> np.ndarray:
