@@ -12,7 +12,7 @@
 # next call on the same warm machine resumes it.
 set -euo pipefail
 CONFIG=${1:-configs/full-mini-device.toml}
-STAGES=${2:-ingest,embed,train,concepts,analyze,go}
+STAGES=${2:-ingest,embed,train,analyze,go,publish,concepts}
 BUDGET_S=${BUDGET_S:-0}
 START=$SECONDS
 source "$(dirname "$0")/env.sh"
