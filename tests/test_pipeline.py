@@ -267,6 +267,12 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
         device.ingest.protein_tsvs
         == load_config(Path("configs/full-mini.toml"), settings).ingest.protein_tsvs
     )
+    human = load_config(Path("configs/human-mini.toml"), settings)
+    full = load_config(Path("configs/full-mini.toml"), settings)
+    assert human.saes == full.saes and human.embed == full.embed  # every dictionary, all layers
+    assert [Path(p).name for p in human.ingest.protein_tsvs] == [
+        "human_sprot2014.tsv.gz", "structure_proteins_sprot2014.tsv.gz"]  # fmt: skip
+    assert not human.controls.random_init and human.ingest.structures_table is not None
     loop = tmp_path / "a.toml"
     loop.write_text('extends = "b.toml"\n')
     (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
