@@ -9,6 +9,11 @@ features per protein — all bulk-loaded with ``app.store.bulk``. Then it times 
 process (server time, no network) and prints p50/p95 latency and sequential throughput.
 
     PYTHONPATH=. python benchmarks/bench_pages.py [--features 10240] [--requests 60]
+
+With ``--database-url URL --sae NAME`` it builds nothing and times the same pages against a store
+a real trainer run published (e.g. configs/human-mini.toml's), on that run's dictionary NAME.
+
+    PYTHONPATH=. python benchmarks/bench_pages.py --database-url sqlite:///run.sqlite --sae L3-residue-topk
 """
 
 from __future__ import annotations
@@ -152,6 +157,17 @@ def build(shared: Path, n_features: int) -> tuple[str, int]:
     return url, info["sae"]
 
 
+def existing_sae(url: str, name: str) -> int:
+    """The id of the newest published dictionary called ``name`` in the store at ``url``."""
+    engine = make_engine(url)
+    with Session(engine) as session:
+        sae_id = session.scalar(select(Sae.id).where(Sae.name == name).order_by(Sae.id.desc()))
+    engine.dispose()
+    if sae_id is None:
+        raise SystemExit(f"no dictionary named {name!r} in {url}")
+    return int(sae_id)
+
+
 def _time(
     client: Any, url: str, n: int, headers: dict[str, str] | None = None
 ) -> tuple[float, float, float, int]:
@@ -174,8 +190,15 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=10_240)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--shared", type=Path, default=PROJECT_ROOT.parent / "shared")
+    parser.add_argument("--database-url", help="time an existing store instead of building one")
+    parser.add_argument("--sae", help="with --database-url: the dictionary's name in its run")
     args = parser.parse_args()
-    url, sae_id = build(args.shared, args.features)
+    if args.database_url:
+        if not args.sae:
+            parser.error("--database-url needs --sae NAME")
+        url, sae_id = args.database_url, existing_sae(args.database_url, args.sae)
+    else:
+        url, sae_id = build(args.shared, args.features)
     import os
 
     os.environ["PROTSAE_DATABASE_URL"] = url
@@ -188,9 +211,12 @@ def main() -> None:
     client = TestClient(create_app())
     engine = make_engine(url)
     with Session(engine) as session:
+        # The richest feature: explained if any are (a real run without an API key has none),
+        # with GO hits and an example that has a structure.
         fid = session.scalar(
-            select(Feature.id).where(Feature.sae_id == sae_id, Feature.explanation_score.is_not(None),
-                                     Feature.n_go_hits > 0).order_by(Feature.index.desc()).limit(1)
+            select(Feature.id).join(TopExample, TopExample.feature_id == Feature.id)
+            .where(Feature.sae_id == sae_id, Feature.n_go_hits > 0, TopExample.bin == "structure")
+            .order_by(Feature.explanation_score.is_(None), Feature.index.desc()).limit(1)
         )  # fmt: skip
         go_id = session.scalar(
             select(GoEnrichment.go_id).where(GoEnrichment.feature_id == fid).limit(1)
@@ -199,6 +225,7 @@ def main() -> None:
             select(Protein.accession).join(TopExample, TopExample.protein_id == Protein.id)
             .where(TopExample.feature_id == fid, TopExample.bin == "structure").limit(1)
         )  # fmt: skip
+        n_features = session.scalar(select(Sae.n_latents).where(Sae.id == sae_id))
         pf = session.scalar(select(ProteinFeature.feature_id).join(Protein, Protein.id == ProteinFeature.protein_id)
                             .where(Protein.accession == acc, ProteinFeature.sae_id == sae_id, ProteinFeature.rank == 3))  # fmt: skip
     engine.dispose()
@@ -206,9 +233,14 @@ def main() -> None:
         f"/api/v1/saes/{sae_id}/features", params={"sort": "density", "order": "desc", "limit": 500}
     )
     cursor = deep.json()["next_cursor"]
-    for _ in range(8):  # ~4,500 features deep
-        cursor = client.get(f"/api/v1/saes/{sae_id}/features",
-                            params={"sort": "density", "order": "desc", "limit": 500, "cursor": cursor}).json()["next_cursor"]  # fmt: skip
+    for _ in range(8):  # ~4,500 features deep, or the last full page of a smaller dictionary
+        after = client.get(f"/api/v1/saes/{sae_id}/features",
+                           params={"sort": "density", "order": "desc", "limit": 500, "cursor": cursor}).json()["next_cursor"]  # fmt: skip
+        if after is None:
+            break
+        cursor = after
+    if cursor is None:
+        raise SystemExit(f"dictionary {sae_id} has under 500 features: nothing to page through")
     htmx = {"HX-Request": "true"}
     base = f"/saes/{sae_id}/features"
     cases = [
@@ -244,7 +276,8 @@ def main() -> None:
         ),
     ]
     print(
-        f"\n{args.requests} sequential requests each, in process; SAE {sae_id} with {args.features} features"
+        f"\n{args.requests} sequential requests each, in process; SAE {sae_id}"
+        f" with {n_features} features"
     )
     print(f"{'page':<38}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>9}{'KiB':>8}")
     for name, path, headers in cases:
