@@ -136,9 +136,11 @@ def test_resume_after_interruption_is_identical(
     with pytest.raises(RuntimeError, match="not finished"):
         EmbeddingStore(out)
     first = out / manifest["shards"][0]["file"]
-    stamp = first.stat().st_mtime_ns
+    unrecorded = out / manifest["shards"][1]["file"]
+    stamps = [first.stat().st_mtime_ns, unrecorded.stat().st_mtime_ns]
     run_embed(tmp_path, corpus, config)
-    assert first.stat().st_mtime_ns == stamp  # finished shards are kept, not recomputed
+    # Finished shards are kept, not recomputed, recorded or not (files land by rename).
+    assert [first.stat().st_mtime_ns, unrecorded.stat().st_mtime_ns] == stamps
     assert not list(out.glob("*.tmp"))
     expected, got = _shards(finished), _shards(out)
     assert expected.keys() == got.keys()
@@ -160,6 +162,40 @@ def test_pooled_sums_match_numpy_reduceat(finished: Path, chunk: int) -> None:
     got = pooled_sums(residue, offsets, chunk_residues=chunk)
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_unrecorded_shard_file_is_checked_before_it_is_kept(
+    corpus: list[str], config: EmbedConfig, tmp_path: Path
+) -> None:
+    """An unrecorded shard file is kept only if it is this plan's shard; one from another
+    plan's proteins, one with fewer layers, or a corrupt one is recomputed to the right file."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    run_embed(tmp_path, corpus, config)
+    out = tmp_path / "embeddings"
+    expected = _shards(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [s["file"] for s in manifest["shards"]]
+    wrong_proteins = dict(expected[names[1]])
+    wrong_proteins["protein_index"] = wrong_proteins["protein_index"][::-1].copy()
+    fewer_layers = {k: v for k, v in expected[names[2]].items() if not k.startswith("layer4")}
+    with safe_open(str(out / names[1]), framework="numpy") as handle:
+        metadata = handle.metadata()
+    assert metadata and metadata["model_sha256"]  # so only the proteins or the layers differ
+    save_file(wrong_proteins, str(out / names[1]), metadata=metadata)
+    save_file(fewer_layers, str(out / names[2]), metadata=metadata)
+    (out / names[0]).write_bytes(b"half a shard")
+    for shard in manifest["shards"][:3]:
+        shard["done"] = False
+    manifest["done"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    run_embed(tmp_path, corpus, config)
+    got = _shards(out)
+    for name in names[:3]:
+        assert got[name].keys() == expected[name].keys()
+        for key, value in expected[name].items():
+            np.testing.assert_array_equal(value, got[name][key], err_msg=f"{name}:{key}")
 
 
 def test_failed_shard_write_is_not_recorded_and_resumes(

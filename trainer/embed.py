@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
@@ -193,6 +193,25 @@ def _write_shard(
     os.replace(tmp, path)
 
 
+def _complete_shard(
+    path: Path, indices: np.ndarray, layers: list[int], residue_layers: list[int], sha256: str
+) -> bool:
+    """Whether ``path`` is this shard as the current plan would write it: same model, proteins
+    and tensors (header and protein index only; an unreadable file is simply recomputed)."""
+    if not path.exists():
+        return False
+    expected = {"offsets", "protein_index"} | {f"layer{n}.pooled" for n in layers}
+    expected |= {f"layer{n}.residue" for n in residue_layers}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("model_sha256") != sha256 or set(handle.keys()) != expected:
+                return False
+            return bool(np.array_equal(handle.get_tensor("protein_index"), indices))
+    except (OSError, SafetensorError):  # a truncated or foreign file: recompute it
+        return False
+
+
 def run_embed(
     workdir: Path,
     sequences: list[str],
@@ -256,8 +275,16 @@ def run_embed(
         if isinstance(kept, list) and set(residue_layers) <= set(kept):
             residue_layers = manifest["residue_layers"] = kept  # more residues than asked: reuse
         _check_same(old, manifest, manifest_path)
-        for new_shard, old_shard in zip(manifest["shards"], old["shards"], strict=True):
-            new_shard["done"] = bool(old_shard["done"]) and (out_dir / old_shard["file"]).exists()
+        for new_shard, old_shard, idx in zip(
+            manifest["shards"], old["shards"], shards, strict=True
+        ):
+            path = out_dir / old_shard["file"]
+            recorded = bool(old_shard["done"]) and path.exists()
+            # A shard whose write finished after the last record (the run died during the next
+            # shard's forward) is complete on disk, since files land by rename: keep it.
+            new_shard["done"] = recorded or _complete_shard(
+                path, idx, layers, residue_layers, loaded.sha256
+            )
         if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
             return old  # already finished: leave the directory untouched
     for stale in out_dir.glob("shard_*.safetensors.tmp"):
