@@ -166,6 +166,47 @@ def test_real_run_round_trips(migrated_engine: Engine, shared_dir: Path) -> None
         assert hit.go_id in terms and hit.study_hits == 2
 
 
+def test_bulk_insert_stores_what_sqlalchemy_would(
+    migrated_engine: Engine, shared_dir: Path
+) -> None:
+    """The fast paths (tuples to sqlite3's executemany, COPY on PostgreSQL) against SQLAlchemy's
+    own insert, on real GO terms: JSON lists, booleans, NULLs, and the Python-side defaults
+    (``parents=[]``, ``is_obsolete=False``) of columns the rows leave out."""
+    from sqlalchemy import insert
+
+    ids = sorted({g for r in human_proteins(shared_dir, 20) for g in r["go_bp"].split(";") if g})
+    records = go_term_records(shared_dir, set(ids[:12]))
+    assert len(records) >= 8
+    full, partial = [], []
+    spaces = {"biological_process": "BP", "molecular_function": "MF", "cellular_component": "CC"}
+    for n, (go_id, rec) in enumerate(sorted(records.items())):
+        row = {"id": go_id, "name": rec["name"], "namespace": spaces[rec["namespace"]], "depth": n,
+               "level": n, "definition": rec.get("def") if n % 3 else None}  # fmt: skip
+        if n % 2:
+            full.append(
+                {**row, "parents": [f"GO:{n:07d}", "GO:0008150"], "is_obsolete": n % 4 == 1}
+            )
+        else:
+            partial.append(row)  # parents and is_obsolete omitted: their defaults apply
+
+    def stored(session: Session) -> dict[str, tuple[object, ...]]:
+        return {t.id: (t.name, t.namespace, t.depth, t.level, t.definition, t.parents, t.is_obsolete)
+                for t in session.scalars(select(GoTerm))}  # fmt: skip
+
+    with session_factory(migrated_engine)() as session, session.begin():
+        assert bulk_insert(session, GoTerm, full) == len(full)
+        assert bulk_insert(session, GoTerm, partial) == len(partial)
+        fast = stored(session)
+        session.rollback()
+    with session_factory(migrated_engine)() as session, session.begin():
+        session.execute(insert(GoTerm), full)
+        session.execute(insert(GoTerm), partial)
+        reference = stored(session)
+        session.rollback()
+    assert fast == reference and len(fast) == len(records)
+    assert {fast[r["id"]][5] == [] and fast[r["id"]][6] is False for r in partial} == {True}
+
+
 def test_publish_is_atomic(migrated_engine: Engine, shared_dir: Path) -> None:
     rows = human_proteins(shared_dir, 5)
 

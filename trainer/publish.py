@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,9 +48,13 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
-def _blob(values: np.ndarray, offsets: np.ndarray, i: int) -> bytes | None:
-    start, end = int(offsets[i]), int(offsets[i + 1])
-    return encode_values(values[start:end]) if end > start else None
+def _blobs(values: np.ndarray, offsets: np.ndarray) -> list[bytes | None]:
+    """Each row's per-residue values as a store blob (None when it has none): the whole array is
+    encoded once and cut at the offsets, the same bytes as ``encode_values`` per row."""
+    encoded = encode_values(values)
+    width = len(encoded) // max(len(values), 1)
+    bounds = (np.asarray(offsets, dtype=np.int64) * width).tolist()
+    return [encoded[a:b] if b > a else None for a, b in pairwise(bounds)]
 
 
 def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]]:
@@ -176,34 +182,50 @@ class DictionaryLoader:
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
         ex = _load_npz(self.workdir / "analysis" / name / "examples.npz")
-        offsets, values = ex["offsets"], ex["values"]
+        blobs = _blobs(ex["values"], ex["offsets"])
         rows: Iterator[dict[str, Any]] = (
             {
-                "feature_id": feature_ids[int(ex["feature"][i])],
-                "protein_id": self.protein_ids[int(ex["protein"][i])],
-                "bin": str(ex["bin"][i]),
-                "rank": int(ex["rank"][i]),
-                "activation": float(ex["activation"][i]),
-                "max_position": int(ex["max_position"][i]),
-                "residue_values": _blob(values, offsets, i),
+                "feature_id": feature_ids[f],
+                "protein_id": self.protein_ids[p],
+                "bin": bin_,
+                "rank": rank,
+                "activation": activation,
+                "max_position": position,
+                "residue_values": blob,
             }
-            for i in range(len(ex["feature"]))
+            for f, p, bin_, rank, activation, position, blob in zip(
+                ex["feature"].tolist(),
+                ex["protein"].tolist(),
+                ex["bin"].tolist(),
+                ex["rank"].tolist(),
+                ex["activation"].astype(float).tolist(),
+                ex["max_position"].tolist(),
+                blobs,
+                strict=True,
+            )
         )
         bulk_insert(self.session, TopExample, rows)
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
-        offsets, values = pt["offsets"], pt["values"]
+        blobs = _blobs(pt["values"], pt["offsets"])
         rows = (
             {
-                "protein_id": self.protein_ids[int(pt["protein"][i])],
+                "protein_id": self.protein_ids[p],
                 "sae_id": sae.id,
-                "feature_id": feature_ids[int(pt["feature"][i])],
-                "rank": int(pt["rank"][i]),
-                "activation": float(pt["activation"][i]),
-                "residue_values": _blob(values, offsets, i),
+                "feature_id": feature_ids[f],
+                "rank": rank,
+                "activation": activation,
+                "residue_values": blob,
             }
-            for i in range(len(pt["protein"]))
+            for p, f, rank, activation, blob in zip(
+                pt["protein"].tolist(),
+                pt["feature"].tolist(),
+                pt["rank"].tolist(),
+                pt["activation"].astype(float).tolist(),
+                blobs,
+                strict=True,
+            )
         )
         bulk_insert(self.session, ProteinFeature, rows)
 
@@ -237,49 +259,44 @@ class DictionaryLoader:
         if not (go_dir / "hits.npz").exists():
             return
         hits = _load_npz(go_dir / "hits.npz")
-        n = len(hits["feature_index"])
-        terms = known_terms
+        go_ids = hits["go_id"].astype(str).tolist()
+        keep = np.array([g in known_terms for g in go_ids], dtype=bool)
+        # Columns as Python lists once (numpy scalars per row cost more than the inserts).
+        col = {key: hits[key][keep].tolist() for key in (
+            "feature_index", "namespace", "study_hits", "study_size", "pop_hits", "pop_size",
+            "fold_enrichment", "p_value", "q_value", "p_bonferroni", "is_most_specific")}  # fmt: skip
+        ids = [g for g, k in zip(go_ids, keep.tolist(), strict=True) if k]
+        odds = [o if math.isfinite(o) else None for o in hits["odds_ratio"][keep].tolist()]
+        methods = (hits["method"][keep].astype(str).tolist() if "method" in hits
+                   else ["fisher_greater"] * len(ids))  # fmt: skip
+        columns = ("feature_index", "namespace", "study_hits", "study_size", "pop_hits",
+                   "pop_size", "fold_enrichment", "p_value", "q_value", "p_bonferroni",
+                   "is_most_specific")  # fmt: skip
         rows = []
-        counts = np.zeros(len(feature_ids), dtype=np.int64)
-        for i in range(n):
-            go_id = str(hits["go_id"][i])
-            if go_id not in known_terms:
-                continue
-            f = int(hits["feature_index"][i])
-            counts[f] += 1
-            odds = float(hits["odds_ratio"][i])
-            name_, depth = terms.get(go_id, (go_id, 0))
+        for go_id, odds_ratio, method, values in zip(
+            ids, odds, methods, zip(*(col[c] for c in columns), strict=True), strict=True
+        ):
+            f, namespace, s_hits, s_size, p_hits, p_size, fold, p, q, bonf, specific = values
+            name_, depth = known_terms[go_id]
             self.go_hits.setdefault(f, []).append(
-                GoHit(go_id=go_id, name=name_, namespace=str(hits["namespace"][i]), depth=depth,
-                      q_value=float(hits["q_value"][i]),
-                      fold_enrichment=float(hits["fold_enrichment"][i]),
-                      is_most_specific=bool(hits["is_most_specific"][i]))
+                GoHit(go_id=go_id, name=name_, namespace=namespace, depth=depth, q_value=q,
+                      fold_enrichment=fold, is_most_specific=specific)
             )  # fmt: skip
             rows.append(
-                {
-                    "sae_id": sae.id,
-                    "feature_id": feature_ids[f],
-                    "go_id": go_id,
-                    "namespace": str(hits["namespace"][i]),
-                    "study_hits": int(hits["study_hits"][i]),
-                    "study_size": int(hits["study_size"][i]),
-                    "pop_hits": int(hits["pop_hits"][i]),
-                    "pop_size": int(hits["pop_size"][i]),
-                    "odds_ratio": odds if np.isfinite(odds) else None,
-                    "fold_enrichment": float(hits["fold_enrichment"][i]),
-                    "p_value": float(hits["p_value"][i]),
-                    "q_value": float(hits["q_value"][i]),
-                    "p_bonferroni": float(hits["p_bonferroni"][i]),
-                    "method": str(hits["method"][i]) if "method" in hits else "fisher_greater",
-                    "is_most_specific": bool(hits["is_most_specific"][i]),
-                }
-            )
+                {"sae_id": sae.id, "feature_id": feature_ids[f], "go_id": go_id,
+                 "namespace": namespace, "study_hits": s_hits, "study_size": s_size,
+                 "pop_hits": p_hits, "pop_size": p_size, "odds_ratio": odds_ratio,
+                 "fold_enrichment": fold, "p_value": p, "q_value": q, "p_bonferroni": bonf,
+                 "method": method, "is_most_specific": specific}
+            )  # fmt: skip
         bulk_insert(self.session, GoEnrichment, rows)
-        for hit_feature in np.flatnonzero(counts):
+        counts = np.bincount(np.asarray(col["feature_index"], dtype=np.int64),
+                             minlength=len(feature_ids))  # fmt: skip
+        hit = np.flatnonzero(counts).tolist()
+        if hit:  # one executemany (ORM bulk update by primary key), not a statement per feature
             self.session.execute(
-                update(Feature)
-                .where(Feature.id == feature_ids[int(hit_feature)])
-                .values(n_go_hits=int(counts[hit_feature]))
+                update(Feature),
+                [{"id": feature_ids[f], "n_go_hits": int(counts[f])} for f in hit],
             )
 
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:

@@ -1,5 +1,9 @@
 """Bulk loading on each database's fast path: PostgreSQL COPY, SQLite executemany.
 
+On SQLite the rows go to the driver's ``executemany`` as tuples, with each column's own bind
+processor: SQLAlchemy's per-row parameter handling cost as much as the inserts themselves
+(publishing the human-proteome run: 30 s of 33 s).
+
 Rows are inserted inside the caller's transaction, so a crash mid-load leaves nothing behind.
 Primary keys are reserved up front (``reserve_ids``) so that child rows can reference parents
 without a round trip per row.
@@ -7,7 +11,8 @@ without a round trip per row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, func, insert, select, text
@@ -55,6 +60,12 @@ def bulk_insert(
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
         return _copy_postgres(session, table, rows)
+    if bind.dialect.name == "sqlite":
+        return _executemany_sqlite(session, table, rows)
+    return _insert_core(session, table, rows)
+
+
+def _insert_core(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
     count = 0
     batch: list[Mapping[str, Any]] = []
     for row in rows:
@@ -69,6 +80,76 @@ def bulk_insert(
     return count
 
 
+def _executemany_sqlite(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Rows as tuples straight to sqlite3's executemany, inside the session's transaction.
+
+    Columns the rows leave out get their Python-side defaults, as with ``insert(table)``.
+    """
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return 0
+    filled = _python_defaults(table, first)
+    if filled is None:
+        return _insert_core(session, table, _chain(first, iterator))
+    columns = list(first.keys()) + list(filled)
+    dialect = session.get_bind().dialect
+    processors: list[tuple[int, Callable[[Any], Any]]] = []
+    for i, name in enumerate(columns):
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((i, processor))
+    getter = itemgetter(*first.keys())
+    single = len(first) == 1
+    defaults = list(filled.values())
+    session.flush()  # pending ORM rows first: this path bypasses autoflush
+    dbapi = session.connection().connection.driver_connection
+    assert dbapi is not None
+    column_sql = ", ".join(f'"{c}"' for c in columns)
+    sql = f'INSERT INTO "{table.name}" ({column_sql}) VALUES ({", ".join("?" * len(columns))})'
+    cursor = dbapi.cursor()
+    count = 0
+    batch: list[Sequence[Any]] = []
+    try:
+        for row in _chain(first, iterator):
+            values = (getter(row),) if single else getter(row)
+            if defaults:
+                values = (*values, *(default() for default in defaults))
+            if processors:
+                values = list(values)
+                for i, process in processors:
+                    values[i] = process(values[i])
+            batch.append(values)
+            if len(batch) >= _CHUNK:
+                cursor.executemany(sql, batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            cursor.executemany(sql, batch)
+            count += len(batch)
+    finally:
+        cursor.close()
+    return count
+
+
+def _python_defaults(table: Table, first: Mapping[str, Any]) -> dict[str, Callable[[], Any]] | None:
+    """Makers of the Python-side defaults (``default=``) of the columns ``first`` leaves out,
+    which ``insert(table)`` would apply and a raw COPY or executemany would not; None when one
+    is a SQL expression (only SQLAlchemy's own insert can apply that)."""
+    makers: dict[str, Callable[[], Any]] = {}
+    for column in table.columns:
+        default = column.default
+        if default is None or column.name in first:
+            continue
+        if getattr(default, "is_scalar", False):
+            makers[column.name] = lambda value=default.arg: value  # type: ignore[attr-defined,misc]
+        elif getattr(default, "is_callable", False):
+            makers[column.name] = lambda fn=default.arg: fn(None)  # type: ignore[attr-defined,misc]
+        else:
+            return None
+    return makers
+
+
 def _copy_postgres(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
     from psycopg.types.json import Json
 
@@ -76,7 +157,10 @@ def _copy_postgres(session: Session, table: Table, rows: Iterable[Mapping[str, A
     first = next(iterator, None)
     if first is None:
         return 0
-    columns: Sequence[str] = list(first.keys())
+    filled = _python_defaults(table, first)
+    if filled is None:
+        return _insert_core(session, table, _chain(first, iterator))
+    columns: Sequence[str] = list(first.keys()) + list(filled)
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
     dbapi = session.connection().connection.driver_connection
     assert dbapi is not None
@@ -87,7 +171,8 @@ def _copy_postgres(session: Session, table: Table, rows: Iterable[Mapping[str, A
         cursor.copy(f'COPY "{table.name}" ({column_sql}) FROM STDIN') as copy,
     ):
         for row in _chain(first, iterator):
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
+            values = {**row, **{c: make() for c, make in filled.items()}} if filled else row
+            copy.write_row([Json(values[c]) if c in json_columns else values[c] for c in columns])
             count += 1
     return count
 
