@@ -58,11 +58,18 @@ def bulk_insert(
     """Insert ``rows`` (dicts keyed by column name) with COPY on PostgreSQL, executemany elsewhere."""
     table = _table(model)
     bind = session.get_bind()
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return 0
+    every = _chain(first, iterator)
+    fast = bind.dialect.name in ("postgresql", "sqlite")
+    filled = _python_defaults(table, first) if fast else None
+    if filled is None:  # another database, or a SQL-expression default: SQLAlchemy's insert
+        return _insert_core(session, table, every)
     if bind.dialect.name == "postgresql":
-        return _copy_postgres(session, table, rows)
-    if bind.dialect.name == "sqlite":
-        return _executemany_sqlite(session, table, rows)
-    return _insert_core(session, table, rows)
+        return _copy_postgres(session, table, list(first.keys()), every, filled)
+    return _executemany_sqlite(session, table, list(first.keys()), every, filled)
 
 
 def _insert_core(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -80,27 +87,27 @@ def _insert_core(session: Session, table: Table, rows: Iterable[Mapping[str, Any
     return count
 
 
-def _executemany_sqlite(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+def _executemany_sqlite(
+    session: Session,
+    table: Table,
+    given: list[str],
+    rows: Iterable[Mapping[str, Any]],
+    filled: dict[str, Callable[[], Any]],
+) -> int:
     """Rows as tuples straight to sqlite3's executemany, inside the session's transaction.
 
-    Columns the rows leave out get their Python-side defaults, as with ``insert(table)``.
+    Columns the rows leave out get their Python-side defaults (``filled``), as with
+    ``insert(table)``.
     """
-    iterator = iter(rows)
-    first = next(iterator, None)
-    if first is None:
-        return 0
-    filled = _python_defaults(table, first)
-    if filled is None:
-        return _insert_core(session, table, _chain(first, iterator))
-    columns = list(first.keys()) + list(filled)
+    columns = given + list(filled)
     dialect = session.get_bind().dialect
     processors: list[tuple[int, Callable[[Any], Any]]] = []
     for i, name in enumerate(columns):
         processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
             processors.append((i, processor))
-    getter = itemgetter(*first.keys())
-    single = len(first) == 1
+    getter = itemgetter(*given)
+    single = len(given) == 1
     defaults = list(filled.values())
     session.flush()  # pending ORM rows first: this path bypasses autoflush
     dbapi = session.connection().connection.driver_connection
@@ -111,7 +118,7 @@ def _executemany_sqlite(session: Session, table: Table, rows: Iterable[Mapping[s
     count = 0
     batch: list[Sequence[Any]] = []
     try:
-        for row in _chain(first, iterator):
+        for row in rows:
             values = (getter(row),) if single else getter(row)
             if defaults:
                 values = (*values, *(default() for default in defaults))
@@ -150,17 +157,16 @@ def _python_defaults(table: Table, first: Mapping[str, Any]) -> dict[str, Callab
     return makers
 
 
-def _copy_postgres(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
+def _copy_postgres(
+    session: Session,
+    table: Table,
+    given: list[str],
+    rows: Iterable[Mapping[str, Any]],
+    filled: dict[str, Callable[[], Any]],
+) -> int:
     from psycopg.types.json import Json
 
-    iterator = iter(rows)
-    first = next(iterator, None)
-    if first is None:
-        return 0
-    filled = _python_defaults(table, first)
-    if filled is None:
-        return _insert_core(session, table, _chain(first, iterator))
-    columns: Sequence[str] = list(first.keys()) + list(filled)
+    columns: Sequence[str] = given + list(filled)
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
     dbapi = session.connection().connection.driver_connection
     assert dbapi is not None
@@ -170,7 +176,7 @@ def _copy_postgres(session: Session, table: Table, rows: Iterable[Mapping[str, A
         dbapi.cursor() as cursor,
         cursor.copy(f'COPY "{table.name}" ({column_sql}) FROM STDIN') as copy,
     ):
-        for row in _chain(first, iterator):
+        for row in rows:
             values = {**row, **{c: make() for c, make in filled.items()}} if filled else row
             copy.write_row([Json(values[c]) if c in json_columns else values[c] for c in columns])
             count += 1
