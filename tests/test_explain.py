@@ -352,7 +352,7 @@ def test_labels_from_real_go_enrichment(
                 (k / n_study) / (m / n_pop),
             )
         )
-    sig = [h for h in hits if h.q_value < 0.05]
+    sig = [h for h in hits if h.q_value < 0.05 and h.fold_enrichment >= 2.0]
     label = go_label(hits)
     if sig:
         assert label is not None and label.source == "auto:go"
@@ -366,6 +366,13 @@ def test_labels_from_real_go_enrichment(
     assert pfam_label([{"PF00069"}, set(), set(), set()]) is None
     labels = auto_labels({big: hits}, {7: [{"PF00069"}, {"PF00069"}]})
     assert labels[7].source == "auto:pfam" and (big in labels) == bool(sig)
+    # A deep term that is significant but barely enriched does not name the feature; a
+    # shallower term with a real effect does, and weak terms alone give no GO label at all.
+    weak = GoHit("GO:0007204", "positive regulation of cytosolic calcium ion concentration",
+                 "BP", 9, 1e-40, 1.2, is_most_specific=True)  # fmt: skip
+    strong = GoHit("GO:0004930", "G protein-coupled receptor activity", "MF", 4, 1e-6, 3.1)
+    assert "(GO:0004930," in go_label([weak, strong]).text  # type: ignore[union-attr]
+    assert go_label([weak]) is None and go_label([weak], min_fold=1.0) is not None
 
 
 def test_explanations_reach_the_store(real: SimpleNamespace, tmp_path: Path, key: str) -> None:

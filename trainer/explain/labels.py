@@ -49,9 +49,18 @@ class AutoLabel:
     evidence: str
 
 
-def go_label(hits: Iterable[GoHitLike], alpha: float = 0.05) -> AutoLabel | None:
-    """The most specific significant term: flagged most-specific first, then deepest, then lowest q."""
-    significant = [h for h in hits if h.q_value < alpha]
+# A label names a strong association only. On a proteome-sized corpus a dense feature (active on
+# 80% of 18.5k human proteins) reaches q < 1e-30 with folds of 1.1-1.2, and its deepest such
+# term ("positive regulation of cytosolic calcium ion concentration") misled more than it said.
+MIN_LABEL_FOLD = 2.0
+
+
+def go_label(
+    hits: Iterable[GoHitLike], alpha: float = 0.05, min_fold: float = MIN_LABEL_FOLD
+) -> AutoLabel | None:
+    """The most specific significant term with at least ``min_fold`` enrichment: flagged
+    most-specific first, then deepest, then lowest q."""
+    significant = [h for h in hits if h.q_value < alpha and h.fold_enrichment >= min_fold]
     if not significant:
         return None
     best = min(
@@ -88,11 +97,12 @@ def auto_labels(
     top_pfams: Mapping[int, Sequence[Iterable[str]]],
     alpha: float = 0.05,
     min_share: float = 0.5,
+    min_fold: float = MIN_LABEL_FOLD,
 ) -> dict[int, AutoLabel]:
     """Labels per feature index: GO first (more specific), Pfam where GO has nothing."""
     out: dict[int, AutoLabel] = {}
     for feature in sorted(set(go_hits) | set(top_pfams)):
-        label = go_label(go_hits.get(feature, ()), alpha) or pfam_label(
+        label = go_label(go_hits.get(feature, ()), alpha, min_fold) or pfam_label(
             top_pfams.get(feature, ()), min_share
         )
         if label is not None:
