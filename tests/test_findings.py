@@ -71,6 +71,10 @@ def test_findings_page_figures(client: TestClient, store: FindingsStore) -> None
     # GO numbers on the page are the summaries' numbers
     go = store.summaries["go"]["L3-neurons"]
     assert f"{go['n_features']} features, {go['n_tests']} tests" in _figure(html, "go_hit_rates")
+    # Every dictionary of a run shares one population: stated once, not per dictionary.
+    population = "/".join(f"{k} {v}" for k, v in go["population_size"].items())
+    go_caption = _figure(html, "go_hit_rates")
+    assert go_caption.count(population) == 1 and "Annotated proteins (population)" in go_caption
     t0 = time.perf_counter()
     assert client.get(f"/runs/{store.run_id}/findings").text == html
     warm = time.perf_counter() - t0

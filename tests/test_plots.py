@@ -163,6 +163,19 @@ def test_go_figures(shared_dir: Path, pooled: dict[str, Any]) -> None:
     _svg_ok(plot_go_hit_rates(summaries, inputs), "diamonds: BH over the features that fire")
     _svg_ok(plot_go_hits_per_level(summaries, inputs), line, "GO level")
     _svg_ok(plot_fold_enrichment(summaries, inputs), line, "fold enrichment")
+    # A 4-layer run has 14 dictionaries: the hit-rate bars grow downwards (height), not into
+    # an unreadable strip, and every dictionary keeps its own row label.
+    many = [{**s, "dictionary": f"{s['dictionary']} #{k}"} for k in range(5) for s in summaries[:3]]
+    big = plot_go_hit_rates(many[:14], inputs)
+    assert _height_pt(big) > 2.5 * _height_pt(plot_go_hit_rates(summaries, inputs))
+    _svg_ok(big, *[s["dictionary"] for s in many[:14]])
+    _svg_ok(plot_go_hits_per_level(many[:14], inputs), "neurons_L2 #4")
+
+
+def _height_pt(svg: str) -> float:
+    match = re.search(r'<svg[^>]*height="([0-9.]+)pt"', svg)
+    assert match, "no height on the SVG"
+    return float(match.group(1))
 
 
 def test_pearson_r_figure(pooled: dict[str, Any]) -> None:

@@ -109,6 +109,15 @@ def _link_bars(bars: Any, names: Sequence[str], link: Link | None) -> None:
             bar.set_url(link(name, None))
 
 
+def _line_legend(ax: Any, n_entries: int) -> None:
+    """A legend inside the axes for a few lines; beside them (right) for many, where it would
+    otherwise cover the data (a 4-layer run has 14 dictionaries)."""
+    if n_entries <= 6:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
 def _legend(ax: Any, summaries: Sequence[Summary]) -> None:
     kinds = list(dict.fromkeys(kind_of(s) for s in summaries))
     handles = [Rectangle((0, 0), 1, 1, color=KIND_COLOURS.get(k, "#2ca02c")) for k in kinds]
@@ -146,26 +155,30 @@ def plot_go_hit_rates(
     summaries: Sequence[Summary], inputs: FigureInputs, *, link: Link | None = None
 ) -> str:
     """% of features with ≥1 significant GO term, BH and the paper's Bonferroni protocol."""
+    # Horizontal bars: the figure grows in height with the dictionaries, so names and bars stay
+    # legible for a 14-dictionary run as for a 3-dictionary one.
     names = _names(summaries)
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(5.0, 0.9 * len(names) + 2), 3.8))
+    y = np.arange(len(names))
+    fig = Figure(figsize=(9.0, 1.6 + 0.42 * len(names)))
     ax = fig.subplots()
-    for offset, key, hatch in ((-0.2, "bh", ""), (0.2, "bonferroni", "//")):
+    for offset, key, hatch, label in ((-0.2, "bh", "", "BH (q < α)"),
+                                      (0.2, "bonferroni", "//", "Bonferroni (paper)")):  # fmt: skip
         vals = [float(s[key]["pct_features_with_hit"]) for s in summaries]
-        bars = ax.bar(x + offset, vals, 0.4, color=_colours(summaries), hatch=hatch,
-                      edgecolor="white", label=key)  # fmt: skip
+        bars = ax.barh(y + offset, vals, 0.4, color=_colours(summaries), hatch=hatch,
+                       edgecolor="white", label=label)  # fmt: skip
         _link_bars(bars, names, link)
     # Dead latents can have no hit; the same BH count over the latents that fire at all.
     active = [(i, s["bh"].get("pct_active_features_with_hit")) for i, s in enumerate(summaries)]
     active = [(i, v) for i, v in active if v is not None]
     if active:
-        ax.scatter([x[i] - 0.2 for i, _ in active], [float(v) for _, v in active], marker="D",
+        ax.scatter([float(v) for _, v in active], [y[i] - 0.2 for i, _ in active], marker="D",
                    s=18, color="black", zorder=3, label="BH, % of active features")  # fmt: skip
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("% of features with ≥1 significant term")
-    handles, _ = ax.get_legend_handles_labels()
-    labels = ["BH (q < α)", "Bonferroni (paper)"] + (["BH, % of active features"] if active else [])
-    ax.legend(handles, labels, fontsize=7)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()  # first dictionary on top, as listed
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of features with ≥1 significant term")
+    # Each handle carries its own label (matching by position put the diamond on "BH").
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     caption = "Plain bars: Benjamini–Hochberg; hatched: Bonferroni" + (
         "; diamonds: BH over the features that fire on ≥1 protein (dead latents left out)"
         if active else ""
@@ -175,7 +188,7 @@ def plot_go_hit_rates(
 
 def plot_go_hits_per_level(summaries: Sequence[Summary], inputs: FigureInputs) -> str:
     """Significant (BH) hits per level of the GO hierarchy, one line per dictionary."""
-    fig = Figure(figsize=(6, 3.8))
+    fig = Figure(figsize=(6 if len(summaries) <= 6 else 8.5, 3.8))
     ax = fig.subplots()
     for s in summaries:
         table = s["hits_per_level"]["by_level"]
@@ -185,14 +198,14 @@ def plot_go_hits_per_level(summaries: Sequence[Summary], inputs: FigureInputs) -
     ax.set_xlabel("GO level (shortest is_a path to the root)")
     ax.set_ylabel("significant hits (BH)")
     ax.set_yscale("symlog")
-    ax.legend(fontsize=7)
+    _line_legend(ax, len(summaries))
     caption = "Enriched terms at every depth: specific (deep) terms, not only root-level ones."
     return _svg(fig, "GO hits per level", inputs, caption)
 
 
 def plot_fold_enrichment(summaries: Sequence[Summary], inputs: FigureInputs) -> str:
     """Distribution of fold enrichment of significant hits (log scale), per dictionary."""
-    fig = Figure(figsize=(6, 3.8))
+    fig = Figure(figsize=(6 if len(summaries) <= 6 else 9, 3.8))
     ax = fig.subplots()
     values = [np.asarray(s["fold_enrichment"], dtype=float) for s in summaries]
     positive = np.concatenate([v[v > 0] for v in values] + [np.ones(1)])
@@ -203,7 +216,7 @@ def plot_fold_enrichment(summaries: Sequence[Summary], inputs: FigureInputs) -> 
     ax.set_xscale("log")
     ax.set_xlabel("fold enrichment (study frequency / population frequency)")
     ax.set_ylabel("significant hits")
-    ax.legend(fontsize=7)
+    _line_legend(ax, len(summaries))
     return _svg(fig, "GO fold enrichment", inputs, "Significant hits only.")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,16 +80,19 @@ def _fidelity(f: RunFindings) -> FigureOut:
 
 
 def _go_caption(f: RunFindings) -> str:
-    parts = []
-    for g in f.go:
-        if "n_features" in g:
-            pop = g.get("population_size") or {}
-            parts.append(
-                f"{g['dictionary']}: {g['n_features']} features, {g.get('n_tests', '?')} tests, "
-                f"annotated proteins {_fmt_sizes(pop) if pop else '?'}"
-            )
+    """Features and tests per dictionary; the annotated population once when every dictionary
+    shares it (they do within a run, and 14 repeats made the caption a wall of numbers)."""
+    measured = [g for g in f.go if "n_features" in g]
+    pops = [_fmt_sizes(g.get("population_size") or {}) or "?" for g in measured]
+    shared = len(set(pops)) == 1
+    parts = [
+        f"{g['dictionary']}: {g['n_features']} features, {g.get('n_tests', '?')} tests"
+        + ("" if shared else f", annotated proteins {pop}")
+        for g, pop in zip(measured, pops, strict=True)
+    ]
+    common = f" Annotated proteins (population) {pops[0]}." if shared and pops else ""
     return (
-        f"Run {f.run.name}, model {f.run.base_model}, corpus {corpus_text(f.run)}. "
+        f"Run {f.run.name}, model {f.run.base_model}, corpus {corpus_text(f.run)}.{common} "
         + "; ".join(parts)
         + "."
     )
@@ -103,8 +107,10 @@ def _go_links(f: RunFindings) -> list[Link]:
 
 def _go_figures(f: RunFindings) -> list[FigureOut]:
     own = [g for g in f.go if "hits_per_level" in g]
-    corpus = f"{f.run.n_proteins} proteins; " + ", ".join(
-        f"{g['dictionary']} {g['n_features']} features" for g in own if "n_features" in g
+    # The figure's title line counts the dictionaries by size; the caption below names each.
+    sizes = Counter(int(g["n_features"]) for g in own if "n_features" in g)
+    corpus = f"{f.run.n_proteins} proteins; {len(own)} dictionaries: " + ", ".join(
+        f"{n} × {size} features" for size, n in sorted(sizes.items(), reverse=True)
     )
     inputs = f.inputs(corpus)
     caption = _go_caption(f)
