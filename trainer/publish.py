@@ -261,17 +261,15 @@ class DictionaryLoader:
         hits = _load_npz(go_dir / "hits.npz")
         go_ids = hits["go_id"].astype(str).tolist()
         keep = np.array([g in known_terms for g in go_ids], dtype=bool)
+        columns = ("feature_index", "namespace", "study_hits", "study_size", "pop_hits",
+                   "pop_size", "fold_enrichment", "p_value", "q_value", "p_bonferroni",
+                   "is_most_specific")  # fmt: skip
         # Columns as Python lists once (numpy scalars per row cost more than the inserts).
-        col = {key: hits[key][keep].tolist() for key in (
-            "feature_index", "namespace", "study_hits", "study_size", "pop_hits", "pop_size",
-            "fold_enrichment", "p_value", "q_value", "p_bonferroni", "is_most_specific")}  # fmt: skip
+        col = {key: hits[key][keep].tolist() for key in columns}
         ids = [g for g, k in zip(go_ids, keep.tolist(), strict=True) if k]
         odds = [o if math.isfinite(o) else None for o in hits["odds_ratio"][keep].tolist()]
         methods = (hits["method"][keep].astype(str).tolist() if "method" in hits
                    else ["fisher_greater"] * len(ids))  # fmt: skip
-        columns = ("feature_index", "namespace", "study_hits", "study_size", "pop_hits",
-                   "pop_size", "fold_enrichment", "p_value", "q_value", "p_bonferroni",
-                   "is_most_specific")  # fmt: skip
         rows = []
         for go_id, odds_ratio, method, values in zip(
             ids, odds, methods, zip(*(col[c] for c in columns), strict=True), strict=True

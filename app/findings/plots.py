@@ -39,7 +39,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 matplotlib.use("Agg")  # no display; figures are built with the object API (no pyplot state)
 
@@ -116,12 +115,6 @@ def _line_legend(ax: Any, n_entries: int) -> None:
         ax.legend(fontsize=7)
     else:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-
-
-def _legend(ax: Any, summaries: Sequence[Summary]) -> None:
-    kinds = list(dict.fromkeys(kind_of(s) for s in summaries))
-    handles = [Rectangle((0, 0), 1, 1, color=KIND_COLOURS.get(k, "#2ca02c")) for k in kinds]
-    ax.legend(handles, kinds, fontsize=7, loc="best")
 
 
 def plot_sae_fidelity(

@@ -67,9 +67,19 @@ def bulk_insert(
     filled = _python_defaults(table, first) if fast else None
     if filled is None:  # another database, or a SQL-expression default: SQLAlchemy's insert
         return _insert_core(session, table, every)
+    # The fast paths write through the driver's connection, which bypasses autoflush: pending
+    # ORM rows (a parent just added) go first, in the same transaction.
+    session.flush()
+    columns = [*first.keys(), *filled]
     if bind.dialect.name == "postgresql":
-        return _copy_postgres(session, table, list(first.keys()), every, filled)
-    return _executemany_sqlite(session, table, list(first.keys()), every, filled)
+        return _copy_postgres(session, table, columns, every, filled)
+    return _executemany_sqlite(session, table, columns, every, filled)
+
+
+def _driver_connection(session: Session) -> Any:
+    dbapi = session.connection().connection.driver_connection
+    assert dbapi is not None
+    return dbapi
 
 
 def _insert_core(session: Session, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -90,16 +100,16 @@ def _insert_core(session: Session, table: Table, rows: Iterable[Mapping[str, Any
 def _executemany_sqlite(
     session: Session,
     table: Table,
-    given: list[str],
+    columns: list[str],
     rows: Iterable[Mapping[str, Any]],
     filled: dict[str, Callable[[], Any]],
 ) -> int:
     """Rows as tuples straight to sqlite3's executemany, inside the session's transaction.
 
-    Columns the rows leave out get their Python-side defaults (``filled``), as with
-    ``insert(table)``.
+    ``columns`` are the rows' keys, then the left-out columns whose Python-side defaults
+    ``filled`` makes, as with ``insert(table)``.
     """
-    columns = given + list(filled)
+    given = columns[: len(columns) - len(filled)]
     dialect = session.get_bind().dialect
     processors: list[tuple[int, Callable[[Any], Any]]] = []
     for i, name in enumerate(columns):
@@ -109,9 +119,7 @@ def _executemany_sqlite(
     getter = itemgetter(*given)
     single = len(given) == 1
     defaults = list(filled.values())
-    session.flush()  # pending ORM rows first: this path bypasses autoflush
-    dbapi = session.connection().connection.driver_connection
-    assert dbapi is not None
+    dbapi = _driver_connection(session)
     column_sql = ", ".join(f'"{c}"' for c in columns)
     sql = f'INSERT INTO "{table.name}" ({column_sql}) VALUES ({", ".join("?" * len(columns))})'
     cursor = dbapi.cursor()
@@ -160,16 +168,14 @@ def _python_defaults(table: Table, first: Mapping[str, Any]) -> dict[str, Callab
 def _copy_postgres(
     session: Session,
     table: Table,
-    given: list[str],
+    columns: list[str],
     rows: Iterable[Mapping[str, Any]],
     filled: dict[str, Callable[[], Any]],
 ) -> int:
     from psycopg.types.json import Json
 
-    columns: Sequence[str] = given + list(filled)
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    dbapi = session.connection().connection.driver_connection
-    assert dbapi is not None
+    dbapi = _driver_connection(session)
     column_sql = ", ".join(f'"{c}"' for c in columns)
     count = 0
     with (
