@@ -263,6 +263,8 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
     assert variant.saes == demo.saes and variant.embed == demo.embed
     device = load_config(Path("configs/full-mini-device.toml"), settings)
     assert device.ingest.structures_table is None  # "" in TOML switches the table off
+    assert not device.controls.random_init
+    assert device.saes == load_config(Path("configs/full-mini.toml"), settings).saes
     assert (
         device.ingest.protein_tsvs
         == load_config(Path("configs/full-mini.toml"), settings).ingest.protein_tsvs

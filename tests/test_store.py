@@ -13,7 +13,7 @@ from app.store import migrate
 from app.store.bulk import bulk_insert, reserve_ids
 from app.store.codec import decode_values, encode_values
 from app.store.engine import make_engine, session_factory
-from app.store.publish import RunExistsError, publish_run
+from app.store.publish import SQLITE_PUBLISH_CACHE_KIB, RunExistsError, publish_run
 from app.store.schema import (
     Feature,
     GoEnrichment,
@@ -234,6 +234,26 @@ def test_publish_is_atomic(migrated_engine: Engine, shared_dir: Path) -> None:
     publish_run(migrated_engine, replacement, lambda s, r: None, replace=True)
     with session_factory(migrated_engine)() as session:
         assert session.scalars(select(Run.base_model)).all() == ["m2"]
+
+
+def test_sqlite_publish_cache_is_large_while_loading_then_restored(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    migrate.upgrade(sqlite_url)
+    seen: list[int] = []
+
+    def load(session: Session, run: Run) -> None:
+        seen.append(session.connection().exec_driver_sql("PRAGMA cache_size").scalar_one())
+
+    with engine.connect() as connection:
+        default = connection.exec_driver_sql("PRAGMA cache_size").scalar_one()
+    run = Run(name="cached", base_model="m", checkpoint_sha256="0", layer=1, corpus="c")
+    publish_run(engine, run, load)
+    assert seen == [-SQLITE_PUBLISH_CACHE_KIB] and default != seen[0]
+    with engine.connect() as connection:  # the pool's one connection, back to the default
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar_one() == default
+    with session_factory(engine)() as session:  # and the run was committed
+        assert session.scalar(select(Run.status).where(Run.name == "cached")) == "published"
+    engine.dispose()
 
 
 def test_reserve_ids_do_not_collide(migrated_engine: Engine, shared_dir: Path) -> None:

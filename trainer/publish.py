@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import pairwise
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
+from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
@@ -40,6 +42,8 @@ from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
+
+console = Console()
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -96,6 +100,7 @@ class DictionaryLoader:
         self.run = run
         self.protein_ids = protein_ids
         self.go_hits: dict[int, list[GoHit]] = {}
+        self.n_rows = 0  # bulk-inserted rows so far (progress on a proteome-sized run)
 
     def load(self, name: str, known_terms: dict[str, tuple[str, int]]) -> Sae:
         sae_dir = self.workdir / "saes" / name
@@ -177,7 +182,7 @@ class DictionaryLoader:
             }
             for f in range(n)
         )
-        bulk_insert(self.session, Feature, rows)
+        self.n_rows += bulk_insert(self.session, Feature, rows)
         return ids
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
@@ -204,7 +209,7 @@ class DictionaryLoader:
                 strict=True,
             )
         )
-        bulk_insert(self.session, TopExample, rows)
+        self.n_rows += bulk_insert(self.session, TopExample, rows)
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
@@ -227,7 +232,7 @@ class DictionaryLoader:
                 strict=True,
             )
         )
-        bulk_insert(self.session, ProteinFeature, rows)
+        self.n_rows += bulk_insert(self.session, ProteinFeature, rows)
 
     def _neighbors(self, name: str, feature_ids: list[int]) -> None:
         nb = _load_npz(self.workdir / "analysis" / name / "neighbors.npz")
@@ -242,7 +247,7 @@ class DictionaryLoader:
             for f in range(idx.shape[0])
             for r in range(idx.shape[1])
         )
-        bulk_insert(self.session, FeatureNeighbor, rows)
+        self.n_rows += bulk_insert(self.session, FeatureNeighbor, rows)
 
     def _summary(self, sae: Sae, kind: str, path: Path) -> None:
         if path.exists():
@@ -287,7 +292,7 @@ class DictionaryLoader:
                  "fold_enrichment": fold, "p_value": p, "q_value": q, "p_bonferroni": bonf,
                  "method": method, "is_most_specific": specific}
             )  # fmt: skip
-        bulk_insert(self.session, GoEnrichment, rows)
+        self.n_rows += bulk_insert(self.session, GoEnrichment, rows)
         counts = np.bincount(np.asarray(col["feature_index"], dtype=np.int64),
                              minlength=len(feature_ids))  # fmt: skip
         hit = np.flatnonzero(counts).tolist()
@@ -327,7 +332,7 @@ class DictionaryLoader:
             for i in range(len(al["feature_index"]))
             if str(al["concept"][i]) in concept_ids
         )
-        bulk_insert(self.session, ConceptAlignment, rows)
+        self.n_rows += bulk_insert(self.session, ConceptAlignment, rows)
 
 
 def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
@@ -369,8 +374,12 @@ def publish(
         insert_structures(session, structures, by_accession)
         known_terms = _load_go_terms(session, workdir)
         loader = DictionaryLoader(session, workdir, run_row, protein_ids)
-        for name in dictionaries:
+        for i, name in enumerate(dictionaries, 1):
+            started, rows_before = time.perf_counter(), loader.n_rows
             loader.load(name, known_terms)
+            console.print(f"publish: {name} ({i}/{len(dictionaries)}): "
+                          f"{loader.n_rows - rows_before:,} rows in "
+                          f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
     run.n_proteins = len(corpus.accessions)
     return publish_run(engine, run, load, replace=replace)

@@ -6,14 +6,39 @@ at any point leaves no trace and a reader never sees half a run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.orm import Session
 
 from app.store.engine import session_factory
 from app.store.schema import Run
+
+# SQLite's page cache for the publishing connection (KiB): its default of 2 MiB thrashes on the
+# secondary indexes of a proteome-sized run (an insert benchmark of 7.8 M protein -> feature
+# rows in protein order: 233 k -> 321 k rows/s with 1 GiB). Pages are taken only as touched.
+SQLITE_PUBLISH_CACHE_KIB = 1 << 20
+
+
+@contextmanager
+def _sqlite_cache(connection: Connection) -> Iterator[None]:
+    """A large page cache on this connection while it publishes (SQLite only), then back to its
+    old size before the connection returns to the pool, where the server's connections keep
+    SQLite's default."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    previous = int(connection.exec_driver_sql("PRAGMA cache_size").scalar_one())
+    connection.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_PUBLISH_CACHE_KIB}")
+    connection.commit()  # end the autobegun (empty) transaction: the session begins its own
+    try:
+        yield
+    finally:
+        connection.rollback()  # nothing is pending after the session's commit or rollback
+        connection.exec_driver_sql(f"PRAGMA cache_size = {previous}")
+        connection.commit()
 
 
 class RunExistsError(RuntimeError):
@@ -32,7 +57,12 @@ def publish_run(
     ``load(session, run)`` receives the flushed run (with its id) and bulk-inserts the rest.
     With ``replace`` an existing run of the same name is deleted in the same transaction.
     """
-    with session_factory(engine)() as session, session.begin():
+    with (
+        engine.connect() as connection,
+        _sqlite_cache(connection),
+        session_factory(engine)(bind=connection) as session,
+        session.begin(),
+    ):
         existing = session.scalar(select(Run).where(Run.name == run.name))
         if existing is not None:
             if not replace:
