@@ -244,3 +244,15 @@ def test_run_analyze_on_a_pooled_only_layer_matches_the_shards(
                 assert np.mean(a[key] == b[key]) > 0.95
             else:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
+def test_the_weightless_neuron_basis_goes_where_it_is_moved() -> None:
+    """Analyze runs a dictionary where its tensors are; the neuron baseline has no weights but
+    must follow ``.to()`` like the SAEs (it ran on the CPU beside a GPU before)."""
+    from trainer.analyze import _device_of
+
+    moved = NeuronBasis(6).to("meta")
+    assert _device_of(moved).type == "meta"
+    assert moved.decoder_directions().device.type == "meta"
+    assert _device_of(NeuronBasis(6)).type == "cpu"
+    assert "anchor" not in NeuronBasis(6).state_dict()

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.orm import Session
 
 from app.store import migrate
-from app.store.bulk import bulk_insert, reserve_ids
+from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import decode_values, encode_values
 from app.store.engine import make_engine, session_factory
 from app.store.publish import SQLITE_PUBLISH_CACHE_KIB, RunExistsError, publish_run
@@ -205,6 +205,31 @@ def test_bulk_insert_stores_what_sqlalchemy_would(
         session.rollback()
     assert fast == reference and len(fast) == len(records)
     assert {fast[r["id"]][5] == [] and fast[r["id"]][6] is False for r in partial} == {True}
+
+    # Column by column (bulk_insert_columns), with values shared by every row as constants.
+    shared = {"parents": ["GO:0008150"], "is_obsolete": True}
+
+    def columns_of(rows: list[dict[str, object]]) -> dict[str, list[object]]:
+        return {key: [r[key] for r in rows] for key in rows[0]}
+
+    with session_factory(migrated_engine)() as session, session.begin():
+        assert bulk_insert_columns(session, GoTerm, columns_of(full)) == len(full)
+        assert bulk_insert_columns(session, GoTerm, columns_of(partial[:2])) == 2
+        assert bulk_insert_columns(session, GoTerm, columns_of(partial[2:]), shared) == len(
+            partial[2:]
+        )
+        assert bulk_insert_columns(session, GoTerm, {"id": []}) == 0
+        with pytest.raises(ValueError, match="differ in length"):
+            bulk_insert_columns(session, GoTerm, {"id": ["GO:1"], "name": []})
+        columnar = stored(session)
+        session.rollback()
+    with session_factory(migrated_engine)() as session, session.begin():
+        session.execute(insert(GoTerm), full + partial[:2])
+        session.execute(insert(GoTerm), [{**r, **shared} for r in partial[2:]])
+        reference = stored(session)
+        session.rollback()
+    assert columnar == reference
+    assert {columnar[r["id"]][5:] == (["GO:0008150"], True) for r in partial[2:]} == {True}
 
 
 def test_publish_is_atomic(migrated_engine: Engine, shared_dir: Path) -> None:

@@ -11,6 +11,7 @@ files, the ``DONE`` marker last.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -69,9 +70,11 @@ class Spec:
 
 
 def _device_of(module: Dictionary) -> torch.device:
-    """Where the module's weights are (the neuron baseline, weightless, runs on the CPU)."""
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    """Where the module's tensors are: its weights, or the neuron baseline's empty buffer
+    (weightless, it ran on the CPU beside a GPU: 110 s for the 31.7 M residues of the full
+    corpus on an H200 machine's 16 cores, against 43-64 s for the residue SAEs on the GPU)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _to(a: np.ndarray, device: torch.device) -> Tensor:

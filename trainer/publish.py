@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
@@ -22,7 +22,7 @@ from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from app.store.bulk import bulk_insert, reserve_ids
+from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
 from app.store.publish import publish_run
 from app.store.schema import (
@@ -50,6 +50,11 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz, read once (indexing an NpzFile re-reads the member each time)."""
     with np.load(path, allow_pickle=False) as archive:
         return {key: archive[key] for key in archive.files}
+
+
+def _lookup(ids: list[int], indices: np.ndarray) -> list[int]:
+    """Store ids of the rows at ``indices`` (a whole column at once)."""
+    return np.asarray(ids, dtype=np.int64)[np.asarray(indices, dtype=np.int64)].tolist()
 
 
 def _blobs(values: np.ndarray, offsets: np.ndarray) -> list[bytes | None]:
@@ -162,92 +167,61 @@ class DictionaryLoader:
         ids = reserve_ids(self.session, Feature, n)
         # Residue level: the fraction of residues a feature fires on; protein level: of proteins.
         density = stats["residue_density"] if sae.level == "residue" else stats["density"]
-        rows = (
-            {
-                "id": ids[f],
-                "sae_id": sae.id,
-                "index": f,
-                "density": float(density[f]),
-                "n_active": int(stats["n_active"][f]),
-                "max_activation": float(stats["max_activation"][f]),
-                "mean_activation": float(stats["mean_activation"][f]),
-                "hist_edges": [round(float(x), 5) for x in stats["hist_edges"][f]],
-                "hist_counts": [int(x) for x in stats["hist_counts"][f]],
-                "is_dead": bool(stats["is_dead"][f]),
-                "pattern_class": None,
-                "auto_label": None,
-                "auto_label_source": None,
-                "explanation_score": None,
-                "n_go_hits": 0,
-            }
-            for f in range(n)
-        )
-        self.n_rows += bulk_insert(self.session, Feature, rows)
+        columns = {
+            "id": ids,
+            "index": list(range(n)),
+            "density": density.astype(float).tolist(),
+            "n_active": stats["n_active"].astype(np.int64).tolist(),
+            "max_activation": stats["max_activation"].astype(float).tolist(),
+            "mean_activation": stats["mean_activation"].astype(float).tolist(),
+            "hist_edges": [
+                [round(x, 5) for x in edges] for edges in stats["hist_edges"].astype(float).tolist()
+            ],
+            "hist_counts": stats["hist_counts"].astype(np.int64).tolist(),
+            "is_dead": stats["is_dead"].astype(bool).tolist(),
+        }
+        nulls = dict.fromkeys(("pattern_class", "auto_label", "auto_label_source",
+                               "explanation_score"))  # fmt: skip
+        self.n_rows += bulk_insert_columns(self.session, Feature, columns,
+                                           {"sae_id": sae.id, "n_go_hits": 0, **nulls})  # fmt: skip
         return ids
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
         ex = _load_npz(self.workdir / "analysis" / name / "examples.npz")
-        blobs = _blobs(ex["values"], ex["offsets"])
-        rows: Iterator[dict[str, Any]] = (
-            {
-                "feature_id": feature_ids[f],
-                "protein_id": self.protein_ids[p],
-                "bin": bin_,
-                "rank": rank,
-                "activation": activation,
-                "max_position": position,
-                "residue_values": blob,
-            }
-            for f, p, bin_, rank, activation, position, blob in zip(
-                ex["feature"].tolist(),
-                ex["protein"].tolist(),
-                ex["bin"].tolist(),
-                ex["rank"].tolist(),
-                ex["activation"].astype(float).tolist(),
-                ex["max_position"].tolist(),
-                blobs,
-                strict=True,
-            )
-        )
-        self.n_rows += bulk_insert(self.session, TopExample, rows)
+        columns = {
+            "feature_id": _lookup(feature_ids, ex["feature"]),
+            "protein_id": _lookup(self.protein_ids, ex["protein"]),
+            "bin": ex["bin"].tolist(),
+            "rank": ex["rank"].tolist(),
+            "activation": ex["activation"].astype(float).tolist(),
+            "max_position": ex["max_position"].tolist(),
+            "residue_values": _blobs(ex["values"], ex["offsets"]),
+        }
+        self.n_rows += bulk_insert_columns(self.session, TopExample, columns)
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
-        blobs = _blobs(pt["values"], pt["offsets"])
-        rows = (
-            {
-                "protein_id": self.protein_ids[p],
-                "sae_id": sae.id,
-                "feature_id": feature_ids[f],
-                "rank": rank,
-                "activation": activation,
-                "residue_values": blob,
-            }
-            for p, f, rank, activation, blob in zip(
-                pt["protein"].tolist(),
-                pt["feature"].tolist(),
-                pt["rank"].tolist(),
-                pt["activation"].astype(float).tolist(),
-                blobs,
-                strict=True,
-            )
-        )
-        self.n_rows += bulk_insert(self.session, ProteinFeature, rows)
+        columns = {
+            "protein_id": _lookup(self.protein_ids, pt["protein"]),
+            "feature_id": _lookup(feature_ids, pt["feature"]),
+            "rank": pt["rank"].tolist(),
+            "activation": pt["activation"].astype(float).tolist(),
+            "residue_values": _blobs(pt["values"], pt["offsets"]),
+        }
+        self.n_rows += bulk_insert_columns(self.session, ProteinFeature, columns,
+                                           {"sae_id": sae.id})  # fmt: skip
 
     def _neighbors(self, name: str, feature_ids: list[int]) -> None:
         nb = _load_npz(self.workdir / "analysis" / name / "neighbors.npz")
         idx, cos = nb["indices"], nb["cosines"]
-        rows = (
-            {
-                "feature_id": feature_ids[f],
-                "neighbor_id": feature_ids[int(idx[f, r])],
-                "rank": r,
-                "cosine": float(cos[f, r]),
-            }
-            for f in range(idx.shape[0])
-            for r in range(idx.shape[1])
-        )
-        self.n_rows += bulk_insert(self.session, FeatureNeighbor, rows)
+        n, width = idx.shape
+        columns = {
+            "feature_id": _lookup(feature_ids, np.repeat(np.arange(n), width)),
+            "neighbor_id": _lookup(feature_ids, idx.reshape(-1)),
+            "rank": np.tile(np.arange(width), n).tolist(),
+            "cosine": cos.reshape(-1).astype(float).tolist(),
+        }
+        self.n_rows += bulk_insert_columns(self.session, FeatureNeighbor, columns)
 
     def _summary(self, sae: Sae, kind: str, path: Path) -> None:
         if path.exists():
@@ -266,35 +240,29 @@ class DictionaryLoader:
         hits = _load_npz(go_dir / "hits.npz")
         go_ids = hits["go_id"].astype(str).tolist()
         keep = np.array([g in known_terms for g in go_ids], dtype=bool)
-        columns = ("feature_index", "namespace", "study_hits", "study_size", "pop_hits",
-                   "pop_size", "fold_enrichment", "p_value", "q_value", "p_bonferroni",
-                   "is_most_specific")  # fmt: skip
+        names = ("namespace", "study_hits", "study_size", "pop_hits", "pop_size",
+                 "fold_enrichment", "p_value", "q_value", "p_bonferroni", "is_most_specific")  # fmt: skip
         # Columns as Python lists once (numpy scalars per row cost more than the inserts).
-        col = {key: hits[key][keep].tolist() for key in columns}
+        col: dict[str, list[Any]] = {key: hits[key][keep].tolist() for key in names}
+        feature_index = hits["feature_index"][keep]
         ids = [g for g, k in zip(go_ids, keep.tolist(), strict=True) if k]
-        odds = [o if math.isfinite(o) else None for o in hits["odds_ratio"][keep].tolist()]
-        methods = (hits["method"][keep].astype(str).tolist() if "method" in hits
-                   else ["fisher_greater"] * len(ids))  # fmt: skip
-        rows = []
-        for go_id, odds_ratio, method, values in zip(
-            ids, odds, methods, zip(*(col[c] for c in columns), strict=True), strict=True
-        ):
-            f, namespace, s_hits, s_size, p_hits, p_size, fold, p, q, bonf, specific = values
+        for f, go_id, namespace, q, fold, specific in zip(
+            feature_index.tolist(), ids, col["namespace"], col["q_value"],
+            col["fold_enrichment"], col["is_most_specific"], strict=True,
+        ):  # fmt: skip
             name_, depth = known_terms[go_id]
             self.go_hits.setdefault(f, []).append(
                 GoHit(go_id=go_id, name=name_, namespace=namespace, depth=depth, q_value=q,
                       fold_enrichment=fold, is_most_specific=specific)
             )  # fmt: skip
-            rows.append(
-                {"sae_id": sae.id, "feature_id": feature_ids[f], "go_id": go_id,
-                 "namespace": namespace, "study_hits": s_hits, "study_size": s_size,
-                 "pop_hits": p_hits, "pop_size": p_size, "odds_ratio": odds_ratio,
-                 "fold_enrichment": fold, "p_value": p, "q_value": q, "p_bonferroni": bonf,
-                 "method": method, "is_most_specific": specific}
-            )  # fmt: skip
-        self.n_rows += bulk_insert(self.session, GoEnrichment, rows)
-        counts = np.bincount(np.asarray(col["feature_index"], dtype=np.int64),
-                             minlength=len(feature_ids))  # fmt: skip
+        col["feature_id"] = _lookup(feature_ids, feature_index)
+        col["go_id"] = ids
+        col["odds_ratio"] = [o if math.isfinite(o) else None
+                             for o in hits["odds_ratio"][keep].tolist()]  # fmt: skip
+        col["method"] = (hits["method"][keep].astype(str).tolist() if "method" in hits
+                         else ["fisher_greater"] * len(ids))  # fmt: skip
+        self.n_rows += bulk_insert_columns(self.session, GoEnrichment, col, {"sae_id": sae.id})
+        counts = np.bincount(feature_index.astype(np.int64), minlength=len(feature_ids))
         hit = np.flatnonzero(counts).tolist()
         if hit:  # one executemany (ORM bulk update by primary key), not a statement per feature
             self.session.execute(
@@ -317,22 +285,16 @@ class DictionaryLoader:
             return
         concept_ids = _concept_ids(self.session, self.workdir)
         al = _load_npz(path)
-        rows = (
-            {
-                "sae_id": sae.id,
-                "feature_id": feature_ids[int(al["feature_index"][i])],
-                "concept_id": concept_ids[str(al["concept"][i])],
-                "threshold": float(al["threshold"][i]),
-                "precision": float(al["precision"][i]),
-                "recall": float(al["recall"][i]),
-                "f1": float(al["f1"][i]),
-                "site_recall": float(al["site_recall"][i]),
-                "split": str(al["split"][i]),
-            }
-            for i in range(len(al["feature_index"]))
-            if str(al["concept"][i]) in concept_ids
-        )
-        self.n_rows += bulk_insert(self.session, ConceptAlignment, rows)
+        known = np.array([str(c) in concept_ids for c in al["concept"]], dtype=bool)
+        columns: dict[str, list[Any]] = {
+            "feature_id": _lookup(feature_ids, al["feature_index"][known]),
+            "concept_id": [concept_ids[str(c)] for c in al["concept"][known]],
+            "split": al["split"][known].astype(str).tolist(),
+        }
+        for key in ("threshold", "precision", "recall", "f1", "site_recall"):
+            columns[key] = al[key][known].astype(float).tolist()
+        self.n_rows += bulk_insert_columns(self.session, ConceptAlignment, columns,
+                                           {"sae_id": sae.id})  # fmt: skip
 
 
 def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:

@@ -22,12 +22,16 @@ class NeuronBasis(nn.Module):
     """
 
     kind: ClassVar[str] = "neurons"
+    anchor: Tensor
 
     def __init__(self, d_in: int) -> None:
         super().__init__()
         self.d_in = self.d_out = self.n_latents = d_in
         self.normalisation = "none"
         self.is_transcoder = False
+        # No weights, but ``.to(device)`` must still place it (analysis on a GPU finds a
+        # module's device from its tensors): an empty buffer, not saved with the state.
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """The raw neurons. ``[B, d] -> [B, d]``."""
@@ -53,7 +57,7 @@ class NeuronBasis(nn.Module):
 
     def decoder_directions(self) -> Tensor:
         """The standard basis ``[d, d]``."""
-        return torch.eye(self.d_in)
+        return torch.eye(self.d_in, device=self.anchor.device)
 
     @torch.no_grad()
     def residue_attribution(

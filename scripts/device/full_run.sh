@@ -20,19 +20,28 @@ source "$(dirname "$0")/env.sh"
   | tee -a "$OUT/device.txt"
 $PYTHON -m trainer.cli db upgrade
 status=0
+summary_pid=
+# The summary (a fresh Python process: ~5 s) runs beside the next stage, not before it; a new
+# one starts only when the last has finished, so they never write $OUT/summary.json at once.
+write_summary() {
+  [[ -z $summary_pid ]] || wait "$summary_pid" || true
+  { $PYTHON -m trainer.cli trainer summary "$CONFIG" --json "$OUT/summary.json" > "$OUT/summary.txt" 2>&1 || true; } &
+  summary_pid=$!
+}
 for stage in ${STAGES//,/ }; do
   limit=()
   if (( BUDGET_S > 0 )); then
-    left=$(( BUDGET_S - (SECONDS - START) - 10 ))  # 10 s to write the summary
+    left=$(( BUDGET_S - (SECONDS - START) - 10 ))  # 10 s to finish the summary
     (( left > 5 )) || { echo "full_run: no time left for $stage" | tee -a "$OUT/run.log"; status=124; break; }
     limit=(timeout --signal=INT --kill-after=5 "$left")
   fi
   echo "full_run: $stage at $(( SECONDS - START )) s" | tee -a "$OUT/run.log"
   "${limit[@]}" $PYTHON -m trainer.cli trainer run "$CONFIG" --stages "$stage" 2>&1 | tee -a "$OUT/run.log" \
     || { status=$?; echo "full_run: $stage stopped (exit $status)" | tee -a "$OUT/run.log"; }
-  $PYTHON -m trainer.cli trainer summary "$CONFIG" --json "$OUT/summary.json" > "$OUT/summary.txt" 2>&1 || true
+  write_summary
   (( status == 0 )) || break
 done
+wait "$summary_pid" || true
 cat "$OUT/summary.txt"
 # BENCH_ENCODE=1: with the stages done and at least 90 s of the budget left, also measure encode
 # latency on the GPU (benchmarks/bench_encode.py), into $OUT/bench_encode.txt.
