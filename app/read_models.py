@@ -197,12 +197,31 @@ class BaselineContext(BaseModel):
     percentile: float = Field(description="Share of scored neurons this feature beats or ties")
 
 
+class GoLengthControl(BaseModel):
+    """How often the dictionary's features get a GO hit at all, with the real annotations and
+    with annotations shuffled among proteins of similar length (the GO stage's control): a
+    feature that only tracks length still gets hits, because annotation counts grow with it."""
+
+    pct_features_with_hit: float = Field(description="Real annotations, BH")
+    pct_features_with_hit_shuffled: float = Field(
+        description="Annotations shuffled within length bins, BH (mean over permutations)"
+    )
+    n_permutations: int
+    length_driven: bool = Field(
+        description="The shuffled rate is at least half the real one: this dictionary's GO terms "
+        "may reflect protein length more than function"
+    )
+
+
 class FeatureDetail(BaseModel):
     feature: FeatureSummary
     sae: SaeSummary
     run_name: str
     explanation: ExplanationOut | None
     go_hits: list[GoHit]
+    go_control: GoLengthControl | None = Field(
+        None, description="The dictionary's GO hit rate against its length control"
+    )
     top_examples: list[TopExampleOut]
     neighbors: list[NeighborOut]
     concepts: list[ConceptHit]

@@ -259,3 +259,14 @@ def test_score_sort_pages_through_scored_then_unscored(
     scores = [f["explanation_score"] for f in seen[:10]]
     assert None not in scores and scores == sorted(scores, reverse=order == "desc")
     assert all(f["explanation_score"] is None for f in seen[10:])
+
+
+def test_a_dictionary_is_length_driven_when_shuffled_annotations_keep_half_its_hits() -> None:
+    """The full corpus's GO hit rates (BH) and their length-binned permutation controls."""
+    from app.detail_queries import length_driven
+
+    assert length_driven(94.2, 94.1)  # residue-level TopK SAE
+    assert length_driven(49.7, 48.7)  # residue-level transcoder
+    assert not length_driven(14.5, 6.6)  # protein-level TopK SAE, layer 3
+    assert not length_driven(40.6, 10.0)  # protein-level TopK SAE, layer 1
+    assert not length_driven(0.0, 0.0)

@@ -311,6 +311,19 @@ def test_explorer_reads_the_pipeline_store(
             assert detail["top_examples"], "the strongest feature has top examples"
             assert client.get(f"/features/{top['id']}").status_code == 200
             assert client.get(f"/runs/{runs[0]['id']}/findings").status_code == 200
+            # The GO stage's length-binned permutation control, beside the feature's GO terms.
+            go = json.loads(
+                (tiny_run.pipeline.workdir / "go" / sae["name"] / "summary.json").read_text()
+            )
+            real = go["bh"]["pct_features_with_hit"]
+            shuffled = go["permutation_control"]["mean_pct_features_with_hit_bh"]
+            assert detail["go_control"] == {
+                "pct_features_with_hit": real, "pct_features_with_hit_shuffled": shuffled,
+                "n_permutations": go["permutation_control"]["n_permutations"],
+                "length_driven": real > 0 and shuffled >= 0.5 * real,
+            }  # fmt: skip
+            html = client.get(f"/features/{top['id']}").text
+            assert 'id="go-control"' in html and f"{shuffled:.1f}%" in html
     finally:
         get_settings.cache_clear()
         engine_for.cache_clear()
