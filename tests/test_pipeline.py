@@ -324,6 +324,8 @@ def test_explorer_reads_the_pipeline_store(
             }  # fmt: skip
             html = client.get(f"/features/{top['id']}").text
             assert 'id="go-control"' in html and f"{shuffled:.1f}%" in html
+            listing = client.get(f"/saes/{sae['id']}/features").text  # cautions only
+            assert ('id="go-control"' in listing) == detail["go_control"]["length_driven"]
     finally:
         get_settings.cache_clear()
         engine_for.cache_clear()

@@ -93,12 +93,14 @@ def feature_list(
     next_url = (
         f"{base}?{urlencode({**state, 'cursor': page.next_cursor})}" if page.next_cursor else None
     )
-    context = {
+    context: dict[str, Any] = {
         "sae": sae, "page": page, "filters": filters, "sort": sort, "order": order,
         "sort_labels": SORT_LABELS, "next_url": next_url, "first_url": f"{base}?{urlencode(state)}",
         "is_later_page": bool(cursor), "base": base, "params": params,
     }  # fmt: skip
     block = "results" if htmx else None
+    if block is None:  # the whole page: the dictionary's GO length caution under its title
+        context["go_control"] = detail_queries.go_length_control(session, sae_id)
     return templates.TemplateResponse(request, "features.html", context, block_name=block)
 
 
