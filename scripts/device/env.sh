@@ -9,6 +9,7 @@ if [[ -d $WHEELS ]]; then
     --target /tmp/site "$WHEELS"/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export COLUMNS=${COLUMNS:-200}  # rich tables in the logs: dictionary names not cut to "L3-pro…"
 export PROTSAE_SHARED_DIR=${PROTSAE_SHARED_DIR:-$PWD/.devdata}
 export PROTSAE_DATA_DIR=${PROTSAE_DATA_DIR:-/tmp/protsae-data}
 export PROTSAE_DATABASE_URL=${PROTSAE_DATABASE_URL:-sqlite:///$PROTSAE_DATA_DIR/store.sqlite}
