@@ -329,3 +329,37 @@ def test_explorer_reads_the_pipeline_store(
     finally:
         get_settings.cache_clear()
         engine_for.cache_clear()
+
+
+def test_a_run_that_publishes_refuses_an_unmigrated_store_before_any_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing into a store nobody migrated failed after every other stage (an hour on the
+    human proteome) with a SQL traceback; now the CLI says what to do before starting."""
+    from typer.testing import CliRunner
+
+    from app.settings import get_settings
+    from trainer.cli import cli
+
+    monkeypatch.setenv("PROTSAE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    try:
+        result = CliRunner().invoke(
+            cli,
+            ["trainer", "run", str(CONFIG), "--stages", "ingest,publish", "--database-url", url],
+        )
+        assert result.exit_code == 2
+        assert "is not migrated: run `protsae db upgrade` first" in result.output
+        assert not (tmp_path / "data" / "runs").exists()  # not even ingest ran
+        monkeypatch.setenv("PROTSAE_DATABASE_URL", url)  # serve sets it: restored after the test
+        served = CliRunner().invoke(cli, ["serve", "--database-url", url])
+        assert served.exit_code == 2 and "is not migrated" in served.output
+        migrate.upgrade(url)
+        migrate.downgrade(url, "base")  # migrated once, then emptied: still refused
+        again = CliRunner().invoke(
+            cli, ["trainer", "run", str(CONFIG), "--stages", "publish", "--database-url", url]
+        )
+        assert again.exit_code == 2 and "is not migrated" in again.output
+    finally:
+        get_settings.cache_clear()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from sqlalchemy.engine import make_url
 
 from app.settings import get_settings
 from app.store import migrate
@@ -86,18 +87,26 @@ def serve(
     if database_url:
         os.environ["PROTSAE_DATABASE_URL"] = database_url
         get_settings.cache_clear()
-    url = get_settings().sqlalchemy_url
-    if migrate.current_revision(url) is None:
-        raise typer.BadParameter(
-            f"the store at {url} is not migrated: run `protsae db upgrade` first",
-            param_hint="--database-url",
-        )
+    _require_migrated(get_settings().sqlalchemy_url)
     uvicorn.run(
         "app.main:app",
         host=host or settings.host,
         port=port or settings.port,
         reload=reload,
         log_level="info",
+    )
+
+
+def _require_migrated(url: str) -> None:
+    """A clear error, before any work, when the store is not at this code's schema revision
+    (a fresh store would otherwise fail at publish, after every other stage ran)."""
+    current, head = migrate.current_revision(url), migrate.head_revision()
+    if current == head:
+        return
+    shown = make_url(url).render_as_string(hide_password=True)
+    state = "is not migrated" if current is None else f"is at revision {current}, not {head}"
+    raise typer.BadParameter(
+        f"the store at {shown} {state}: run `protsae db upgrade` first", param_hint="--database-url"
     )
 
 
@@ -122,6 +131,8 @@ def _run_stages(
     config: Path, database_url: str | None, stages: list[str], republish: bool = False
 ) -> None:
     pipeline = _pipeline(config, database_url, republish)
+    if "publish" in stages:
+        _require_migrated(pipeline.database_url)
     try:
         run_id = pipeline.run(stages)
     except KeyboardInterrupt:

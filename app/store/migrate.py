@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from app.settings import PROJECT_ROOT
@@ -37,3 +38,8 @@ def current_revision(url: str) -> str | None:
             return None if row is None else str(row[0])
     finally:
         engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision of ``migrations/`` (what this code expects a store to be at)."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
