@@ -69,7 +69,8 @@ def _go_hit(hit: GoEnrichment, term: GoTerm) -> GoHit:
         depth=term.depth, study_hits=hit.study_hits, study_size=hit.study_size,
         pop_hits=hit.pop_hits, pop_size=hit.pop_size, fold_enrichment=hit.fold_enrichment,
         odds_ratio=hit.odds_ratio, p_value=hit.p_value, q_value=hit.q_value,
-        p_bonferroni=hit.p_bonferroni, is_most_specific=hit.is_most_specific, method=hit.method,
+        p_bonferroni=hit.p_bonferroni, p_length=hit.p_length, q_length=hit.q_length,
+        is_most_specific=hit.is_most_specific, method=hit.method,
     )  # fmt: skip
 
 
@@ -147,10 +148,17 @@ def go_length_control(session: Session, sae_id: int) -> GoLengthControl | None:
     shuffled = control.get("mean_pct_features_with_hit_bh")
     if real is None or shuffled is None or not control.get("n_permutations"):
         return None
+    adjusted = (payload.get("length_bh") or {}).get("pct_features_with_hit")
+    adjusted_shuffled = control.get("mean_pct_features_with_hit_length_bh")
     return GoLengthControl(
         pct_features_with_hit=float(real),
         pct_features_with_hit_shuffled=float(shuffled),
         n_permutations=int(control["n_permutations"]),
+        alpha=float((payload.get("config") or {}).get("alpha", 0.05)),
+        pct_features_with_hit_length_adjusted=None if adjusted is None else float(adjusted),
+        pct_features_with_hit_length_adjusted_shuffled=(
+            None if adjusted_shuffled is None else float(adjusted_shuffled)
+        ),
         length_driven=length_driven(float(real), float(shuffled)),
     )
 

@@ -128,6 +128,12 @@ def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[
         clauses.append(Feature.explanation_score >= filters.score_min)
     if filters.has_go is not None:
         clauses.append(Feature.n_go_hits > 0 if filters.has_go else Feature.n_go_hits == 0)
+    if filters.has_go_length is not None:
+        clauses.append(
+            Feature.n_go_hits_length > 0
+            if filters.has_go_length
+            else func.coalesce(Feature.n_go_hits_length, 0) == 0
+        )
     if filters.dead is not None:
         clauses.append(Feature.is_dead.is_(filters.dead))
     text = (filters.q or "").strip()
@@ -144,6 +150,11 @@ def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[
 def _escape_like(text: str) -> str:
     text = text.replace("\x00", "")  # PostgreSQL text cannot hold NUL
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# Sort keys whose column can be NULL (unscored, or published before the length-adjusted test):
+# those features come after the ones with a value, by id.
+NULLABLE_SORTS = frozenset({"explanation_score", "n_go_hits_length"})
 
 
 def list_features(
@@ -163,9 +174,9 @@ def list_features(
     after: tuple[float | None, int] | None = decode_cursor(cursor, sort, order) if cursor else None
     rows: list[tuple[Feature, float | None]] = []
     # Features with a value first, in (value, id) order — a plain range scan of the
-    # (sae_id, column) index; then, for the nullable score, the unscored ones by id.
+    # (sae_id, column) index; then, for a nullable column, the features without a value by id.
     if after is None or after[0] is not None:
-        page = [*clauses, *([key.is_not(None)] if sort == "explanation_score" else [])]
+        page = [*clauses, *([key.is_not(None)] if sort in NULLABLE_SORTS else [])]
         if after is not None:
             value, after_id = after
             newer = key > value if order == "asc" else key < value
@@ -176,7 +187,7 @@ def list_features(
         )
         stmt = select(Feature).where(*page).order_by(*ordering).limit(limit + 1)
         rows = [(f, getattr(f, sort)) for f in session.scalars(stmt)]
-    if sort == "explanation_score" and len(rows) <= limit:
+    if sort in NULLABLE_SORTS and len(rows) <= limit:
         tail = [*clauses, key.is_(None)]
         if after is not None and after[0] is None:
             tail.append(Feature.id > after[1] if order == "asc" else Feature.id < after[1])

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SortKey = Literal["index", "density", "max_activation", "explanation_score", "n_go_hits"]
+SortKey = Literal[
+    "index", "density", "max_activation", "explanation_score", "n_go_hits", "n_go_hits_length"
+]
 SortOrder = Literal["asc", "desc"]
 
 
@@ -76,6 +78,10 @@ class FeatureSummary(_Orm):
     auto_label_source: str | None
     explanation_score: float | None
     n_go_hits: int
+    n_go_hits_length: int | None = Field(
+        description="GO terms significant by the length-stratified test (BH), which protein "
+        "length cannot explain; null for runs published before that test"
+    )
     hist_edges: list[float]
     hist_counts: list[int]
 
@@ -90,6 +96,7 @@ class FeatureFilters(BaseModel):
     max_activation_max: float | None = None
     score_min: float | None = None
     has_go: bool | None = None
+    has_go_length: bool | None = None  # a term significant within protein-length strata
     dead: bool | None = None
 
 
@@ -150,6 +157,11 @@ class GoHit(BaseModel):
     p_value: float
     q_value: float
     p_bonferroni: float
+    p_length: float | None = Field(
+        description="The same one-sided test within protein-length strata (exact conditional, "
+        "a common odds ratio of 1 across the strata); null for runs published before it"
+    )
+    q_length: float | None = Field(description="BH of p_length over all tests of the SAE")
     is_most_specific: bool
     method: str
 
@@ -207,6 +219,13 @@ class GoLengthControl(BaseModel):
         description="Annotations shuffled within length bins, BH (mean over permutations)"
     )
     n_permutations: int
+    alpha: float = Field(description="The GO stage's significance level")
+    pct_features_with_hit_length_adjusted: float | None = Field(
+        description="Real annotations, length-stratified test (BH); null before that test"
+    )
+    pct_features_with_hit_length_adjusted_shuffled: float | None = Field(
+        description="Shuffled annotations, length-stratified test (BH)"
+    )
     length_driven: bool = Field(
         description="The shuffled rate is at least half the real one: this dictionary's GO terms "
         "may reflect protein length more than function"

@@ -373,6 +373,15 @@ def test_labels_from_real_go_enrichment(
     strong = GoHit("GO:0004930", "G protein-coupled receptor activity", "MF", 4, 1e-6, 3.1)
     assert "(GO:0004930," in go_label([weak, strong]).text  # type: ignore[union-attr]
     assert go_label([weak]) is None and go_label([weak], min_fold=1.0) is not None
+    # A term that protein length explains (length-stratified q >= alpha) names nothing; one
+    # that survives the stratified test does, and its evidence says so.
+    deep = GoHit("GO:0004930", "G protein-coupled receptor activity", "MF", 4, 1e-6, 3.1,
+                 q_length=0.4)  # fmt: skip
+    kept = GoHit("GO:0005886", "plasma membrane", "CC", 3, 1e-5, 2.5, q_length=1e-3)
+    label = go_label([deep, kept])
+    assert label is not None and "(GO:0005886," in label.text
+    assert "length-adjusted q=0.001" in label.evidence
+    assert go_label([deep]) is None
 
 
 def test_explanations_reach_the_store(real: SimpleNamespace, tmp_path: Path, key: str) -> None:

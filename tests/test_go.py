@@ -182,14 +182,45 @@ def test_global_bh_and_stored_hits(
     np.testing.assert_allclose(
         every["q_value"], false_discovery_control(every["p_value"]), rtol=1e-12
     )
+    np.testing.assert_allclose(
+        every["q_length"], false_discovery_control(every["p_length"]), rtol=1e-12
+    )
+    # One stratum (no lengths given): Fisher's test again, to the saddlepoint's precision where
+    # it matters; tests far from significance keep the screening normal approximation.
+    near = every["p_value"] <= 0.1
+    np.testing.assert_allclose(every["p_length"][near], every["p_value"][near], rtol=2e-3)
+    assert np.all(every["p_length"][~near] > 0.05)
     stored = enrich(x, incidences, ontology, alpha=0.05).columns
     assert list(stored) == list(HIT_COLUMNS)
-    sig = (every["q_value"] < 0.05) | (every["p_bonferroni"] < 0.05)
+    sig = (every["q_value"] < 0.05) | (every["p_bonferroni"] < 0.05) | (every["q_length"] < 0.05)
     assert stored["p_value"].size == sig.sum() > 0
     key = lambda c, i: (c["feature_index"][i], c["go_id"][i])  # noqa: E731
     want = {key(every, i): every["q_value"][i] for i in np.flatnonzero(sig)}
     got = {key(stored, i): stored["q_value"][i] for i in range(stored["q_value"].size)}
     assert got == want
+
+
+def test_length_stratified_test_removes_what_length_explains(
+    ontology: Ontology, table: ProteinTable, incidences: dict
+) -> None:
+    """Protein length as a feature gets Fisher hits (long proteins carry more annotations) but
+    none within length strata; amino-acid composition features keep theirs; BH of p_length
+    over every test is q_length; under the within-strata shuffle nothing is length-significant."""
+    x = composition_features(table)
+    lengths = np.array([len(s) for s in table.sequences])
+    every = enrich(
+        x, incidences, ontology, keep_p=1.0, store_all=True, lengths=lengths, n_length_bins=5
+    ).columns
+    np.testing.assert_allclose(
+        every["q_length"], false_discovery_control(every["p_length"]), rtol=1e-12
+    )
+    fisher_hits = np.bincount(every["feature_index"][every["q_value"] < 0.05], minlength=7)
+    length_hits = np.bincount(every["feature_index"][every["q_length"] < 0.05], minlength=7)
+    assert fisher_hits[6] >= 5 and length_hits[6] == 0  # feature 6: length above the median
+    assert length_hits[:6].sum() >= 0.8 * fisher_hits[:6].sum() > 0
+    shuffled = permuted_incidences(incidences, lengths, n_bins=5, seed=3)
+    null = enrich(x, shuffled, ontology, lengths=lengths, n_length_bins=5)
+    assert hit_rates(null, 0.05)["length_bh"]["features_with_hit"] == 0
 
 
 def test_hit_rate_over_active_features_leaves_dead_latents_out(

@@ -112,8 +112,17 @@ def enriched(
         session.add(GoEnrichment(sae_id=demo_store.sae_id, feature_id=target, go_id=go_id, namespace=term.namespace,
                                  study_hits=5, study_size=12, pop_hits=9, pop_size=120, odds_ratio=20.0,
                                  fold_enrichment=5.55, p_value=1e-5, q_value=2e-4, p_bonferroni=1e-3,
-                                 method="hypergeom", is_most_specific=True))  # fmt: skip
-        session.execute(update(Feature).where(Feature.id == target).values(n_go_hits=1))
+                                 p_length=2e-5, q_length=1e-3, method="hypergeom",
+                                 is_most_specific=True))  # fmt: skip
+        # A second hit that the length-stratified test does not keep.
+        session.add(GoEnrichment(sae_id=demo_store.sae_id, feature_id=target, go_id="GO:0099998",
+                                 namespace=term.namespace, study_hits=9, study_size=12, pop_hits=40,
+                                 pop_size=120, odds_ratio=6.0, fold_enrichment=2.25, p_value=1e-4,
+                                 q_value=1e-3, p_bonferroni=1e-2, p_length=0.2, q_length=0.6,
+                                 method="hypergeom", is_most_specific=False))  # fmt: skip
+        session.execute(
+            update(Feature).where(Feature.id == target).values(n_go_hits=2, n_go_hits_length=1)
+        )
         for rank, nid in enumerate(fids[20:23]):
             session.add(
                 FeatureNeighbor(
@@ -204,8 +213,17 @@ def test_explanation_is_escaped_and_sections_render(
     assert f'href="/features/{ids["feature"]}"' in search and "<script>alert" not in search
     listed = client.get("/saes/1/features?q=zinc&has_go=true").text
     assert f'href="/features/{ids["feature"]}"' in listed and "1 feature match" in listed
+    # The length-stratified test: its q beside each hit, the hit it does not keep marked.
+    assert "q, length-adjusted" in page and page.count("length explains it") == 1
+    assert "2 enriched terms, by q-value, 1 of them beyond what protein length explains" in page
+    assert "1 feature match" in client.get("/saes/1/features?q=zinc&has_go_length=true").text
+    assert "0 features match" in client.get("/saes/1/features?q=zinc&has_go_length=false").text
+    by_length = client.get("/api/v1/saes/1/features?sort=n_go_hits_length&order=desc").json()
+    assert by_length["items"][0]["id"] == ids["feature"]
+    assert by_length["items"][0]["n_go_hits_length"] == 1
     api = client.get(f"/api/v1/features/{ids['feature']}").json()
     assert api["explanation"]["text"] == XSS and api["baseline"]["n_scored"] == 10
+    assert sorted(h["q_length"] for h in api["go_hits"]) == [1e-3, 0.6]
 
 
 def test_pages_do_not_import_torch(demo_store: Any) -> None:

@@ -194,11 +194,27 @@ def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
         assert go is not None and "bh" in go.payload
         hits = session.scalars(select(GoEnrichment)).all()
         for hit in hits[:100]:
-            # BH and Bonferroni never make a test more significant; stored hits are significant.
-            assert hit.q_value >= hit.p_value - 1e-15
+            # BH and Bonferroni never make a test more significant; stored hits are significant
+            # by one of BH, Bonferroni and BH over the length-stratified test.
+            assert hit.p_length is not None and hit.q_length is not None
+            assert hit.q_value >= hit.p_value - 1e-15 and hit.q_length >= hit.p_length - 1e-15
             assert hit.p_bonferroni >= hit.p_value - 1e-15
-            assert min(hit.q_value, hit.p_bonferroni) < 0.05
+            assert min(hit.q_value, hit.p_bonferroni, hit.q_length) < 0.05
             assert hit.study_hits <= hit.study_size <= hit.pop_size
+        # Each feature's count of length-adjusted hits is what its stored rows say.
+        adjusted = dict(
+            session.execute(
+                select(GoEnrichment.feature_id, func.count())
+                .where(GoEnrichment.q_length < 0.05)
+                .group_by(GoEnrichment.feature_id)
+            ).all()
+        )
+        counted = {
+            f.id: f.n_go_hits_length
+            for f in session.scalars(select(Feature).where(Feature.n_go_hits > 0))
+        }
+        assert counted and all(v is not None for v in counted.values())
+        assert {f: n for f, n in counted.items() if n} == adjusted
         n_expl = session.scalar(select(func.count()).select_from(Explanation))
         assert n_expl and n_expl > 0
         assert session.scalar(select(func.count()).select_from(ConceptAlignment)) > 0
@@ -320,6 +336,10 @@ def test_explorer_reads_the_pipeline_store(
             assert detail["go_control"] == {
                 "pct_features_with_hit": real, "pct_features_with_hit_shuffled": shuffled,
                 "n_permutations": go["permutation_control"]["n_permutations"],
+                "alpha": go["config"]["alpha"],
+                "pct_features_with_hit_length_adjusted": go["length_bh"]["pct_features_with_hit"],
+                "pct_features_with_hit_length_adjusted_shuffled": go["permutation_control"][
+                    "mean_pct_features_with_hit_length_bh"],
                 "length_driven": real > 0 and shuffled >= 0.5 * real,
             }  # fmt: skip
             html = client.get(f"/features/{top['id']}").text

@@ -244,16 +244,20 @@ class DictionaryLoader:
                  "fold_enrichment", "p_value", "q_value", "p_bonferroni", "is_most_specific")  # fmt: skip
         # Columns as Python lists once (numpy scalars per row cost more than the inserts).
         col: dict[str, list[Any]] = {key: hits[key][keep].tolist() for key in names}
+        # Hit files written before the length-stratified test have no p_length / q_length.
+        has_length = "q_length" in hits
+        for key in ("p_length", "q_length"):
+            col[key] = hits[key][keep].tolist() if has_length else [None] * len(col["p_value"])
         feature_index = hits["feature_index"][keep]
         ids = [g for g, k in zip(go_ids, keep.tolist(), strict=True) if k]
-        for f, go_id, namespace, q, fold, specific in zip(
-            feature_index.tolist(), ids, col["namespace"], col["q_value"],
+        for f, go_id, namespace, q, q_len, fold, specific in zip(
+            feature_index.tolist(), ids, col["namespace"], col["q_value"], col["q_length"],
             col["fold_enrichment"], col["is_most_specific"], strict=True,
         ):  # fmt: skip
             name_, depth = known_terms[go_id]
             self.go_hits.setdefault(f, []).append(
                 GoHit(go_id=go_id, name=name_, namespace=namespace, depth=depth, q_value=q,
-                      fold_enrichment=fold, is_most_specific=specific)
+                      fold_enrichment=fold, is_most_specific=specific, q_length=q_len)
             )  # fmt: skip
         col["feature_id"] = _lookup(feature_ids, feature_index)
         col["go_id"] = ids
@@ -262,13 +266,26 @@ class DictionaryLoader:
         col["method"] = (hits["method"][keep].astype(str).tolist() if "method" in hits
                          else ["fisher_greater"] * len(ids))  # fmt: skip
         self.n_rows += bulk_insert_columns(self.session, GoEnrichment, col, {"sae_id": sae.id})
-        counts = np.bincount(feature_index.astype(np.int64), minlength=len(feature_ids))
+        n_features = len(feature_ids)
+        counts = np.bincount(feature_index.astype(np.int64), minlength=n_features)
+        counts_length = np.zeros(n_features, dtype=np.int64)
+        if has_length:  # every feature of the SAE was tested: 0, not unknown, where no hit
+            alpha = float(json.loads((go_dir / "summary.json").read_text())["config"]["alpha"])
+            adjusted = feature_index[hits["q_length"][keep] < alpha].astype(np.int64)
+            counts_length = np.bincount(adjusted, minlength=n_features)
+            self.session.execute(
+                update(Feature).where(Feature.sae_id == sae.id).values(n_go_hits_length=0)
+            )
         hit = np.flatnonzero(counts).tolist()
         if hit:  # one executemany (ORM bulk update by primary key), not a statement per feature
             self.session.execute(
                 update(Feature),
-                [{"id": feature_ids[f], "n_go_hits": int(counts[f])} for f in hit],
-            )
+                [
+                    {"id": feature_ids[f], "n_go_hits": int(counts[f]),
+                     **({"n_go_hits_length": int(counts_length[f])} if has_length else {})}
+                    for f in hit
+                ],
+            )  # fmt: skip
 
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         """Claude explanations + scores (explain stage), and offline labels from GO hits."""

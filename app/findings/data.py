@@ -121,6 +121,12 @@ def _go(session: Session, saes: list[Sae]) -> tuple[list[Summary], list[Summary]
                         "pct_features_with_hit": perm.get("mean_pct_features_with_hit_bonferroni")
                         or 0.0
                     },
+                    **(
+                        {"length_bh": {"pct_features_with_hit": adjusted}}
+                        if (adjusted := perm.get("mean_pct_features_with_hit_length_bh"))
+                        is not None
+                        else {}
+                    ),
                 }
             )
         alpha = float((p.get("config") or {}).get("alpha", DEFAULT_ALPHA))

@@ -14,6 +14,7 @@ controls). Without ``kind``, names starting with ``neurons`` are neurons and nam
 - ``plot_sae_fidelity``: ``fve``, ``l0``, ``dead_fraction``, ``loss_recovered`` (each may be
   None) — ``saes/{name}/metrics.json``.
 - ``plot_go_hit_rates``: ``bh`` and ``bonferroni``, each ``{"pct_features_with_hit": float}``
+  (and ``length_bh``, the same, where the length-stratified test ran)
   (``bh`` may also give ``pct_active_features_with_hit``: drawn as a diamond)
   — ``go/{name}/summary.json``.
 - ``plot_go_hits_per_level``: ``hits_per_level.by_level`` = ``{level: {"hits": int,
@@ -166,6 +167,13 @@ def plot_go_hit_rates(
     if active:
         ax.scatter([float(v) for _, v in active], [y[i] - 0.2 for i, _ in active], marker="D",
                    s=18, color="black", zorder=3, label="BH, % of active features")  # fmt: skip
+    # The same BH count when each term is tested within protein-length strata.
+    within = [(i, float(v)) for i, s in enumerate(summaries)
+              if (v := (s.get("length_bh") or {}).get("pct_features_with_hit")) is not None]  # fmt: skip
+    if within:
+        ax.scatter([v for _, v in within], [y[i] - 0.2 for i, _ in within], marker="|",
+                   s=140, linewidths=2.2, color="#b3261e", zorder=4,
+                   label="BH within length strata")  # fmt: skip
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()  # first dictionary on top, as listed
     ax.set_xlim(0, 100)
@@ -175,6 +183,9 @@ def plot_go_hit_rates(
     caption = "Plain bars: Benjamini–Hochberg; hatched: Bonferroni" + (
         "; diamonds: BH over the features that fire on ≥1 protein (dead latents left out)"
         if active else ""
+    ) + (
+        "; red ticks: BH with each term tested within protein-length strata (what length "
+        "alone explains removed)" if within else ""
     ) + ". Colour: " + ", ".join(f"{k} {c}" for k, c in KIND_COLOURS.items())  # fmt: skip
     return _svg(fig, "GO enrichment: features vs neurons vs controls", inputs, caption)
 

@@ -75,6 +75,10 @@ def list_features(
     max_activation_max: FloatQ = None,
     score_min: FloatQ = None,
     has_go: bool | None = None,
+    has_go_length: Annotated[
+        bool | None,
+        Query(description="Has a GO term significant within protein-length strata"),
+    ] = None,
     dead: bool | None = None,
     sort: SortKey = "index",
     order: SortOrder = "asc",
@@ -84,7 +88,7 @@ def list_features(
     filters = FeatureFilters(
         q=q, density_min=density_min, density_max=density_max,
         max_activation_min=max_activation_min, max_activation_max=max_activation_max,
-        score_min=score_min, has_go=has_go, dead=dead,
+        score_min=score_min, has_go=has_go, has_go_length=has_go_length, dead=dead,
     )  # fmt: skip
     try:
         return queries.list_features(session, sae_id, filters, sort, order, cursor, limit)

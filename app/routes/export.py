@@ -32,7 +32,7 @@ SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary
 CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
-    "pattern_class", "n_go_hits", "go_hits",
+    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits",
 )  # fmt: skip
 
 
@@ -42,6 +42,7 @@ class GoHitOut(BaseModel):
     namespace: str
     q_value: float
     p_bonferroni: float
+    q_length: float | None  # length-stratified BH; null for runs published before that test
     fold_enrichment: float
     study_hits: int
     study_size: int
@@ -61,6 +62,7 @@ class FeatureExport(BaseModel):
     mean_activation: float
     is_dead: bool
     pattern_class: str | None
+    n_go_hits_length: int | None
     go_hits: list[GoHitOut]
 
 
@@ -104,7 +106,8 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
     ):
         hits.setdefault(hit.feature_id, []).append(GoHitOut(
             go_id=hit.go_id, name=name, namespace=hit.namespace, q_value=hit.q_value,
-            p_bonferroni=hit.p_bonferroni, fold_enrichment=hit.fold_enrichment,
+            p_bonferroni=hit.p_bonferroni, q_length=hit.q_length,
+            fold_enrichment=hit.fold_enrichment,
             study_hits=hit.study_hits, study_size=hit.study_size,
         ))  # fmt: skip
     features = []
@@ -117,7 +120,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             explanation=expl_text, explanation_model=expl_model, explanation_score=f.explanation_score,
             density=f.density, n_active=f.n_active, max_activation=f.max_activation,
             mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
-            go_hits=hits.get(f.id, []),
+            n_go_hits_length=f.n_go_hits_length, go_hits=hits.get(f.id, []),
         ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
@@ -151,7 +154,11 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     for f in data.features:
         row: dict[str, Any] = f.model_dump(exclude={"go_hits"})
         row["n_go_hits"] = len(f.go_hits)
-        row["go_hits"] = ";".join(f"{h.go_id}|{h.name}|q={h.q_value:.3g}" for h in f.go_hits)
+        row["go_hits"] = ";".join(
+            f"{h.go_id}|{h.name}|q={h.q_value:.3g}"
+            + ("" if h.q_length is None else f"|q_length={h.q_length:.3g}")
+            for h in f.go_hits
+        )
         writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
     headers = {"Content-Disposition": f'attachment; filename="{_filename(sae, ".csv")}"'}
     return Response(buffer.getvalue(), media_type="text/csv", headers=headers)

@@ -27,6 +27,7 @@ render.register(templates.env.globals)
 SORT_LABELS: dict[str, str] = {
     "index": "Index", "density": "Density", "max_activation": "Max activation",
     "explanation_score": "Explanation score", "n_go_hits": "GO hits",
+    "n_go_hits_length": "GO hits, length-adjusted",
 }  # fmt: skip
 
 
@@ -69,6 +70,7 @@ def feature_list(
     max_activation_min: str | None = None,
     score_min: str | None = None,
     has_go: str | None = None,
+    has_go_length: str | None = None,
     dead: str | None = None,
     sort: SortKey = "index",
     order: SortOrder = "asc",
@@ -77,7 +79,7 @@ def feature_list(
     filters = FeatureFilters(
         q=q or None, density_min=_number(density_min), density_max=_number(density_max),
         max_activation_min=_number(max_activation_min), score_min=_number(score_min),
-        has_go=_flag(has_go), dead=_flag(dead),
+        has_go=_flag(has_go), has_go_length=_flag(has_go_length), dead=_flag(dead),
     )  # fmt: skip
     try:
         sae = queries.sae_detail(session, sae_id)

@@ -197,6 +197,9 @@ class Feature(Base):
     # Denormalised for sorting/filtering the feature list without joins.
     explanation_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_go_hits: Mapped[int] = mapped_column(Integer, default=0)
+    # Terms significant by the length-stratified test (BH): hits protein length cannot explain.
+    # NULL for runs published before that test existed.
+    n_go_hits_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class TopExample(Base):
@@ -290,6 +293,10 @@ class GoEnrichment(Base):
     p_value: Mapped[float] = mapped_column(Float)
     q_value: Mapped[float] = mapped_column(Float)  # Benjamini–Hochberg over all tests of the SAE
     p_bonferroni: Mapped[float] = mapped_column(Float)  # paper protocol: within the feature
+    # The same test within protein-length strata (trainer.go.stratified) and its BH value over
+    # all tests of the SAE; NULL for runs published before it existed.
+    p_length: Mapped[float | None] = mapped_column(Float, nullable=True)
+    q_length: Mapped[float | None] = mapped_column(Float, nullable=True)
     method: Mapped[str] = mapped_column(String(64))
     is_most_specific: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -27,6 +27,7 @@ class GoHitLike(Protocol):
     q_value: float
     fold_enrichment: float
     is_most_specific: bool
+    q_length: float | None  # length-stratified BH value; None where the run predates that test
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class GoHit:
     q_value: float
     fold_enrichment: float
     is_most_specific: bool = False
+    q_length: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,16 @@ MIN_LABEL_FOLD = 2.0
 def go_label(
     hits: Iterable[GoHitLike], alpha: float = 0.05, min_fold: float = MIN_LABEL_FOLD
 ) -> AutoLabel | None:
-    """The most specific significant term with at least ``min_fold`` enrichment: flagged
-    most-specific first, then deepest, then lowest q."""
-    significant = [h for h in hits if h.q_value < alpha and h.fold_enrichment >= min_fold]
+    """The most specific significant term with at least ``min_fold`` enrichment that protein
+    length does not explain (length-stratified q < alpha, where the run has that test):
+    flagged most-specific first, then deepest, then lowest q."""
+    significant = [
+        h
+        for h in hits
+        if h.q_value < alpha
+        and h.fold_enrichment >= min_fold
+        and (h.q_length is None or h.q_length < alpha)
+    ]
     if not significant:
         return None
     best = min(
@@ -71,7 +80,9 @@ def go_label(
     return AutoLabel(
         text=f"{best.name} ({best.go_id}, {ns})",
         source="auto:go",
-        evidence=f"q={best.q_value:.2g}, fold={best.fold_enrichment:.1f}, depth={best.depth}",
+        evidence=f"q={best.q_value:.2g}"
+        + ("" if best.q_length is None else f", length-adjusted q={best.q_length:.2g}")
+        + f", fold={best.fold_enrichment:.1f}, depth={best.depth}",
     )
 
 

@@ -15,6 +15,9 @@ dictionary, exactly) are kept. Corrections:
 - ``q_value``: BH over every feature × term test of the dictionary, all namespaces together;
 - ``p_bonferroni``: min(1, p × number of terms tested in the namespace), within the feature —
   the paper's protocol (goatools Bonferroni; goatools does not clip at 1).
+- ``q_length``: BH, as ``q_value``, over the length-stratified p-values ``p_length``
+  (``trainer.go.stratified``: the same study set and term, tested within protein-length strata,
+  so that a feature that only fires in long proteins gets no hit from their extra annotations).
 Significant means corrected value < alpha.
 """
 
@@ -27,12 +30,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from trainer.go.annotations import NamespaceIncidence
+from trainer.go.controls import length_bins
 from trainer.go.fisher import hypergeom_upper_tail
 from trainer.go.ontology import Ontology
+from trainer.go.stratified import length_adjusted_pvalues, stratum_onehot
 
 HIT_COLUMNS = (
     "feature_index", "go_id", "namespace", "study_hits", "study_size", "pop_hits", "pop_size",
-    "odds_ratio", "fold_enrichment", "p_value", "q_value", "p_bonferroni", "is_most_specific",
+    "odds_ratio", "fold_enrichment", "p_value", "q_value", "p_bonferroni", "p_length", "q_length",
+    "is_most_specific",
 )  # fmt: skip
 
 
@@ -107,7 +113,7 @@ class Candidates:
     """Tests kept from the streaming pass (p <= keep_p), one array per column."""
 
     cols: dict[str, list[np.ndarray]] = field(
-        default_factory=lambda: {c: [] for c in ("feature_index", "term", "namespace", "k", "n", "K", "N", "p", "m")}
+        default_factory=lambda: {c: [] for c in ("feature_index", "term", "namespace", "k", "n", "K", "N", "p", "pl", "m")}
     )  # fmt: skip
 
     def append(self, **arrays: np.ndarray) -> None:
@@ -126,6 +132,28 @@ def _blocks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+@dataclass
+class Strata:
+    """Length strata of one namespace's population: the bin of each protein, and the counts."""
+
+    onehot: np.ndarray  # [n_pop, n_bins] 0/1
+    term_counts: np.ndarray  # [n_terms, n_bins]: K_s of every term
+    sizes: np.ndarray  # [n_bins]: N_s
+
+    @classmethod
+    def of(cls, inc: NamespaceIncidence, lengths: np.ndarray | None, n_bins: int) -> Strata:
+        """``lengths`` per population protein; None = one stratum (p_length is Fisher's p)."""
+        if lengths is None:
+            bins, n_bins = np.zeros(inc.pop_size, dtype=np.int64), 1
+        else:
+            bins = length_bins(lengths, n_bins)
+        onehot = stratum_onehot(bins, n_bins)
+        keep = onehot.sum(axis=0) > 0  # quantile ties can leave a bin empty
+        onehot = onehot[:, keep]
+        term_counts = np.asarray((sp.csr_matrix(onehot.T) @ inc.matrix).T.todense())
+        return cls(onehot, term_counts.astype(np.int64), onehot.sum(axis=0).astype(np.int64))
+
+
 def stream_namespace(
     active_t: sp.csr_matrix,
     inc: NamespaceIncidence,
@@ -134,12 +162,17 @@ def stream_namespace(
     *,
     keep_p: float,
     block_size: int,
+    strata: Strata | None,
+    hist_length: PValueHistogram,
 ) -> None:
-    """Test every feature against every term of one namespace, block by block."""
+    """Test every feature against every term of one namespace, block by block (and within
+    length ``strata`` too, unless None)."""
     big_n = inc.pop_size
     big_k = inc.term_sizes()
     n_terms = big_k.size
     n_study = np.asarray(active_t.sum(axis=1)).ravel().astype(np.int64)
+    if strata is not None:  # study proteins per length stratum: [features, bins]
+        n_study_strata = np.asarray(active_t @ strata.onehot).astype(np.int64)
     terms = np.asarray(inc.term_ids, dtype=object)
     for block in _blocks(active_t.shape[0], block_size):
         n_blk = n_study[block]
@@ -151,9 +184,19 @@ def stream_namespace(
         n = n_blk[tested][hits.row]
         kk = big_k[hits.col]
         p = unique_tuple_pvalues(k, n, kk, big_n)
-        zero_tests = tested.size * n_terms - k.size  # k == 0: p is exactly 1
+        zero_tests = tested.size * n_terms - k.size  # k == 0: both p are exactly 1
         hist.add(p, extra_ones=zero_tests)
-        sel = p <= keep_p
+        if strata is None:
+            pl = np.full(k.size, np.nan)
+        else:
+            pl = length_adjusted_pvalues(
+                k,
+                n_study_strata[block][tested][hits.row],
+                strata.term_counts[hits.col],
+                strata.sizes,
+            )
+            hist_length.add(pl, extra_ones=zero_tests)
+        sel = (p <= keep_p) | (pl <= keep_p)
         rows, cols = hits.row[sel], hits.col[sel]
         if keep_p >= 1.0 and zero_tests:  # keep the k == 0 tests too (used by tests/benchmark)
             dense = np.ones((tested.size, n_terms), dtype=bool)
@@ -162,8 +205,9 @@ def stream_namespace(
             rows, cols = np.concatenate([rows, zr]), np.concatenate([cols, zc])
             k = np.concatenate([k[sel], np.zeros(zr.size, np.int64)])
             p = np.concatenate([p[sel], np.ones(zr.size)])
+            pl = np.concatenate([pl[sel], np.ones(zr.size)])
         else:
-            k, p = k[sel], p[sel]
+            k, p, pl = k[sel], p[sel], pl[sel]
         keep.append(
             feature_index=tested[rows] + block.start,
             term=terms[cols],
@@ -173,6 +217,7 @@ def stream_namespace(
             K=big_k[cols],
             N=np.full(rows.size, big_n, np.int64),
             p=p,
+            pl=pl,
             m=np.full(rows.size, n_terms, np.int64),
         )
 
@@ -236,26 +281,42 @@ def enrich(
     keep_p: float | None = None,
     block_size: int = 256,
     store_all: bool = False,
-    methods: tuple[str, ...] = ("fdr_bh", "bonferroni"),
+    methods: tuple[str, ...] = ("fdr_bh", "bonferroni", "length_bh"),
+    lengths: np.ndarray | None = None,
+    n_length_bins: int = 10,
+    length_adjusted: bool = True,
 ) -> EnrichmentResult:
     """Test all features of ``activations`` [n_proteins, n_features] in every namespace.
 
     Keeps the tests significant by any of ``methods`` ("fdr_bh": q < alpha, "bonferroni":
-    p_bonferroni < alpha); ``store_all`` keeps every test with p <= keep_p (for comparisons).
+    p_bonferroni < alpha, "length_bh": q_length < alpha); ``store_all`` keeps every test with
+    p <= keep_p (for comparisons). ``lengths`` (per corpus row) cuts each namespace's population
+    into ``n_length_bins`` quantile strata for ``p_length``; None = one stratum.
+    ``length_adjusted=False`` skips that test (no p_length / q_length columns).
     """
     keep_p = alpha if keep_p is None else keep_p
-    hist, keep = PValueHistogram(), Candidates()
+    hist, hist_length, keep = PValueHistogram(), PValueHistogram(), Candidates()
     for inc in incidences.values():
         active_t = active_matrix(activations, inc.protein_rows, threshold)
-        stream_namespace(active_t, inc, hist, keep, keep_p=keep_p, block_size=block_size)
+        pop_lengths = None if lengths is None else np.asarray(lengths)[inc.protein_rows]
+        stream_namespace(
+            active_t, inc, hist, keep, keep_p=keep_p, block_size=block_size,
+            strata=Strata.of(inc, pop_lengths, n_length_bins) if length_adjusted else None,
+            hist_length=hist_length,
+        )  # fmt: skip
     c = keep.concat()
     q = hist.bh(c["p"].astype(np.float64))
+    q_length = (
+        hist_length.bh(c["pl"].astype(np.float64)) if length_adjusted else c["pl"].astype(float)
+    )
     bonf = np.minimum(c["p"] * c["m"], 1.0)
     sel = np.zeros(q.size, bool)
     if "fdr_bh" in methods:
         sel |= q < alpha
     if "bonferroni" in methods:
         sel |= bonf < alpha
+    if "length_bh" in methods and length_adjusted:
+        sel |= q_length < alpha
     if store_all:
         sel[:] = True
     k, n, kk, nn = (c[x][sel].astype(np.int64) for x in ("k", "n", "K", "N"))
@@ -267,9 +328,12 @@ def enrich(
         "feature_index": feature, "go_id": go_id, "namespace": c["namespace"][sel].astype(str),
         "study_hits": k, "study_size": n, "pop_hits": kk, "pop_size": nn,
         "odds_ratio": odds, "fold_enrichment": fold, "p_value": p, "q_value": q[sel],
-        "p_bonferroni": bonf[sel],
+        "p_bonferroni": bonf[sel], "p_length": c["pl"][sel].astype(np.float64),
+        "q_length": q_length[sel],
         "is_most_specific": most_specific(ontology, feature, go_id, p, q[sel] < alpha),
     }  # fmt: skip
+    if not length_adjusted:
+        del cols["p_length"], cols["q_length"]
     order = np.lexsort((cols["p_value"], cols["namespace"], cols["feature_index"]))
     cols = {name: arr[order] for name, arr in cols.items()}
     coo = sp.coo_matrix(activations)

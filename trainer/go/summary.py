@@ -15,10 +15,15 @@ def pct(part: int, whole: int) -> float:
 
 
 def hit_rates(result: EnrichmentResult, alpha: float) -> dict[str, Any]:
-    """% of features with >= 1 significant term, BH and paper protocol, overall and per namespace."""
+    """% of features with >= 1 significant term — BH, paper protocol (Bonferroni within the
+    feature) and length-adjusted BH — overall and per namespace."""
     c = result.columns
     out: dict[str, Any] = {}
-    for label, column in (("bh", "q_value"), ("bonferroni", "p_bonferroni")):
+    for label, column in (
+        ("bh", "q_value"), ("bonferroni", "p_bonferroni"), ("length_bh", "q_length")
+    ):  # fmt: skip
+        if column not in c:  # the length-adjusted test was not run
+            continue
         sig = c[column] < alpha
         n_any = np.unique(c["feature_index"][sig]).size
         per_ns = {
