@@ -66,30 +66,51 @@ def unique_tuple_pvalues(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n:
 
 @dataclass
 class PValueHistogram:
-    """Distinct p-values with their counts: enough for exact BH over millions of tests."""
+    """Distinct p-values with their counts: enough for exact BH over millions of tests.
+
+    New p-values wait in a buffer and are merged (one np.unique) once it holds ``merge_at``
+    values, not at every block: merging re-sorts everything counted so far.
+    """
 
     values: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     counts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    merge_at: int = 4_000_000
+    _pending: list[np.ndarray] = field(default_factory=list)
+    _pending_size: int = 0
+    _pending_ones: int = 0
 
     def add(self, p: np.ndarray, extra_ones: int = 0) -> None:
         """Count the p-values ``p`` plus ``extra_ones`` tests whose p is exactly 1."""
-        vals = np.concatenate([self.values, p, [1.0] if extra_ones else []])
+        self._pending.append(np.asarray(p, dtype=np.float64))
+        self._pending_size += p.size
+        self._pending_ones += extra_ones
+        if self._pending_size >= self.merge_at:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending and not self._pending_ones:
+            return
+        ones = self._pending_ones
+        vals = np.concatenate([self.values, *self._pending, [1.0] if ones else []])
         cnts = np.concatenate(
-            [self.counts, np.ones(p.size, np.int64), [extra_ones] if extra_ones else []]
+            [self.counts, np.ones(self._pending_size, np.int64), [ones] if ones else []]
         ).astype(np.int64)
         self.values, inverse = np.unique(vals, return_inverse=True)
         self.counts = np.bincount(inverse.ravel(), weights=cnts, minlength=self.values.size).astype(
             np.int64
         )
+        self._pending, self._pending_size, self._pending_ones = [], 0, 0
 
     @property
     def n_tests(self) -> int:
+        self._merge()
         return int(self.counts.sum())
 
     def bh(self, p: np.ndarray) -> np.ndarray:
         """BH-adjusted values of p-values that were counted (same maths as scipy's)."""
         if p.size == 0:
             return np.empty(0, dtype=np.float64)
+        self._merge()
         rank = np.cumsum(self.counts).astype(np.float64)
         adjusted = self.values * (self.n_tests / rank)
         adjusted = np.minimum.accumulate(adjusted[::-1])[::-1]
