@@ -291,6 +291,11 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
     assert [Path(p).name for p in human.ingest.protein_tsvs] == [
         "human_sprot2014.tsv.gz", "structure_proteins_sprot2014.tsv.gz"]  # fmt: skip
     assert not human.controls.random_init and human.ingest.structures_table is not None
+    assert not device.go.length_adjusted and human.go.length_adjusted  # off only on the device
+    five_k = load_config(Path("configs/human-5k.toml"), settings)
+    assert [s.name for s in five_k.saes] == ["L3-protein-topk", "L3-residue-topk"]
+    assert five_k.saes[1] == next(s for s in demo.saes if s.name == "L3-residue-topk")
+    assert (five_k.ingest.max_proteins, five_k.ingest.max_length) == (5000, 5000)
     loop = tmp_path / "a.toml"
     loop.write_text('extends = "b.toml"\n')
     (tmp_path / "b.toml").write_text('extends = "a.toml"\n')

@@ -45,6 +45,28 @@ def test_migrations_round_trip(store_url: str) -> None:
     engine.dispose()
 
 
+def test_a_store_from_before_the_length_test_upgrades_in_place(store_url: str) -> None:
+    """0001 -> 0002 adds the nullable length-test columns; 0002 -> 0001 removes them."""
+
+    def columns(table: str) -> set[str]:
+        engine = make_engine(store_url)
+        try:
+            return {c["name"] for c in inspect(engine).get_columns(table)}
+        finally:
+            engine.dispose()
+
+    migrate.downgrade(store_url, "base")
+    migrate.upgrade(store_url, "0001")
+    assert not {"p_length", "q_length"} & columns("go_enrichments")
+    migrate.upgrade(store_url)
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0002"
+    assert {"p_length", "q_length"} <= columns("go_enrichments")
+    assert "n_go_hits_length" in columns("features")
+    migrate.downgrade(store_url, "0001")
+    assert "n_go_hits_length" not in columns("features")
+    migrate.upgrade(store_url)
+
+
 def test_codec_round_trip() -> None:
     values = np.array([0.0, 1.5, -2.25, 1e6, 3.0009765625], dtype=np.float32)
     decoded = decode_values(encode_values(values))
