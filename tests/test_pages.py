@@ -224,6 +224,9 @@ def test_explanation_is_escaped_and_sections_render(
     api = client.get(f"/api/v1/features/{ids['feature']}").json()
     assert api["explanation"]["text"] == XSS and api["baseline"]["n_scored"] == 10
     assert sorted(h["q_length"] for h in api["go_hits"]) == [1e-3, 0.6]
+    kept, explained = (client.get(f"/go/{g}").text for g in (ids["go_id"], "GO:0099998"))
+    assert "q, length-adjusted" in kept and "length explains it" not in kept
+    assert "length explains it" in explained and 'class="length-explained"' in explained
 
 
 def test_pages_do_not_import_torch(demo_store: Any) -> None:
