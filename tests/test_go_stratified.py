@@ -13,13 +13,18 @@ from statsmodels.stats.contingency_tables import StratifiedTable
 from trainer.go.controls import length_bins
 from trainer.go.protein_table import read_protein_table
 from trainer.go.stratified import (
+    EXACT,
+    EXACT_MAX_SUPPORT,
     P_FLOOR,
+    SADDLEPOINT,
     SCREEN_P,
     SCREEN_P_NARROW,
+    SCREENED,
     exact_upper,
     length_adjusted_pvalues,
     normal_upper,
     null_moments,
+    route,
     saddlepoint_upper,
     support_width,
 )
@@ -128,14 +133,19 @@ def test_hybrid_routes_every_test_and_misses_no_small_p(strata_sizes: np.ndarray
     k = np.maximum(1, np.ceil(mean + rng.uniform(-2, 5, mean.size) * np.sqrt(var))).astype(int)
     got = length_adjusted_pvalues(k, n, big_k, strata_sizes, chunk=97)
     want = np.array([brute_upper(int(k[i]), n[i], big_k[i], strata_sizes) for i in range(k.size)])
-    normal = normal_upper(k, mean, var)
-    screened = (normal > SCREEN_P) & ((var >= 9.0) | (normal > SCREEN_P_NARROW))  # the rule
+    normal, method = route(k, n, big_k, strata_sizes)
+    np.testing.assert_array_equal(normal, normal_upper(k, mean, var))
+    screened = method == SCREENED
+    assert np.all(normal[screened] > SCREEN_P)
+    assert np.all(normal[screened & (var < 9.0)] > SCREEN_P_NARROW)
     np.testing.assert_array_equal(got[screened], normal[screened])
     assert not np.any(want[screened] <= 0.1)  # the screen left out nothing near significance
     refined = ~screened & (want > 1e-15)
     np.testing.assert_allclose(got[refined], want[refined], rtol=1e-2)
-    small = support_width(n, big_k, strata_sizes) <= 64
-    assert (refined & small).sum() > 20 and (refined & ~small).sum() > 20  # both paths ran
+    exact, saddle = method == EXACT, method == SADDLEPOINT
+    assert np.all(support_width(n[exact], big_k[exact], strata_sizes) <= EXACT_MAX_SUPPORT)
+    np.testing.assert_allclose(got[exact & refined], want[exact & refined], rtol=1e-8)
+    assert exact.sum() > 20 and saddle.sum() > 20  # both paths ran
 
 
 def test_beyond_every_window_is_the_floor(strata_sizes: np.ndarray) -> None:

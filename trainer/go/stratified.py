@@ -303,21 +303,34 @@ def length_adjusted_pvalues(
     return out
 
 
+SCREENED, EXACT, SADDLEPOINT = 0, 1, 2  # how ``route`` says a test's p is computed
+
+
+def route(
+    k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the normal approximation's p, the method for each test: SCREENED keeps that p).
+
+    The normal approximation decides alone only where it is far from any significance: p above
+    SCREEN_P, or above SCREEN_P_NARROW where the null is narrow (sd < 3) and lattice effects are
+    larger. On the human-5k run's 6.5 M residue-SAE tests the smallest exact p among those it
+    decided was 0.197 (``benchmarks/bench_go_length.py``, docs/pipeline.md).
+    """
+    mean, var = null_moments(n, big_k, big_n)
+    p = normal_upper(k, mean, var)
+    method = np.full(k.size, SCREENED, dtype=np.int8)
+    refine = np.flatnonzero((p <= SCREEN_P) | ((var < 9.0) & (p <= SCREEN_P_NARROW)))
+    if refine.size:
+        wide = support_width(n[refine], big_k[refine], big_n) > EXACT_MAX_SUPPORT
+        method[refine] = np.where(wide, SADDLEPOINT, EXACT)
+    return p, method
+
+
 def _adjusted_chunk(
     k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
 ) -> np.ndarray:
-    mean, var = null_moments(n, big_k, big_n)
-    p = normal_upper(k, mean, var)
-    # The normal approximation decides alone only where it is far from any significance: p
-    # above SCREEN_P, or above SCREEN_P_NARROW where the null is narrow (sd < 3) and lattice
-    # effects are larger. On the human-5k run's 6.5 M residue-SAE tests, the smallest exact p
-    # among those left on the approximation was 0.197 (docs/pipeline.md).
-    refine = (p <= SCREEN_P) | ((var < 9.0) & (p <= SCREEN_P_NARROW))
-    idx = np.flatnonzero(refine)
-    if idx.size:
-        width = support_width(n[idx], big_k[idx], big_n)
-        small = width <= EXACT_MAX_SUPPORT
-        e, s = idx[small], idx[~small]
-        p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
-        p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
+    p, method = route(k, n, big_k, big_n)
+    e, s = np.flatnonzero(method == EXACT), np.flatnonzero(method == SADDLEPOINT)
+    p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
+    p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
     return p
