@@ -59,7 +59,7 @@ def screen_check(
             k = hits.data.astype(np.int64)
             n = per_stratum[block][hits.row]
             big_k = strata.term_counts[hits.col]
-            _, method = route(k, n, big_k, strata.sizes)
+            _, method = route(k, n, big_k, strata.sizes, alpha=cfg.alpha)
             counts["tests"] += k.size
             counts["screened"] += int((method == SCREENED).sum())
             counts["exact"] += int((method == EXACT).sum())

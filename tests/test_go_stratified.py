@@ -148,6 +148,25 @@ def test_hybrid_routes_every_test_and_misses_no_small_p(strata_sizes: np.ndarray
     assert exact.sum() > 20 and saddle.sum() > 20  # both paths ran
 
 
+def test_the_screen_follows_the_significance_level(strata_sizes: np.ndarray) -> None:
+    """At alpha = 0.2 the screen leaves nothing under 4 alpha to the normal approximation."""
+    rng = np.random.default_rng(5)
+    n, big_k = tables(strata_sizes, rng, 400, (0.0, 0.3))
+    mean, var = null_moments(n, big_k, strata_sizes)
+    k = np.maximum(1, np.ceil(mean + rng.uniform(-2, 3, mean.size) * np.sqrt(var))).astype(int)
+    normal, default = route(k, n, big_k, strata_sizes)
+    _, lenient = route(k, n, big_k, strata_sizes, alpha=0.2)
+    assert np.any((default == SCREENED) & (normal <= 0.8))  # decided alone at alpha = 0.05
+    assert not np.any((lenient == SCREENED) & (normal <= 0.8))
+    assert not np.any((lenient == SCREENED) & (var < 9.0))
+    got = length_adjusted_pvalues(k, n, big_k, strata_sizes, alpha=0.2)
+    refined = lenient != SCREENED
+    np.testing.assert_allclose(
+        got[refined & (lenient == EXACT)],
+        exact_upper(k, n, big_k, strata_sizes)[refined & (lenient == EXACT)],
+    )
+
+
 def test_beyond_every_window_is_the_floor(strata_sizes: np.ndarray) -> None:
     n = np.full((1, strata_sizes.size), 50)
     big_k = np.full((1, strata_sizes.size), 50)

@@ -184,6 +184,7 @@ def stream_namespace(
     keep_p: float,
     block_size: int,
     strata: Strata | None,
+    alpha: float = 0.05,
     hist_length: PValueHistogram,
 ) -> None:
     """Test every feature against every term of one namespace, block by block (and within
@@ -215,6 +216,7 @@ def stream_namespace(
                 n_study_strata[block][tested][hits.row],
                 strata.term_counts[hits.col],
                 strata.sizes,
+                alpha=alpha,
             )
             hist_length.add(pl, extra_ones=zero_tests)
         sel = (p <= keep_p) | (pl <= keep_p)
@@ -323,7 +325,7 @@ def enrich(
         stream_namespace(
             active_t, inc, hist, keep, keep_p=keep_p, block_size=block_size,
             strata=Strata.of(inc, pop_lengths, n_length_bins) if length_adjusted else None,
-            hist_length=hist_length,
+            hist_length=hist_length, alpha=alpha,
         )  # fmt: skip
     c = keep.concat()
     q = hist.bh(c["p"].astype(np.float64))

@@ -16,7 +16,8 @@ stratum it is Fisher's exact test.
 How p is computed, per test (``length_adjusted_pvalues``):
 - ``normal_upper``: the Cochran–Mantel–Haenszel normal approximation (continuity-corrected),
   for every test, cheap. A test keeps that value when it is above ``SCREEN_P`` (above
-  ``SCREEN_P_NARROW`` where the null's sd < 3): it cannot be significant, and BH over the
+  ``SCREEN_P_NARROW`` where the null's sd < 3; both scale with alpha from their values at
+  0.05): it cannot be significant, and BH over the
   dictionary needs only the exact values of the p-values <= alpha plus the number of tests.
 - ``exact_upper``: the others whose strata windows span at most ``EXACT_MAX_SUPPORT`` values
   (rare terms, small study sets), by convolving the strata's pmfs, vectorised over tests. Each
@@ -34,8 +35,11 @@ import numpy as np
 from scipy.special import gammaln
 from scipy.stats import norm
 
-SCREEN_P = 0.2  # normal-approximation p above which a test keeps that approximation
-SCREEN_P_NARROW = 0.45  # the same where the null's sd < 3
+# Normal-approximation p above which a test keeps that approximation, at alpha = 0.05 (both
+# scale with alpha: 4 alpha, and 9 alpha where the null's sd < 3).
+SCREEN_P = 0.2
+SCREEN_P_NARROW = 0.45
+_SCREEN_ALPHA = 0.05
 P_FLOOR = 1e-20  # reported for p-values below what the windowed convolution resolves
 EXACT_MAX_SUPPORT = 64  # convolve when the strata's windows span at most this many values
 _WINDOW_LOG_MASS = 60.0  # Bernstein: mass outside a stratum's window <= 2·e^-60
@@ -292,14 +296,18 @@ def length_adjusted_pvalues(
     big_k: np.ndarray,
     big_n: np.ndarray,
     *,
+    alpha: float = 0.05,
     chunk: int = 100_000,
 ) -> np.ndarray:
     """P(S >= k) for every test: k [P] study hits, n / big_k [P, B] per-stratum study and term
-    sizes, big_n [B] stratum sizes. Screened by ``normal_upper``, then exact or saddlepoint."""
+    sizes, big_n [B] stratum sizes. Screened by ``normal_upper`` (at the significance level
+    ``alpha`` the results will be judged at), then exact or saddlepoint."""
     out = np.empty(k.size)
     for start in range(0, k.size, chunk):
         part = slice(start, min(k.size, start + chunk))
-        out[part] = _adjusted_chunk(k[part].astype(np.int64), n[part], big_k[part], big_n)
+        out[part] = _adjusted_chunk(
+            k[part].astype(np.int64), n[part], big_k[part], big_n, alpha=alpha
+        )
     return out
 
 
@@ -307,7 +315,7 @@ SCREENED, EXACT, SADDLEPOINT = 0, 1, 2  # how ``route`` says a test's p is compu
 
 
 def route(
-    k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+    k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, *, alpha: float = 0.05
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the normal approximation's p, the method for each test: SCREENED keeps that p).
 
@@ -319,7 +327,9 @@ def route(
     mean, var = null_moments(n, big_k, big_n)
     p = normal_upper(k, mean, var)
     method = np.full(k.size, SCREENED, dtype=np.int8)
-    refine = np.flatnonzero((p <= SCREEN_P) | ((var < 9.0) & (p <= SCREEN_P_NARROW)))
+    scale = alpha / _SCREEN_ALPHA
+    screen, screen_narrow = min(1.0, SCREEN_P * scale), min(1.0, SCREEN_P_NARROW * scale)
+    refine = np.flatnonzero((p <= screen) | ((var < 9.0) & (p <= screen_narrow)))
     if refine.size:
         wide = support_width(n[refine], big_k[refine], big_n) > EXACT_MAX_SUPPORT
         method[refine] = np.where(wide, SADDLEPOINT, EXACT)
@@ -327,9 +337,9 @@ def route(
 
 
 def _adjusted_chunk(
-    k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+    k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, *, alpha: float
 ) -> np.ndarray:
-    p, method = route(k, n, big_k, big_n)
+    p, method = route(k, n, big_k, big_n, alpha=alpha)
     e, s = np.flatnonzero(method == EXACT), np.flatnonzero(method == SADDLEPOINT)
     p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
     p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
