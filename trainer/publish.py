@@ -223,17 +223,19 @@ class DictionaryLoader:
         }
         self.n_rows += bulk_insert_columns(self.session, FeatureNeighbor, columns)
 
-    def _summary(self, sae: Sae, kind: str, path: Path) -> None:
-        if path.exists():
-            self.session.add(
-                AnalysisSummary(sae_id=sae.id, kind=kind, payload=json.loads(path.read_text()))
-            )
+    def _summary(self, sae: Sae, kind: str, path: Path) -> dict[str, Any] | None:
+        """Store a stage's summary.json for the SAE; returns it (None where absent)."""
+        if not path.exists():
+            return None
+        payload: dict[str, Any] = json.loads(path.read_text())
+        self.session.add(AnalysisSummary(sae_id=sae.id, kind=kind, payload=payload))
+        return payload
 
     def _go(
         self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
     ) -> None:
         go_dir = self.workdir / "go" / name
-        self._summary(sae, "go", go_dir / "summary.json")
+        go_summary = self._summary(sae, "go", go_dir / "summary.json") or {}
         self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
         if not (go_dir / "hits.npz").exists():
             return
@@ -270,7 +272,7 @@ class DictionaryLoader:
         counts = np.bincount(feature_index.astype(np.int64), minlength=n_features)
         counts_length = np.zeros(n_features, dtype=np.int64)
         if has_length:  # every feature of the SAE was tested: 0, not unknown, where no hit
-            alpha = float(json.loads((go_dir / "summary.json").read_text())["config"]["alpha"])
+            alpha = float(go_summary["config"]["alpha"])
             adjusted = feature_index[hits["q_length"][keep] < alpha].astype(np.int64)
             counts_length = np.bincount(adjusted, minlength=n_features)
             self.session.execute(
