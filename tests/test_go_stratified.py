@@ -21,12 +21,14 @@ from trainer.go.stratified import (
     SCREEN_P_NARROW,
     SCREENED,
     exact_upper,
+    feature_term_pvalues,
     length_adjusted_pvalues,
     normal_upper,
     null_moments,
     route,
     saddlepoint_upper,
     support_width,
+    table_moments,
 )
 
 
@@ -174,3 +176,23 @@ def test_beyond_every_window_is_the_floor(strata_sizes: np.ndarray) -> None:
     assert exact_upper(k, n, big_k, strata_sizes)[0] == P_FLOOR
     assert saddlepoint_upper(k, n, big_k, strata_sizes)[0] == P_FLOOR
     assert length_adjusted_pvalues(k, n, big_k, strata_sizes)[0] == P_FLOOR
+
+
+def test_feature_term_tables_give_the_gathered_tests_pvalues(strata_sizes: np.ndarray) -> None:
+    """The GO stage's per-block entry (moments by two matrix products over feature and term
+    tables, gathers only for refined tests) gives the p-values of the per-test entry."""
+    rng = np.random.default_rng(6)
+    study, _ = tables(strata_sizes, rng, 40, (0.0, 0.3))
+    _, terms = tables(strata_sizes, rng, 60, (0.0, 0.3))
+    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(40), np.arange(60), indexing="ij"))
+    n, big_k = study[rows], terms[cols]
+    mean, var = null_moments(n, big_k, strata_sizes)
+    mean_ft, var_ft = table_moments(study, terms, strata_sizes)
+    np.testing.assert_allclose(mean_ft[rows, cols], mean, rtol=1e-12)
+    np.testing.assert_allclose(var_ft[rows, cols], var, rtol=1e-10, atol=1e-12)
+    k = np.maximum(1, np.ceil(mean + rng.uniform(-2, 5, mean.size) * np.sqrt(var))).astype(int)
+    got = feature_term_pvalues(k, rows, cols, study, terms, strata_sizes)
+    want = length_adjusted_pvalues(k, n, big_k, strata_sizes)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    _, method = route(k, n, big_k, strata_sizes)
+    assert (method == EXACT).sum() > 100 and (method == SADDLEPOINT).sum() > 10

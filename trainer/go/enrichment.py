@@ -33,7 +33,7 @@ from trainer.go.annotations import NamespaceIncidence
 from trainer.go.controls import length_bins
 from trainer.go.fisher import hypergeom_upper_tail
 from trainer.go.ontology import Ontology
-from trainer.go.stratified import length_adjusted_pvalues, stratum_onehot
+from trainer.go.stratified import feature_term_pvalues, stratum_onehot
 
 HIT_COLUMNS = (
     "feature_index", "go_id", "namespace", "study_hits", "study_size", "pop_hits", "pop_size",
@@ -211,13 +211,10 @@ def stream_namespace(
         if strata is None:
             pl = np.full(k.size, np.nan)
         else:
-            pl = length_adjusted_pvalues(
-                k,
-                n_study_strata[block][tested][hits.row],
-                strata.term_counts[hits.col],
-                strata.sizes,
-                alpha=alpha,
-            )
+            pl = feature_term_pvalues(
+                k, hits.row, hits.col, n_study_strata[block][tested], strata.term_counts,
+                strata.sizes, alpha=alpha,
+            )  # fmt: skip
             hist_length.add(pl, extra_ones=zero_tests)
         sel = (p <= keep_p) | (pl <= keep_p)
         rows, cols = hits.row[sel], hits.col[sel]

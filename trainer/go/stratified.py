@@ -13,16 +13,18 @@ conditions on length. The population is cut into length strata s (the quantile b
 1964; the null of R's ``mantelhaen.test(exact = TRUE)``). One-sided p = P(S ≥ k). With a single
 stratum it is Fisher's exact test.
 
-How p is computed, per test (``length_adjusted_pvalues``):
+How p is computed, per test (``length_adjusted_pvalues``; ``feature_term_pvalues`` for a block
+of features × terms, whose screen moments are two matrix products):
 - ``normal_upper``: the Cochran–Mantel–Haenszel normal approximation (continuity-corrected),
   for every test, cheap. A test keeps that value when it is above ``SCREEN_P`` (above
   ``SCREEN_P_NARROW`` where the null's sd < 3; both scale with alpha from their values at
   0.05): it cannot be significant, and BH over the
   dictionary needs only the exact values of the p-values <= alpha plus the number of tests.
 - ``exact_upper``: the others whose strata windows span at most ``EXACT_MAX_SUPPORT`` values
-  (rare terms, small study sets), by convolving the strata's pmfs, vectorised over tests. Each
-  stratum's pmf is kept on the window outside which Bernstein's inequality bounds its mass by
-  2·e^-60, so p is exact to an absolute ~1e-25; smaller p-values are reported as ``P_FLOOR``.
+  (rare terms, small study sets), by convolving the strata's pmfs in a compiled (numba) loop
+  over tests. Each stratum's pmf is kept on the window outside which Bernstein's inequality
+  bounds its mass by 2·e^-60, so p is exact to an absolute ~1e-25; smaller p-values are
+  reported as ``P_FLOOR``.
 - ``saddlepoint_upper``: the rest (wide, smooth nulls), by the Lugannani–Rice saddlepoint
   approximation with the exact cumulant generating function of each stratum's windowed pmf
   (Daniels' continuity-corrected form for lattice variables). Against the exact convolution:
@@ -31,6 +33,7 @@ How p is computed, per test (``length_adjusted_pvalues``):
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from scipy.special import gammaln
 from scipy.stats import norm
@@ -62,6 +65,23 @@ def null_moments(
         var_s = nf * kf * (nn - kf) * (nn - nf) / (nn * nn * (nn - 1.0))
     var = np.where(nn > 1, var_s, 0.0).sum(axis=1)
     return mean, var
+
+
+def table_moments(
+    study: np.ndarray, terms: np.ndarray, big_n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of S for every feature × term pair at once: [F, T] each, from the
+    features' per-stratum study sizes ``study`` [F, B], the terms' ``terms`` [T, B] and the
+    stratum sizes [B]. Both sums over strata factor into a feature part times a term part
+    (mean: n_s/N_s · K_s; variance: n_s(N_s-n_s)/(N_s²(N_s-1)) · K_s(N_s-K_s)), so each is one
+    matrix product instead of a [tests, strata] gather per test (``null_moments``)."""
+    nn = big_n.astype(np.float64)
+    nf, kf = study.astype(np.float64), terms.astype(np.float64)
+    mean = (nf / nn) @ kf.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(nn > 1, nf * (nn - nf) / (nn * nn * (nn - 1.0)), 0.0)
+    var = a @ (kf * (nn - kf)).T
+    return mean, np.maximum(var, 0.0)
 
 
 def normal_upper(k: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -138,85 +158,180 @@ def windows(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> tuple[np.nda
     return lo, hi
 
 
+def _unique_triples(
+    n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (n, K, N) of 1-d arrays and the inverse that scatters them back."""
+    dims = [int(a.max()) + 1 if a.size else 1 for a in (n, big_k, big_n)]
+    if float(dims[0]) * dims[1] * dims[2] < 2.0**62:  # one int64 key: much faster than axis=0
+        key = (n.astype(np.int64) * dims[1] + big_k) * dims[2] + big_n
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    else:
+        _, first, inverse = np.unique(
+            np.stack([n, big_k, big_n], axis=1), axis=0, return_index=True, return_inverse=True
+        )
+    return n[first], big_k[first], big_n[first], inverse.ravel()
+
+
+def _stratum_log_pmf(
+    n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One stratum's (first value [U], log pmf [U, w]) for 1-d (n, K, N) rows: see
+    ``strata_log_pmfs``."""
+    col = (n[:, None], big_k[:, None], big_n[:, None])
+    lo, hi = (a[:, 0] for a in windows(*col))
+    width = hi - lo + 1
+    w = int(width.max())
+    offs = np.arange(w)[None, :]
+    lp = _window_log_pmf(lo[:, None], w, *col)
+    lp = np.where(offs < width[:, None], lp, -np.inf)
+    keep = lp >= lp.max(axis=1, keepdims=True) - (_WINDOW_LOG_MASS + np.log(width[:, None]))
+    first = keep.argmax(axis=1)
+    last = w - 1 - keep[:, ::-1].argmax(axis=1)
+    new_w = int((last - first).max()) + 1
+    idx = first[:, None] + np.arange(new_w)[None, :]
+    trimmed = np.take_along_axis(lp, np.minimum(idx, w - 1), axis=1)
+    trimmed = np.where(idx <= last[:, None], trimmed, -np.inf)
+    return lo + first, trimmed
+
+
 def strata_log_pmfs(
     n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per stratum: (first value [P], log pmf [P, w] padded with -inf), on the Bernstein window
     trimmed further to the terms above e^-60/w of the mode (the pmf is unimodal, so what is cut
-    off is two end runs holding under e^-60 of mass). ``big_n`` is [B] or, per test, [P, B]."""
+    off is two end runs holding under e^-60 of mass). ``big_n`` is [B] or, per test, [P, B].
+
+    Each stratum's pmf is computed once per distinct (n_s, K_s, N_s) and gathered: thousands of
+    distinct triples serve hundreds of thousands of tests (measured on the demo, docs/pipeline.md).
+    """
     big_n = np.broadcast_to(big_n, n.shape)
-    lo, hi = windows(n, big_k, big_n)
     out = []
     for s in range(n.shape[1]):
-        width = hi[:, s] - lo[:, s] + 1
-        w = int(width.max())
-        offs = np.arange(w)[None, :]
-        col = slice(s, s + 1)
-        lp = _window_log_pmf(lo[:, col], w, n[:, col], big_k[:, col], big_n[:, col])
-        lp = np.where(offs < width[:, None], lp, -np.inf)
-        keep = lp >= lp.max(axis=1, keepdims=True) - (_WINDOW_LOG_MASS + np.log(width[:, None]))
-        first = keep.argmax(axis=1)
-        last = w - 1 - keep[:, ::-1].argmax(axis=1)
-        new_w = int((last - first).max()) + 1
-        idx = first[:, None] + np.arange(new_w)[None, :]
-        trimmed = np.take_along_axis(lp, np.minimum(idx, w - 1), axis=1)
-        trimmed = np.where(idx <= last[:, None], trimmed, -np.inf)
-        out.append((lo[:, s] + first, trimmed))
+        un, uk, unn, inverse = _unique_triples(n[:, s], big_k[:, s], big_n[:, s])
+        first, lp = _stratum_log_pmf(un, uk, unn)
+        out.append((first[inverse], lp[inverse]))
     return out
 
 
 def exact_upper(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
-    """P(S >= k) by convolving the strata's windowed pmfs, vectorised over tests.
+    """P(S >= k) by convolving the strata's windowed pmfs, one compiled loop over the tests.
 
-    ``k`` [P]; ``n``, ``big_k`` [P, B]; ``big_n`` [B]. Cost grows with the square of the
-    summed window widths: callers send tests whose windows are narrow (``EXACT_MAX_SUPPORT``).
+    ``k`` [P]; ``n``, ``big_k`` [P, B]; ``big_n`` [B] or [P, B]. Cost grows with the square of
+    the summed window widths: callers send tests whose windows are narrow (``EXACT_MAX_SUPPORT``).
+    Per stratum, the same window, log-pmf recurrence and trimming as ``strata_log_pmfs``.
     """
     out = np.empty(k.size)
     if k.size == 0:
         return out
-    # Widest strata first, per test: rare terms then leave the later strata one value wide
-    # (nothing to convolve) for every test of a bucket.
-    big_n = np.broadcast_to(big_n, n.shape)
-    lo, hi = windows(n, big_k, big_n)
-    order = np.argsort(lo - hi, axis=1, kind="stable")
-    n, big_k, big_n = (np.take_along_axis(a, order, axis=1) for a in (n, big_k, big_n))
-    total = (hi - lo).sum(axis=1) + 1
-    buckets = np.ceil(np.log2(np.maximum(total, 1))).astype(np.int64)  # little padding
-    for b in np.unique(buckets):
-        idx = np.flatnonzero(buckets == b)
-        out[idx] = _convolve_tail(k[idx], strata_log_pmfs(n[idx], big_k[idx], big_n[idx]))
+    big_n = np.ascontiguousarray(np.broadcast_to(big_n, n.shape), dtype=np.int64)
+    _exact_kernel(
+        np.ascontiguousarray(k, dtype=np.int64), np.ascontiguousarray(n, dtype=np.int64),
+        np.ascontiguousarray(big_k, dtype=np.int64), big_n, _WINDOW_LOG_MASS, P_FLOOR, out,
+    )  # fmt: skip
     return out
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _exact_kernel(  # pragma: no cover - compiled; exercised through exact_upper
+    k: np.ndarray,
+    n: np.ndarray,
+    big_k: np.ndarray,
+    big_n: np.ndarray,
+    log_mass: float,
+    floor: float,
+    out: np.ndarray,
+) -> None:
+    """Per test: each stratum's Bernstein window, its log pmf by the ratio recurrence, trimmed
+    to the terms above e^-log_mass/w of the mode; the pmfs convolved (rescaled to their maximum
+    as they grow); p = mass at or above k over the total. Measured 20-40x faster than the same
+    steps vectorised in numpy over tests (docs/pipeline.md): the windows are short (median 8
+    values), so numpy's per-pass overhead dominated."""
+    n_tests, n_strata = n.shape
+    los = np.empty(n_strata, np.int64)
+    his = np.empty(n_strata, np.int64)
+    dist = np.empty(64)
+    new = np.empty(64)
+    lp = np.empty(64)
+    for i in range(n_tests):
+        total = 1
+        for s in range(n_strata):
+            nn, kk, pop = n[i, s], big_k[i, s], big_n[i, s]
+            prob = kk / pop
+            v = nn * prob * (1.0 - prob)
+            t = log_mass / 3.0 + np.sqrt(log_mass * log_mass / 9.0 + 2.0 * log_mass * v)
+            centre = nn * prob
+            los[s] = max(max(0, nn + kk - pop), np.int64(np.floor(centre - t)))
+            his[s] = min(min(nn, kk), np.int64(np.ceil(centre + t)))
+            total += his[s] - los[s]
+        if total > dist.size:
+            dist = np.empty(total)
+            new = np.empty(total)
+        w_max = 0
+        for s in range(n_strata):
+            w_max = max(w_max, his[s] - los[s] + 1)
+        if w_max > lp.size:
+            lp = np.empty(w_max)
+        dist[0] = 1.0
+        cur = 1
+        offset = 0
+        for s in range(n_strata):
+            nn, kk, pop, lo = n[i, s], big_k[i, s], big_n[i, s], los[s]
+            w = his[s] - lo + 1
+            # The pmf relative to its mode, by the ratio recurrence
+            # P(x+1)/P(x) = (K-x)(n-x) / ((x+1)(N-K-n+x+1)) outwards from the mode: every value
+            # is <= ~1, so nothing overflows, and what underflows lies far below the cut.
+            rest = pop - kk - nn
+            mode = min(max(np.int64(((nn + 1.0) * (kk + 1.0)) // (pop + 2.0)), lo), his[s])
+            lp[mode - lo] = 1.0
+            for x in range(mode, his[s]):
+                lp[x + 1 - lo] = lp[x - lo] * ((kk - x) * (nn - x) / ((x + 1.0) * (rest + x + 1.0)))
+            for x in range(mode - 1, lo - 1, -1):
+                lp[x - lo] = lp[x + 1 - lo] * ((x + 1.0) * (rest + x + 1.0) / ((kk - x) * (nn - x)))
+            top = 0.0
+            for j in range(w):
+                top = max(top, lp[j])
+            cut = top * np.exp(-log_mass) / w
+            first = 0
+            while lp[first] < cut:
+                first += 1
+            last = w - 1
+            while lp[last] < cut:
+                last -= 1
+            offset += lo + first
+            width = last - first + 1
+            if width == 1:
+                continue  # one value: only shifts the offset
+            for c in range(cur + width - 1):
+                new[c] = 0.0
+            for j in range(width):
+                pj = lp[first + j] / top
+                for c in range(cur):
+                    new[j + c] += dist[c] * pj
+            cur += width - 1
+            biggest = 0.0
+            for c in range(cur):
+                biggest = max(biggest, new[c])
+            for c in range(cur):
+                dist[c] = new[c] / biggest
+        col = k[i] - offset  # the column of dist that holds S = k
+        if col <= 0:
+            out[i] = 1.0
+            continue
+        upper = 0.0
+        whole = 0.0
+        for c in range(cur):
+            whole += dist[c]
+            if c >= col:
+                upper += dist[c]
+        p = upper / whole
+        out[i] = floor if p < floor else min(p, 1.0)
 
 
 def support_width(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
     """Values S can take inside the strata's Bernstein windows: what convolving costs."""
     lo, hi = windows(n, big_k, big_n)
     return np.asarray((hi - lo).sum(axis=1) + 1)
-
-
-def _convolve_tail(k: np.ndarray, strata: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    n_tests = k.size
-    total_w = sum(lp.shape[1] - 1 for _, lp in strata) + 1  # padded to each widest window
-    dist = np.zeros((n_tests, total_w))
-    dist[:, 0] = 1.0
-    cur = 1  # columns of dist in use
-    for _, lp in strata:
-        w = lp.shape[1]
-        if w == 1:
-            continue  # deterministic stratum: only shifts the offset
-        pmf = np.exp(lp - lp.max(axis=1, keepdims=True))  # scales cancel in the ratio
-        new = np.zeros_like(dist)
-        term = np.empty((n_tests, cur))
-        for j in range(w):
-            np.multiply(dist[:, :cur], pmf[:, j : j + 1], out=term)
-            new[:, j : j + cur] += term
-        cur += w - 1
-        dist = new / new.max(axis=1, keepdims=True)
-    first = k - sum(lo for lo, _ in strata)  # column of dist that holds S = k
-    cols = np.arange(total_w)[None, :]
-    upper = np.where(cols >= first[:, None], dist, 0.0).sum(axis=1)
-    p = np.where(first <= 0, 1.0, upper / dist.sum(axis=1))
-    return np.clip(np.where(p < P_FLOOR, P_FLOOR, p), 0.0, 1.0)
 
 
 def saddlepoint_upper(
@@ -325,22 +440,66 @@ def route(
     decided was 0.197 (``benchmarks/bench_go_length.py``, docs/pipeline.md).
     """
     mean, var = null_moments(n, big_k, big_n)
-    p = normal_upper(k, mean, var)
+    p, refine = _screen(k, mean, var, alpha)
     method = np.full(k.size, SCREENED, dtype=np.int8)
-    scale = alpha / _SCREEN_ALPHA
-    screen, screen_narrow = min(1.0, SCREEN_P * scale), min(1.0, SCREEN_P_NARROW * scale)
-    refine = np.flatnonzero((p <= screen) | ((var < 9.0) & (p <= screen_narrow)))
     if refine.size:
         wide = support_width(n[refine], big_k[refine], big_n) > EXACT_MAX_SUPPORT
         method[refine] = np.where(wide, SADDLEPOINT, EXACT)
     return p, method
 
 
+def _screen(
+    k: np.ndarray, mean: np.ndarray, var: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(normal p of every test, the tests the screen sends on to an exact or saddlepoint p)."""
+    p = normal_upper(k, mean, var)
+    scale = alpha / _SCREEN_ALPHA
+    screen, screen_narrow = min(1.0, SCREEN_P * scale), min(1.0, SCREEN_P_NARROW * scale)
+    return p, np.flatnonzero((p <= screen) | ((var < 9.0) & (p <= screen_narrow)))
+
+
+def _refine(
+    p: np.ndarray, k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
+) -> None:
+    """Replace ``p`` (of tests the screen sent on) by exact or saddlepoint values, in place."""
+    wide = support_width(n, big_k, big_n) > EXACT_MAX_SUPPORT
+    e, s = np.flatnonzero(~wide), np.flatnonzero(wide)
+    p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
+    p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
+
+
 def _adjusted_chunk(
     k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, *, alpha: float
 ) -> np.ndarray:
-    p, method = route(k, n, big_k, big_n, alpha=alpha)
-    e, s = np.flatnonzero(method == EXACT), np.flatnonzero(method == SADDLEPOINT)
-    p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
-    p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
+    mean, var = null_moments(n, big_k, big_n)
+    p, refine = _screen(k, mean, var, alpha)
+    out = p.copy()
+    sub = out[refine]
+    _refine(sub, k[refine], n[refine], big_k[refine], big_n)
+    out[refine] = sub
+    return out
+
+
+def feature_term_pvalues(
+    k: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    study: np.ndarray,
+    terms: np.ndarray,
+    big_n: np.ndarray,
+    *,
+    alpha: float = 0.05,
+) -> np.ndarray:
+    """``length_adjusted_pvalues`` for tests given by index: test i pairs feature ``rows[i]``
+    (per-stratum study sizes ``study`` [F, B]) with term ``cols[i]`` (``terms`` [T, B]) and has
+    ``k[i]`` study hits. The screen's moments come from ``table_moments`` (two matrix products
+    for the whole block) and only the tests it sends on gather their [strata] rows: the same
+    p-values as ``length_adjusted_pvalues`` on the gathered arrays, at a fraction of the cost."""
+    k = k.astype(np.int64)
+    mean_ft, var_ft = table_moments(study, terms, big_n)
+    p, refine = _screen(k, mean_ft[rows, cols], var_ft[rows, cols], alpha)
+    sub = p[refine]
+    r, c = rows[refine], cols[refine]
+    _refine(sub, k[refine], study[r], terms[c], big_n)
+    p[refine] = sub
     return p
