@@ -7,6 +7,8 @@ proteins and structures is five round trips.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -57,19 +59,53 @@ BIN_ORDER = {"top": 0, "structure": 99}  # q1..qN sort between them by name
 # of its real rate gets a caution on its feature pages (the full corpus's residue-level TopK
 # SAE: 94.1% shuffled against 94.2% real; its protein-level one: 6.6% against 14.5%).
 LENGTH_DRIVEN_SHARE = 0.5
+# The GO stage's significance level when its summary names none (go.alpha's default).
+DEFAULT_ALPHA = 0.05
 
 
 def _values(blob: bytes | None) -> list[float]:
     return [float(v) for v in decode_values(blob).tolist()]
 
 
-def _go_hit(hit: GoEnrichment, term: GoTerm) -> GoHit:
+def go_alpha(payload: Any) -> float:
+    """The GO stage's alpha from its summary payload (``config.alpha``); DEFAULT_ALPHA without."""
+    config = payload.get("config") if isinstance(payload, dict) else None
+    alpha = config.get("alpha") if isinstance(config, dict) else None
+    return DEFAULT_ALPHA if alpha is None else float(alpha)
+
+
+def _go_payload(session: Session, sae_id: int) -> Any:
+    return session.scalar(
+        select(AnalysisSummary.payload).where(
+            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go"
+        )
+    )
+
+
+def go_alphas(session: Session, sae_ids: Collection[int]) -> dict[int, float]:
+    """Each dictionary's GO alpha, in one query (DEFAULT_ALPHA where its summary names none)."""
+    if not sae_ids:
+        return {}
+    payloads = {
+        sae_id: payload
+        for sae_id, payload in session.execute(
+            select(AnalysisSummary.sae_id, AnalysisSummary.payload).where(
+                AnalysisSummary.sae_id.in_(set(sae_ids)), AnalysisSummary.kind == "go"
+            )
+        )
+    }
+    return {sae_id: go_alpha(payloads.get(sae_id)) for sae_id in sae_ids}
+
+
+def _go_hit(hit: GoEnrichment, term: GoTerm, alpha: float) -> GoHit:
+    """``alpha``: the GO stage's significance level of the hit's dictionary."""
     return GoHit(
         go_id=hit.go_id, name=term.name, namespace=hit.namespace, level=term.level,
         depth=term.depth, study_hits=hit.study_hits, study_size=hit.study_size,
         pop_hits=hit.pop_hits, pop_size=hit.pop_size, fold_enrichment=hit.fold_enrichment,
         odds_ratio=hit.odds_ratio, p_value=hit.p_value, q_value=hit.q_value,
         p_bonferroni=hit.p_bonferroni, p_length=hit.p_length, q_length=hit.q_length,
+        length_explained=None if hit.q_length is None else hit.q_length >= alpha,
         is_most_specific=hit.is_most_specific, method=hit.method,
     )  # fmt: skip
 
@@ -136,11 +172,10 @@ def _baseline(session: Session, feature: Feature, sae: Sae) -> BaselineContext |
 def go_length_control(session: Session, sae_id: int) -> GoLengthControl | None:
     """The dictionary's GO hit rate (BH) next to its length-binned permutation control's, from
     the GO stage's summary; None when the stage or its control did not run."""
-    payload = session.scalar(
-        select(AnalysisSummary.payload).where(
-            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go"
-        )
-    )
+    return _length_control(_go_payload(session, sae_id))
+
+
+def _length_control(payload: Any) -> GoLengthControl | None:
     if not isinstance(payload, dict):
         return None
     real = (payload.get("bh") or {}).get("pct_features_with_hit")
@@ -154,7 +189,7 @@ def go_length_control(session: Session, sae_id: int) -> GoLengthControl | None:
         pct_features_with_hit=float(real),
         pct_features_with_hit_shuffled=float(shuffled),
         n_permutations=int(control["n_permutations"]),
-        alpha=float((payload.get("config") or {}).get("alpha", 0.05)),
+        alpha=go_alpha(payload),
         pct_features_with_hit_length_adjusted=None if adjusted is None else float(adjusted),
         pct_features_with_hit_length_adjusted_shuffled=(
             None if adjusted_shuffled is None else float(adjusted_shuffled)
@@ -202,6 +237,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
         .limit(200)
     ).all()
+    go_summary = _go_payload(session, sae.id)
+    alpha = go_alpha(go_summary)
     neighbors = session.execute(
         select(FeatureNeighbor.cosine, Feature)
         .join(Feature, FeatureNeighbor.neighbor_id == Feature.id)
@@ -221,8 +258,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         sae=SaeSummary.model_validate(sae),
         run_name=run.name,
         explanation=_explanation(session, feature_id),
-        go_hits=[_go_hit(h, t) for h, t in hits],
-        go_control=go_length_control(session, sae.id),
+        go_hits=[_go_hit(h, t, alpha) for h, t in hits],
+        go_control=_length_control(go_summary),
         top_examples=top,
         neighbors=[
             NeighborOut(
@@ -340,13 +377,14 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
         .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
         .limit(limit)
     ).all()
+    alphas = go_alphas(session, {hit.sae_id for hit, _, _ in rows})
     return GoTermDetail(
         term=GoTermRef.model_validate(term), definition=term.definition,
         is_obsolete=term.is_obsolete, parents=parent_ids(term),
         ancestors=[GoTermRef.model_validate(t) for t in ancestors],
         enriched_features=[
             EnrichedFeature(feature=FeatureSummary.model_validate(f), sae_name=name,
-                            hit=_go_hit(hit, term))
+                            hit=_go_hit(hit, term, alphas[hit.sae_id]))
             for hit, f, name in rows
         ],
     )  # fmt: skip

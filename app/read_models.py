@@ -162,6 +162,11 @@ class GoHit(BaseModel):
         "a common odds ratio of 1 across the strata); null for runs published before it"
     )
     q_length: float | None = Field(description="BH of p_length over all tests of the SAE")
+    length_explained: bool | None = Field(
+        description="Whether protein length explains the hit: true when q_length is at least "
+        "the significance level of the dictionary's GO stage (go.alpha), false below it, null "
+        "when q_length is null"
+    )
     is_most_specific: bool
     method: str
 

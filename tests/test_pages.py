@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
 from app.store.schema import (
+    AnalysisSummary,
     Explanation,
     ExplanationScore,
     Feature,
@@ -28,6 +29,7 @@ from app.store.schema import (
     GoEnrichment,
     GoTerm,
     Protein,
+    Sae,
 )
 
 XSS = "<script>alert('x')</script> binds zinc"
@@ -133,7 +135,7 @@ def enriched(
     engine.dispose()
     mp = pytest.MonkeyPatch()
     with _client(url, mp) as test_client:
-        yield test_client, {"feature": target, "go_id": go_id, "neighbors": fids[20:23]}
+        yield test_client, {"feature": target, "go_id": go_id, "neighbors": fids[20:23], "url": url}
     mp.undo()
     get_settings.cache_clear()
     engine_for.cache_clear()
@@ -224,9 +226,117 @@ def test_explanation_is_escaped_and_sections_render(
     api = client.get(f"/api/v1/features/{ids['feature']}").json()
     assert api["explanation"]["text"] == XSS and api["baseline"]["n_scored"] == 10
     assert sorted(h["q_length"] for h in api["go_hits"]) == [1e-3, 0.6]
+    # No GO summary in this store: the default alpha, 0.05, decides.
+    explained_by_term = {h["go_id"]: h["length_explained"] for h in api["go_hits"]}
+    assert explained_by_term == {ids["go_id"]: False, "GO:0099998": True}
     kept, explained = (client.get(f"/go/{g}").text for g in (ids["go_id"], "GO:0099998"))
     assert "q, length-adjusted" in kept and "length explains it" not in kept
     assert "length explains it" in explained and 'class="length-explained"' in explained
+
+
+def test_length_explained_follows_each_dictionarys_go_alpha(
+    enriched: tuple[TestClient, dict[str, Any]], demo_store: Any, tmp_path: Path
+) -> None:
+    """A hit is explained by length when its q_length reaches the alpha of its own dictionary's
+    GO stage, not a fixed 0.05. On a copy of the enriched store the fixture's dictionary ran GO at
+    alpha 0.1, and its second hit's q_length, 0.08, lies between 0.05 and 0.1: kept. A second
+    dictionary (the same neurons, its GO stage at alpha 5e-4) has the first hit with q_length
+    1e-3: explained. Then that dictionary as published before the length test: null, no tag."""
+    _, ids = enriched
+    path = tmp_path / "store.sqlite"
+    shutil.copy(ids["url"].removeprefix("sqlite:///"), path)
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    with Session(engine) as session:
+        sae = session.get(Sae, demo_store.sae_id)
+        feature = session.get(Feature, ids["feature"])
+        hit = session.scalars(
+            select(GoEnrichment).where(
+                GoEnrichment.feature_id == ids["feature"], GoEnrichment.go_id == ids["go_id"]
+            )
+        ).one()
+        assert sae is not None and feature is not None and hit.q_length == 1e-3
+        strict = Sae(run_id=sae.run_id, name=f"{sae.name} (alpha 5e-4)", kind=sae.kind,
+                     level=sae.level, layer=sae.layer, d_in=sae.d_in, n_latents=sae.n_latents,
+                     metrics={}, config=sae.config)  # fmt: skip
+        session.add(strict)
+        session.flush()
+        keep = {"id", "sae_id", "n_go_hits", "n_go_hits_length"}
+        twin = Feature(
+            **{a.key: getattr(feature, a.key) for a in Feature.__mapper__.column_attrs
+               if a.key not in keep},
+            sae_id=strict.id, n_go_hits=1, n_go_hits_length=0,
+        )  # fmt: skip
+        session.add(twin)
+        session.flush()
+        session.add(
+            GoEnrichment(
+                **{a.key: getattr(hit, a.key) for a in GoEnrichment.__mapper__.column_attrs
+                   if a.key not in {"id", "sae_id", "feature_id"}},
+                sae_id=strict.id, feature_id=twin.id,
+            )
+        )  # fmt: skip
+        session.execute(
+            update(GoEnrichment)
+            .where(GoEnrichment.feature_id == ids["feature"], GoEnrichment.go_id == "GO:0099998")
+            .values(q_length=0.08)
+        )
+        session.add_all([
+            AnalysisSummary(sae_id=sae.id, kind="go", payload={"config": {"alpha": 0.1}}),
+            AnalysisSummary(sae_id=strict.id, kind="go", payload={"config": {"alpha": 5e-4}}),
+        ])  # fmt: skip
+        session.commit()
+        twin_id, strict_id, strict_name = twin.id, strict.id, strict.name
+        sae_name, index = sae.name, feature.index
+    mp = pytest.MonkeyPatch()
+    try:
+        with _client(url, mp) as client:
+            api = client.get(f"/api/v1/features/{ids['feature']}").json()
+            assert {h["go_id"]: (h["q_length"], h["length_explained"]) for h in api["go_hits"]} == {
+                ids["go_id"]: (1e-3, False),
+                "GO:0099998": (0.08, False),
+            }
+            assert "length explains it" not in client.get(f"/features/{ids['feature']}").text
+            api = client.get(f"/api/v1/features/{twin_id}").json()
+            assert [(h["go_id"], h["length_explained"]) for h in api["go_hits"]] == [
+                (ids["go_id"], True)
+            ]
+            page = client.get(f"/features/{twin_id}").text
+            assert page.count("length explains it") == 1 and 'class="length-explained"' in page
+
+            term = client.get(f"/api/v1/go/{ids['go_id']}").json()
+            assert {
+                (e["sae_name"], e["feature"]["id"], e["hit"]["length_explained"])
+                for e in term["enriched_features"]
+            } == {(sae_name, ids["feature"], False), (strict_name, twin_id, True)}
+            page = client.get(f"/go/{ids['go_id']}").text
+            assert page.count("length explains it") == 1
+            assert f'{strict_name} #{index}</a> <span class="tag">length explains it' in page
+            term = client.get("/api/v1/go/GO:0099998").json()
+            assert [e["hit"]["length_explained"] for e in term["enriched_features"]] == [False]
+            assert "length explains it" not in client.get("/go/GO:0099998").text
+
+            # The second dictionary published before the length test: no q_length, no verdict.
+            with Session(engine) as session:
+                session.execute(
+                    update(GoEnrichment)
+                    .where(GoEnrichment.sae_id == strict_id)
+                    .values(p_length=None, q_length=None)
+                )
+                session.commit()
+            api = client.get(f"/api/v1/features/{twin_id}").json()
+            assert [h["length_explained"] for h in api["go_hits"]] == [None]
+            term = client.get(f"/api/v1/go/{ids['go_id']}").json()
+            assert {e["hit"]["length_explained"] for e in term["enriched_features"]} == {
+                False,
+                None,
+            }
+            assert "length explains it" not in client.get(f"/go/{ids['go_id']}").text
+    finally:
+        engine.dispose()
+        mp.undo()
+        get_settings.cache_clear()
+        engine_for.cache_clear()
 
 
 def test_pages_do_not_import_torch(demo_store: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.detail_queries import go_alpha
 from app.findings.plots import FigureInputs
 from app.store.schema import (
     AnalysisSummary,
@@ -29,7 +30,6 @@ from app.store.schema import (
 
 Summary = dict[str, Any]
 PEARSON_METHODS = ("pearson", "pearson_r")  # publish.py and the explain stage's loader
-DEFAULT_ALPHA = 0.05
 
 
 def dictionary_kind(sae: Sae) -> str:
@@ -129,7 +129,7 @@ def _go(session: Session, saes: list[Sae]) -> tuple[list[Summary], list[Summary]
                     ),
                 }
             )
-        alpha = float((p.get("config") or {}).get("alpha", DEFAULT_ALPHA))
+        alpha = go_alpha(p)
         values = session.scalars(
             select(GoEnrichment.fold_enrichment).where(
                 GoEnrichment.sae_id == s.id, GoEnrichment.q_value < alpha
