@@ -15,7 +15,13 @@ from scipy.stats import false_discovery_control
 
 from trainer.go.annotations import NamespaceIncidence, build_incidence, resolve_corpus_annotations
 from trainer.go.controls import length_bins, permuted_incidences
-from trainer.go.enrichment import HIT_COLUMNS, enrich, most_specific
+from trainer.go.enrichment import (
+    HIT_COLUMNS,
+    enrich,
+    enrich_features,
+    finish_enrichment,
+    most_specific,
+)
 from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import ProteinTable, read_protein_table
 from trainer.go.stage import GoConfig, run_go_stage
@@ -223,6 +229,25 @@ def test_length_stratified_test_removes_what_length_explains(
     assert hit_rates(null, 0.05)["length_bh"]["features_with_hit"] == 0
 
 
+def test_feature_ranges_merge_into_the_whole_dictionarys_result(
+    ontology: Ontology, table: ProteinTable, incidences: dict, neurons: sp.csr_matrix
+) -> None:
+    """Testing features in separate ranges (as the GO stage's parallel units do) and merging
+    gives the result of testing them all at once, row for row: BH over the merged histograms,
+    the length-stratified test, effect sizes and most-specific flags included."""
+    lengths = np.array([len(s) for s in table.sequences])
+    x = sp.hstack([composition_features(table), neurons]).tocsr()
+    kwargs: dict[str, Any] = dict(lengths=lengths, n_length_bins=5, block_size=16, keep_p=0.2)
+    whole = enrich(x, incidences, ontology, store_all=True, **kwargs)
+    ranges = [slice(0, 48), slice(48, 64), slice(64, x.shape[1])]
+    parts = [enrich_features(x, incidences, features=r, **kwargs) for r in ranges[::-1]]
+    merged = finish_enrichment(parts, incidences, ontology, n_features=x.shape[1], store_all=True)
+    assert (merged.n_tests, merged.n_active_features) == (whole.n_tests, whole.n_active_features)
+    assert whole.columns["p_value"].size > 1000 and (whole.columns["q_length"] < 0.05).sum() >= 5
+    for column in HIT_COLUMNS:
+        np.testing.assert_array_equal(merged.columns[column], whole.columns[column], column)
+
+
 def test_hit_rate_over_active_features_leaves_dead_latents_out(
     ontology: Ontology, table: ProteinTable, incidences: dict
 ) -> None:
@@ -349,7 +374,9 @@ def test_stage_in_parallel_workers_equals_serial(
             (root / "analysis" / name).mkdir(parents=True)
             sp.save_npz(root / "analysis" / name / "protein_activations.npz",
                         sp.csr_matrix(x, dtype=np.float32))  # fmt: skip
-        cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", workers=workers)
+        # Ranges of 32 features: the 192 neurons run as 6 units per annotation set.
+        cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", workers=workers,
+                       block_size=16, chunk_features=32)  # fmt: skip
         out = run_go_stage(root, cfg, dictionaries=["composition", "neurons"], corpus=table)
         for summary in out.values():
             summary["config"].pop("workers")
@@ -363,7 +390,9 @@ def test_stage_in_parallel_workers_equals_serial(
         b = np.load(parallel_root / "go" / name / "hits.npz", allow_pickle=False)
         for column in HIT_COLUMNS:
             np.testing.assert_array_equal(a[column], b[column], err_msg=f"{name}:{column}")
-    assert GoConfig(workers=1).digest() == GoConfig(workers=3).digest()
+    assert GoConfig(workers=1).digest() == GoConfig(workers=3, chunk_features=512).digest()
+    with pytest.raises(ValueError, match=r"multiple of go\.block_size"):
+        GoConfig(block_size=64, chunk_features=100)
 
 
 def test_activation_rows_must_match_corpus(
@@ -373,8 +402,11 @@ def test_activation_rows_must_match_corpus(
     path = tmp_path / "analysis/short/protein_activations.npz"
     sp.save_npz(path, sp.csr_matrix(composition_features(table)[:10]))
     cfg = GoConfig(obo_path=shared_dir / "data/go/go-basic.obo.gz", n_permutations=0)
-    with pytest.raises(ValueError, match=r"protein_activations\.npz: 10 rows"):
+    with pytest.raises(
+        RuntimeError, match=r"'short' failed: .*protein_activations\.npz: 10 rows"
+    ) as info:
         run_go_stage(tmp_path, cfg, dictionaries=["short"], corpus=table)
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def test_a_failing_dictionary_in_a_worker_is_named(

@@ -66,7 +66,8 @@ def unique_tuple_pvalues(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n:
 
 @dataclass
 class PValueHistogram:
-    """Distinct p-values with their counts: enough for exact BH over millions of tests.
+    """Distinct p-values with their counts: enough for exact BH over millions of tests, and
+    mergeable, so that features can be tested in separate processes (``update``).
 
     New p-values wait in a buffer and are merged (one np.unique) once it holds ``merge_at``
     values, not at every block: merging re-sorts everything counted so far.
@@ -76,14 +77,25 @@ class PValueHistogram:
     counts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     merge_at: int = 4_000_000
     _pending: list[np.ndarray] = field(default_factory=list)
+    _pending_counts: list[np.ndarray] = field(default_factory=list)
     _pending_size: int = 0
     _pending_ones: int = 0
 
     def add(self, p: np.ndarray, extra_ones: int = 0) -> None:
         """Count the p-values ``p`` plus ``extra_ones`` tests whose p is exactly 1."""
         self._pending.append(np.asarray(p, dtype=np.float64))
+        self._pending_counts.append(np.ones(p.size, np.int64))
         self._pending_size += p.size
         self._pending_ones += extra_ones
+        if self._pending_size >= self.merge_at:
+            self._merge()
+
+    def update(self, other: PValueHistogram) -> None:
+        """Count every test that ``other`` counted (a partial histogram of other features)."""
+        other._merge()
+        self._pending.append(other.values)
+        self._pending_counts.append(other.counts)
+        self._pending_size += other.values.size
         if self._pending_size >= self.merge_at:
             self._merge()
 
@@ -92,14 +104,15 @@ class PValueHistogram:
             return
         ones = self._pending_ones
         vals = np.concatenate([self.values, *self._pending, [1.0] if ones else []])
-        cnts = np.concatenate(
-            [self.counts, np.ones(self._pending_size, np.int64), [ones] if ones else []]
-        ).astype(np.int64)
+        cnts = np.concatenate([self.counts, *self._pending_counts, [ones] if ones else []]).astype(
+            np.int64
+        )
         self.values, inverse = np.unique(vals, return_inverse=True)
         self.counts = np.bincount(inverse.ravel(), weights=cnts, minlength=self.values.size).astype(
             np.int64
         )
-        self._pending, self._pending_size, self._pending_ones = [], 0, 0
+        self._pending, self._pending_counts = [], []
+        self._pending_size, self._pending_ones = 0, 0
 
     @property
     def n_tests(self) -> int:
@@ -129,23 +142,45 @@ def active_matrix(
     return sp.csr_matrix(active.T)
 
 
+CANDIDATE_COLUMNS = ("feature_index", "term", "k", "n", "K", "N", "p", "pl", "m")
+
+
 @dataclass
 class Candidates:
-    """Tests kept from the streaming pass (p <= keep_p), one array per column."""
+    """Tests kept from the streaming pass (p <= keep_p), one array per column. ``term`` indexes
+    the terms of all namespaces in ``TermIndex`` order: integers, so that partial results are
+    small and cheap to send between processes."""
 
     cols: dict[str, list[np.ndarray]] = field(
-        default_factory=lambda: {c: [] for c in ("feature_index", "term", "namespace", "k", "n", "K", "N", "p", "pl", "m")}
-    )  # fmt: skip
+        default_factory=lambda: {c: [] for c in CANDIDATE_COLUMNS}
+    )
 
     def append(self, **arrays: np.ndarray) -> None:
         for name, arr in arrays.items():
             self.cols[name].append(arr)
 
     def concat(self) -> dict[str, np.ndarray]:
-        return {
-            c: np.concatenate(v) if v else np.empty(0, dtype=object if c in {"term", "namespace"} else np.float64)
-            for c, v in self.cols.items()
-        }  # fmt: skip
+        return {c: np.concatenate(v) if v else np.empty(0) for c, v in self.cols.items()}
+
+
+@dataclass(frozen=True)
+class TermIndex:
+    """The tested terms of every namespace, in one numbering: namespace i's terms start at
+    ``offsets[i]``."""
+
+    go_ids: np.ndarray  # [terms] str
+    namespaces: np.ndarray  # [terms] str
+    offsets: dict[str, int]
+
+    @classmethod
+    def of(cls, incidences: Mapping[str, NamespaceIncidence]) -> TermIndex:
+        offsets, start = {}, 0
+        for ns, inc in incidences.items():
+            offsets[ns] = start
+            start += len(inc.term_ids)
+        go_ids = [t for inc in incidences.values() for t in inc.term_ids]
+        namespaces = [inc.namespace for inc in incidences.values() for _ in inc.term_ids]
+        return cls(np.asarray(go_ids, dtype=str), np.asarray(namespaces, dtype=str), offsets)
 
 
 def _blocks(n: int, size: int) -> Iterator[slice]:
@@ -186,6 +221,8 @@ def stream_namespace(
     strata: Strata | None,
     alpha: float = 0.05,
     hist_length: PValueHistogram,
+    term_offset: int = 0,
+    feature_offset: int = 0,
 ) -> None:
     """Test every feature against every term of one namespace, block by block (and within
     length ``strata`` too, unless None)."""
@@ -195,7 +232,6 @@ def stream_namespace(
     n_study = np.asarray(active_t.sum(axis=1)).ravel().astype(np.int64)
     if strata is not None:  # study proteins per length stratum: [features, bins]
         n_study_strata = np.asarray(active_t @ strata.onehot).astype(np.int64)
-    terms = np.asarray(inc.term_ids, dtype=object)
     for block in _blocks(active_t.shape[0], block_size):
         n_blk = n_study[block]
         tested = np.flatnonzero(n_blk > 0)
@@ -229,9 +265,8 @@ def stream_namespace(
         else:
             k, p, pl = k[sel], p[sel], pl[sel]
         keep.append(
-            feature_index=tested[rows] + block.start,
-            term=terms[cols],
-            namespace=np.full(rows.size, inc.namespace, dtype=object),
+            feature_index=tested[rows] + block.start + feature_offset,
+            term=cols.astype(np.int64) + term_offset,
             k=k,
             n=n_blk[tested][rows],
             K=big_k[cols],
@@ -291,6 +326,112 @@ class EnrichmentResult:
     n_active_features: int  # active above the threshold on >= 1 protein: dead latents excluded
 
 
+@dataclass
+class PartialEnrichment:
+    """What testing a range of a dictionary's features gives: enough, merged over all ranges,
+    for every correction (``finish_enrichment``)."""
+
+    hist: PValueHistogram
+    hist_length: PValueHistogram
+    candidates: dict[str, np.ndarray]
+    n_active_features: int
+
+
+def enrich_features(
+    activations: sp.spmatrix,
+    incidences: Mapping[str, NamespaceIncidence],
+    *,
+    features: slice | None = None,
+    threshold: float = 0.0,
+    alpha: float = 0.05,
+    keep_p: float | None = None,
+    block_size: int = 256,
+    lengths: np.ndarray | None = None,
+    n_length_bins: int = 10,
+    length_adjusted: bool = True,
+) -> PartialEnrichment:
+    """Test the ``features`` (a column range of ``activations``; all by default) against every
+    term of every namespace. Ranges are independent: the GO stage tests them in parallel."""
+    keep_p = alpha if keep_p is None else keep_p
+    features = features or slice(0, activations.shape[1])
+    cols = sp.csc_matrix(activations)[:, features]
+    hist, hist_length, keep = PValueHistogram(), PValueHistogram(), Candidates()
+    index = TermIndex.of(incidences)
+    for inc in incidences.values():
+        active_t = active_matrix(cols, inc.protein_rows, threshold)
+        pop_lengths = None if lengths is None else np.asarray(lengths)[inc.protein_rows]
+        stream_namespace(
+            active_t, inc, hist, keep, keep_p=keep_p, block_size=block_size,
+            strata=Strata.of(inc, pop_lengths, n_length_bins) if length_adjusted else None,
+            hist_length=hist_length, alpha=alpha, term_offset=index.offsets[inc.namespace],
+            feature_offset=features.start or 0,
+        )  # fmt: skip
+    coo = sp.coo_matrix(cols)
+    n_active = int(np.unique(coo.col[coo.data > threshold]).size)
+    return PartialEnrichment(hist, hist_length, keep.concat(), n_active)
+
+
+def finish_enrichment(
+    partials: list[PartialEnrichment],
+    incidences: Mapping[str, NamespaceIncidence],
+    ontology: Ontology,
+    *,
+    n_features: int,
+    alpha: float = 0.05,
+    store_all: bool = False,
+    methods: tuple[str, ...] = ("fdr_bh", "bonferroni", "length_bh"),
+    length_adjusted: bool = True,
+) -> EnrichmentResult:
+    """Merge the partial results of disjoint feature ranges and apply the corrections: the same
+    result, row for row, as testing every feature at once."""
+    hist, hist_length = PValueHistogram(), PValueHistogram()
+    for part in partials:
+        hist.update(part.hist)
+        hist_length.update(part.hist_length)
+    c = {
+        name: np.concatenate([part.candidates[name] for part in partials])
+        if partials
+        else np.empty(0)
+        for name in CANDIDATE_COLUMNS
+    }
+    q = hist.bh(c["p"].astype(np.float64))
+    q_length = (
+        hist_length.bh(c["pl"].astype(np.float64)) if length_adjusted else c["pl"].astype(float)
+    )
+    bonf = np.minimum(c["p"] * c["m"], 1.0)
+    sel = np.zeros(q.size, bool)
+    if "fdr_bh" in methods:
+        sel |= q < alpha
+    if "bonferroni" in methods:
+        sel |= bonf < alpha
+    if "length_bh" in methods and length_adjusted:
+        sel |= q_length < alpha
+    if store_all:
+        sel[:] = True
+    k, n, kk, nn = (c[x][sel].astype(np.int64) for x in ("k", "n", "K", "N"))
+    odds, fold = effect_sizes(k, n, kk, nn)
+    feature = c["feature_index"][sel].astype(np.int64)
+    index = TermIndex.of(incidences)
+    term = c["term"][sel].astype(np.int64)
+    go_id, namespace = index.go_ids[term], index.namespaces[term]
+    p = c["p"][sel].astype(np.float64)
+    cols = {
+        "feature_index": feature, "go_id": go_id, "namespace": namespace,
+        "study_hits": k, "study_size": n, "pop_hits": kk, "pop_size": nn,
+        "odds_ratio": odds, "fold_enrichment": fold, "p_value": p, "q_value": q[sel],
+        "p_bonferroni": bonf[sel], "p_length": c["pl"][sel].astype(np.float64),
+        "q_length": q_length[sel],
+        "is_most_specific": most_specific(ontology, feature, go_id, p, q[sel] < alpha),
+    }  # fmt: skip
+    if not length_adjusted:
+        del cols["p_length"], cols["q_length"]
+    # go_id last: rows are in one order however the features were split into ranges.
+    order = np.lexsort((cols["go_id"], cols["p_value"], cols["namespace"], cols["feature_index"]))
+    cols = {name: arr[order] for name, arr in cols.items()}
+    n_active = sum(part.n_active_features for part in partials)
+    return EnrichmentResult(cols, hist.n_tests, n_features, n_active)
+
+
 def enrich(
     activations: sp.spmatrix,
     incidences: Mapping[str, NamespaceIncidence],
@@ -314,48 +455,12 @@ def enrich(
     into ``n_length_bins`` quantile strata for ``p_length``; None = one stratum.
     ``length_adjusted=False`` skips that test (no p_length / q_length columns).
     """
-    keep_p = alpha if keep_p is None else keep_p
-    hist, hist_length, keep = PValueHistogram(), PValueHistogram(), Candidates()
-    for inc in incidences.values():
-        active_t = active_matrix(activations, inc.protein_rows, threshold)
-        pop_lengths = None if lengths is None else np.asarray(lengths)[inc.protein_rows]
-        stream_namespace(
-            active_t, inc, hist, keep, keep_p=keep_p, block_size=block_size,
-            strata=Strata.of(inc, pop_lengths, n_length_bins) if length_adjusted else None,
-            hist_length=hist_length, alpha=alpha,
-        )  # fmt: skip
-    c = keep.concat()
-    q = hist.bh(c["p"].astype(np.float64))
-    q_length = (
-        hist_length.bh(c["pl"].astype(np.float64)) if length_adjusted else c["pl"].astype(float)
-    )
-    bonf = np.minimum(c["p"] * c["m"], 1.0)
-    sel = np.zeros(q.size, bool)
-    if "fdr_bh" in methods:
-        sel |= q < alpha
-    if "bonferroni" in methods:
-        sel |= bonf < alpha
-    if "length_bh" in methods and length_adjusted:
-        sel |= q_length < alpha
-    if store_all:
-        sel[:] = True
-    k, n, kk, nn = (c[x][sel].astype(np.int64) for x in ("k", "n", "K", "N"))
-    odds, fold = effect_sizes(k, n, kk, nn)
-    feature = c["feature_index"][sel].astype(np.int64)
-    go_id = c["term"][sel].astype(str)
-    p = c["p"][sel].astype(np.float64)
-    cols = {
-        "feature_index": feature, "go_id": go_id, "namespace": c["namespace"][sel].astype(str),
-        "study_hits": k, "study_size": n, "pop_hits": kk, "pop_size": nn,
-        "odds_ratio": odds, "fold_enrichment": fold, "p_value": p, "q_value": q[sel],
-        "p_bonferroni": bonf[sel], "p_length": c["pl"][sel].astype(np.float64),
-        "q_length": q_length[sel],
-        "is_most_specific": most_specific(ontology, feature, go_id, p, q[sel] < alpha),
-    }  # fmt: skip
-    if not length_adjusted:
-        del cols["p_length"], cols["q_length"]
-    order = np.lexsort((cols["p_value"], cols["namespace"], cols["feature_index"]))
-    cols = {name: arr[order] for name, arr in cols.items()}
-    coo = sp.coo_matrix(activations)
-    n_active = int(np.unique(coo.col[coo.data > threshold]).size)
-    return EnrichmentResult(cols, hist.n_tests, int(activations.shape[1]), n_active)
+    part = enrich_features(
+        activations, incidences, threshold=threshold, alpha=alpha, keep_p=keep_p,
+        block_size=block_size, lengths=lengths, n_length_bins=n_length_bins,
+        length_adjusted=length_adjusted,
+    )  # fmt: skip
+    return finish_enrichment(
+        [part], incidences, ontology, n_features=int(activations.shape[1]), alpha=alpha,
+        store_all=store_all, methods=methods, length_adjusted=length_adjusted,
+    )  # fmt: skip

@@ -18,7 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +36,12 @@ from trainer.go.annotations import (
     resolve_corpus_annotations,
 )
 from trainer.go.controls import permuted_incidences
-from trainer.go.enrichment import EnrichmentResult, enrich
+from trainer.go.enrichment import (
+    EnrichmentResult,
+    PartialEnrichment,
+    enrich_features,
+    finish_enrichment,
+)
 from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import GoCorpus
 from trainer.go.summary import hit_rates, summarize
@@ -68,12 +73,25 @@ class GoConfig(BaseModel):
     length_adjusted: bool = True
     seed: int = 0
     block_size: int = Field(256, ge=1)
-    # Dictionaries enriched at once, one process each (forked: the ontology and incidences are
-    # shared, not copied). 0 = min(CPU cores, 4, dictionaries). Changes speed, not results.
+    # Processes that test features at once (forked: the ontology and incidences are shared,
+    # not copied). 0 = min(CPU cores, 4). Changes speed, not results.
     workers: int = Field(0, ge=0)
+    # Features per unit of parallel work: a dictionary's features (and each permutation's) are
+    # split into ranges of this many, so one large dictionary spreads over every worker. A
+    # multiple of block_size: the blocks, and so every p-value, are those of a serial run.
+    chunk_features: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _chunks_hold_whole_blocks(self) -> GoConfig:
+        if self.chunk_features % self.block_size:
+            raise ValueError(
+                f"go.chunk_features ({self.chunk_features}) must be a multiple of "
+                f"go.block_size ({self.block_size})"
+            )
+        return self
 
     def digest(self) -> str:
-        payload = self.model_dump_json(exclude={"workers"})
+        payload = self.model_dump_json(exclude={"workers", "chunk_features"})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -134,92 +152,159 @@ def save_hits(path: Path, result: EnrichmentResult) -> None:
     tmp.replace(path)
 
 
-def _run_one(
-    workdir: Path,
-    name: str,
-    corpus: GoCorpus,
-    incidences: dict[str, NamespaceIncidence],
-    ontology: Ontology,
-    cfg: GoConfig,
-) -> tuple[EnrichmentResult, dict[str, Any]]:
-    acts = load_activations(
-        workdir / "analysis" / name / "protein_activations.npz", len(corpus.accessions)
-    )
-    lengths = np.array([len(s) for s in corpus.sequences])
+def n_features_of(path: Path) -> int:
+    """Columns of a saved protein × latent matrix, read from its header arrays only."""
+    if not path.exists():
+        raise FileNotFoundError(f"protein activations not found: {path}")
+    with np.load(path) as saved:
+        return int(saved["shape"][1])
 
-    def run(incs: dict[str, NamespaceIncidence]) -> EnrichmentResult:
-        return enrich(
-            acts, incs, ontology, threshold=cfg.active_threshold, alpha=cfg.alpha,
-            block_size=cfg.block_size, methods=tuple(cfg.methods), lengths=lengths,
-            n_length_bins=cfg.length_bins, length_adjusted=cfg.length_adjusted,
-        )  # fmt: skip
 
-    result = run(incidences)
-    summary = summarize(result, ontology, cfg.alpha)
-    perms = []
-    for i in range(cfg.n_permutations):
-        shuffled = permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
-        perms.append(hit_rates(run(shuffled), cfg.alpha))
-    summary["permutation_control"] = {
-        "n_permutations": cfg.n_permutations,
-        "length_bins": cfg.length_bins,
-        "seed": cfg.seed,
-        "mean_pct_features_with_hit_bh": _mean(p["bh"]["pct_features_with_hit"] for p in perms),
-        "mean_pct_features_with_hit_bonferroni": _mean(
-            p["bonferroni"]["pct_features_with_hit"] for p in perms
-        ),
-        "mean_pct_features_with_hit_length_bh": _mean(
-            p["length_bh"]["pct_features_with_hit"] for p in perms if "length_bh" in p
-        ),
-        "permutations": perms,
-    }
-    return result, summary
+@dataclass(frozen=True)
+class _Unit:
+    """One range of one dictionary's features, tested against the real annotations
+    (``variant`` -1) or against permutation ``variant``'s shuffled ones."""
+
+    name: str
+    variant: int
+    features: slice
 
 
 @dataclass
 class _Job:
-    """Everything one dictionary's enrichment reads; its outputs go to ``go/{name}/``."""
+    """Everything the enrichment reads; a dictionary's outputs go to ``go/{name}/``."""
 
     workdir: Path
     corpus: GoCorpus
     incidences: dict[str, NamespaceIncidence]
+    permuted: list[dict[str, NamespaceIncidence]]  # the permutation control's, shared
+    lengths: np.ndarray
     ontology: Ontology
     cfg: GoConfig
     resolve_counts: dict[str, Any]
 
-    def enrich_and_save(self, name: str) -> dict[str, Any]:
+    def activations_path(self, name: str) -> Path:
+        return self.workdir / "analysis" / name / "protein_activations.npz"
+
+    def units(self, name: str) -> list[_Unit]:
+        n = n_features_of(self.activations_path(name))
+        step = self.cfg.chunk_features
+        return [
+            _Unit(name, variant, slice(start, min(n, start + step)))
+            for variant in range(-1, self.cfg.n_permutations)
+            for start in range(0, max(n, 1), step)
+        ]
+
+    def run_unit(self, unit: _Unit) -> tuple[PartialEnrichment, float]:
+        started = time.perf_counter()
+        incs = self.incidences if unit.variant < 0 else self.permuted[unit.variant]
+        part = enrich_features(
+            _cached_activations(self.activations_path(unit.name), len(self.corpus.accessions)),
+            incs, features=unit.features, threshold=self.cfg.active_threshold,
+            alpha=self.cfg.alpha, block_size=self.cfg.block_size, lengths=self.lengths,
+            n_length_bins=self.cfg.length_bins, length_adjusted=self.cfg.length_adjusted,
+        )  # fmt: skip
+        return part, time.perf_counter() - started
+
+    def finish(self, name: str, incs: dict[str, NamespaceIncidence], parts: list[PartialEnrichment], n_features: int) -> EnrichmentResult:  # fmt: skip
+        return finish_enrichment(
+            parts, incs, self.ontology, n_features=n_features, alpha=self.cfg.alpha,
+            methods=tuple(self.cfg.methods), length_adjusted=self.cfg.length_adjusted,
+        )  # fmt: skip
+
+    def finish_and_save(
+        self, name: str, parts: dict[int, list[PartialEnrichment]], seconds: float
+    ) -> dict[str, Any]:
+        """Merge a dictionary's partial results, summarise them with the permutation control and
+        write go/{name}/ (DONE last). ``seconds``: compute time summed over its units."""
+        started = time.perf_counter()
         out = self.workdir / "go" / name
         done = out / "DONE"
         out.mkdir(parents=True, exist_ok=True)
         done.unlink(missing_ok=True)
-        started = time.perf_counter()
-        result, summary = _run_one(
-            self.workdir, name, self.corpus, self.incidences, self.ontology, self.cfg
-        )
+        n_features = n_features_of(self.activations_path(name))
+        result = self.finish(name, self.incidences, parts[-1], n_features)
+        summary = summarize(result, self.ontology, self.cfg.alpha)
+        cfg = self.cfg
+        perms = [
+            hit_rates(self.finish(name, self.permuted[i], parts[i], n_features), cfg.alpha)
+            for i in range(cfg.n_permutations)
+        ]
+        summary["permutation_control"] = {
+            "n_permutations": cfg.n_permutations,
+            "length_bins": cfg.length_bins,
+            "seed": cfg.seed,
+            "mean_pct_features_with_hit_bh": _mean(p["bh"]["pct_features_with_hit"] for p in perms),
+            "mean_pct_features_with_hit_bonferroni": _mean(
+                p["bonferroni"]["pct_features_with_hit"] for p in perms
+            ),
+            "mean_pct_features_with_hit_length_bh": _mean(
+                p["length_bh"]["pct_features_with_hit"] for p in perms if "length_bh" in p
+            ),
+            "permutations": perms,
+        }
         summary.update(
             dictionary=name,
-            config=json.loads(self.cfg.model_dump_json()),
-            active_threshold=self.cfg.active_threshold,
+            config=json.loads(cfg.model_dump_json()),
+            active_threshold=cfg.active_threshold,
             population_size={ns: inc.pop_size for ns, inc in self.incidences.items()},
             terms_tested={ns: len(inc.term_ids) for ns, inc in self.incidences.items()},
             annotation_resolution=self.resolve_counts,
-            seconds=round(time.perf_counter() - started, 2),
+            seconds=round(seconds + time.perf_counter() - started, 2),
         )
         save_hits(out / "hits.npz", result)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        done.write_text(self.cfg.digest() + "\n")
+        done.write_text(cfg.digest() + "\n")
         return summary
+
+
+_ACTIVATIONS: dict[Path, sp.csc_matrix] = {}  # per process: the dictionary it read last
+
+
+def _cached_activations(path: Path, n_proteins: int) -> sp.csc_matrix:
+    """The activations of ``path`` as columns (units slice features), loaded once per process
+    while its units follow each other (units come dictionary by dictionary)."""
+    if path not in _ACTIVATIONS:
+        _ACTIVATIONS.clear()
+        _ACTIVATIONS[path] = sp.csc_matrix(load_activations(path, n_proteins))
+    return _ACTIVATIONS[path]
 
 
 _JOB: _Job | None = None
 
 
-def _enrich_in_worker(name: str) -> dict[str, Any]:
+def _unit_in_worker(unit: _Unit) -> tuple[PartialEnrichment, float]:
     assert _JOB is not None, "GO worker started without a job (needs the fork start method)"
-    try:
-        return _JOB.enrich_and_save(name)
-    except Exception as error:  # name the dictionary: the traceback stays in the worker
-        raise RuntimeError(f"GO enrichment of {name!r} failed: {error}") from error
+    return _JOB.run_unit(unit)
+
+
+class _Collector:
+    """Partial results by dictionary; finishes a dictionary once all its units are in."""
+
+    def __init__(self, job: _Job, units: list[_Unit]) -> None:
+        self.job = job
+        self.left: dict[str, int] = {}
+        for unit in units:
+            self.left[unit.name] = self.left.get(unit.name, 0) + 1
+        self.parts: dict[str, dict[int, list[tuple[int, PartialEnrichment]]]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def add(self, unit: _Unit, part: PartialEnrichment, seconds: float) -> dict[str, Any] | None:
+        by_variant = self.parts.setdefault(unit.name, {})
+        by_variant.setdefault(unit.variant, []).append((unit.features.start or 0, part))
+        self.seconds[unit.name] = self.seconds.get(unit.name, 0.0) + seconds
+        self.left[unit.name] -= 1
+        if self.left[unit.name]:
+            return None
+        ordered = {
+            v: [p for _, p in sorted(items, key=lambda t: t[0])] for v, items in by_variant.items()
+        }
+        del self.parts[unit.name]
+        return self.job.finish_and_save(unit.name, ordered, self.seconds[unit.name])
+
+
+def _unit_error(unit: _Unit, error: BaseException) -> RuntimeError:
+    return RuntimeError(f"GO enrichment of {unit.name!r} failed: {error}")
 
 
 def _mean(values: Any) -> float | None:
@@ -259,16 +344,44 @@ def run_go_stage(
             summaries[name] = json.loads((go_dir / name / "summary.json").read_text())
         else:
             todo.append(name)
-    job = _Job(workdir, corpus, incidences, ontology, cfg, resolve_counts)
+    lengths = np.array([len(seq) for seq in corpus.sequences])
+    permuted = [
+        permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
+        for i in range(cfg.n_permutations)
+    ]
+    job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts)
+    units: list[_Unit] = []
+    for name in todo:
+        try:
+            units.extend(job.units(name))
+        except (OSError, ValueError, KeyError) as error:
+            raise RuntimeError(f"GO enrichment of {name!r} failed: {error}") from error
+    collector = _Collector(job, units)
     workers = cfg.workers or min(os.cpu_count() or 1, 4)
-    workers = min(workers, len(todo))
+    workers = min(workers, len(units))
     if workers > 1 and "fork" in mp.get_all_start_methods():
         global _JOB  # read by the forked workers: shared copy-on-write, never pickled
         _JOB = job
         try:
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                for name, summary in zip(todo, pool.map(_enrich_in_worker, todo), strict=True):
-                    summaries[name] = summary
+                futures = {pool.submit(_unit_in_worker, unit): unit for unit in units}
+                failed: RuntimeError | None = None
+                for future in as_completed(futures):
+                    unit = futures[future]
+                    exc = future.exception()
+                    if isinstance(exc, BrokenProcessPool):
+                        raise exc
+                    if exc is not None:
+                        if failed is None:
+                            failed = _unit_error(unit, exc)
+                            failed.__cause__ = exc
+                        collector.left[unit.name] = -(10**9)  # never finished
+                        continue
+                    summary = collector.add(unit, *future.result())
+                    if summary is not None:
+                        summaries[unit.name] = summary
+                if failed is not None:
+                    raise failed
         except BrokenProcessPool as error:
             raise RuntimeError(
                 f"a GO worker process died (out of memory?) with {workers} workers; set "
@@ -277,8 +390,14 @@ def run_go_stage(
         finally:
             _JOB = None
     else:
-        for name in todo:
-            summaries[name] = job.enrich_and_save(name)
+        for unit in units:
+            try:
+                result = job.run_unit(unit)
+            except Exception as error:
+                raise _unit_error(unit, error) from error
+            summary = collector.add(unit, *result)
+            if summary is not None:
+                summaries[unit.name] = summary
     for name, control in control_of.items():
         summaries[name]["random_model_control"] = {
             "dictionary": control,
