@@ -33,9 +33,10 @@ of features × terms, whose screen moments are two matrix products):
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
-from scipy.special import gammaln
 from scipy.stats import norm
 
 # Normal-approximation p above which a test keeps that approximation, at alpha = 0.05 (both
@@ -93,52 +94,6 @@ def normal_upper(k: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray
     return np.where(sd > 0, norm.sf(z), degenerate)
 
 
-_LOG_FACTORIAL = np.zeros(1)  # log(i!) for i < size, grown on demand
-
-
-def _log_factorial(upto: int) -> np.ndarray:
-    """log(i!) for i = 0..upto: a table lookup is ~10x cheaper than gammaln per term."""
-    global _LOG_FACTORIAL
-    if _LOG_FACTORIAL.size <= upto:
-        _LOG_FACTORIAL = gammaln(np.arange(max(upto + 1, 2 * _LOG_FACTORIAL.size)) + 1.0)
-    return _LOG_FACTORIAL
-
-
-def _log_pmf(x: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
-    """log P(X = x) of Hypergeometric(N, K, n), broadcast; -inf outside the support."""
-    lo = np.maximum(0, n + big_k - big_n)
-    hi = np.minimum(n, big_k)
-    inside = (x >= lo) & (x <= hi)
-    xs = np.clip(x, lo, hi)
-    lf = _log_factorial(int(np.max(big_n)))
-    out = (
-        lf[big_k] - lf[xs] - lf[big_k - xs]
-        + lf[big_n - big_k] - lf[n - xs] - lf[big_n - big_k - n + xs]
-        - lf[big_n] + lf[n] + lf[big_n - n]
-    )  # fmt: skip
-    return np.where(inside, out, -np.inf)
-
-
-def _window_log_pmf(
-    lo: np.ndarray, w: int, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
-) -> np.ndarray:
-    """log P(X = lo + j), j < w, per row ([P, 1] inputs): the pmf at ``lo`` from the log-factorial
-    table, then the ratio recurrence P(x+1)/P(x) = (K-x)(n-x) / ((x+1)(N-K-n+x+1)) summed in
-    log space (one log per value instead of nine table reads). Values past the support are
-    garbage: callers mask them."""
-    out = np.empty((lo.shape[0], w))
-    out[:, :1] = _log_pmf(lo, n, big_k, big_n)
-    if w > 1:
-        x = (lo + np.arange(w - 1)[None, :]).astype(np.float64)
-        kf, nf = big_k.astype(np.float64), n.astype(np.float64)
-        rest = (big_n - big_k - n).astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.log((kf - x) * (nf - x) / ((x + 1) * (rest + x + 1)))
-        np.cumsum(ratio, axis=1, out=ratio)
-        out[:, 1:] = out[:, :1] + ratio
-    return out
-
-
 def windows(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi] per test × stratum: the support, cut where Bernstein bounds the rest by e^-60.
 
@@ -158,68 +113,12 @@ def windows(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> tuple[np.nda
     return lo, hi
 
 
-def _unique_triples(
-    n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (n, K, N) of 1-d arrays and the inverse that scatters them back."""
-    dims = [int(a.max()) + 1 if a.size else 1 for a in (n, big_k, big_n)]
-    if float(dims[0]) * dims[1] * dims[2] < 2.0**62:  # one int64 key: much faster than axis=0
-        key = (n.astype(np.int64) * dims[1] + big_k) * dims[2] + big_n
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    else:
-        _, first, inverse = np.unique(
-            np.stack([n, big_k, big_n], axis=1), axis=0, return_index=True, return_inverse=True
-        )
-    return n[first], big_k[first], big_n[first], inverse.ravel()
-
-
-def _stratum_log_pmf(
-    n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One stratum's (first value [U], log pmf [U, w]) for 1-d (n, K, N) rows: see
-    ``strata_log_pmfs``."""
-    col = (n[:, None], big_k[:, None], big_n[:, None])
-    lo, hi = (a[:, 0] for a in windows(*col))
-    width = hi - lo + 1
-    w = int(width.max())
-    offs = np.arange(w)[None, :]
-    lp = _window_log_pmf(lo[:, None], w, *col)
-    lp = np.where(offs < width[:, None], lp, -np.inf)
-    keep = lp >= lp.max(axis=1, keepdims=True) - (_WINDOW_LOG_MASS + np.log(width[:, None]))
-    first = keep.argmax(axis=1)
-    last = w - 1 - keep[:, ::-1].argmax(axis=1)
-    new_w = int((last - first).max()) + 1
-    idx = first[:, None] + np.arange(new_w)[None, :]
-    trimmed = np.take_along_axis(lp, np.minimum(idx, w - 1), axis=1)
-    trimmed = np.where(idx <= last[:, None], trimmed, -np.inf)
-    return lo + first, trimmed
-
-
-def strata_log_pmfs(
-    n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per stratum: (first value [P], log pmf [P, w] padded with -inf), on the Bernstein window
-    trimmed further to the terms above e^-60/w of the mode (the pmf is unimodal, so what is cut
-    off is two end runs holding under e^-60 of mass). ``big_n`` is [B] or, per test, [P, B].
-
-    Each stratum's pmf is computed once per distinct (n_s, K_s, N_s) and gathered: thousands of
-    distinct triples serve hundreds of thousands of tests (measured on the demo, docs/pipeline.md).
-    """
-    big_n = np.broadcast_to(big_n, n.shape)
-    out = []
-    for s in range(n.shape[1]):
-        un, uk, unn, inverse = _unique_triples(n[:, s], big_k[:, s], big_n[:, s])
-        first, lp = _stratum_log_pmf(un, uk, unn)
-        out.append((first[inverse], lp[inverse]))
-    return out
-
-
 def exact_upper(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
     """P(S >= k) by convolving the strata's windowed pmfs, one compiled loop over the tests.
 
     ``k`` [P]; ``n``, ``big_k`` [P, B]; ``big_n`` [B] or [P, B]. Cost grows with the square of
     the summed window widths: callers send tests whose windows are narrow (``EXACT_MAX_SUPPORT``).
-    Per stratum, the same window, log-pmf recurrence and trimming as ``strata_log_pmfs``.
+    Each stratum's pmf: ``_trimmed_pmf`` on the window of ``windows``.
     """
     out = np.empty(k.size)
     if k.size == 0:
@@ -232,7 +131,7 @@ def exact_upper(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarr
     return out
 
 
-@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
 def _exact_kernel(  # pragma: no cover - compiled; exercised through exact_upper
     k: np.ndarray,
     n: np.ndarray,
@@ -242,72 +141,43 @@ def _exact_kernel(  # pragma: no cover - compiled; exercised through exact_upper
     floor: float,
     out: np.ndarray,
 ) -> None:
-    """Per test: each stratum's Bernstein window, its log pmf by the ratio recurrence, trimmed
-    to the terms above e^-log_mass/w of the mode; the pmfs convolved (rescaled to their maximum
-    as they grow); p = mass at or above k over the total. Measured 20-40x faster than the same
-    steps vectorised in numpy over tests (docs/pipeline.md): the windows are short (median 8
-    values), so numpy's per-pass overhead dominated."""
+    """Per test: each stratum's trimmed window pmf (``_trimmed_pmf``), convolved into the
+    distribution of S (rescaled to its maximum as it grows); p = mass at or above k over the
+    total. The windows are short (median 8 values on the demo), so numpy's per-pass overhead
+    dominated the vectorised version this replaced: 9x slower (docs/pipeline.md)."""
     n_tests, n_strata = n.shape
     los = np.empty(n_strata, np.int64)
     his = np.empty(n_strata, np.int64)
     dist = np.empty(64)
     new = np.empty(64)
-    lp = np.empty(64)
+    pmf = np.empty(64)
     for i in range(n_tests):
         total = 1
+        w_max = 0
         for s in range(n_strata):
-            nn, kk, pop = n[i, s], big_k[i, s], big_n[i, s]
-            prob = kk / pop
-            v = nn * prob * (1.0 - prob)
-            t = log_mass / 3.0 + np.sqrt(log_mass * log_mass / 9.0 + 2.0 * log_mass * v)
-            centre = nn * prob
-            los[s] = max(max(0, nn + kk - pop), np.int64(np.floor(centre - t)))
-            his[s] = min(min(nn, kk), np.int64(np.ceil(centre + t)))
+            los[s], his[s] = _window(n[i, s], big_k[i, s], big_n[i, s], log_mass)
             total += his[s] - los[s]
+            w_max = max(w_max, his[s] - los[s] + 1)
         if total > dist.size:
             dist = np.empty(total)
             new = np.empty(total)
-        w_max = 0
-        for s in range(n_strata):
-            w_max = max(w_max, his[s] - los[s] + 1)
-        if w_max > lp.size:
-            lp = np.empty(w_max)
+        if w_max > pmf.size:
+            pmf = np.empty(w_max)
         dist[0] = 1.0
         cur = 1
         offset = 0
         for s in range(n_strata):
-            nn, kk, pop, lo = n[i, s], big_k[i, s], big_n[i, s], los[s]
-            w = his[s] - lo + 1
-            # The pmf relative to its mode, by the ratio recurrence
-            # P(x+1)/P(x) = (K-x)(n-x) / ((x+1)(N-K-n+x+1)) outwards from the mode: every value
-            # is <= ~1, so nothing overflows, and what underflows lies far below the cut.
-            rest = pop - kk - nn
-            mode = min(max(np.int64(((nn + 1.0) * (kk + 1.0)) // (pop + 2.0)), lo), his[s])
-            lp[mode - lo] = 1.0
-            for x in range(mode, his[s]):
-                lp[x + 1 - lo] = lp[x - lo] * ((kk - x) * (nn - x) / ((x + 1.0) * (rest + x + 1.0)))
-            for x in range(mode - 1, lo - 1, -1):
-                lp[x - lo] = lp[x + 1 - lo] * ((x + 1.0) * (rest + x + 1.0) / ((kk - x) * (nn - x)))
-            top = 0.0
-            for j in range(w):
-                top = max(top, lp[j])
-            cut = top * np.exp(-log_mass) / w
-            first = 0
-            while lp[first] < cut:
-                first += 1
-            last = w - 1
-            while lp[last] < cut:
-                last -= 1
-            offset += lo + first
-            width = last - first + 1
+            first, width = _trimmed_pmf(
+                n[i, s], big_k[i, s], big_n[i, s], los[s], his[s], log_mass, pmf
+            )
+            offset += first
             if width == 1:
                 continue  # one value: only shifts the offset
             for c in range(cur + width - 1):
                 new[c] = 0.0
             for j in range(width):
-                pj = lp[first + j] / top
                 for c in range(cur):
-                    new[j + c] += dist[c] * pj
+                    new[j + c] += dist[c] * pmf[j]
             cur += width - 1
             biggest = 0.0
             for c in range(cur):
@@ -342,67 +212,160 @@ def saddlepoint_upper(
     For k above the null mean (callers screen with ``normal_upper``). With y = k - 1/2 and the
     cumulant generating function K(θ) = Σ_s log E[e^{θ X_s}] of the windowed pmfs, θ̂ solves
     K'(θ̂) = y and p ≈ 1 - Φ(w) + φ(w)(1/u - 1/w), w = √(2(θ̂y - K(θ̂))), u = 2 sinh(θ̂/2)·√K''(θ̂).
+    θ̂ by Newton's method inside a bisection bracket (K' increases), per test in a compiled loop.
     """
-    n_tests = k.size
-    if n_tests == 0:
-        return np.empty(0)
-    strata = strata_log_pmfs(n, big_k, big_n)
-    xs = [np.arange(lp.shape[1], dtype=np.float64)[None, :] for _, lp in strata]
-    logq = [lp - np.logaddexp.reduce(lp, axis=1, keepdims=True) for _, lp in strata]
-    # In the shifted variable Σ (X_s - first_s): y and the largest value it reaches.
-    y = k - 0.5 - sum(first for first, _ in strata)
-    top = sum((np.isfinite(lp).sum(axis=1) - 1) for _, lp in strata)
+    out = np.empty(k.size)
+    if k.size == 0:
+        return out
+    big_n = np.ascontiguousarray(np.broadcast_to(big_n, n.shape), dtype=np.int64)
+    _saddle_kernel(
+        np.ascontiguousarray(k, dtype=np.int64), np.ascontiguousarray(n, dtype=np.int64),
+        np.ascontiguousarray(big_k, dtype=np.int64), big_n, _WINDOW_LOG_MASS, P_FLOOR,
+        iterations, out,
+    )  # fmt: skip
+    return out
 
-    def cumulants(theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cgf, d1, d2 = (np.zeros(rows.size) for _ in range(3))
-        for x, lq in zip(xs, logq, strict=True):
-            a = lq[rows] + theta[:, None] * x
-            amax = a.max(axis=1, keepdims=True)
-            e = np.exp(a - amax)
-            z = e.sum(axis=1)
-            m1 = (e * x).sum(axis=1) / z
-            m2 = (e * x * x).sum(axis=1) / z
-            cgf += amax[:, 0] + np.log(z)
-            d1 += m1
-            d2 += np.maximum(m2 - m1 * m1, 0.0)
-        return cgf, d1, d2
 
-    everyone = np.arange(n_tests)
-    _, mean0, var0 = cumulants(np.zeros(n_tests), everyone)
-    tail = (y > mean0) & (y < top) & (var0 > 0)
-    theta = np.where(tail, (y - mean0) / np.where(var0 > 0, var0, 1.0), 0.0)
-    # Newton on θ inside a bisection bracket (K' increases), on the tests not yet converged.
-    lo_t, hi_t = np.zeros(n_tests), np.full(n_tests, np.inf)
-    cgf_at, d2_at = np.zeros(n_tests), np.zeros(n_tests)  # at the converged θ
-    todo = np.flatnonzero(tail)
-    for _ in range(iterations):
-        if todo.size == 0:
-            break
-        th = theta[todo]
-        cgf, d1, d2 = cumulants(th, todo)
-        # |K'(θ) - y| <= 1e-7 sd leaves θ off by 1e-7/sd: w is stationary there and u moves by
-        # a relative 1e-7/(sd θ), far below the approximation's own error.
-        converged = np.abs(d1 - y[todo]) <= 1e-7 * np.sqrt(d2) + 1e-12
-        cgf_at[todo[converged]], d2_at[todo[converged]] = cgf[converged], d2[converged]
-        above = d1 > y[todo]
-        hi_t[todo] = np.where(above, np.minimum(hi_t[todo], th), hi_t[todo])
-        lo_t[todo] = np.where(~above, np.maximum(lo_t[todo], th), lo_t[todo])
-        nxt = th + (y[todo] - d1) / np.maximum(d2, 1e-300)
-        bad = (nxt <= lo_t[todo]) | (nxt >= hi_t[todo]) | ~np.isfinite(nxt)
-        bisect = np.where(np.isfinite(hi_t[todo]), 0.5 * (lo_t[todo] + hi_t[todo]), 2 * th + 1)
-        theta[todo] = np.where(converged, th, np.where(bad, bisect, nxt))
-        todo = todo[~converged]
-    p = np.where(y >= top, 0.0, 1.0)  # beyond every window / below the mean (never asked)
-    if todo.size:  # out of iterations: take the cumulants where they stopped
-        cgf_at[todo], _, d2_at[todo] = cumulants(theta[todo], todo)
-    rows = np.flatnonzero(tail)
-    cgf, d2 = cgf_at[rows], d2_at[rows]
-    th, yr = theta[rows], y[rows]
-    w = np.sqrt(np.maximum(2 * (th * yr - cgf), 0.0))
-    u = 2 * np.sinh(th / 2) * np.sqrt(d2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p[rows] = norm.sf(w) + norm.pdf(w) * (1 / u - 1 / w)
-    return np.clip(np.where(p < P_FLOOR, P_FLOOR, p), 0.0, 1.0)
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
+def _window(nn: int, kk: int, pop: int, log_mass: float) -> tuple[int, int]:  # pragma: no cover
+    """``windows`` for one stratum of one test."""
+    prob = kk / pop
+    v = nn * prob * (1.0 - prob)
+    t = log_mass / 3.0 + np.sqrt(log_mass * log_mass / 9.0 + 2.0 * log_mass * v)
+    centre = nn * prob
+    lo = max(max(0, nn + kk - pop), int(np.floor(centre - t)))
+    hi = min(min(nn, kk), int(np.ceil(centre + t)))
+    return lo, hi
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
+def _trimmed_pmf(  # pragma: no cover - compiled
+    nn: int, kk: int, pop: int, lo: int, hi: int, log_mass: float, out: np.ndarray
+) -> tuple[int, int]:
+    """One stratum's pmf on its window [lo, hi], relative to its mode, trimmed to the values
+    above e^-log_mass/w of the mode, into out[:width]; returns (first value, width). Built by
+    the ratio recurrence P(x+1)/P(x) = (K-x)(n-x) / ((x+1)(N-K-n+x+1)) outwards from the mode:
+    every value is <= ~1, so nothing overflows, and what underflows lies far below the cut."""
+    w = hi - lo + 1
+    rest = pop - kk - nn
+    mode = min(max(int(((nn + 1.0) * (kk + 1.0)) // (pop + 2.0)), lo), hi)
+    out[mode - lo] = 1.0
+    for x in range(mode, hi):
+        out[x + 1 - lo] = out[x - lo] * ((kk - x) * (nn - x) / ((x + 1.0) * (rest + x + 1.0)))
+    for x in range(mode - 1, lo - 1, -1):
+        out[x - lo] = out[x + 1 - lo] * ((x + 1.0) * (rest + x + 1.0) / ((kk - x) * (nn - x)))
+    top = 0.0
+    for j in range(w):
+        top = max(top, out[j])
+    cut = top * np.exp(-log_mass) / w
+    first = 0
+    while out[first] < cut:
+        first += 1
+    last = w - 1
+    while out[last] < cut:
+        last -= 1
+    for j in range(last - first + 1):
+        out[j] = out[first + j] / top
+    return lo + first, last - first + 1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
+def _cumulants(  # pragma: no cover - compiled
+    theta: float, logq: np.ndarray, starts: np.ndarray
+) -> tuple[float, float, float]:
+    """K(θ), K'(θ), K''(θ) of S: strata's normalised log pmfs packed in ``logq``, stratum s in
+    logq[starts[s]:starts[s+1]] with values 0, 1, ... from its first."""
+    cgf, d1, d2 = 0.0, 0.0, 0.0
+    for s in range(starts.size - 1):
+        a0, a1 = starts[s], starts[s + 1]
+        amax = -np.inf
+        for j in range(a1 - a0):
+            amax = max(amax, logq[a0 + j] + theta * j)
+        z, m1, m2 = 0.0, 0.0, 0.0
+        for j in range(a1 - a0):
+            e = np.exp(logq[a0 + j] + theta * j - amax)
+            z += e
+            m1 += e * j
+            m2 += e * j * j
+        m1 /= z
+        m2 /= z
+        cgf += amax + np.log(z)
+        d1 += m1
+        d2 += max(m2 - m1 * m1, 0.0)
+    return cgf, d1, d2
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
+def _saddle_kernel(  # pragma: no cover - compiled; exercised through saddlepoint_upper
+    k: np.ndarray,
+    n: np.ndarray,
+    big_k: np.ndarray,
+    big_n: np.ndarray,
+    log_mass: float,
+    floor: float,
+    iterations: int,
+    out: np.ndarray,
+) -> None:
+    n_tests, n_strata = n.shape
+    los = np.empty(n_strata, np.int64)
+    his = np.empty(n_strata, np.int64)
+    starts = np.empty(n_strata + 1, np.int64)
+    logq = np.empty(64)
+    for i in range(n_tests):
+        total = 0
+        for s in range(n_strata):
+            los[s], his[s] = _window(n[i, s], big_k[i, s], big_n[i, s], log_mass)
+            total += his[s] - los[s] + 1
+        if total > logq.size:
+            logq = np.empty(total)
+        # Each stratum's log pmf (normalised on its trimmed window), packed one after another.
+        y = k[i] - 0.5
+        top = 0
+        starts[0] = 0
+        for s in range(n_strata):
+            seg = logq[starts[s] :]
+            first, width = _trimmed_pmf(
+                n[i, s], big_k[i, s], big_n[i, s], los[s], his[s], log_mass, seg
+            )
+            mass = 0.0
+            for j in range(width):
+                mass += seg[j]
+            for j in range(width):
+                seg[j] = np.log(seg[j] / mass)
+            starts[s + 1] = starts[s] + width
+            y -= first
+            top += width - 1
+
+        _, mean0, var0 = _cumulants(0.0, logq, starts)
+        if y >= top:
+            out[i] = floor  # beyond every window
+            continue
+        if not (y > mean0 and var0 > 0):
+            out[i] = 1.0  # at or below the mean (callers screen these out)
+            continue
+        theta = (y - mean0) / var0
+        lo_t, hi_t = 0.0, np.inf
+        cgf, d1, d2 = _cumulants(theta, logq, starts)
+        for _ in range(iterations):
+            # |K'(θ) - y| <= 1e-7 sd leaves θ off by 1e-7/sd: w is stationary there and u moves
+            # by a relative 1e-7/(sd θ), far below the approximation's own error.
+            if abs(d1 - y) <= 1e-7 * np.sqrt(d2) + 1e-12:
+                break
+            if d1 > y:
+                hi_t = min(hi_t, theta)
+            else:
+                lo_t = max(lo_t, theta)
+            nxt = theta + (y - d1) / max(d2, 1e-300)
+            if nxt <= lo_t or nxt >= hi_t or not np.isfinite(nxt):
+                nxt = 0.5 * (lo_t + hi_t) if np.isfinite(hi_t) else 2 * theta + 1
+            theta = nxt
+            cgf, d1, d2 = _cumulants(theta, logq, starts)
+        w = np.sqrt(max(2 * (theta * y - cgf), 0.0))
+        u = 2 * np.sinh(theta / 2) * np.sqrt(d2)
+        p = 0.5 * math.erfc(w / np.sqrt(2.0)) + np.exp(-0.5 * w * w) / np.sqrt(2 * np.pi) * (
+            1 / u - 1 / w
+        )
+        out[i] = floor if p < floor else min(max(p, 0.0), 1.0)
 
 
 def length_adjusted_pvalues(
