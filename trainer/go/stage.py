@@ -68,8 +68,8 @@ class GoConfig(BaseModel):
     # Length strata: of the permutation control's shuffles and of the length-adjusted test.
     length_bins: int = Field(10, ge=1)
     # The length-stratified test (p_length / q_length, trainer.go.stratified). Off only to save
-    # time (it costs about 10x the Fisher tests on a dictionary); its "length_bh" method then
-    # selects nothing.
+    # time: it costs about as much again as the Fisher tests (2.0x Fisher on the demo's residue
+    # TopK SAE, docs/pipeline.md); its "length_bh" method then selects nothing.
     length_adjusted: bool = True
     seed: int = 0
     block_size: int = Field(256, ge=1)
