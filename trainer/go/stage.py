@@ -206,14 +206,16 @@ class _Job:
         )  # fmt: skip
         return part, time.perf_counter() - started
 
-    def finish(self, name: str, incs: dict[str, NamespaceIncidence], parts: list[PartialEnrichment], n_features: int) -> EnrichmentResult:  # fmt: skip
+    def finish(
+        self, incs: dict[str, NamespaceIncidence], parts: list[PartialEnrichment], n_features: int
+    ) -> EnrichmentResult:
         return finish_enrichment(
             parts, incs, self.ontology, n_features=n_features, alpha=self.cfg.alpha,
             methods=tuple(self.cfg.methods), length_adjusted=self.cfg.length_adjusted,
         )  # fmt: skip
 
     def finish_and_save(
-        self, name: str, parts: dict[int, list[PartialEnrichment]], seconds: float
+        self, name: str, parts: dict[int, list[PartialEnrichment]], n_features: int, seconds: float
     ) -> dict[str, Any]:
         """Merge a dictionary's partial results, summarise them with the permutation control and
         write go/{name}/ (DONE last). ``seconds``: compute time summed over its units."""
@@ -222,12 +224,11 @@ class _Job:
         done = out / "DONE"
         out.mkdir(parents=True, exist_ok=True)
         done.unlink(missing_ok=True)
-        n_features = n_features_of(self.activations_path(name))
-        result = self.finish(name, self.incidences, parts[-1], n_features)
+        result = self.finish(self.incidences, parts[-1], n_features)
         summary = summarize(result, self.ontology, self.cfg.alpha)
         cfg = self.cfg
         perms = [
-            hit_rates(self.finish(name, self.permuted[i], parts[i], n_features), cfg.alpha)
+            hit_rates(self.finish(self.permuted[i], parts[i], n_features), cfg.alpha)
             for i in range(cfg.n_permutations)
         ]
         summary["permutation_control"] = {
@@ -284,12 +285,19 @@ class _Collector:
     def __init__(self, job: _Job, units: list[_Unit]) -> None:
         self.job = job
         self.left: dict[str, int] = {}
+        self.n_features: dict[str, int] = {}
         for unit in units:
             self.left[unit.name] = self.left.get(unit.name, 0) + 1
+            stop = unit.features.stop
+            self.n_features[unit.name] = max(self.n_features.get(unit.name, 0), stop)
         self.parts: dict[str, dict[int, list[tuple[int, PartialEnrichment]]]] = {}
         self.seconds: dict[str, float] = {}
+        self.failed: set[str] = set()
 
     def add(self, unit: _Unit, part: PartialEnrichment, seconds: float) -> dict[str, Any] | None:
+        """Keep a unit's result; the dictionary's summary once it is finished and saved."""
+        if unit.name in self.failed:
+            return None
         by_variant = self.parts.setdefault(unit.name, {})
         by_variant.setdefault(unit.variant, []).append((unit.features.start or 0, part))
         self.seconds[unit.name] = self.seconds.get(unit.name, 0.0) + seconds
@@ -300,7 +308,14 @@ class _Collector:
             v: [p for _, p in sorted(items, key=lambda t: t[0])] for v, items in by_variant.items()
         }
         del self.parts[unit.name]
-        return self.job.finish_and_save(unit.name, ordered, self.seconds[unit.name])
+        return self.job.finish_and_save(
+            unit.name, ordered, self.n_features[unit.name], self.seconds[unit.name]
+        )
+
+    def fail(self, name: str) -> None:
+        """A unit of ``name`` failed: drop what it has and never finish it."""
+        self.failed.add(name)
+        self.parts.pop(name, None)
 
 
 def _unit_error(unit: _Unit, error: BaseException) -> RuntimeError:
@@ -375,7 +390,7 @@ def run_go_stage(
                         if failed is None:
                             failed = _unit_error(unit, exc)
                             failed.__cause__ = exc
-                        collector.left[unit.name] = -(10**9)  # never finished
+                        collector.fail(unit.name)
                         continue
                     summary = collector.add(unit, *future.result())
                     if summary is not None:

@@ -34,6 +34,7 @@ of features × terms, whose screen moments are two matrix products):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -94,40 +95,29 @@ def normal_upper(k: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray
     return np.where(sd > 0, norm.sf(z), degenerate)
 
 
-def windows(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[lo, hi] per test × stratum: the support, cut where Bernstein bounds the rest by e^-60.
-
-    Sampling without replacement obeys the with-replacement bounds (Hoeffding 1963), so with
-    v = n·p(1-p), p = K/N: P(|X - np| >= t) <= 2·exp(-t² / (2(v + t/3))), and
-    t = L/3 + sqrt(L²/9 + 2Lv) makes the exponent L = 60.
-    """
-    nf, kf = n.astype(np.float64), big_k.astype(np.float64)
-    nn = np.broadcast_to(big_n, n.shape).astype(np.float64)
-    p = kf / nn
-    v = nf * p * (1 - p)
-    big_l = _WINDOW_LOG_MASS
-    t = big_l / 3 + np.sqrt(big_l * big_l / 9 + 2 * big_l * v)
-    centre = nf * p
-    lo = np.maximum(np.maximum(0, n + big_k - big_n), np.floor(centre - t)).astype(np.int64)
-    hi = np.minimum(np.minimum(n, big_k), np.ceil(centre + t)).astype(np.int64)
-    return lo, hi
-
-
 def exact_upper(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
     """P(S >= k) by convolving the strata's windowed pmfs, one compiled loop over the tests.
 
     ``k`` [P]; ``n``, ``big_k`` [P, B]; ``big_n`` [B] or [P, B]. Cost grows with the square of
     the summed window widths: callers send tests whose windows are narrow (``EXACT_MAX_SUPPORT``).
-    Each stratum's pmf: ``_trimmed_pmf`` on the window of ``windows``.
+    Each stratum's pmf: ``_trimmed_pmf`` on the window of ``_window``.
     """
+    return _per_test(_exact_kernel, k, n, big_k, big_n)
+
+
+def _per_test(
+    kernel: Any, k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, *extra: Any
+) -> np.ndarray:
+    """Run a compiled per-test kernel: int64 contiguous inputs (``big_n`` [B] broadcast to
+    [P, B]), the window's log mass and the p floor, an output array, then ``extra``."""
     out = np.empty(k.size)
-    if k.size == 0:
-        return out
-    big_n = np.ascontiguousarray(np.broadcast_to(big_n, n.shape), dtype=np.int64)
-    _exact_kernel(
-        np.ascontiguousarray(k, dtype=np.int64), np.ascontiguousarray(n, dtype=np.int64),
-        np.ascontiguousarray(big_k, dtype=np.int64), big_n, _WINDOW_LOG_MASS, P_FLOOR, out,
-    )  # fmt: skip
+    if k.size:
+        kernel(
+            np.ascontiguousarray(k, dtype=np.int64), np.ascontiguousarray(n, dtype=np.int64),
+            np.ascontiguousarray(big_k, dtype=np.int64),
+            np.ascontiguousarray(np.broadcast_to(big_n, n.shape), dtype=np.int64),
+            _WINDOW_LOG_MASS, P_FLOOR, out, *extra,
+        )  # fmt: skip
     return out
 
 
@@ -200,8 +190,25 @@ def _exact_kernel(  # pragma: no cover - compiled; exercised through exact_upper
 
 def support_width(n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
     """Values S can take inside the strata's Bernstein windows: what convolving costs."""
-    lo, hi = windows(n, big_k, big_n)
-    return np.asarray((hi - lo).sum(axis=1) + 1)
+    return _per_test(_width_kernel, np.zeros(n.shape[0], np.int64), n, big_k, big_n)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
+def _width_kernel(  # pragma: no cover - compiled; exercised through support_width
+    k: np.ndarray,
+    n: np.ndarray,
+    big_k: np.ndarray,
+    big_n: np.ndarray,
+    log_mass: float,
+    floor: float,
+    out: np.ndarray,
+) -> None:
+    for i in range(n.shape[0]):
+        total = 1
+        for s in range(n.shape[1]):
+            lo, hi = _window(n[i, s], big_k[i, s], big_n[i, s], log_mass)
+            total += hi - lo
+        out[i] = total
 
 
 def saddlepoint_upper(
@@ -214,21 +221,17 @@ def saddlepoint_upper(
     K'(θ̂) = y and p ≈ 1 - Φ(w) + φ(w)(1/u - 1/w), w = √(2(θ̂y - K(θ̂))), u = 2 sinh(θ̂/2)·√K''(θ̂).
     θ̂ by Newton's method inside a bisection bracket (K' increases), per test in a compiled loop.
     """
-    out = np.empty(k.size)
-    if k.size == 0:
-        return out
-    big_n = np.ascontiguousarray(np.broadcast_to(big_n, n.shape), dtype=np.int64)
-    _saddle_kernel(
-        np.ascontiguousarray(k, dtype=np.int64), np.ascontiguousarray(n, dtype=np.int64),
-        np.ascontiguousarray(big_k, dtype=np.int64), big_n, _WINDOW_LOG_MASS, P_FLOOR,
-        iterations, out,
-    )  # fmt: skip
-    return out
+    return _per_test(_saddle_kernel, k, n, big_k, big_n, iterations)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")  # type: ignore[misc]
 def _window(nn: int, kk: int, pop: int, log_mass: float) -> tuple[int, int]:  # pragma: no cover
-    """``windows`` for one stratum of one test."""
+    """[lo, hi] of one stratum of one test: the support, cut where Bernstein bounds the rest.
+
+    Sampling without replacement obeys the with-replacement bounds (Hoeffding 1963), so with
+    v = n·p(1-p), p = K/N: P(|X - np| >= t) <= 2·exp(-t² / (2(v + t/3))), and
+    t = L/3 + sqrt(L²/9 + 2Lv) makes the exponent L = log_mass (60).
+    """
     prob = kk / pop
     v = nn * prob * (1.0 - prob)
     t = log_mass / 3.0 + np.sqrt(log_mass * log_mass / 9.0 + 2.0 * log_mass * v)
@@ -303,8 +306,8 @@ def _saddle_kernel(  # pragma: no cover - compiled; exercised through saddlepoin
     big_n: np.ndarray,
     log_mass: float,
     floor: float,
-    iterations: int,
     out: np.ndarray,
+    iterations: int,
 ) -> None:
     n_tests, n_strata = n.shape
     los = np.empty(n_strata, np.int64)
@@ -421,14 +424,14 @@ def _screen(
     return p, np.flatnonzero((p <= screen) | ((var < 9.0) & (p <= screen_narrow)))
 
 
-def _refine(
-    p: np.ndarray, k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray
-) -> None:
-    """Replace ``p`` (of tests the screen sent on) by exact or saddlepoint values, in place."""
+def _refined(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
+    """Exact or saddlepoint p-values of tests the screen sent on."""
+    p = np.empty(k.size)
     wide = support_width(n, big_k, big_n) > EXACT_MAX_SUPPORT
     e, s = np.flatnonzero(~wide), np.flatnonzero(wide)
     p[e] = exact_upper(k[e], n[e], big_k[e], big_n)
     p[s] = saddlepoint_upper(k[s], n[s], big_k[s], big_n)
+    return p
 
 
 def _adjusted_chunk(
@@ -436,11 +439,8 @@ def _adjusted_chunk(
 ) -> np.ndarray:
     mean, var = null_moments(n, big_k, big_n)
     p, refine = _screen(k, mean, var, alpha)
-    out = p.copy()
-    sub = out[refine]
-    _refine(sub, k[refine], n[refine], big_k[refine], big_n)
-    out[refine] = sub
-    return out
+    p[refine] = _refined(k[refine], n[refine], big_k[refine], big_n)
+    return p
 
 
 def feature_term_pvalues(
@@ -461,8 +461,5 @@ def feature_term_pvalues(
     k = k.astype(np.int64)
     mean_ft, var_ft = table_moments(study, terms, big_n)
     p, refine = _screen(k, mean_ft[rows, cols], var_ft[rows, cols], alpha)
-    sub = p[refine]
-    r, c = rows[refine], cols[refine]
-    _refine(sub, k[refine], study[r], terms[c], big_n)
-    p[refine] = sub
+    p[refine] = _refined(k[refine], study[rows[refine]], terms[cols[refine]], big_n)
     return p
