@@ -14,7 +14,8 @@ from scipy.stats import hypergeom
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.store.schema import Feature, GoEnrichment, GoTerm, Protein, TopExample
+from app.settings import get_settings
+from app.store.schema import AnalysisSummary, Feature, GoEnrichment, GoTerm, Protein, TopExample
 from tests.encode_fixtures import restore, use_store
 
 
@@ -90,6 +91,41 @@ def test_json_and_csv_agree_with_the_store(export_client) -> None:  # type: igno
     for row, feature in zip(rows, features, strict=True):
         assert int(row["index"]) == feature["index"]
         assert float(row["max_activation"]) == pytest.approx(feature["max_activation"])
+
+
+def test_length_verdict_follows_the_dictionarys_go_alpha(export_client) -> None:  # type: ignore[no-untyped-def]
+    """A hit whose length-stratified q is 0.2 is "explained by length" at the default alpha
+    (0.05), not under a GO stage run at alpha 0.25; without q_length there is no verdict."""
+    client, sae_id, (index, term, _) = export_client
+    engine = create_engine(get_settings().sqlalchemy_url)
+
+    def verdicts() -> tuple[float, bool | None, str]:
+        data = client.get(f"/api/v1/saes/{sae_id}/export.json").json()
+        hit = data["features"][index]["go_hits"][0]
+        csv_hits = list(csv.DictReader(io.StringIO(
+            client.get(f"/api/v1/saes/{sae_id}/export.csv").text)))[index]["go_hits"]  # fmt: skip
+        assert hit["go_id"] == term
+        return data["go_alpha"], hit["length_explained"], csv_hits
+
+    alpha, explained, csv_hits = verdicts()
+    assert (alpha, explained) == (0.05, None) and "length" not in csv_hits
+    with Session(engine) as session:
+        hit = session.scalars(select(GoEnrichment).where(GoEnrichment.sae_id == sae_id)).one()
+        hit.q_length = 0.2
+        session.commit()
+        alpha, explained, csv_hits = verdicts()
+        assert (alpha, explained) == (0.05, True) and csv_hits.endswith(
+            "|q_length=0.2|length_explained"
+        )
+        session.add(AnalysisSummary(sae_id=sae_id, kind="go", payload={"config": {"alpha": 0.25}}))
+        session.commit()
+        alpha, explained, csv_hits = verdicts()
+        assert (alpha, explained) == (0.25, False) and csv_hits.endswith("|q_length=0.2")
+        session.delete(session.scalars(select(AnalysisSummary).where(
+            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go")).one())  # fmt: skip
+        hit.q_length = None
+        session.commit()
+    engine.dispose()
 
 
 def test_neurons_have_no_weights_and_unknown_sae_404(export_client) -> None:  # type: ignore[no-untyped-def]

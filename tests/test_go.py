@@ -224,6 +224,14 @@ def test_length_stratified_test_removes_what_length_explains(
     length_hits = np.bincount(every["feature_index"][every["q_length"] < 0.05], minlength=7)
     assert fisher_hits[6] >= 5 and length_hits[6] == 0  # feature 6: length above the median
     assert length_hits[:6].sum() >= 0.8 * fisher_hits[:6].sum() > 0
+    # "Most specific" is judged among the hits length does not explain: none for feature 6.
+    labelled = (every["q_value"] < 0.05) & (every["q_length"] < 0.05)
+    flags = every["is_most_specific"]
+    assert not flags[every["feature_index"] == 6].any() and flags.sum() >= 5
+    expected = most_specific(
+        ontology, every["feature_index"], every["go_id"], every["p_value"], labelled
+    )
+    np.testing.assert_array_equal(flags, expected)
     shuffled = permuted_incidences(incidences, lengths, n_bins=5, seed=3)
     null = enrich(x, shuffled, ontology, lengths=lengths, n_length_bins=5)
     assert hit_rates(null, 0.05)["length_bh"]["features_with_hit"] == 0

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
+from app.detail_queries import go_alphas
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
 router = APIRouter(
@@ -43,6 +44,7 @@ class GoHitOut(BaseModel):
     q_value: float
     p_bonferroni: float
     q_length: float | None  # length-stratified BH; null for runs published before that test
+    length_explained: bool | None  # q_length >= the dictionary's go_alpha; null without q_length
     fold_enrichment: float
     study_hits: int
     study_size: int
@@ -76,6 +78,7 @@ class SaeExport(BaseModel):
     run_name: str
     base_model: str
     checkpoint_sha256: str
+    go_alpha: float  # significance level of the dictionary's GO stage (its length verdicts)
     features: list[FeatureExport]
 
 
@@ -97,6 +100,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
         .order_by(Explanation.created_at, Explanation.id)
     ):
         explanations[fid] = (text, model)
+    alpha = go_alphas(session, [sae.id])[sae.id]
     hits: dict[int, list[GoHitOut]] = {}
     for hit, name in session.execute(
         select(GoEnrichment, GoTerm.name)
@@ -107,6 +111,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
         hits.setdefault(hit.feature_id, []).append(GoHitOut(
             go_id=hit.go_id, name=name, namespace=hit.namespace, q_value=hit.q_value,
             p_bonferroni=hit.p_bonferroni, q_length=hit.q_length,
+            length_explained=None if hit.q_length is None else hit.q_length >= alpha,
             fold_enrichment=hit.fold_enrichment,
             study_hits=hit.study_hits, study_size=hit.study_size,
         ))  # fmt: skip
@@ -126,7 +131,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
     return SaeExport(
         sae_id=sae.id, sae_name=sae.name, kind=sae.kind, level=sae.level, layer=sae.layer,
         n_latents=sae.n_latents, run_name=run.name, base_model=run.base_model,
-        checkpoint_sha256=run.checkpoint_sha256, features=features,
+        checkpoint_sha256=run.checkpoint_sha256, go_alpha=alpha, features=features,
     )  # fmt: skip
 
 
@@ -157,6 +162,7 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
         row["go_hits"] = ";".join(
             f"{h.go_id}|{h.name}|q={h.q_value:.3g}"
             + ("" if h.q_length is None else f"|q_length={h.q_length:.3g}")
+            + ("|length_explained" if h.length_explained else "")
             for h in f.go_hits
         )
         writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])

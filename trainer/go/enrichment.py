@@ -415,13 +415,18 @@ def finish_enrichment(
     term = c["term"][sel].astype(np.int64)
     go_id, namespace = index.go_ids[term], index.namespaces[term]
     p = c["p"][sel].astype(np.float64)
+    # "Most specific" among the hits a label may use: significant, and (where the length test
+    # ran) not explained by protein length, so a length-driven child cannot hide its parent.
+    labelled = q[sel] < alpha
+    if length_adjusted:
+        labelled &= q_length[sel] < alpha
     cols = {
         "feature_index": feature, "go_id": go_id, "namespace": namespace,
         "study_hits": k, "study_size": n, "pop_hits": kk, "pop_size": nn,
         "odds_ratio": odds, "fold_enrichment": fold, "p_value": p, "q_value": q[sel],
         "p_bonferroni": bonf[sel], "p_length": c["pl"][sel].astype(np.float64),
         "q_length": q_length[sel],
-        "is_most_specific": most_specific(ontology, feature, go_id, p, q[sel] < alpha),
+        "is_most_specific": most_specific(ontology, feature, go_id, p, labelled),
     }  # fmt: skip
     if not length_adjusted:
         del cols["p_length"], cols["q_length"]
