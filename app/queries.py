@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.read_models import (
     FeatureFilters,
     FeatureHit,
+    FeatureMap,
     FeaturePage,
     FeatureSummary,
     GoTermRef,
@@ -89,6 +90,43 @@ def sae_detail(session: Session, sae_id: int) -> SaeDetail:
         config=dict(sae.config or {}),
         n_features=n_features,
     )
+
+
+MAP_METHOD = "UMAP of decoder directions (cosine metric)"
+
+
+def has_feature_map(session: Session, sae_id: int) -> bool:
+    """Whether any feature of the dictionary is on its map (one indexed probe)."""
+    probe = select(Feature.id).where(Feature.sae_id == sae_id, Feature.map_x.is_not(None))
+    return session.scalar(probe.limit(1)) is not None
+
+
+def feature_map(session: Session, sae_id: int) -> FeatureMap:
+    """The dictionary's mapped features; ``NotFound`` when it has none, saying why."""
+    sae, _ = published_sae(session, sae_id)
+    columns = (Feature.id, Feature.index, Feature.map_x, Feature.map_y, Feature.density,
+               Feature.auto_label, Feature.explanation_score, Feature.n_go_hits,
+               Feature.n_go_hits_length)  # fmt: skip
+    rows = session.execute(
+        select(*columns)
+        .where(Feature.sae_id == sae_id, Feature.map_x.is_not(None), Feature.map_y.is_not(None))
+        .order_by(Feature.index)
+    ).all()
+    if not rows:
+        why = (
+            "the neuron baseline has no decoder directions to map"
+            if sae.kind == "neurons"
+            else "its run was analysed before feature maps existed (rerun analyze and publish)"
+        )
+        raise NotFound(f"SAE {sae_id} ({sae.name}) has no feature map: {why}")
+    values = list(zip(*rows, strict=True))
+    return FeatureMap(
+        sae_id=sae.id, sae_name=sae.name, level=sae.level, n_latents=sae.n_latents,
+        method=MAP_METHOD, feature_id=list(values[0]), index=list(values[1]),
+        x=list(values[2]), y=list(values[3]), density=list(values[4]), label=list(values[5]),
+        explanation_score=list(values[6]), n_go_hits=list(values[7]),
+        n_go_hits_length=list(values[8]),
+    )  # fmt: skip
 
 
 def encode_cursor(

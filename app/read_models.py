@@ -84,6 +84,32 @@ class FeatureSummary(_Orm):
     )
     hist_edges: list[float]
     hist_counts: list[int]
+    map_x: float | None = Field(
+        default=None,
+        description="Position on the dictionary's feature map (UMAP of decoder directions, in "
+        "[0, 1]); null off the map: dead latents, the neuron baseline, runs published before it",
+    )
+    map_y: float | None = None
+
+
+class FeatureMap(BaseModel):
+    """Every mapped feature of a dictionary, column by column (one entry per feature, in index
+    order): compact for dictionaries of tens of thousands of latents."""
+
+    sae_id: int
+    sae_name: str
+    level: str
+    n_latents: int
+    method: str = Field(description="How the map was made")
+    feature_id: list[int]
+    index: list[int]
+    x: list[float]
+    y: list[float]
+    density: list[float]
+    label: list[str | None]
+    explanation_score: list[float | None]
+    n_go_hits: list[int]
+    n_go_hits_length: list[int | None]
 
 
 class FeatureFilters(BaseModel):

@@ -95,6 +95,14 @@ def demo_store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # t
     return build_store(shared_dir, tmp_path_factory.mktemp("demo") / "store.sqlite")
 
 
+@pytest.fixture(scope="session")
+def tiny_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny complete trainer run, published (see tests/tiny_run.py)."""
+    from tests.tiny_run import build_tiny_run
+
+    return build_tiny_run(shared_dir, tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture(scope="module")
 def loaded(shared_dir: Path):  # type: ignore[no-untyped-def]
     """The real mini ESM2 model on the CPU, one thread (``app.esm`` caches it per process)."""

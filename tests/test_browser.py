@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 from app.render import level
 from app.settings import PROJECT_ROOT
 from app.store.codec import decode_values
-from app.store.schema import Feature, Protein, TopExample
+from app.store.schema import Feature, Protein, Sae, TopExample
 
 pytestmark = pytest.mark.browser
 SHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
@@ -40,12 +41,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(demo_store: Any) -> Iterator[str]:
+@contextmanager
+def _serve(database_url: str) -> Iterator[str]:
+    """uvicorn in a subprocess on a free port, reading ``database_url``; its base URL."""
     if not (PROJECT_ROOT / "static/vendor/3Dmol-min.js").exists():
         pytest.fail("static/vendor is empty: run ./scripts/install-assets.sh")
     port = _free_port()
-    env = {**os.environ, "PROTSAE_DATABASE_URL": demo_store.url, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {**os.environ, "PROTSAE_DATABASE_URL": database_url, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"],
         cwd=PROJECT_ROOT, env=env,
@@ -64,6 +66,19 @@ def server(demo_store: Any) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(demo_store: Any) -> Iterator[str]:
+    with _serve(demo_store.url) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_run: Any) -> Iterator[str]:
+    """The explorer on the tiny trainer run's store: trained SAEs, so feature maps."""
+    with _serve(tiny_run.url) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +234,51 @@ def test_protein_page_repaints_viewer_without_reload(
     assert same, "the viewer was re-created or the page reloaded"
     assert viewer.get_attribute("data-feature") == links.nth(3).get_attribute("data-feature")
     page.screenshot(path=str(SHOTS / "protein.png"), full_page=False)
+
+
+def test_feature_map_hover_highlight_and_click(tiny_server: str, page: Any, tiny_run: Any) -> None:
+    """The map draws every mapped feature; the feature asked for in the URL is labelled on
+    arrival; hovering a point names that feature; the highlight box and the colour choice
+    work; a click opens the feature's page. No script error on the way."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(tiny_run.url)
+    with Session(engine) as session:
+        sae_id = session.scalars(select(Sae.id).where(
+            Sae.run_id == tiny_run.run_id, Sae.name == "L3-residue-topk")).one()  # fmt: skip
+        mapped = session.execute(
+            select(Feature.id, Feature.index, Feature.auto_label)
+            .where(Feature.sae_id == sae_id, Feature.map_x.is_not(None))
+            .order_by(Feature.n_active.desc(), Feature.id)
+        ).all()
+    engine.dispose()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    pinned, target = mapped[0], mapped[-1]
+    page.goto(f"{tiny_server}/saes/{sae_id}/map?feature={pinned.id}")
+    page.wait_for_selector("#feature-map[data-state=ready]", timeout=15_000)
+    container = page.locator("#feature-map")
+    assert container.get_attribute("data-drawn") == str(len(mapped))
+    drawn = _non_background(page.locator("#feature-map canvas").screenshot())
+    assert drawn > 3 * len(mapped), f"map canvas looks blank ({drawn} pixels)"
+    tip = page.locator(".map-tip")
+    assert tip.is_visible() and tip.inner_text().startswith(f"#{pinned.index} ")
+    page.screenshot(path=str(SHOTS / "feature_map.png"))
+    # Hover the target where the page says it is drawn: the tooltip names it.
+    box = page.locator("#feature-map canvas").bounding_box()
+    x, y = container.evaluate(f"el => el.screenOf({target.id})")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    assert tip.get_attribute("data-feature") == str(target.id)
+    assert tip.inner_text().startswith(f"#{target.index} {target.auto_label or '(no label)'}")
+    page.fill("#map-filter", f"#{target.index}")
+    assert page.locator("#map-count").inner_text() == f"1 of {len(mapped)} features match"
+    page.select_option("#map-colour", "go")
+    assert "GO hit beyond protein length" in page.locator("#map-legend").inner_text()
+    page.screenshot(path=str(SHOTS / "feature_map_filtered.png"))
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_url(f"**/features/{target.id}")
+    assert (
+        page.locator("#on-map").get_attribute("href") == f"/saes/{sae_id}/map?feature={target.id}"
+    )
+    assert errors == []

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 from app.store import migrate
 from app.store.codec import decode_values
 from app.store.engine import make_engine, session_factory
@@ -33,38 +31,10 @@ from app.store.schema import (
     Structure,
     TopExample,
 )
-from tests.fake_anthropic import FakeAnthropic
+from tests.tiny_run import CONFIG, TinyRun
 from trainer.config import ConfigError, load_config
 from trainer.embed import EmbeddingStore
 from trainer.pipeline import RANDOM_SUBDIR, Pipeline
-
-CONFIG = PROJECT_ROOT / "tests" / "configs" / "tiny.toml"
-
-
-@dataclass
-class TinyRun:
-    settings: Settings
-    url: str
-    run_id: int
-    pipeline: Pipeline
-
-
-@pytest.fixture(scope="module")
-def tiny_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRun]:
-    root = tmp_path_factory.mktemp("tiny")
-    settings = Settings(data_dir=root / "data", shared_dir=shared_dir)
-    url = f"sqlite:///{root / 'store.sqlite'}"
-    migrate.upgrade(url)
-    cfg = load_config(CONFIG, settings)
-    mp = pytest.MonkeyPatch()
-    with FakeAnthropic("sk-test-fake") as fake:
-        mp.setenv("ANTHROPIC_API_KEY", "sk-test-fake")
-        mp.setenv("ANTHROPIC_BASE_URL", fake.base_url)
-        pipeline = Pipeline(cfg, settings, database_url=url)
-        run_id = pipeline.run()
-    mp.undo()
-    assert run_id is not None
-    yield TinyRun(settings, url, run_id, pipeline)
 
 
 def test_run_is_published_with_every_dictionary(tiny_run: TinyRun) -> None:
@@ -351,6 +321,91 @@ def test_explorer_reads_the_pipeline_store(
             assert 'id="go-control"' in html and f"{shuffled:.1f}%" in html
             listing = client.get(f"/saes/{sae['id']}/features").text  # cautions only
             assert ('id="go-control"' in listing) == detail["go_control"]["length_driven"]
+    finally:
+        get_settings.cache_clear()
+        engine_for.cache_clear()
+
+
+def _map_neighbourhoods(xy: np.ndarray, directions: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean decoder cosine of each feature to its ``k`` nearest features on the map, and to
+    every other feature (what a map that ignored the decoders would give)."""
+    unit = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    dist = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    near = np.argsort(dist, axis=1)[:, :k]
+    off_diagonal = cos[~np.eye(len(cos), dtype=bool)]
+    return float(np.take_along_axis(cos, near, axis=1).mean()), float(off_diagonal.mean())
+
+
+def test_feature_map_places_features_by_decoder_direction(
+    tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Analyze maps each SAE's live features (UMAP of decoder directions, seeded: a rerun gives
+    the same map); map neighbours share decoder directions far above chance; dead latents and
+    the neuron baseline stay off the map; publish stores it and the explorer serves it."""
+    from fastapi.testclient import TestClient
+
+    from app.sae import load_dictionary
+    from app.settings import get_settings
+    from app.store.engine import engine_for
+    from trainer.feature_map import feature_map
+
+    workdir = tiny_run.pipeline.workdir
+    name = "L3-residue-topk"
+    xy = np.load(workdir / "analysis" / name / "feature_map.npz")["xy"]
+    dead = np.load(workdir / "analysis" / name / "features.npz")["is_dead"]
+    directions = load_dictionary(workdir / "saes" / name).decoder_directions().numpy()
+    live = ~dead
+    assert np.isnan(xy[dead]).all() and np.isfinite(xy[live]).all() and live.sum() >= 100
+    assert xy[live].min() == 0.0 and xy[live].max() == pytest.approx(1.0)
+    near, overall = _map_neighbourhoods(xy[live], directions[live], k=5)
+    assert near > overall + 0.1, (near, overall)
+    analyze = tiny_run.pipeline.cfg.analyze
+    again = feature_map(directions, live, analyze.map, analyze.seed)
+    np.testing.assert_array_equal(again, xy)
+    assert not (workdir / "analysis" / "L3-residue-neurons" / "feature_map.npz").exists()
+
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        saes = {s.name: s for s in session.scalars(
+            select(Sae).where(Sae.run_id == tiny_run.run_id))}  # fmt: skip
+        stored = session.execute(
+            select(Feature.map_x, Feature.map_y)
+            .where(Feature.sae_id == saes[name].id)
+            .order_by(Feature.index)
+        ).all()
+        neuron_coords = session.scalars(
+            select(Feature.map_x).where(Feature.sae_id == saes["L3-residue-neurons"].id)
+        ).all()
+        mapped = session.scalars(
+            select(Feature.id)
+            .where(Feature.sae_id == saes[name].id, Feature.map_x.is_not(None))
+            .order_by(Feature.index)
+        ).all()
+    engine.dispose()
+    as_stored = np.array([[np.nan if v is None else v for v in row] for row in stored])
+    np.testing.assert_allclose(as_stored, xy, rtol=1e-6)
+    assert set(neuron_coords) == {None}
+
+    monkeypatch.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
+    get_settings.cache_clear()
+    engine_for.cache_clear()
+    from app.main import create_app
+
+    try:
+        with TestClient(create_app()) as client:
+            data = client.get(f"/api/v1/saes/{saes[name].id}/map").json()
+            assert data["feature_id"] == list(mapped) and len(data["x"]) == live.sum()
+            np.testing.assert_allclose(data["x"], xy[live, 0], rtol=1e-6)
+            neurons = client.get(f"/api/v1/saes/{saes['L3-residue-neurons'].id}/map")
+            assert neurons.status_code == 404
+            assert "neuron baseline" in neurons.json()["error"]["message"]
+            page = client.get(f"/saes/{saes[name].id}/map?feature={mapped[0]}")
+            assert page.status_code == 200 and f'data-highlight="{mapped[0]}"' in page.text
+            assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404
+            assert 'id="map-link"' in client.get(f"/saes/{saes[name].id}/features").text
+            assert 'id="on-map"' in client.get(f"/features/{mapped[0]}").text
     finally:
         get_settings.cache_clear()
         engine_for.cache_clear()

@@ -45,8 +45,9 @@ def test_migrations_round_trip(store_url: str) -> None:
     engine.dispose()
 
 
-def test_a_store_from_before_the_length_test_upgrades_in_place(store_url: str) -> None:
-    """0001 -> 0002 adds the nullable length-test columns; 0002 -> 0001 removes them."""
+def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> None:
+    """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates;
+    each downgrade removes what its revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -58,10 +59,14 @@ def test_a_store_from_before_the_length_test_upgrades_in_place(store_url: str) -
     migrate.downgrade(store_url, "base")
     migrate.upgrade(store_url, "0001")
     assert not {"p_length", "q_length"} & columns("go_enrichments")
+    assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert migrate.current_revision(store_url) == migrate.head_revision() == "0002"
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0003"
     assert {"p_length", "q_length"} <= columns("go_enrichments")
+    assert {"n_go_hits_length", "map_x", "map_y"} <= columns("features")
+    migrate.downgrade(store_url, "0002")
     assert "n_go_hits_length" in columns("features")
+    assert not {"map_x", "map_y"} & columns("features")
     migrate.downgrade(store_url, "0001")
     assert "n_go_hits_length" not in columns("features")
     migrate.upgrade(store_url)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
 from trainer.embed import EmbeddingStore, ResidueSource
+from trainer.feature_map import MapConfig, feature_map
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -58,6 +59,9 @@ class AnalyzeConfig(BaseModel):
         default=2.0, ge=0, description="pooled-only layers' recomputed residues kept for reuse"
     )
     seed: int = 0
+    map: MapConfig = Field(
+        default_factory=MapConfig, description="UMAP of the decoder directions (feature map)"
+    )
 
 
 @dataclass
@@ -541,6 +545,10 @@ def run_analyze(
     )
     nb_idx, nb_cos = decoder_neighbors(module, cfg.n_neighbors)
     np.savez_compressed(out / "neighbors.npz", indices=nb_idx, cosines=nb_cos)
+    if cfg.map.enabled and module.kind != "neurons":  # the basis has no geometry to map
+        directions = module.decoder_directions().float().cpu().numpy()
+        xy = feature_map(directions, ~stats["is_dead"], cfg.map, cfg.seed)
+        np.savez_compressed(out / "feature_map.npz", xy=xy)
     if not one_pass:
         fve = per_protein_fve(module, spec, store, cfg)
     summary = {

@@ -179,12 +179,25 @@ class DictionaryLoader:
             ],
             "hist_counts": stats["hist_counts"].astype(np.int64).tolist(),
             "is_dead": stats["is_dead"].astype(bool).tolist(),
+            **self._map_columns(name, n),
         }
         nulls = dict.fromkeys(("pattern_class", "auto_label", "auto_label_source",
                                "explanation_score"))  # fmt: skip
         self.n_rows += bulk_insert_columns(self.session, Feature, columns,
                                            {"sae_id": sae.id, "n_go_hits": 0, **nulls})  # fmt: skip
         return ids
+
+    def _map_columns(self, name: str, n: int) -> dict[str, list[float | None]]:
+        """Feature-map coordinates (None where a latent is off the map, or the analysis made no
+        map: the neuron baseline, runs analysed before the map existed)."""
+        path = self.workdir / "analysis" / name / "feature_map.npz"
+        if not path.exists():
+            return {"map_x": [None] * n, "map_y": [None] * n}
+        xy = _load_npz(path)["xy"].astype(float)
+        if xy.shape != (n, 2):
+            raise ValueError(f"{path}: map of shape {xy.shape} for {n} features")
+        x, y = ([None if np.isnan(v) else v for v in column] for column in (xy[:, 0], xy[:, 1]))
+        return {"map_x": x, "map_y": y}
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
         ex = _load_npz(self.workdir / "analysis" / name / "examples.npz")

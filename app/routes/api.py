@@ -15,6 +15,7 @@ from app.queries import BadCursor, NotFound
 from app.read_models import (
     FeatureDetail,
     FeatureFilters,
+    FeatureMap,
     FeaturePage,
     GoTermDetail,
     ProteinDetail,
@@ -52,6 +53,21 @@ def list_saes(session: SessionDep) -> list[SaeSummary]:
 def get_sae(session: SessionDep, sae_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> SaeDetail:
     try:
         return queries.sae_detail(session, sae_id)
+    except NotFound as exc:
+        raise not_found(exc) from exc
+
+
+@router.get(
+    "/saes/{sae_id}/map",
+    response_model=FeatureMap,
+    responses=ERRORS,
+    summary="The dictionary's feature map: UMAP of decoder directions, column by column",
+)
+def get_feature_map(
+    session: SessionDep, sae_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
+) -> FeatureMap:
+    try:
+        return queries.feature_map(session, sae_id)
     except NotFound as exc:
         raise not_found(exc) from exc
 

@@ -103,7 +103,23 @@ def feature_list(
     block = "results" if htmx else None
     if block is None:  # the whole page: the dictionary's GO length caution under its title
         context["go_control"] = detail_queries.go_length_control(session, sae_id)
+        context["has_map"] = queries.has_feature_map(session, sae_id)
     return templates.TemplateResponse(request, "features.html", context, block_name=block)
+
+
+@router.get("/saes/{sae_id}/map", response_class=HTMLResponse)
+def feature_map_page(
+    request: Request, session: SessionDep, sae_id: int, feature: int | None = None
+) -> Response:
+    """The map canvas; its points come from ``/api/v1/saes/{id}/map`` (drawn by feature_map.js).
+    ``feature``: a feature of this dictionary to ring and label on arrival."""
+    try:
+        sae = queries.sae_detail(session, sae_id)
+        n_mapped = len(queries.feature_map(session, sae_id).feature_id)
+    except NotFound as exc:
+        return _error(request, 404, str(exc))
+    context = {"sae": sae, "n_mapped": n_mapped, "highlight": feature}
+    return templates.TemplateResponse(request, "feature_map.html", context)
 
 
 @router.get("/features/{feature_id}", response_class=HTMLResponse)

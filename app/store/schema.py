@@ -200,6 +200,10 @@ class Feature(Base):
     # Terms significant by the length-stratified test (BH): hits protein length cannot explain.
     # NULL for runs published before that test existed.
     n_go_hits_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Feature map: UMAP of the decoder directions, in [0, 1]. NULL off the map (dead latents,
+    # the neuron baseline) and for runs published before the map existed.
+    map_x: Mapped[float | None] = mapped_column(Float, nullable=True)
+    map_y: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TopExample(Base):
