@@ -109,6 +109,12 @@ class ProtSAEClient:
         """One feature with its stats, explanation, GO hits and top examples."""
         return dict(self._json(self.http.get(f"/api/v1/features/{feature_id}")))
 
+    def feature_map(self, sae_id: int) -> dict[str, Any]:
+        """The dictionary's feature map, column by column (``feature_id``, ``index``, ``x``,
+        ``y``, ``density``, ``label``, ...): e.g. ``pandas.DataFrame`` of everything but the
+        scalars. ``ApiError`` 404 when it has none (the neuron baseline, older runs)."""
+        return dict(self._json(self.http.get(f"/api/v1/saes/{sae_id}/map")))
+
     def get_protein(self, accession: str) -> dict[str, Any]:
         return dict(self._json(self.http.get(f"/api/v1/proteins/{accession}")))
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,6 +206,74 @@ def test_rerun_resumes_and_keeps_the_published_run(tiny_run: TinyRun) -> None:
     assert manifest["done"] is True
 
 
+def _markers(workdir: Path, stage: str) -> dict[str, tuple[str, int]]:
+    """Per dictionary: its DONE stamp and the marker's modification time."""
+    return {
+        done.parent.name: (done.read_text(), done.stat().st_mtime_ns)
+        for done in sorted((workdir / stage).glob("*/DONE"))
+    }
+
+
+def test_a_changed_setting_redoes_exactly_what_depends_on_it(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    """On a copy of the finished run: a new step count for one SAE trains it (and its
+    random-model control, the same recipe) again, then analyses and GO-tests those two again,
+    and keeps every other dictionary's work; a speed-only setting redoes nothing; a new
+    analysis setting redoes every analysis and no training."""
+    import shutil
+
+    from trainer.config import TrainerConfig
+
+    settings = Settings(data_dir=tmp_path / "data", shared_dir=tiny_run.settings.shared_dir)
+    workdir = settings.data_dir / "runs" / tiny_run.pipeline.cfg.run.name
+    shutil.copytree(tiny_run.pipeline.workdir, workdir)
+    before = {stage: _markers(workdir, stage) for stage in ("saes", "analysis", "go")}
+    weights = (workdir / "saes" / "L3-protein-topk" / "sae.safetensors").read_bytes()
+
+    def pipeline(change: Callable[[dict[str, Any]], None]) -> Pipeline:
+        config = tiny_run.pipeline.cfg.model_dump(mode="json")
+        change(config)
+        return Pipeline(TrainerConfig.model_validate(config), settings, database_url="sqlite://")
+
+    def fewer_steps(config: dict[str, Any]) -> None:
+        next(s for s in config["saes"] if s["name"] == "L3-protein-topk")["steps"] = 200
+
+    pipeline(fewer_steps).run(["train", "analyze", "go"])
+    redone = {"L3-protein-topk", "L3-protein-topk-randinit"}
+    for stage in ("saes", "analysis", "go"):
+        after = _markers(workdir, stage)
+        assert after.keys() == before[stage].keys(), stage
+        changed = {name for name in after if after[name] != before[stage][name]}
+        assert changed == redone, (stage, changed)
+    assert (workdir / "saes" / "L3-protein-topk" / "sae.safetensors").read_bytes() != weights
+    metrics = json.loads((workdir / "saes" / "L3-protein-topk" / "metrics.json").read_text())
+    assert metrics["steps"] == 200
+
+    trained = _markers(workdir, "saes")
+    analysed = _markers(workdir, "analysis")
+
+    def faster(config: dict[str, Any]) -> None:
+        fewer_steps(config)
+        config["analyze"]["batch_size"] = 512
+
+    pipeline(faster).run(["train", "analyze"])
+    assert (_markers(workdir, "saes"), _markers(workdir, "analysis")) == (trained, analysed)
+
+    def more_examples(config: dict[str, Any]) -> None:
+        faster(config)
+        config["analyze"]["n_top"] += 1
+
+    pipeline(more_examples).run(["train", "analyze"])
+    assert _markers(workdir, "saes") == trained
+    after = _markers(workdir, "analysis")
+    assert all(after[name] != analysed[name] for name in analysed)
+    n_top = tiny_run.pipeline.cfg.analyze.n_top + 1
+    examples = np.load(workdir / "analysis" / "L3-residue-topk" / "examples.npz")
+    top = examples["bin"] == "top"
+    assert np.bincount(examples["feature"][top]).max() == n_top
+
+
 def test_summary_reads_the_run_directory(tiny_run: TinyRun) -> None:
     from trainer.summary import collect_summary
 
@@ -346,6 +416,7 @@ def test_feature_map_places_features_by_decoder_direction(
     the neuron baseline stay off the map; publish stores it and the explorer serves it."""
     from fastapi.testclient import TestClient
 
+    from app.client import ApiError, ProtSAEClient
     from app.sae import load_dictionary
     from app.settings import get_settings
     from app.store.engine import engine_for
@@ -398,9 +469,10 @@ def test_feature_map_places_features_by_decoder_direction(
             data = client.get(f"/api/v1/saes/{saes[name].id}/map").json()
             assert data["feature_id"] == list(mapped) and len(data["x"]) == live.sum()
             np.testing.assert_allclose(data["x"], xy[live, 0], rtol=1e-6)
-            neurons = client.get(f"/api/v1/saes/{saes['L3-residue-neurons'].id}/map")
-            assert neurons.status_code == 404
-            assert "neuron baseline" in neurons.json()["error"]["message"]
+            api = ProtSAEClient(http=client)  # scripts read the same columns
+            assert api.feature_map(saes[name].id)["x"] == data["x"]
+            with pytest.raises(ApiError, match=r"404.*neuron baseline has no decoder directions"):
+                api.feature_map(saes["L3-residue-neurons"].id)
             page = client.get(f"/saes/{saes[name].id}/map?feature={mapped[0]}")
             assert page.status_code == 200 and f'data-highlight="{mapped[0]}"' in page.text
             assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404

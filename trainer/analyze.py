@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +32,13 @@ from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.feature_map import MapConfig, feature_map
+from trainer.stamps import is_current, write_stamp
 
 FloatArray = npt.NDArray[np.float32]
+
+
+SPEED_ONLY_FIELDS = {"batch_size", "max_residues_per_batch", "max_residues_per_track_batch",
+                     "device", "residue_cache_gib"}  # fmt: skip
 
 
 class AnalyzeConfig(BaseModel):
@@ -62,6 +68,11 @@ class AnalyzeConfig(BaseModel):
     map: MapConfig = Field(
         default_factory=MapConfig, description="UMAP of the decoder directions (feature map)"
     )
+
+    def result_inputs(self) -> dict[str, Any]:
+        """The fields that shape the analysis (batch sizes, device and cache change only speed
+        and memory): what a finished analysis's stamp records."""
+        return self.model_dump(mode="json", exclude=SPEED_ONLY_FIELDS)
 
 
 @dataclass
@@ -484,15 +495,23 @@ def run_analyze(
     has_structure: npt.NDArray[np.bool_],
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
+    stamp: str | None = None,
 ) -> Path:
     """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
 
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
+    ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
+    and an analysis of other inputs is deleted and made again.
     """
     out = workdir / "analysis" / spec.name
-    if (out / "DONE").exists():
+    finished = (out / "DONE").exists() if stamp is None else is_current(out / "DONE", stamp)
+    if finished:
         return out
+    if stamp is not None and out.exists():  # other inputs, or interrupted: no stale file stays
+        if (out / "DONE").exists():
+            print(f"analyze: {spec.name}: its inputs changed since it was analysed; again")
+        shutil.rmtree(out)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     module = module.to(resolve_device(cfg.device)).eval()
@@ -563,5 +582,5 @@ def run_analyze(
         "seconds": round(time.perf_counter() - started, 2),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "DONE").write_text("ok\n")
+    write_stamp(out / "DONE", stamp or "ok")
     return out

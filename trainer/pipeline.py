@@ -37,6 +37,7 @@ from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered
+from trainer.stamps import digest, read_stamp
 from trainer.summary import record_timing
 from trainer.train import Data, SaeSpec, run_train
 
@@ -223,8 +224,34 @@ class Pipeline:
                 out["loss_recovered_n_proteins"] = len(held_out)
                 return out
 
+            inputs = self._stamp_inputs(plan)
+            inputs["model"] = model.sha256
+            inputs["loss"] = self.cfg.loss.model_dump(mode="json")  # loss recovered's proteins
+
+            def stamp(spec: SaeSpec, inputs: dict[str, Any] = inputs) -> str:
+                return digest({**inputs, "spec": spec.model_dump(mode="json")})
+
             run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
-                      device=self.cfg.train.device)  # fmt: skip
+                      device=self.cfg.train.device, stamp=stamp)  # fmt: skip
+
+    def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
+        """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and
+        the embeddings it reads (model, corpus fingerprint, precision)."""
+        manifest = self.store(plan.embeddings).manifest
+        return {
+            "corpus": read_stamp(self.workdir / "corpus" / "DONE"),
+            "embeddings": {k: manifest.get(k) for k in ("model", "corpus_sha256", "dtype")},
+            "control_of": plan.control_of,
+        }
+
+    def analysis_stamp(self, plan: DictionaryPlan) -> str:
+        """The analysis depends on its settings, the trained dictionary (its stamp) and the
+        corpus and embeddings it encodes."""
+        return digest({
+            **self._stamp_inputs(plan),
+            "analyze": self.cfg.analyze.result_inputs(),
+            "dictionary": read_stamp(self.workdir / "saes" / plan.spec.name / "DONE"),
+        })  # fmt: skip
 
     def analyze(self) -> None:
         has_structure = np.zeros(len(self.corpus.accessions), dtype=bool)
@@ -244,7 +271,7 @@ class Pipeline:
                     )  # fmt: skip
                 source = sources[plan.embeddings]
             run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
-                        self.cfg.analyze, source)  # fmt: skip
+                        self.cfg.analyze, source, stamp=self.analysis_stamp(plan))  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage
@@ -295,8 +322,9 @@ class Pipeline:
             encoders[plan.spec.name] = shared.encoder(
                 model, plan.spec.layer, self.load(plan).encode
             )
+        inputs = {name: read_stamp(self.workdir / "saes" / name / "DONE") for name in encoders}
         run_concepts_stage(self.workdir, self.cfg.concepts, encode_residues=encoders,
-                           dictionaries=list(encoders))  # fmt: skip
+                           dictionaries=list(encoders), inputs=inputs)  # fmt: skip
         console.print(f"concepts: {shared.forward_passes} language-model batches, "
                       f"{shared.kept_bytes / 2**30:.2f} GiB of representations kept")  # fmt: skip
 

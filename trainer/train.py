@@ -39,6 +39,7 @@ from app.sae import (
     save_dictionary,
 )
 from app.sae.models import BatchTopK
+from trainer.stamps import is_current, read_stamp, write_stamp
 
 Array = Tensor | np.ndarray
 Data = tuple[Array, Array | None, Array | None, Array | None]  # x_train, y_train, x_val, y_val
@@ -393,19 +394,32 @@ def run_train(
     extra_metrics: Callable[[SaeSpec, Dictionary], dict[str, Any]] | None = None,
     progress: bool = True,
     device: str = "auto",
+    stamp: Callable[[SaeSpec], str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every spec into ``{workdir}/saes/{name}/`` (weights, config, metrics, DONE last).
 
     Finished dictionaries are skipped; an unfinished one resumes from its checkpoint.
     ``extra_metrics(spec, module)`` adds e.g. loss recovered (``trainer.lm_loss``) before DONE.
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
+    ``stamp(spec)``: a digest of everything the dictionary depends on (``trainer.stamps``). With
+    it, a dictionary counts as finished only when its DONE holds that stamp, and a directory
+    made from other inputs (weights, or a checkpoint to resume) is discarded before training.
     """
     results: dict[str, dict[str, Any]] = {}
     for spec in specs:
         out = Path(workdir) / "saes" / spec.name
-        if (out / "DONE").exists():
+        want = stamp(spec) if stamp is not None else None
+        finished = (out / "DONE").exists() if want is None else is_current(out / "DONE", want)
+        if finished:
             results[spec.name] = json.loads((out / "metrics.json").read_text())
             continue
+        if want is not None:
+            if out.exists() and read_stamp(out / "INPUTS") != want:
+                if (out / "DONE").exists():
+                    print(f"train: {spec.name}: its inputs changed since it was trained; again")
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            write_stamp(out / "INPUTS", want)
         data = get_data(spec)
         module, metrics = train_dictionary(
             spec, *data, checkpoint_dir=out / "checkpoint", progress=progress, device=device
@@ -422,7 +436,7 @@ def run_train(
             metrics |= extra_metrics(spec, module)
         save_dictionary(module, out, provenance, config=spec.model_dump())
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        (out / "DONE").write_text("ok\n")
+        write_stamp(out / "DONE", want or "ok")
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
         results[spec.name] = metrics
     return results

@@ -144,10 +144,12 @@ def _encode(name: str, encoder: Encoder, seqs: list[str], n_features: int | None
     return block
 
 
-def _fingerprint(cfg: ConceptsConfig, dictionaries: list[str]) -> dict[str, Any]:
+def _fingerprint(
+    cfg: ConceptsConfig, dictionaries: list[str], inputs: Mapping[str, str | None] | None
+) -> dict[str, Any]:
     # The cache budget changes memory use, not results: a finished stage stays valid across it.
     config = json.loads(cfg.model_dump_json(exclude={"cache_gib"}))
-    return {"config": config, "dictionaries": list(dictionaries)}
+    return {"config": config, "dictionaries": list(dictionaries), "inputs": dict(inputs or {})}
 
 
 def _load_finished(out: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
@@ -169,13 +171,17 @@ def run_concepts_stage(
     encode_residues: Mapping[str, Encoder],
     dictionaries: list[str],
     feature_max: Mapping[str, np.ndarray] | None = None,
+    inputs: Mapping[str, str | None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run (or skip, when finished with the same inputs) the stage; returns summary per name."""
+    """Run (or skip, when finished with the same inputs) the stage; returns summary per name.
+
+    ``inputs``: per dictionary, the stamp of what it was made from (its training's DONE, see
+    ``trainer.stamps``), so a dictionary trained again is aligned again."""
     missing = [d for d in dictionaries if d not in encode_residues]
     if missing:
         raise ValueError(f"no encoder given for dictionary(ies) {', '.join(missing)}")
     out = Path(workdir) / "concepts"
-    fingerprint = _fingerprint(cfg, dictionaries)
+    fingerprint = _fingerprint(cfg, dictionaries, inputs)
     finished = _load_finished(out, fingerprint)
     if finished is not None:
         return finished

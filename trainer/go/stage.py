@@ -20,7 +20,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,8 @@ from trainer.go.enrichment import (
 from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import GoCorpus
 from trainer.go.summary import hit_rates, summarize
+from trainer.stamps import digest as stamp_digest
+from trainer.stamps import is_current, read_stamp, write_stamp
 
 Namespace = Literal["BP", "MF", "CC"]
 Method = Literal["fdr_bh", "bonferroni", "length_bh"]
@@ -182,6 +184,7 @@ class _Job:
     ontology: Ontology
     cfg: GoConfig
     resolve_counts: dict[str, Any]
+    stamps: dict[str, str] = field(default_factory=dict)  # per dictionary: its DONE stamp
 
     def activations_path(self, name: str) -> Path:
         return self.workdir / "analysis" / name / "protein_activations.npz"
@@ -255,20 +258,25 @@ class _Job:
         )
         save_hits(out / "hits.npz", result)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        done.write_text(cfg.digest() + "\n")
+        write_stamp(done, self.stamps.get(name, cfg.digest()))
         return summary
 
 
-_ACTIVATIONS: dict[Path, sp.csc_matrix] = {}  # per process: the dictionary it read last
+_ACTIVATIONS: dict[
+    tuple[Path, int, int], sp.csc_matrix
+] = {}  # per process: the dictionary it read last
 
 
 def _cached_activations(path: Path, n_proteins: int) -> sp.csc_matrix:
     """The activations of ``path`` as columns (units slice features), loaded once per process
-    while its units follow each other (units come dictionary by dictionary)."""
-    if path not in _ACTIVATIONS:
+    while its units follow each other (units come dictionary by dictionary). Keyed by the file's
+    size and modification time too: an analysis made again in this process is read again."""
+    info = path.stat()
+    key = (path, info.st_size, info.st_mtime_ns)
+    if key not in _ACTIVATIONS:
         _ACTIVATIONS.clear()
-        _ACTIVATIONS[path] = sp.csc_matrix(load_activations(path, n_proteins))
-    return _ACTIVATIONS[path]
+        _ACTIVATIONS[key] = sp.csc_matrix(load_activations(path, n_proteins))
+    return _ACTIVATIONS[key]
 
 
 _JOB: _Job | None = None
@@ -351,11 +359,17 @@ def run_go_stage(
         go_dir / "terms.tsv", ontology, {t for i in incidences.values() for t in i.term_ids}
     )
     digest = cfg.digest()
+    # A dictionary's tests depend on the GO settings, its analysis and the corpus.
+    corpus_stamp = read_stamp(workdir / "corpus" / "DONE")
+    stamps = {
+        name: stamp_digest({"go": digest, "corpus": corpus_stamp,
+                            "analysis": read_stamp(workdir / "analysis" / name / "DONE")})
+        for name in names
+    }  # fmt: skip
     summaries: dict[str, dict[str, Any]] = {}
     todo = []
     for name in names:
-        done = go_dir / name / "DONE"
-        if done.exists() and done.read_text().strip() == digest:
+        if is_current(go_dir / name / "DONE", stamps[name]):
             summaries[name] = json.loads((go_dir / name / "summary.json").read_text())
         else:
             todo.append(name)
@@ -364,7 +378,8 @@ def run_go_stage(
         permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
         for i in range(cfg.n_permutations)
     ]
-    job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts)
+    job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts,
+               stamps)  # fmt: skip
     units: list[_Unit] = []
     for name in todo:
         try:
