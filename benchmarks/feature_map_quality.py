@@ -14,8 +14,8 @@ neighbours (chance: 10 / n).
 from __future__ import annotations
 
 import argparse
+import json
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a run's work directory (holds analysis/, saes/)")
     args = ap.parse_args()
-    config = tomllib.loads((args.run_dir / "config.toml").read_text())
+    config = json.loads((args.run_dir / "config.json").read_text())
     cfg = AnalyzeConfig.model_validate(config.get("analyze", {}))
     print(
         f"{'dictionary':<28} {'mapped':>7} {'s':>6}  cos@map10 cos@dec10 cos@all  recall10 chance"

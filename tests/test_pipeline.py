@@ -47,6 +47,8 @@ def test_run_is_published_with_every_dictionary(tiny_run: TinyRun) -> None:
         # The hash of the checkpoint actually loaded, recomputed here from the file.
         checkpoint = Path(tiny_run.pipeline.cfg.embed.model)
         assert run.checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        written = json.loads((tiny_run.pipeline.workdir / "config.json").read_text())
+        assert written == run.config == tiny_run.pipeline.cfg.model_dump(mode="json")
         saes = {s.name: s for s in session.scalars(select(Sae).where(Sae.run_id == run.id))}
         assert set(saes) == {
             "L3-protein-topk", "L3-residue-topk", "L3to4-protein-transcoder",
@@ -272,6 +274,37 @@ def test_a_changed_setting_redoes_exactly_what_depends_on_it(
     examples = np.load(workdir / "analysis" / "L3-residue-topk" / "examples.npz")
     top = examples["bin"] == "top"
     assert np.bincount(examples["feature"][top]).max() == n_top
+
+
+def test_a_run_published_from_other_artifacts_is_published_again(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    """Same config, other artifacts behind the published run (here: one published before the
+    trainer kept stamps, without feature maps): publish loads the run again, then keeps it."""
+    import shutil
+
+    from sqlalchemy import update
+
+    store = tmp_path / "store.sqlite"
+    shutil.copy(tiny_run.url.removeprefix("sqlite:///"), store)
+    url = f"sqlite:///{store}"
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        session.execute(update(Run).values(artifacts_digest=None))
+        session.execute(update(Feature).values(map_x=None, map_y=None))
+        session.commit()
+        published_at = session.scalars(select(Run.published_at)).one()
+    pipeline = Pipeline(tiny_run.pipeline.cfg, tiny_run.settings, database_url=url)
+    new_id = pipeline.run(["publish"])
+    with session_factory(engine)() as session:
+        run = session.get(Run, new_id)
+        assert run is not None and run.artifacts_digest == pipeline.artifacts_digest()
+        assert published_at is not None and run.published_at is not None
+        assert run.published_at > published_at
+        assert session.scalar(select(func.count()).select_from(Run)) == 1
+        assert session.scalar(select(func.count()).where(Feature.map_x.is_not(None))) > 100
+    engine.dispose()
+    assert pipeline.run(["publish"]) == new_id  # nothing changed since: kept
 
 
 def test_summary_reads_the_run_directory(tiny_run: TinyRun) -> None:

@@ -32,7 +32,7 @@ from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.feature_map import MapConfig, feature_map
-from trainer.stamps import is_current, write_stamp
+from trainer.stamps import is_current, redo_reason, write_stamp
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -510,7 +510,7 @@ def run_analyze(
         return out
     if stamp is not None and out.exists():  # other inputs, or interrupted: no stale file stays
         if (out / "DONE").exists():
-            print(f"analyze: {spec.name}: its inputs changed since it was analysed; again")
+            print(f"analyze: {spec.name}: {redo_reason(out / 'DONE')}: analysing again")
         shutil.rmtree(out)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -328,18 +330,44 @@ class Pipeline:
         console.print(f"concepts: {shared.forward_passes} language-model batches, "
                       f"{shared.kept_bytes / 2**30:.2f} GiB of representations kept")  # fmt: skip
 
+    def artifacts_digest(self) -> str:
+        """What the published run is made of: every dictionary's training, analysis and GO
+        stamps, the explanations' content and the concept stage's fingerprint. Work redone
+        under the same config (an older version's markers, a deleted DONE) changes it."""
+        per_dictionary = {
+            plan.spec.name: {
+                stage: read_stamp(self.workdir / stage / plan.spec.name / "DONE")
+                for stage in ("saes", "analysis", "go")
+            }
+            for plan in self.plans()
+        }
+        explanations = {
+            path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(self.workdir.glob("explain/*/explanations.jsonl"))
+        }
+        concepts = self.workdir / "concepts" / "manifest.json"
+        fingerprint = json.loads(concepts.read_text()) if concepts.exists() else None
+        if fingerprint is not None:
+            fingerprint = {k: fingerprint.get(k) for k in ("config", "dictionaries", "inputs")}
+        return digest({"dictionaries": per_dictionary, "explanations": explanations,
+                       "concepts": fingerprint})  # fmt: skip
+
     def publish(self) -> int:
-        """Load the run into the store; a run already published from this exact config is kept."""
+        """Load the run into the store; a run already published from this exact config and
+        these exact artifacts is kept."""
         from trainer.publish import publish
 
         engine = make_engine(self.database_url)
         config = self.cfg.model_dump(mode="json")
+        artifacts = self.artifacts_digest()
         try:
             with session_factory(engine)() as session:
                 existing = session.scalar(
                     select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
                 )
-                if existing is not None and existing.config == config and not self.republish:
+                same = existing is not None and (existing.config, existing.artifacts_digest) == (
+                    config, artifacts)  # fmt: skip
+                if existing is not None and same and not self.republish:
                     console.print(
                         f"publish: run {existing.name!r} is already published (id {existing.id})"
                     )
@@ -349,6 +377,7 @@ class Pipeline:
                       checkpoint_sha256=model.sha256,
                       layer=self.cfg.saes[0].layer if self.cfg.saes else 0,
                       corpus=self._corpus_description(), config=config,
+                      artifacts_digest=artifacts,
                       notes=self.cfg.run.description or None)  # fmt: skip
             return publish(engine, self.workdir, run, [p.spec.name for p in self.plans()])
         finally:
@@ -361,6 +390,10 @@ class Pipeline:
     # -- driver -------------------------------------------------------------------------------
     def run(self, stages: list[str] | None = None) -> int | None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # The exact parameters of this invocation, beside what it makes (benchmarks read it).
+        config = self.workdir / "config.json"
+        config.with_suffix(".tmp").write_text(self.cfg.model_dump_json(indent=1))
+        os.replace(config.with_suffix(".tmp"), config)
         if self.cfg.run.torch_threads:
             torch.set_num_threads(self.cfg.run.torch_threads)
         run_id = None

@@ -39,7 +39,7 @@ from app.sae import (
     save_dictionary,
 )
 from app.sae.models import BatchTopK
-from trainer.stamps import is_current, read_stamp, write_stamp
+from trainer.stamps import is_current, read_stamp, redo_reason, write_stamp
 
 Array = Tensor | np.ndarray
 Data = tuple[Array, Array | None, Array | None, Array | None]  # x_train, y_train, x_val, y_val
@@ -416,7 +416,7 @@ def run_train(
         if want is not None:
             if out.exists() and read_stamp(out / "INPUTS") != want:
                 if (out / "DONE").exists():
-                    print(f"train: {spec.name}: its inputs changed since it was trained; again")
+                    print(f"train: {spec.name}: {redo_reason(out / 'DONE')}: training again")
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             write_stamp(out / "INPUTS", want)

@@ -75,6 +75,9 @@ class Run(Base):
     corpus: Mapped[str] = mapped_column(String(500))
     n_proteins: Mapped[int] = mapped_column(Integer, default=0)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Digest of the trainer's completion stamps behind what was published (trainer/stamps.py):
+    # the same config with other artifacts (work redone) publishes again. NULL before stamps.
+    artifacts_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -1,4 +1,5 @@
-"""feature map: map_x / map_y per feature (UMAP of the decoder directions)
+"""feature map: map_x / map_y per feature (UMAP of the decoder directions); runs record the
+digest of the trainer's completion stamps behind them (artifacts_digest)
 
 Revision ID: 0003
 Revises: 0002
@@ -22,9 +23,13 @@ def upgrade() -> None:
     with op.batch_alter_table("features", schema=None) as batch_op:
         batch_op.add_column(sa.Column("map_x", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("map_y", sa.Float(), nullable=True))
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("artifacts_digest", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_column("artifacts_digest")
     with op.batch_alter_table("features", schema=None) as batch_op:
         batch_op.drop_column("map_y")
         batch_op.drop_column("map_x")
