@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from app.render import level
 from app.settings import PROJECT_ROOT
 from app.store.codec import decode_values
-from app.store.schema import Feature, Protein, Sae, TopExample
+from app.store.schema import Feature, Protein, ProteinFeature, Sae, TopExample
 
 pytestmark = pytest.mark.browser
 SHOTS = PROJECT_ROOT / "artifacts" / "screenshots"
@@ -281,4 +281,50 @@ def test_feature_map_hover_highlight_and_click(tiny_server: str, page: Any, tiny
     assert (
         page.locator("#on-map").get_attribute("href") == f"/saes/{sae_id}/map?feature={target.id}"
     )
+    assert errors == []
+
+
+def test_a_proteins_features_on_the_map(tiny_server: str, page: Any, tiny_run: Any) -> None:
+    """From a protein's page to the map: its most active features of a dictionary are coloured
+    by their activation on it and lifted above the rest; the tooltip gives the value."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(tiny_run.url)
+    with Session(engine) as session:
+        sae_id = session.scalars(select(Sae.id).where(
+            Sae.run_id == tiny_run.run_id, Sae.name == "L3-residue-topk")).one()  # fmt: skip
+        accession, protein_id = session.execute(
+            select(Protein.accession, Protein.id)
+            .join(ProteinFeature, ProteinFeature.protein_id == Protein.id)
+            .where(ProteinFeature.sae_id == sae_id)
+            .order_by(Protein.id)
+            .limit(1)
+        ).one()
+        top = session.execute(
+            select(ProteinFeature.feature_id, ProteinFeature.activation, Feature.map_x)
+            .join(Feature, Feature.id == ProteinFeature.feature_id)
+            .where(ProteinFeature.protein_id == protein_id, ProteinFeature.sae_id == sae_id)
+            .order_by(ProteinFeature.rank)
+        ).all()
+    engine.dispose()
+    on_map = [(fid, act) for fid, act, x in top if x is not None]
+    assert on_map, "the protein's top features include mapped ones"
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{tiny_server}/proteins/{accession}")
+    page.locator(f'a.on-map[href^="/saes/{sae_id}/map#"]').click()
+    page.wait_for_selector("#feature-map[data-state=ready]", timeout=15_000)
+    container = page.locator("#feature-map")
+    assert container.get_attribute("data-overlay") == str(len(on_map))
+    assert page.locator("#map-colour").input_value() == "overlay"
+    assert page.locator("#map-count").inner_text() == (
+        f"{len(on_map)} of {accession}'s {len(top)} features are on the map"
+    )
+    assert f"activation on {accession}: 0" in page.locator("#map-legend").inner_text()
+    fid, activation = on_map[0]
+    box = page.locator("#feature-map canvas").bounding_box()
+    x, y = container.evaluate(f"el => el.screenOf({fid})")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    shown = re.search(rf"activation on {accession}: (\S+)", page.locator(".map-tip").inner_text())
+    assert shown and float(shown[1]) == pytest.approx(activation, rel=5e-3)
+    page.screenshot(path=str(SHOTS / "feature_map_protein.png"))
     assert errors == []

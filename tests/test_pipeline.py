@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -511,6 +512,16 @@ def test_feature_map_places_features_by_decoder_direction(
             assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404
             assert 'id="map-link"' in client.get(f"/saes/{saes[name].id}/features").text
             assert 'id="on-map"' in client.get(f"/features/{mapped[0]}").text
+            # A pasted sequence's features link to the map, with their maxima in the fragment.
+            sequence = tiny_run.pipeline.corpus.sequences[0]
+            form = {"sae_id": str(saes[name].id), "text": f">mine\n{sequence}", "top_n": "5"}
+            result = client.post("/encode", data=form)
+            assert result.status_code == 200, result.text[:300]
+            encoded = json.loads(re.search(r'id="encode-data">(.*?)</script>', result.text)[1])
+            pairs = ",".join(f"{f['feature_id']}:{f['max']:.4g}"
+                             for f in encoded["results"][0]["features"])  # fmt: skip
+            link = f'href="/saes/{saes[name].id}/map#name=mine&amp;act={pairs}"'
+            assert len(encoded["results"][0]["features"]) == 5 and link in result.text
     finally:
         get_settings.cache_clear()
         engine_for.cache_clear()

@@ -3,8 +3,10 @@
  * Points come column by column from /api/v1/saes/{id}/map (UMAP of decoder directions, scaled
  * into [0, 1] on the longer axis). A canvas rather than SVG, so dictionaries of tens of
  * thousands of latents stay smooth. Hover finds the nearest point within a few pixels; a click
- * opens the feature; the wheel zooms about the pointer and a drag pans. Labels reach the page
- * only through textContent (they come from the store, and may hold any text).
+ * opens the feature; the wheel zooms about the pointer and a drag pans. A protein's activations
+ * in the URL's fragment (from the protein and encode pages) colour its features and lift them
+ * above the rest. Labels reach the page only through textContent (they come from the store, and
+ * may hold any text).
  */
 (function () {
   "use strict";
@@ -18,6 +20,8 @@
   var GREY = "#b8bec6", GO_LENGTH = "#b3261e", GO_ONLY = "#e8a33d", PLAIN = "#5b6470";
   var VIRIDIS = [[253, 231, 37], [94, 201, 98], [33, 145, 140], [59, 82, 139], [68, 1, 84]];
   var data = null, n = 0, colours = [], matched = null, hover = -1, pinned = -1;
+  var overlay = null;  // one protein's activations: {name, values: Map(feature id -> value)}
+  var overlayAt = null;  // per point: its activation on that protein, or null
   var width = 0, height = 0, base = { s: 1, ox: 0, oy: 0, ymax: 1 }, view = { k: 1, tx: 0, ty: 0 };
   var drag = null;
 
@@ -39,11 +43,53 @@
     return beyond > 0 ? 2 : (all > 0 ? 1 : 0);
   }
 
+  /* A protein's activations from the URL's fragment: #name=P69905&act=12:0.53,40:0.2 (feature
+   * id : value), as the protein and encode pages link here. */
+  function readOverlay() {
+    var params = new URLSearchParams(window.location.hash.slice(1)), values = new Map();
+    (params.get("act") || "").split(",").forEach(function (pair) {
+      var parts = pair.split(":"), id = parseInt(parts[0], 10), v = parseFloat(parts[1]);
+      if (parts.length === 2 && isFinite(id) && isFinite(v)) values.set(id, v);
+    });
+    overlay = values.size ? { name: params.get("name") || "this protein", values: values } : null;
+    overlayAt = data.feature_id.map(function (id) {
+      return overlay && overlay.values.has(id) ? overlay.values.get(id) : null;
+    });
+    var option = colourSelect.querySelector("option[value=overlay]");
+    if (overlay && !option) {
+      option = document.createElement("option");
+      option.value = "overlay";
+      colourSelect.prepend(option);
+    }
+    if (option && !overlay) {
+      option.remove();
+      if (!colourSelect.value) colourSelect.value = "density";
+    }
+    if (overlay) {
+      option.textContent = "activation on " + overlay.name;
+      colourSelect.value = "overlay";
+      var shown = overlayAt.filter(function (v) { return v !== null; }).length;
+      el.dataset.overlay = String(shown);
+      countEl.textContent = shown + " of " + overlay.name + "'s " + overlay.values.size
+        + " features are on the map";
+    } else {
+      delete el.dataset.overlay;
+    }
+  }
+
   /* Colours per point, and the legend that explains them. */
   function recolour() {
     var mode = colourSelect.value, range, values;
     legend.textContent = "";
-    if (mode === "density" || mode === "score") {
+    if (mode === "overlay" && overlay) {
+      var top = Math.max.apply(null, overlayAt.map(function (v) { return v === null ? 0 : v; }));
+      colours = overlayAt.map(function (v) { return v === null ? GREY : ramp(top > 0 ? v / top : 1); });
+      var scale = document.createElement("span");
+      scale.className = "ramp";
+      scale.style.background = "linear-gradient(to right," + [0, 0.25, 0.5, 0.75, 1].map(ramp).join(",") + ")";
+      legend.append("activation on " + overlay.name + ": 0", scale, top.toPrecision(3),
+        " · grey: not among its features");
+    } else if (mode === "density" || mode === "score") {
       values = mode === "density"
         ? data.density.map(function (d) { return d > 0 ? Math.log10(d) : null; })
         : data.explanation_score;
@@ -85,7 +131,7 @@
     var q = filter.value.trim().toLowerCase();
     if (!q) {
       matched = null;
-      countEl.textContent = "";
+      if (!overlay) countEl.textContent = "";
       return;
     }
     var byIndex = /^#\d+$/.test(q) ? parseInt(q.slice(1), 10) : null, count = 0;
@@ -135,11 +181,13 @@
 
   function draw() {
     var ctx = canvas.getContext("2d"), r = radius(), i;
+    var lifted = matched || (colourSelect.value === "overlay" && overlay
+      ? overlayAt.map(function (v) { return v === null ? 0 : 1; }) : null);
     ctx.clearRect(0, 0, width, height);
-    ctx.globalAlpha = matched ? 0.15 : 0.85;
-    for (i = 0; i < n; i++) if (!matched || !matched[i]) dot(ctx, i, r, colours[i]);
+    ctx.globalAlpha = lifted ? 0.25 : 0.85;
+    for (i = 0; i < n; i++) if (!lifted || !lifted[i]) dot(ctx, i, r, colours[i]);
     ctx.globalAlpha = 1;
-    if (matched) for (i = 0; i < n; i++) if (matched[i]) dot(ctx, i, r + 1.5, colours[i], "#1b1f24");
+    if (lifted) for (i = 0; i < n; i++) if (lifted[i]) dot(ctx, i, r + 1.5, colours[i], "#1b1f24");
     [pinned, hover].forEach(function (j) {
       if (j >= 0) dot(ctx, j, r + 4, "rgba(255,255,255,0)", "#1b1f24");
     });
@@ -171,8 +219,11 @@
       line("#" + data.index[i] + " " + (data.label[i] || "(no label)")),
       line("density " + (100 * data.density[i]).toPrecision(2) + "% · GO hits " + go
            + (beyond === null ? "" : " (" + beyond + " beyond length)")
-           + (score === null ? "" : " · score " + score.toFixed(2)), "muted"),
-      line("click to open", "muted"));
+           + (score === null ? "" : " · score " + score.toFixed(2)), "muted"));
+    if (overlay && overlayAt[i] !== null) {
+      tip.append(line("activation on " + overlay.name + ": " + overlayAt[i].toPrecision(3)));
+    }
+    tip.append(line("click to open", "muted"));
     tip.hidden = false;
     var left = Math.min(Math.max(4, p[0] + 12), Math.max(4, width - tip.offsetWidth - 4));
     var top = p[1] + 12 + tip.offsetHeight > height ? p[1] - tip.offsetHeight - 12 : p[1] + 12;
@@ -249,11 +300,13 @@
     var want = el.dataset.highlight ? parseInt(el.dataset.highlight, 10) : null;
     pinned = want === null ? -1 : data.feature_id.indexOf(want);
     layout();
+    readOverlay();
     recolour();
     refilter();
     draw();
     showTip(pinned);
     el.dataset.state = "ready";
+    window.addEventListener("hashchange", function () { readOverlay(); recolour(); draw(); });
     if (window.ResizeObserver) new ResizeObserver(function () { layout(); draw(); showTip(pinned); }).observe(el);
     /* For scripts and the browser tests: where a feature is drawn, in CSS pixels of the canvas. */
     el.screenOf = function (featureId) {
