@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare what a lent GPU machine needs for a full-corpus trainer run (see docs/pipeline.md,
 # "Full corpus on a GPU"). The device image has Python 3.12 with torch, numpy, scipy,
-# safetensors, rich, tqdm, typer, httpx and matplotlib, but none of the packages below, and it
+# safetensors, rich, tqdm, typer, httpx, matplotlib, numba and scikit-learn (umap-learn's needs,
+# KINDS.md), but none of the packages below, and it
 # cannot reach a registry: we carry them as wheels, at the versions this project's venv uses.
 #   .whl/       wheels for CPython 3.12, manylinux x86_64 (or pure Python)
 #   .devdata/   the model and the data files the run reads (a copy: ../shared does not travel)
@@ -13,7 +14,7 @@ PIP=.venv/bin/pip
 PACKAGES=(fair-esm pydantic pydantic_core pydantic-settings python-dotenv annotated-types
   typing-inspection sqlalchemy greenlet alembic mako anthropic jiter docstring_parser httpx2
   httpcore2 truststore opentelemetry-api sniffio
-  goatools ftpretty xlsxwriter openpyxl et_xmlfile pydot biopython)
+  goatools ftpretty xlsxwriter openpyxl et_xmlfile pydot biopython umap-learn pynndescent)
 
 pins=()
 for name in "${PACKAGES[@]}"; do
