@@ -101,6 +101,27 @@ def has_feature_map(session: Session, sae_id: int) -> bool:
     return session.scalar(probe.limit(1)) is not None
 
 
+def _no_map(sae: Sae) -> NotFound:
+    why = (
+        "the neuron baseline has no decoder directions to map"
+        if sae.kind == "neurons"
+        else "its analysis made none (analyze.map.enabled = false, or analysed before feature "
+        "maps existed: rerun analyze and publish)"
+    )
+    return NotFound(f"SAE {sae.id} ({sae.name}) has no feature map: {why}")
+
+
+def feature_map_size(session: Session, sae_id: int) -> int:
+    """How many features the dictionary's map shows; ``NotFound`` when it has no map."""
+    sae, _ = published_sae(session, sae_id)
+    count = session.scalar(
+        select(func.count()).where(Feature.sae_id == sae_id, Feature.map_x.is_not(None))
+    )
+    if not count:
+        raise _no_map(sae)
+    return int(count)
+
+
 def feature_map(session: Session, sae_id: int) -> FeatureMap:
     """The dictionary's mapped features; ``NotFound`` when it has none, saying why."""
     sae, _ = published_sae(session, sae_id)
@@ -113,12 +134,7 @@ def feature_map(session: Session, sae_id: int) -> FeatureMap:
         .order_by(Feature.index)
     ).all()
     if not rows:
-        why = (
-            "the neuron baseline has no decoder directions to map"
-            if sae.kind == "neurons"
-            else "its run was analysed before feature maps existed (rerun analyze and publish)"
-        )
-        raise NotFound(f"SAE {sae_id} ({sae.name}) has no feature map: {why}")
+        raise _no_map(sae)
     values = list(zip(*rows, strict=True))
     return FeatureMap(
         sae_id=sae.id, sae_name=sae.name, level=sae.level, n_latents=sae.n_latents,

@@ -365,9 +365,12 @@ class Pipeline:
                 existing = session.scalar(
                     select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
                 )
-                same = existing is not None and (existing.config, existing.artifacts_digest) == (
-                    config, artifacts)  # fmt: skip
-                if existing is not None and same and not self.republish:
+                unchanged = (config, artifacts)
+                if (
+                    existing is not None
+                    and not self.republish
+                    and (existing.config, existing.artifacts_digest) == unchanged
+                ):
                     console.print(
                         f"publish: run {existing.name!r} is already published (id {existing.id})"
                     )

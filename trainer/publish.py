@@ -196,7 +196,10 @@ class DictionaryLoader:
         xy = _load_npz(path)["xy"].astype(float)
         if xy.shape != (n, 2):
             raise ValueError(f"{path}: map of shape {xy.shape} for {n} features")
-        x, y = ([None if np.isnan(v) else v for v in column] for column in (xy[:, 0], xy[:, 1]))
+        x, y = (
+            [None if v != v else v for v in column]  # NaN: off the map
+            for column in (xy[:, 0].tolist(), xy[:, 1].tolist())
+        )
         return {"map_x": x, "map_y": y}
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:

@@ -115,7 +115,7 @@ def feature_map_page(
     ``feature``: a feature of this dictionary to ring and label on arrival."""
     try:
         sae = queries.sae_detail(session, sae_id)
-        n_mapped = len(queries.feature_map(session, sae_id).feature_id)
+        n_mapped = queries.feature_map_size(session, sae_id)
     except NotFound as exc:
         return _error(request, 404, str(exc))
     context = {"sae": sae, "n_mapped": n_mapped, "highlight": feature}

@@ -262,9 +262,8 @@ class _Job:
         return summary
 
 
-_ACTIVATIONS: dict[
-    tuple[Path, int, int], sp.csc_matrix
-] = {}  # per process: the dictionary it read last
+_FileKey = tuple[Path, int, int]  # path, size, modification time (ns)
+_ACTIVATIONS: dict[_FileKey, sp.csc_matrix] = {}  # per process: the dictionary it read last
 
 
 def _cached_activations(path: Path, n_proteins: int) -> sp.csc_matrix:
