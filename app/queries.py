@@ -101,6 +101,11 @@ def has_feature_map(session: Session, sae_id: int) -> bool:
     return session.scalar(probe.limit(1)) is not None
 
 
+def mapped_sae_ids(session: Session, sae_ids: Sequence[int]) -> set[int]:
+    """Which of these dictionaries have a feature map (an indexed probe each)."""
+    return {sae_id for sae_id in sae_ids if has_feature_map(session, sae_id)}
+
+
 def _no_map(sae: Sae) -> NotFound:
     why = (
         "the neuron baseline has no decoder directions to map"

@@ -511,6 +511,9 @@ def test_feature_map_places_features_by_decoder_direction(
             assert page.status_code == 200 and f'data-highlight="{mapped[0]}"' in page.text
             assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404
             assert 'id="map-link"' in client.get(f"/saes/{saes[name].id}/features").text
+            home = client.get("/").text
+            assert f'href="/saes/{saes[name].id}/map"' in home
+            assert f'href="/saes/{saes["L3-residue-neurons"].id}/map"' not in home
             assert 'id="on-map"' in client.get(f"/features/{mapped[0]}").text
             # A pasted sequence's features link to the map, with their maxima in the fragment.
             sequence = tiny_run.pipeline.corpus.sequences[0]

@@ -40,7 +40,8 @@ def _error(request: Request, status: int, message: str) -> Response:
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep) -> Response:
     runs = queries.published_runs(session)
-    return templates.TemplateResponse(request, "home.html", {"runs": runs})
+    mapped = queries.mapped_sae_ids(session, [sae.id for run in runs for sae in run.saes])
+    return templates.TemplateResponse(request, "home.html", {"runs": runs, "mapped": mapped})
 
 
 def _number(raw: str | None) -> float | None:
