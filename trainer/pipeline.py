@@ -238,8 +238,9 @@ class Pipeline:
 
     def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and
-        the embeddings it reads (model, corpus fingerprint, precision)."""
-        manifest = self.store(plan.embeddings).manifest
+        the embeddings it reads (model, corpus fingerprint, precision). Read from the manifest
+        alone: an ``EmbeddingStore`` would open every shard."""
+        manifest = json.loads((self.workdir / plan.embeddings / "manifest.json").read_text())
         return {
             "corpus": read_stamp(self.workdir / "corpus" / "DONE"),
             "embeddings": {k: manifest.get(k) for k in ("model", "corpus_sha256", "dtype")},

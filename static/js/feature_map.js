@@ -22,6 +22,7 @@
   var data = null, n = 0, colours = [], matched = null, hover = -1, pinned = -1;
   var overlay = null;  // one protein's activations: {name, values: Map(feature id -> value)}
   var overlayAt = null;  // per point: its activation on that protein, or null
+  var overlayMask = null;  // per point: 1 where overlayAt has a value (drawn on top)
   var width = 0, height = 0, base = { s: 1, ox: 0, oy: 0, ymax: 1 }, view = { k: 1, tx: 0, ty: 0 };
   var drag = null;
 
@@ -55,6 +56,7 @@
     overlayAt = data.feature_id.map(function (id) {
       return overlay && overlay.values.has(id) ? overlay.values.get(id) : null;
     });
+    overlayMask = overlayAt.map(function (v) { return v === null ? 0 : 1; });
     var option = colourSelect.querySelector("option[value=overlay]");
     if (overlay && !option) {
       option = document.createElement("option");
@@ -82,7 +84,7 @@
     var mode = colourSelect.value, range, values;
     legend.textContent = "";
     if (mode === "overlay" && overlay) {
-      var top = Math.max.apply(null, overlayAt.map(function (v) { return v === null ? 0 : v; }));
+      var top = overlayAt.reduce(function (m, v) { return v === null ? m : Math.max(m, v); }, 0);
       colours = overlayAt.map(function (v) { return v === null ? GREY : ramp(top > 0 ? v / top : 1); });
       var scale = document.createElement("span");
       scale.className = "ramp";
@@ -181,8 +183,7 @@
 
   function draw() {
     var ctx = canvas.getContext("2d"), r = radius(), i;
-    var lifted = matched || (colourSelect.value === "overlay" && overlay
-      ? overlayAt.map(function (v) { return v === null ? 0 : 1; }) : null);
+    var lifted = matched || (colourSelect.value === "overlay" && overlay ? overlayMask : null);
     ctx.clearRect(0, 0, width, height);
     ctx.globalAlpha = lifted ? 0.25 : 0.85;
     for (i = 0; i < n; i++) if (!lifted || !lifted[i]) dot(ctx, i, r, colours[i]);

@@ -20,7 +20,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,7 +184,7 @@ class _Job:
     ontology: Ontology
     cfg: GoConfig
     resolve_counts: dict[str, Any]
-    stamps: dict[str, str] = field(default_factory=dict)  # per dictionary: its DONE stamp
+    stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
 
     def activations_path(self, name: str) -> Path:
         return self.workdir / "analysis" / name / "protein_activations.npz"
@@ -258,7 +258,7 @@ class _Job:
         )
         save_hits(out / "hits.npz", result)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_stamp(done, self.stamps.get(name, cfg.digest()))
+        write_stamp(done, self.stamps[name])
         return summary
 
 
