@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import pathlib
 import shutil
@@ -15,6 +16,7 @@ import torch
 from app.esm import (
     LoadedModel,
     ModelLoadError,
+    attention_fusable,
     embed_on_device,
     embed_sequences,
     forward_representations,
@@ -86,6 +88,47 @@ def test_truncated_forward_is_fair_esm_bit_for_bit(
         masked[0, 3] = loaded.alphabet.mask_idx
         ref = loaded.model(masked, repr_layers=[2])["representations"][2]
         assert torch.equal(forward_representations(loaded.model, masked, [2])[2], ref)
+
+
+def test_fused_attention_matches_fair_esm(loaded: LoadedModel, sequences: list[str]) -> None:
+    """The fused kernel gives fair-esm's numbers up to float rounding: padded batches (keys past
+    a row's end are masked), one unpadded row, a masked token; fair-esm's model is left as is."""
+    batch = loaded.batch_converter([(str(i), s) for i, s in enumerate(sequences[:6])])[2]
+    single = loaded.batch_converter([("x", sequences[6])])[2]
+    masked = batch.clone()
+    masked[1, 5] = loaded.alphabet.mask_idx
+    layers = list(range(loaded.num_layers + 1))
+    assert all(attention_fusable(layer) for layer in loaded.model.layers)  # the kernel runs
+    real = batch.ne(loaded.alphabet.padding_idx)
+    with torch.inference_mode():
+        for tokens in (batch, single, masked):
+            ref = loaded.model(tokens, repr_layers=layers)["representations"]
+            got = forward_representations(loaded.model, tokens, layers, attention="fused")
+            keep = (
+                real if tokens.shape == batch.shape else torch.ones_like(tokens, dtype=torch.bool)
+            )
+            for layer in layers:
+                # Padding rows are never read (BOS/EOS and pads are dropped downstream).
+                torch.testing.assert_close(got[layer][keep], ref[layer][keep], rtol=1e-4, atol=1e-4)
+        # Contact prediction still needs fair-esm's per-head weights: its modules are untouched.
+        out = loaded.model(single, repr_layers=[1], return_contacts=True)
+        assert out["contacts"].shape[-1] == single.shape[1] - 2
+    with pytest.raises(ValueError, match="attention must be one of"):
+        forward_representations(loaded.model, single, [1], attention="flash")  # type: ignore[arg-type]
+
+
+def test_loaded_model_attention_drives_embedding(loaded: LoadedModel, sequences: list[str]) -> None:
+    """``LoadedModel.attention`` picks the kernel for every embedding path; both agree."""
+    exact = dataclasses.replace(loaded, attention="fair-esm")
+    fused = embed_sequences(loaded, sequences[:10], [2, 4], max_tokens_per_batch=1024)
+    plain = embed_sequences(exact, sequences[:10], [2, 4], max_tokens_per_batch=1024)
+    for a, b in zip(fused, plain, strict=True):
+        for layer in (2, 4):
+            np.testing.assert_allclose(a[layer], b[layer], rtol=1e-4, atol=1e-4)
+    # fair-esm mode is the library bit for bit (the per-layer checks above are on tokens).
+    seq = sequences[3]
+    ref = _fair_esm_single(loaded, seq, [4])[4]
+    np.testing.assert_array_equal(embed_sequences(exact, [seq], [4])[0][4], ref)
 
 
 def test_tokenize_equals_fair_esm_converter(loaded: LoadedModel, sequences: list[str]) -> None:

@@ -86,7 +86,12 @@ class Pipeline:
     @property
     def model(self) -> LoadedModel:
         if self._model is None:
-            self._model = load_esm(self.cfg.embed.model, self.cfg.embed.device)
+            # The embed stage's attention kernel for every forward pass of the run (analyze
+            # recomputes residues of pooled-only layers: the same numbers as the shards').
+            self._model = dataclasses.replace(
+                load_esm(self.cfg.embed.model, self.cfg.embed.device),
+                attention=self.cfg.embed.attention,
+            )
         return self._model
 
     @property
