@@ -100,6 +100,10 @@ class ProtSAEClient:
         """Published runs with their dictionaries."""
         return list(self._json(self.http.get("/api/v1/runs")))
 
+    def get_sae(self, sae_id: int) -> dict[str, Any]:
+        """One dictionary: its training metrics and config, feature count, ``has_map``."""
+        return dict(self._json(self.http.get(f"/api/v1/saes/{sae_id}")))
+
     def list_features(self, sae_id: int, **params: Any) -> list[dict[str, Any]]:
         """Features of one dictionary (filters/sorting as the API documents them)."""
         data = self._json(self.http.get(f"/api/v1/saes/{sae_id}/features", params=params))

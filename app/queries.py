@@ -89,6 +89,7 @@ def sae_detail(session: Session, sae_id: int) -> SaeDetail:
         metrics=dict(sae.metrics or {}),
         config=dict(sae.config or {}),
         n_features=n_features,
+        has_map=has_feature_map(session, sae_id),
     )
 
 

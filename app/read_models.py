@@ -48,6 +48,9 @@ class SaeDetail(SaeSummary):
     metrics: dict[str, Any]
     config: dict[str, Any]
     n_features: int
+    # Whether ``/api/v1/saes/{id}/map`` has coordinates (not for neuron baselines, nor for runs
+    # analysed without maps): a script checks here instead of handling the map's 404.
+    has_map: bool
 
 
 class RunOut(_Orm):

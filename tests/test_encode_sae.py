@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
-from app.esm import embed_sequences, load_esm
+from app.esm import embed_sequences, forward_representations, load_esm
 from app.sae import (
     Provenance,
     TopKSAE,
@@ -114,8 +114,9 @@ def test_encode_with_a_trained_sae(sae_client) -> None:  # type: ignore[no-untyp
 def test_encode_equals_the_dense_definition(
     sae_client: tuple[TestClient, int, Path, float, list[str]], shared_dir: Path
 ) -> None:
-    """The served numbers are the dense ones: ESM2's full forward at the layer, ``forward``'s
-    latents, numpy's max and mean over residues (bit for bit), and the FVE of the dense decode."""
+    """The served numbers are the dense ones: ESM2's forward at the layer (with the server's
+    attention kernel; fair-esm's own full forward up to float rounding), ``forward``'s latents,
+    numpy's max and mean over residues (bit for bit), and the FVE of the dense decode."""
     client, sae_id, directory, _, held_out = sae_client
     seq = held_out[2]
     body = {"sae_id": sae_id, "sequences": [seq], "top_n": 1000}
@@ -124,7 +125,10 @@ def test_encode_equals_the_dense_definition(
     sae = load_dictionary(directory, device="cpu").eval()
     with torch.inference_mode():
         tokens = loaded.batch_converter([("x", seq)])[2]
-        x = loaded.model(tokens, repr_layers=[LAYER])["representations"][LAYER][0, 1:-1]
+        reps = forward_representations(loaded.model, tokens, [LAYER], loaded.attention)
+        x = reps[LAYER][0, 1:-1]
+        library = loaded.model(tokens, repr_layers=[LAYER])["representations"][LAYER][0, 1:-1]
+        torch.testing.assert_close(x, library, rtol=1e-4, atol=1e-4)
         recon, z = sae(x)
     z_np = z.numpy()
     pooled, mean = z_np.max(axis=0), z_np.mean(axis=0)

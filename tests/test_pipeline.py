@@ -505,6 +505,8 @@ def test_feature_map_places_features_by_decoder_direction(
             np.testing.assert_allclose(data["x"], xy[live, 0], rtol=1e-6)
             api = ProtSAEClient(http=client)  # scripts read the same columns
             assert api.feature_map(saes[name].id)["x"] == data["x"]
+            assert api.get_sae(saes[name].id)["has_map"] is True  # says so before the map's 404
+            assert api.get_sae(saes["L3-residue-neurons"].id)["has_map"] is False
             with pytest.raises(ApiError, match=r"404.*neuron baseline has no decoder directions"):
                 api.feature_map(saes["L3-residue-neurons"].id)
             page = client.get(f"/saes/{saes[name].id}/map?feature={mapped[0]}")

@@ -104,7 +104,7 @@ def feature_list(
     block = "results" if htmx else None
     if block is None:  # the whole page: the dictionary's GO length caution under its title
         context["go_control"] = detail_queries.go_length_control(session, sae_id)
-        context["has_map"] = queries.has_feature_map(session, sae_id)
+        context["has_map"] = sae.has_map
     return templates.TemplateResponse(request, "features.html", context, block_name=block)
 
 
