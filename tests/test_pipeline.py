@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,16 @@ def test_run_is_published_with_every_dictionary(tiny_run: TinyRun) -> None:
         for sae in (topk, residue):
             assert sae.loss_recovered is not None and -1.0 < sae.loss_recovered <= 1.0
             assert sae.metrics["ce_zero"] > sae.metrics["ce_clean"]
+        # A pooled transcoder spliced in for block 3 at every residue: out of its training
+        # distribution, so any value, but measured against skipping the block.
+        transcoder = saes["L3to4-protein-transcoder"]
+        assert transcoder.metrics["loss_recovered_ablation"] == "blocks skipped"
+        assert transcoder.loss_recovered is not None and math.isfinite(transcoder.loss_recovered)
+        ce = transcoder.metrics
+        assert ce["ce_zero"] != ce["ce_clean"] and ce["ce_spliced"] != ce["ce_clean"]
+        assert ce["loss_recovered"] == pytest.approx(
+            (ce["ce_zero"] - ce["ce_spliced"]) / (ce["ce_zero"] - ce["ce_clean"])
+        )
         assert saes["L3-protein-topk-randinit"].is_control
         assert saes["L3-protein-topk-randinit"].control_of == "L3-protein-topk"
         for sae in saes.values():

@@ -8,6 +8,11 @@ Layer ``L`` means exactly what fair-esm returns as ``representations[L]``:
   the LM head directly. An SAE on that layer was trained on post-LayerNorm vectors, so its
   reconstruction replaces the LayerNorm's *output* (a forward hook); it is not normalised again.
 
+A transcoder from layer ``L`` to ``M`` replaces layer ``M`` by its prediction from layer ``L``
+of the same forward pass (``source_layer``; :func:`transcoder_loss_recovered`); its ablation
+baseline skips the blocks ``L .. M-1`` (layer ``M`` := layer ``L``, through the final LayerNorm
+when ``M`` is the last layer): the loss the transcoded blocks are worth.
+
 Only residue positions are replaced: BOS, EOS and padding keep their clean values (SAEs never saw
 them). Masking is deterministic per (seed, sequence index), so clean, zero-ablated and spliced
 runs score the same positions; every chosen position becomes ``<mask>`` (the evaluation form of
@@ -35,13 +40,20 @@ def mask_positions(length: int, fraction: float, seed: int, index: int) -> torch
 
 
 def _splice_hook(
-    loaded: LoadedModel, layer: int, replace: Replace, keep: torch.Tensor
+    loaded: LoadedModel,
+    layer: int,
+    replace: Replace,
+    keep: torch.Tensor,
+    source: Callable[[], torch.Tensor] | None = None,
 ) -> torch.utils.hooks.RemovableHandle:
-    """Install the hook replacing layer ``layer``; ``keep`` [B, T] is True where values stay clean."""
+    """Install the hook replacing layer ``layer``; ``keep`` [B, T] is True where values stay clean.
+
+    ``replace`` sees the layer's own values, or ``source()`` [B, T, d] when given (a transcoder's
+    input layer, captured earlier in the same forward pass)."""
 
     def swap(x_tbd: torch.Tensor) -> torch.Tensor:
         x = x_tbd.transpose(0, 1)  # fair-esm runs blocks as (T, B, d)
-        new = replace(x)
+        new = replace(x if source is None else source())
         if new.shape != x.shape:
             raise ValueError(
                 f"replace returned shape {tuple(new.shape)}, expected {tuple(x.shape)}"
@@ -62,12 +74,24 @@ def _splice_hook(
     return model.layers[layer].register_forward_pre_hook(pre_hook)
 
 
+def _capture_hook(
+    loaded: LoadedModel, layer: int, into: list[torch.Tensor]
+) -> torch.utils.hooks.RemovableHandle:
+    """Keep layer ``layer`` (the input of block ``layer``, [B, T, d]) of each forward in ``into``."""
+
+    def pre_hook(_m: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        into[:] = [args[0].transpose(0, 1)]
+
+    return loaded.model.layers[layer].register_forward_pre_hook(pre_hook)
+
+
 def masked_lm_loss(
     loaded: LoadedModel,
     sequences: Sequence[str],
     layer: int,
     replace: Replace | None,
     *,
+    source_layer: int | None = None,
     mask_fraction: float = 0.15,
     seed: int = 0,
     max_len: int = 1022,
@@ -75,15 +99,20 @@ def masked_lm_loss(
 ) -> float:
     """Mean cross-entropy (nats) over masked residues, with layer ``layer`` replaced by ``replace``.
 
-    ``replace`` maps [B, T, d] -> [B, T, d] position-wise; ``None`` is the clean model. Sequences
-    longer than ``max_len`` are cropped to their first ``max_len`` residues.
+    ``replace`` maps [B, T, d] -> [B, T, d] position-wise; ``None`` is the clean model. With
+    ``source_layer`` (< ``layer``) it maps that layer's values instead of layer ``layer``'s own.
+    Sequences longer than ``max_len`` are cropped to their first ``max_len`` residues.
     """
     if not 0 <= layer <= loaded.num_layers:
         raise ValueError(f"layer {layer} outside 0..{loaded.num_layers} of {loaded.name}")
+    if source_layer is not None and not 0 <= source_layer < layer:
+        raise ValueError(f"source layer {source_layer} must be in 0..{layer - 1}")
     check_sequences(sequences)
     crops = [s[:max_len] for s in sequences]
     alphabet = loaded.alphabet
     total, count = 0.0, 0
+    captured: list[torch.Tensor] = []  # the source layer of the current forward pass
+    source = None if source_layer is None else (lambda: captured[0])
     with torch.inference_mode(), autocast_for(loaded.device):
         for batch, tokens in iter_token_batches(loaded, crops, max_tokens_per_batch):
             targets = torch.full_like(tokens, -100)
@@ -94,11 +123,15 @@ def masked_lm_loss(
                 masked[row, pos] = alphabet.mask_idx
             special = (tokens == alphabet.cls_idx) | (tokens == alphabet.eos_idx)
             keep = special | (tokens == alphabet.padding_idx)
-            handle = None if replace is None else _splice_hook(loaded, layer, replace, keep)
+            handles = []
+            if replace is not None:
+                if source_layer is not None:
+                    handles.append(_capture_hook(loaded, source_layer, captured))
+                handles.append(_splice_hook(loaded, layer, replace, keep, source))
             try:
                 logits = loaded.model(masked)["logits"]
             finally:
-                if handle is not None:
+                for handle in handles:
                     handle.remove()
             loss = F.cross_entropy(
                 logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
@@ -119,6 +152,44 @@ def loss_recovered(
     ce_clean = masked_lm_loss(loaded, sequences, layer, None, **kwargs)
     ce_zero = masked_lm_loss(loaded, sequences, layer, torch.zeros_like, **kwargs)
     ce_spliced = masked_lm_loss(loaded, sequences, layer, reconstruct, **kwargs)
+    gap = ce_zero - ce_clean
+    return {
+        "ce_clean": ce_clean,
+        "ce_zero": ce_zero,
+        "ce_spliced": ce_spliced,
+        "loss_recovered": (ce_zero - ce_spliced) / gap if gap != 0 else float("nan"),
+    }
+
+
+def transcoder_loss_recovered(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    in_layer: int,
+    out_layer: int,
+    predict: Replace,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Loss recovered by a transcoder ``in_layer -> out_layer`` spliced in for the blocks between.
+
+    ``predict`` maps layer ``in_layer`` [B, T, d] to a replacement for layer ``out_layer``. The
+    ablation (``ce_zero``) skips those blocks: layer ``out_layer`` := layer ``in_layer`` (passed
+    through the final LayerNorm when ``out_layer`` is the last layer, as fair-esm reports it).
+    """
+    if not 0 <= in_layer < out_layer <= loaded.num_layers:
+        raise ValueError(
+            f"a transcoder maps a layer to a deeper one, got {in_layer} -> {out_layer}"
+        )
+    final = loaded.model.emb_layer_norm_after
+    last = out_layer == loaded.num_layers
+
+    def skip(x: torch.Tensor) -> torch.Tensor:
+        # ``forward`` itself: calling the module would re-enter the splice hook it carries.
+        return final.forward(x) if last else x
+
+    kwargs = {**kwargs, "source_layer": in_layer}
+    ce_clean = masked_lm_loss(loaded, sequences, out_layer, None, **kwargs)
+    ce_zero = masked_lm_loss(loaded, sequences, out_layer, skip, **kwargs)
+    ce_spliced = masked_lm_loss(loaded, sequences, out_layer, predict, **kwargs)
     gap = ce_zero - ce_clean
     return {
         "ce_clean": ce_clean,

@@ -29,7 +29,13 @@ from rich.table import Table
 from sqlalchemy import select
 
 from app.esm import LoadedModel, load_esm, random_init_copy
-from app.sae import Dictionary, Provenance, load_dictionary, residue_reconstructor
+from app.sae import (
+    Dictionary,
+    Provenance,
+    load_dictionary,
+    residue_reconstructor,
+    transcoder_predictor,
+)
 from app.settings import Settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
@@ -38,7 +44,7 @@ from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.ingest import load_structure_mappings, run_ingest
-from trainer.lm_loss import loss_recovered
+from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
 from trainer.stamps import digest, read_stamp
 from trainer.summary import record_timing
 from trainer.train import Data, SaeSpec, run_train
@@ -222,12 +228,19 @@ class Pipeline:
             def extra(spec: SaeSpec, module: Dictionary, model: LoadedModel = model,
                       plan: DictionaryPlan = plan) -> dict[str, Any]:  # fmt: skip
                 out: dict[str, Any] = {"is_control": plan.is_control, "control_of": plan.control_of}
-                if spec.kind in ("neurons", "transcoder") or spec.out_layer is not None:
+                if spec.kind == "neurons":
                     return out
                 with torch.inference_mode():
-                    out |= loss_recovered(
-                        model, held_out, spec.layer, residue_reconstructor(module)
-                    )
+                    if spec.out_layer is None:
+                        out |= loss_recovered(
+                            model, held_out, spec.layer, residue_reconstructor(module)
+                        )
+                    else:  # the transcoded blocks replaced; ablation: the blocks skipped
+                        predict = transcoder_predictor(module, adds_input=spec.level == "protein")
+                        out |= transcoder_loss_recovered(
+                            model, held_out, spec.layer, spec.out_layer, predict
+                        )
+                        out["loss_recovered_ablation"] = "blocks skipped"
                 out["loss_recovered_n_proteins"] = len(held_out)
                 return out
 

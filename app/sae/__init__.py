@@ -23,7 +23,7 @@ from app.sae.models import (
 )
 from app.sae.neurons import NeuronBasis
 from app.sae.saelens import export_saelens
-from app.sae.splice import residue_reconstructor
+from app.sae.splice import residue_reconstructor, transcoder_predictor
 
 __all__ = [
     "BatchTopKSAE",
@@ -45,4 +45,5 @@ __all__ = [
     "save_dictionary",
     "sequence_fve",
     "sha256_file",
+    "transcoder_predictor",
 ]

@@ -10,6 +10,11 @@ the loss by construction (compared with zero-ablating the whole stream) whatever
 Reconstructing each residue asks the stricter question of whether the pooled-trained dictionary
 spans what the model uses; expect lower figures than for residue-level SAEs and report them as such.
 BOS/EOS/padding positions are reconstructed too; ``lm_loss`` scores only the masked residues.
+
+Transcoders (:func:`transcoder_predictor`) replace their *output* layer with their prediction from
+the input layer, position by position, by the same rule: a residue-level transcoder predicts layer
+L+1 itself; a protein-level one predicts pooled(L+1) − pooled(L), so each residue becomes its own
+layer-L vector plus the predicted change.
 """
 
 from __future__ import annotations
@@ -44,3 +49,24 @@ def residue_reconstructor(module: nn.Module) -> Callable[[Tensor], Tensor]:
         return recon.reshape(batch, length, d).to(device=h.device, dtype=h.dtype)
 
     return reconstruct
+
+
+def transcoder_predictor(module: nn.Module, adds_input: bool) -> Callable[[Tensor], Tensor]:
+    """``x_L [B, T, d] -> [B, T, d]``: each position's layer-(L+1) vector as the transcoder has it.
+
+    ``adds_input``: the transcoder was trained on the difference ``L+1 − L`` (the seed paper's
+    protein-level target), so its prediction is added to the input.
+    """
+    if not isinstance(module, SparseDictionary) or not module.is_transcoder:
+        raise ValueError(f"{getattr(module, 'kind', type(module).__name__)} is not a transcoder")
+    module.eval()
+    dtype = module.W_dec.dtype
+
+    @torch.no_grad()
+    def predict(x: Tensor) -> Tensor:
+        batch, length, d = x.shape
+        out, _ = module(x.reshape(batch * length, d).to(device=module.W_dec.device, dtype=dtype))
+        out = out.reshape(batch, length, -1).to(device=x.device, dtype=x.dtype)
+        return x + out if adds_input else out
+
+    return predict
