@@ -319,6 +319,22 @@ def test_a_run_published_from_other_artifacts_is_published_again(
     assert pipeline.run(["publish"]) == new_id  # nothing changed since: kept
 
 
+def test_artifacts_digest_follows_what_training_wrote(tiny_run: TinyRun) -> None:
+    """Training redone from the same inputs (same stamps) by a trainer that measures more must
+    be published again: the digest follows each dictionary's metrics and weights."""
+    pipeline = tiny_run.pipeline
+    metrics = pipeline.workdir / "saes" / "L3to4-protein-transcoder" / "metrics.json"
+    before, original = pipeline.artifacts_digest(), metrics.read_bytes()
+    try:
+        data = json.loads(original)
+        data["loss_recovered"] = None  # as an older trainer left it
+        metrics.write_text(json.dumps(data))
+        assert pipeline.artifacts_digest() != before
+    finally:
+        metrics.write_bytes(original)
+    assert pipeline.artifacts_digest() == before
+
+
 def test_summary_reads_the_run_directory(tiny_run: TinyRun) -> None:
     from trainer.summary import collect_summary
 

@@ -351,15 +351,23 @@ class Pipeline:
 
     def artifacts_digest(self) -> str:
         """What the published run is made of: every dictionary's training, analysis and GO
-        stamps, the explanations' content and the concept stage's fingerprint. Work redone
-        under the same config (an older version's markers, a deleted DONE) changes it."""
-        per_dictionary = {
-            plan.spec.name: {
-                stage: read_stamp(self.workdir / stage / plan.spec.name / "DONE")
+        stamps, its weights and training metrics (a newer trainer may measure more from the
+        same inputs: stop 18's transcoder loss recovered), the explanations' content and the
+        concept stage's fingerprint. Work redone under the same config (an older version's
+        markers, a deleted DONE) changes it when what it wrote differs."""
+        per_dictionary: dict[str, dict[str, str | None]] = {}
+        for plan in self.plans():
+            name = plan.spec.name
+            entry = {
+                stage: read_stamp(self.workdir / stage / name / "DONE")
                 for stage in ("saes", "analysis", "go")
             }
-            for plan in self.plans()
-        }
+            for file in ("metrics.json", "sae.safetensors"):  # kilobytes to a few MB each
+                path = self.workdir / "saes" / name / file
+                entry[file] = (
+                    hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+                )
+            per_dictionary[name] = entry
         explanations = {
             path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(self.workdir.glob("explain/*/explanations.jsonl"))
