@@ -212,19 +212,26 @@ def main() -> None:
     engine = make_engine(url)
     with Session(engine) as session:
         # The richest feature: explained if any are (a real run without an API key has none),
-        # with GO hits and an example that has a structure.
-        fid = session.scalar(
-            select(Feature.id).join(TopExample, TopExample.feature_id == Feature.id)
-            .where(Feature.sae_id == sae_id, Feature.n_go_hits > 0, TopExample.bin == "structure")
-            .order_by(Feature.explanation_score.is_(None), Feature.index.desc()).limit(1)
-        )  # fmt: skip
+        # with GO hits and an example that has a structure (any top example in a run published
+        # without structures, e.g. configs/full-mini-cpu.toml's).
+        fid, acc = None, None
+        for example_bin in ("structure", "top"):
+            fid = session.scalar(
+                select(Feature.id).join(TopExample, TopExample.feature_id == Feature.id)
+                .where(Feature.sae_id == sae_id, Feature.n_go_hits > 0, TopExample.bin == example_bin)
+                .order_by(Feature.explanation_score.is_(None), Feature.index.desc()).limit(1)
+            )  # fmt: skip
+            if fid is not None:
+                acc = session.scalar(
+                    select(Protein.accession).join(TopExample, TopExample.protein_id == Protein.id)
+                    .where(TopExample.feature_id == fid, TopExample.bin == example_bin).limit(1)
+                )  # fmt: skip
+                break
+        if fid is None:
+            raise SystemExit(f"dictionary {sae_id} has no feature with GO hits and examples")
         go_id = session.scalar(
             select(GoEnrichment.go_id).where(GoEnrichment.feature_id == fid).limit(1)
         )
-        acc = session.scalar(
-            select(Protein.accession).join(TopExample, TopExample.protein_id == Protein.id)
-            .where(TopExample.feature_id == fid, TopExample.bin == "structure").limit(1)
-        )  # fmt: skip
         n_features = session.scalar(select(Sae.n_latents).where(Sae.id == sae_id))
         pf = session.scalar(select(ProteinFeature.feature_id).join(Protein, Protein.id == ProteinFeature.protein_id)
                             .where(Protein.accession == acc, ProteinFeature.sae_id == sae_id, ProteinFeature.rank == 3))  # fmt: skip
