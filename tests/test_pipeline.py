@@ -393,6 +393,12 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
         "human_sprot2014.tsv.gz", "structure_proteins_sprot2014.tsv.gz"]  # fmt: skip
     assert not human.controls.random_init and human.ingest.structures_table is not None
     assert not device.go.length_adjusted and human.go.length_adjusted  # off only on the device
+    cpu = load_config(Path("configs/full-mini-cpu.toml"), settings)  # the device run's corpus
+    assert cpu.saes == full.saes and cpu.ingest.protein_tsvs == full.ingest.protein_tsvs
+    assert cpu.ingest.structures_table is None and not cpu.ingest.include_structure_chains
+    assert not cpu.go.length_adjusted  # Fisher alone, as on the device: their GO figures compare
+    assert cpu.embed.residue_layers == [1, 2, 3, 4] and cpu.embed.attention == "fused"
+    assert not cpu.controls.random_init and cpu.embed.max_tokens_per_batch == 4096
     five_k = load_config(Path("configs/human-5k.toml"), settings)
     assert [s.name for s in five_k.saes] == ["L3-protein-topk", "L3-residue-topk"]
     assert five_k.saes[1] == next(s for s in demo.saes if s.name == "L3-residue-topk")
