@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,20 +25,29 @@ def held_out(shared_dir: Path) -> list[str]:
     return [r["sequence"] for r in rows if len(r["sequence"]) <= 300][:12]
 
 
+def _masked_inputs(
+    loaded: LoadedModel, seqs: list[str]
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per sequence: it, its tokens, its masked positions and the masked embedding (T, 1, d),
+    written out by hand (token dropout's rescaling included) for the hand-written forwards."""
+    model, alphabet = loaded.model, loaded.alphabet
+    for i, seq in enumerate(seqs):
+        tokens = loaded.batch_converter([("x", seq)])[2]
+        pos = mask_positions(len(seq), 0.15, 0, i) + 1
+        masked = tokens.clone()
+        masked[0, pos] = alphabet.mask_idx
+        x = model.embed_tokens(masked)
+        x = x.masked_fill((masked == alphabet.mask_idx).unsqueeze(-1), 0.0)
+        x = x * (1 - 0.15 * 0.8) / (1 - len(pos) / tokens.shape[1])
+        yield seq, tokens, pos, x.transpose(0, 1)
+
+
 def _by_hand(loaded: LoadedModel, seqs: list[str], layer: int, zero: bool) -> float:
     """Token-weighted masked CE, one sequence at a time, running fair-esm's blocks ourselves."""
-    model, alphabet = loaded.model, loaded.alphabet
+    model = loaded.model
     total, count = 0.0, 0
     with torch.inference_mode():
-        for i, seq in enumerate(seqs):
-            tokens = loaded.batch_converter([("x", seq)])[2]
-            pos = mask_positions(len(seq), 0.15, 0, i) + 1
-            masked = tokens.clone()
-            masked[0, pos] = alphabet.mask_idx
-            x = model.embed_tokens(masked)
-            x = x.masked_fill((masked == alphabet.mask_idx).unsqueeze(-1), 0.0)
-            x = x * (1 - 0.15 * 0.8) / (1 - len(pos) / tokens.shape[1])
-            x = x.transpose(0, 1)
+        for seq, tokens, pos, x in _masked_inputs(loaded, seqs):
             for k, block in enumerate(model.layers):
                 if k == layer and zero:
                     x = x.clone()
@@ -101,17 +111,10 @@ def test_hook_sees_only_this_layer_and_is_removed(loaded: LoadedModel, held_out:
 def _skipped_by_hand(loaded: LoadedModel, seqs: list[str], in_layer: int, out_layer: int) -> float:
     """Masked CE with blocks ``in_layer .. out_layer-1`` skipped at residue positions (BOS/EOS run
     them), one sequence at a time with fair-esm's own blocks: the transcoder's ablation."""
-    model, alphabet = loaded.model, loaded.alphabet
+    model = loaded.model
     total, count = 0.0, 0
     with torch.inference_mode():
-        for i, seq in enumerate(seqs):
-            tokens = loaded.batch_converter([("x", seq)])[2]
-            pos = mask_positions(len(seq), 0.15, 0, i) + 1
-            masked = tokens.clone()
-            masked[0, pos] = alphabet.mask_idx
-            x = model.embed_tokens(masked)
-            x = x.masked_fill((masked == alphabet.mask_idx).unsqueeze(-1), 0.0)
-            x = (x * (1 - 0.15 * 0.8) / (1 - len(pos) / tokens.shape[1])).transpose(0, 1)
+        for seq, tokens, pos, x in _masked_inputs(loaded, seqs):
             residues = slice(1, len(seq) + 1)
             for k, block in enumerate(model.layers):
                 if k == in_layer:

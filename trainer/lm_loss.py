@@ -141,6 +141,28 @@ def masked_lm_loss(
     return total / count
 
 
+def _recovered(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layer: int,
+    ablate: Replace,
+    splice: Replace,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Clean, ablated and spliced CE at ``layer``, and ``(ce_zero - ce_spliced) / (ce_zero -
+    ce_clean)``; ``kwargs`` go to every :func:`masked_lm_loss` (``source_layer`` included)."""
+    ce_clean = masked_lm_loss(loaded, sequences, layer, None, **kwargs)
+    ce_zero = masked_lm_loss(loaded, sequences, layer, ablate, **kwargs)
+    ce_spliced = masked_lm_loss(loaded, sequences, layer, splice, **kwargs)
+    gap = ce_zero - ce_clean
+    return {
+        "ce_clean": ce_clean,
+        "ce_zero": ce_zero,
+        "ce_spliced": ce_spliced,
+        "loss_recovered": (ce_zero - ce_spliced) / gap if gap != 0 else float("nan"),
+    }
+
+
 def loss_recovered(
     loaded: LoadedModel,
     sequences: Sequence[str],
@@ -149,16 +171,7 @@ def loss_recovered(
     **kwargs: Any,
 ) -> dict[str, float]:
     """Clean, zero-ablated and spliced CE, and ``(ce_zero - ce_spliced) / (ce_zero - ce_clean)``."""
-    ce_clean = masked_lm_loss(loaded, sequences, layer, None, **kwargs)
-    ce_zero = masked_lm_loss(loaded, sequences, layer, torch.zeros_like, **kwargs)
-    ce_spliced = masked_lm_loss(loaded, sequences, layer, reconstruct, **kwargs)
-    gap = ce_zero - ce_clean
-    return {
-        "ce_clean": ce_clean,
-        "ce_zero": ce_zero,
-        "ce_spliced": ce_spliced,
-        "loss_recovered": (ce_zero - ce_spliced) / gap if gap != 0 else float("nan"),
-    }
+    return _recovered(loaded, sequences, layer, torch.zeros_like, reconstruct, **kwargs)
 
 
 def transcoder_loss_recovered(
@@ -186,14 +199,4 @@ def transcoder_loss_recovered(
         # ``forward`` itself: calling the module would re-enter the splice hook it carries.
         return final.forward(x) if last else x
 
-    kwargs = {**kwargs, "source_layer": in_layer}
-    ce_clean = masked_lm_loss(loaded, sequences, out_layer, None, **kwargs)
-    ce_zero = masked_lm_loss(loaded, sequences, out_layer, skip, **kwargs)
-    ce_spliced = masked_lm_loss(loaded, sequences, out_layer, predict, **kwargs)
-    gap = ce_zero - ce_clean
-    return {
-        "ce_clean": ce_clean,
-        "ce_zero": ce_zero,
-        "ce_spliced": ce_spliced,
-        "loss_recovered": (ce_zero - ce_spliced) / gap if gap != 0 else float("nan"),
-    }
+    return _recovered(loaded, sequences, out_layer, skip, predict, **kwargs, source_layer=in_layer)

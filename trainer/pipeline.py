@@ -351,8 +351,8 @@ class Pipeline:
 
     def artifacts_digest(self) -> str:
         """What the published run is made of: every dictionary's training, analysis and GO
-        stamps, its weights and training metrics (a newer trainer may measure more from the
-        same inputs: stop 18's transcoder loss recovered), the explanations' content and the
+        stamps, its training metrics (a newer trainer may measure more from the same inputs:
+        stop 18's transcoder loss recovered), the explanations' content and the
         concept stage's fingerprint. Work redone under the same config (an older version's
         markers, a deleted DONE) changes it when what it wrote differs."""
         per_dictionary: dict[str, dict[str, str | None]] = {}
@@ -362,11 +362,12 @@ class Pipeline:
                 stage: read_stamp(self.workdir / stage / name / "DONE")
                 for stage in ("saes", "analysis", "go")
             }
-            for file in ("metrics.json", "sae.safetensors"):  # kilobytes to a few MB each
-                path = self.workdir / "saes" / name / file
-                entry[file] = (
-                    hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-                )
+            # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
+            # dictionaries reach GB and would be read again at every publish.
+            metrics = self.workdir / "saes" / name / "metrics.json"
+            entry["metrics"] = (
+                hashlib.sha256(metrics.read_bytes()).hexdigest() if metrics.exists() else None
+            )
             per_dictionary[name] = entry
         explanations = {
             path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()

@@ -31,24 +31,31 @@ def residue_reconstructor(module: nn.Module) -> Callable[[Tensor], Tensor]:
     """``h [B, T, d] -> [B, T, d]``: every position replaced by the SAE's reconstruction.
 
     Transcoders and the neuron baseline are refused: a transcoder predicts another quantity (layer
-    L+1 or a difference), which cannot replace layer L, and neurons do not reconstruct.
+    L+1 or a difference), which cannot replace layer L (:func:`transcoder_predictor` splices it
+    at L+1), and neurons do not reconstruct.
     """
     if not isinstance(module, SparseDictionary) or module.is_transcoder:
         raise ValueError(
             f"{getattr(module, 'kind', type(module).__name__)}: only SAEs reconstruct their "
-            "input; transcoders and raw neurons have no loss-recovered splice"
+            "input (a transcoder splices in through transcoder_predictor; raw neurons have no "
+            "loss-recovered splice)"
         )
+    return _per_position(module)
+
+
+def _per_position(module: SparseDictionary) -> Callable[[Tensor], Tensor]:
+    """``h [B, T, d_in] -> [B, T, d_out]``: the dictionary's output at every position."""
     module.eval()
     dtype = module.W_dec.dtype
 
     @torch.no_grad()
-    def reconstruct(h: Tensor) -> Tensor:
+    def apply(h: Tensor) -> Tensor:
         batch, length, d = h.shape
         # The language model may sit on a GPU while the dictionary stays where it was trained.
-        recon, _ = module(h.reshape(batch * length, d).to(device=module.W_dec.device, dtype=dtype))
-        return recon.reshape(batch, length, d).to(device=h.device, dtype=h.dtype)
+        out, _ = module(h.reshape(batch * length, d).to(device=module.W_dec.device, dtype=dtype))
+        return out.reshape(batch, length, -1).to(device=h.device, dtype=h.dtype)
 
-    return reconstruct
+    return apply
 
 
 def transcoder_predictor(module: nn.Module, adds_input: bool) -> Callable[[Tensor], Tensor]:
@@ -59,14 +66,5 @@ def transcoder_predictor(module: nn.Module, adds_input: bool) -> Callable[[Tenso
     """
     if not isinstance(module, SparseDictionary) or not module.is_transcoder:
         raise ValueError(f"{getattr(module, 'kind', type(module).__name__)} is not a transcoder")
-    module.eval()
-    dtype = module.W_dec.dtype
-
-    @torch.no_grad()
-    def predict(x: Tensor) -> Tensor:
-        batch, length, d = x.shape
-        out, _ = module(x.reshape(batch * length, d).to(device=module.W_dec.device, dtype=dtype))
-        out = out.reshape(batch, length, -1).to(device=x.device, dtype=x.dtype)
-        return x + out if adds_input else out
-
-    return predict
+    predict = _per_position(module)
+    return (lambda x: x + predict(x)) if adds_input else predict
