@@ -160,7 +160,7 @@ def test_a_killed_ray_worker_is_replaced_and_the_run_completes(
 
     killer = threading.Thread(target=kill_first_actor_mid_run, daemon=True)
     killer.start()
-    engine = RayEngine(RayConfig(num_workers=1, cpus_per_worker=1, max_retries=3))
+    engine = RayEngine(RayConfig(num_workers=1, cpus_per_worker=1))
     try:
         manifest = run_embed(tmp_path, corpus, embed_cfg, engine=engine)
     finally:

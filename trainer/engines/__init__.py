@@ -58,8 +58,9 @@ class RayConfig(BaseModel):
         default=None, ge=1, description="CPUs of the in-process instance (address ''); None = all"
     )
     max_retries: int = Field(
-        default=3, ge=0, description="retries of a task whose worker process died"
-    )
+        default=3, ge=0, description="retries of an analyze or GO task whose worker process "
+        "died (embed actors are restarted and their shards retried by Ray Data itself)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,11 @@
   model once (from the object store, moved to its device) and, per shard, runs the shard's
   length-sorted proteins through it in token-budgeted batches and writes the same safetensors
   file the local engine writes, by rename. The driver alone writes the manifest, as each
-  shard's record streams back. An actor that dies is restarted and its shards are retried (up to
-  ``max_retries``); a shard whose file is already complete is never recomputed.
-- analyze and GO: each unit (one shard's encoding pass, one GO feature range) is a Ray task; the
-  stage's job is put in the object store once and read once per worker process.
+  shard's record streams back. An actor that dies is restarted and its shards are retried (Ray
+  Data's defaults for actor pools); a shard whose file is already complete is not recomputed.
+- analyze and GO: each unit (one shard's encoding pass, one GO feature range) is a Ray task,
+  retried up to ``max_retries`` times if its worker dies; the stage's job is put in the object
+  store once and read once per worker process.
 
 Every worker reads and writes the run's directory, so that path must be the same on every node
 (a shared filesystem); see docs/scale.md. Ray is imported by this module alone.
@@ -149,9 +150,7 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=self.workers(len(todo))),
             num_cpus=self.cfg.cpus_per_worker,
             num_gpus=gpus if gpus > 0 else None,
-            max_restarts=self.cfg.max_retries,
-            max_task_retries=self.cfg.max_retries,
-        )
+        )  # Ray Data restarts a dead actor and retries its shards (its defaults, kept)
         for row in dataset.iter_rows():
             k = int(row["shard"])
             progress(job.n_residues(k))
