@@ -186,6 +186,11 @@ class _Job:
     resolve_counts: dict[str, Any]
     stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for another engine's workers) without the ontology: units never read it,
+        only :meth:`finish` does, in the driver (and its term graph is too deep to pickle)."""
+        return {**self.__dict__, "ontology": None}
+
     def activations_path(self, name: str) -> Path:
         return self.workdir / "analysis" / name / "protein_activations.npz"
 
