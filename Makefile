@@ -11,11 +11,12 @@ export PROTSAE_PORT ?= 8000
 install: $(VENV)/.installed assets
 
 # torch is pinned first so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+# The ray extra (the Ray engine, ~400 MB) is installed so that its tests run.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $@
 
 assets: static/vendor/.installed

@@ -365,16 +365,16 @@ def test_stage_in_parallel_workers_equals_serial(
 ) -> None:
     """Dictionaries enriched in forked workers give the very files of a serial run, and the
     worker count is not part of the config digest (changing it redoes nothing)."""
-    import trainer.go.stage as stage_module
+    import trainer.engines.local as local_engine
 
     pools: list[int] = []
 
-    class CountingPool(stage_module.ProcessPoolExecutor):
+    class CountingPool(local_engine.ProcessPoolExecutor):
         def __init__(self, max_workers: int, **kwargs: Any) -> None:
             pools.append(max_workers)
             super().__init__(max_workers, **kwargs)
 
-    monkeypatch.setattr(stage_module, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(local_engine, "ProcessPoolExecutor", CountingPool)
     outputs = {}
     for workers in (1, 2):
         root = tmp_path / f"workers{workers}"

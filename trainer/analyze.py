@@ -11,6 +11,7 @@ files, the ``DONE`` marker last.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import shutil
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
 from trainer.embed import EmbeddingStore, ResidueSource
+from trainer.engines import Engine
 from trainer.feature_map import MapConfig, feature_map
 from trainer.stamps import is_current, redo_reason, write_stamp
 
@@ -143,17 +145,84 @@ def _owners(offsets: np.ndarray, device: torch.device) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
 
 
+@dataclass
+class _ShardActivations:
+    """One shard's pass: per batch its proteins, their max activations and FVEs."""
+
+    proteins: list[np.ndarray]
+    rows: list[sp.csr_matrix]
+    fve: list[np.ndarray]
+    residue_active: npt.NDArray[np.int64]
+    n_residues: int
+
+
+@dataclass
+class _ShardPass:
+    """A residue-level dictionary's encoding pass, one unit per embedding shard (an engine may
+    run the units in other processes: pickled, the module travels on the CPU and lands on the
+    device ``cfg.device`` names there)."""
+
+    module: Dictionary
+    spec: Spec
+    store: EmbeddingStore
+    cfg: AnalyzeConfig
+    with_fve: bool
+
+    def __getstate__(self) -> dict[str, Any]:
+        on_cpu = _device_of(self.module).type == "cpu"
+        return {
+            **self.__dict__,
+            "module": self.module if on_cpu else copy.deepcopy(self.module).cpu(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.module = self.module.to(resolve_device(self.cfg.device)).eval()
+
+    def run(self, k: int) -> _ShardActivations:
+        module, n_latents = self.module, self.module.n_latents
+        device = _device_of(module)
+        residue_active = torch.zeros(n_latents, dtype=torch.long, device=device)
+        out = _ShardActivations([], [], [], np.zeros(0, dtype=np.int64), 0)
+        batches = self.store.iter_shard_residue_batches(
+            self.spec.layer, k, self.cfg.max_residues_per_batch
+        )
+        with torch.inference_mode():
+            for protein_indices, offsets, residues in batches:
+                x = _to(residues, device)
+                recon: list[Tensor] | None = [] if self.with_fve else None
+                r, c, v = _nonzero(module, x, self.cfg.batch_size, recon)
+                if recon is not None:
+                    out.fve.append(_fve(x, torch.cat(recon), offsets).cpu().numpy())
+                out.n_residues += residues.shape[0]
+                residue_active += torch.bincount(c, minlength=n_latents)
+                # One key per (protein, feature); unique() sorts them: the result is row-major.
+                keys, inverse = torch.unique(
+                    _owners(offsets, device)[r] * n_latents + c, return_inverse=True
+                )
+                maxima = torch.zeros(len(keys), device=device).scatter_reduce_(
+                    0, inverse, v, "amax"
+                )
+                shape = (len(protein_indices), n_latents)
+                out.rows.append(_csr(keys // n_latents, keys % n_latents, maxima, shape))
+                out.proteins.append(np.asarray(protein_indices, dtype=np.int64))
+        out.residue_active = residue_active.cpu().numpy()
+        return out
+
+
 def protein_activations(
     module: Dictionary,
     spec: Spec,
     store: EmbeddingStore,
     cfg: AnalyzeConfig,
     fve_out: FloatArray | None = None,
+    engine: Engine | None = None,
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
     Protein level: the encoded pooled vector. Residue level: the max over the protein's residues
-    (a scatter-max over the non-zero latents, on the module's device).
+    (a scatter-max over the non-zero latents, on the module's device), one unit per embedding
+    shard on ``engine`` (default: in this process, in order).
     Also returns, per feature, the number of residues it fires on and the total residue count
     (residue-level density), zeros for protein-level dictionaries.
     ``fve_out [n_proteins]`` (residue-level SAEs): filled with each protein's FVE from the same
@@ -164,39 +233,34 @@ def protein_activations(
         pooled = store.pooled(spec.layer)
         acts = _encode(module, pooled, cfg.batch_size)
         return acts, np.zeros(n_latents, dtype=np.int64), np.zeros(1)
-    device = _device_of(module)
-    residue_active = torch.zeros(n_latents, dtype=torch.long, device=device)
-    rows: list[sp.csr_matrix] = []
-    order: list[np.ndarray] = []  # batches come in shard order, not corpus order
-    n_residues = 0
-    batches = store.iter_residue_batches(spec.layer, cfg.max_residues_per_batch)
-    with torch.inference_mode():
-        for protein_indices, offsets, residues in tqdm(
-            batches, desc=f"encode {spec.name}", unit="batch"
-        ):
-            x = _to(residues, device)
-            recon: list[Tensor] | None = [] if fve_out is not None else None
-            r, c, v = _nonzero(module, x, cfg.batch_size, recon)
-            if fve_out is not None and recon is not None:
-                fve_out[np.asarray(protein_indices)] = (
-                    _fve(x, torch.cat(recon), offsets).cpu().numpy()
-                )
-            n_residues += residues.shape[0]
-            residue_active += torch.bincount(c, minlength=n_latents)
-            # One key per (protein, feature); unique() sorts them, so the result is row-major.
-            keys, inverse = torch.unique(
-                _owners(offsets, device)[r] * n_latents + c, return_inverse=True
-            )
-            maxima = torch.zeros(len(keys), device=device).scatter_reduce_(0, inverse, v, "amax")
-            shape = (len(protein_indices), n_latents)
-            rows.append(_csr(keys // n_latents, keys % n_latents, maxima, shape))
-            order.append(np.asarray(protein_indices, dtype=np.int64))
-    stacked = sp.vstack(rows, format="csr").astype(np.float32)
+    if engine is None:
+        from trainer.engines.local import LocalEngine
+
+        engine = LocalEngine()
+    job = _ShardPass(module, spec, store, cfg, fve_out is not None)
+    parts: dict[int, _ShardActivations] = {}
+    units = list(range(store.n_shards))
+    for k, part in tqdm(engine.map_units(_ShardPass.run, job, units, gpu=True),
+                        total=len(units), desc=f"encode {spec.name}", unit="shard"):  # fmt: skip
+        if isinstance(part, BaseException):
+            raise RuntimeError(f"analyze {spec.name}: shard {k} failed: {part}") from part
+        parts[k] = part
+    ordered = [parts[k] for k in units]  # units finish in any order; shards are summed in order
+    residue_active = np.zeros(n_latents, dtype=np.int64)
+    for part in ordered:
+        residue_active += part.residue_active
+    order = [proteins for part in ordered for proteins in part.proteins]
+    if fve_out is not None:
+        for proteins, fve in zip(order, (f for part in ordered for f in part.fve), strict=True):
+            fve_out[proteins] = fve
+    stacked = sp.vstack([row for part in ordered for row in part.rows], format="csr")
+    stacked = stacked.astype(np.float32)
     # Row r of ``stacked`` is protein order[r]: put every protein back on its corpus row.
     position = np.empty(store.n_proteins, dtype=np.int64)
     position[np.concatenate(order)] = np.arange(stacked.shape[0])
     acts = stacked[position]
-    return acts, residue_active.cpu().numpy(), np.array([float(n_residues)])
+    n_residues = sum(part.n_residues for part in ordered)
+    return acts, residue_active, np.array([float(n_residues)])
 
 
 def _fve(x: Tensor, recon: Tensor, offsets: np.ndarray) -> Tensor:
@@ -496,13 +560,15 @@ def run_analyze(
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
     stamp: str | None = None,
+    engine: Engine | None = None,
 ) -> Path:
     """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
 
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
     ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
-    and an analysis of other inputs is deleted and made again.
+    and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
+    encoding pass of residue-level dictionaries (default: in this process).
     """
     out = workdir / "analysis" / spec.name
     finished = (out / "DONE").exists() if stamp is None else is_current(out / "DONE", stamp)
@@ -517,7 +583,7 @@ def run_analyze(
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
     fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
-    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg, fve)
+    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg, fve, engine)
     sp.save_npz(out / "protein_activations.npz", acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
     np.savez_compressed(out / "features.npz", **stats)

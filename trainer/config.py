@@ -18,6 +18,7 @@ from app.settings import Settings
 from trainer.analyze import AnalyzeConfig
 from trainer.concepts.stage import ConceptsConfig
 from trainer.embed import EmbedConfig
+from trainer.engines import EngineName, RayConfig
 from trainer.explain.stage import ExplainConfig
 from trainer.go.stage import GoConfig
 from trainer.ingest import IngestConfig
@@ -33,6 +34,11 @@ class RunSection(BaseModel):
     description: str = ""
     seed: int = 0
     torch_threads: int | None = Field(default=None, ge=1)
+    engine: EngineName = Field(
+        default="local",
+        description="where embed, analyze and GO run: 'local' (this process and forked "
+        "workers; no Ray) or 'ray' (a Ray cluster, see [ray] and docs/scale.md)",
+    )
 
 
 class ControlsSection(BaseModel):
@@ -78,6 +84,7 @@ class TrainerConfig(BaseModel):
     go: GoConfig
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _residue_layers_cover(self) -> TrainerConfig:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,9 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
+
+if TYPE_CHECKING:
+    from trainer.engines import Engine
 
 FORMAT_VERSION = 1
 _IDENTITY_KEYS = ("format", "model", "layers", "residue_layers", "d_model", "dtype", "corpus_sha256",
@@ -129,27 +132,6 @@ def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
         )
 
 
-def _embed_shard(
-    loaded: LoadedModel,
-    sequences: Sequence[str],
-    indices: np.ndarray,
-    layers: list[int],
-    cfg: EmbedConfig,
-    bar: tqdm,
-) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """The shard's forward passes: ``(offsets, {layer: residues})`` in shard order."""
-    seqs = [sequences[int(i)] for i in indices]
-    return embed_concatenated(
-        loaded,
-        seqs,
-        layers,
-        max_tokens_per_batch=cfg.max_tokens_per_batch,
-        dtype=np.dtype(cfg.dtype),
-        stride=cfg.window_stride,
-        on_batch=bar.update,
-    )
-
-
 def pooled_sums(
     residue: np.ndarray, offsets: np.ndarray, chunk_residues: int = 1 << 18
 ) -> np.ndarray:
@@ -219,6 +201,53 @@ def _complete_shard(
         return False
 
 
+@dataclasses.dataclass
+class ShardJob:
+    """Everything embedding any shard of a plan needs, for whichever engine runs it (picklable:
+    the Ray engine ships it to each actor once). Shard ``k`` holds corpus rows ``shards[k]``,
+    longest first, and is written to ``out_dir / files[k]``."""
+
+    loaded: LoadedModel
+    sequences: list[str]
+    shards: list[np.ndarray]
+    files: list[str]
+    out_dir: Path
+    layers: list[int]
+    residue_layers: list[int]
+    cfg: EmbedConfig
+
+    def n_residues(self, k: int) -> int:
+        return sum(len(self.sequences[int(i)]) for i in self.shards[k])
+
+    def path(self, k: int) -> Path:
+        return self.out_dir / self.files[k]
+
+    def forward(
+        self, k: int, loaded: LoadedModel, on_batch: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Shard ``k``'s forward passes with ``loaded`` (token-budgeted batches of its
+        length-sorted proteins): ``(offsets, {layer: residues})`` in shard order."""
+        return embed_concatenated(
+            loaded,
+            [self.sequences[int(i)] for i in self.shards[k]],
+            self.layers,
+            max_tokens_per_batch=self.cfg.max_tokens_per_batch,
+            dtype=np.dtype(self.cfg.dtype),
+            stride=self.cfg.window_stride,
+            on_batch=on_batch,
+        )
+
+    def write(self, k: int, offsets: np.ndarray, stacked: dict[int, np.ndarray]) -> None:
+        """Pool and write shard ``k`` atomically (the file lands by rename)."""
+        _write_shard(offsets, stacked, self.shards[k], self.residue_layers, self.cfg,
+                     self.loaded.sha256, self.path(k))  # fmt: skip
+
+    def complete(self, k: int) -> bool:
+        """Whether shard ``k``'s file is already on disk as this plan writes it."""
+        return _complete_shard(self.path(k), self.shards[k], self.layers, self.residue_layers,
+                               self.loaded.sha256)  # fmt: skip
+
+
 def run_embed(
     workdir: Path,
     sequences: list[str],
@@ -226,8 +255,13 @@ def run_embed(
     *,
     model_override: LoadedModel | None = None,
     subdir: str = "embeddings",
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Embed ``sequences`` (corpus order) into ``workdir/subdir``; resumable; returns the manifest."""
+    """Embed ``sequences`` (corpus order) into ``workdir/subdir``; resumable; returns the manifest.
+
+    ``engine`` runs the shards (default: the local engine, in this process); this function alone
+    writes the manifest, marking each shard done once the engine reports its file in place.
+    """
     loaded = dataclasses.replace(
         model_override or load_esm(cfg.model, cfg.device), attention=cfg.attention
     )
@@ -301,33 +335,55 @@ def run_embed(
     _write_json_atomic(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
-    # One writer thread: shard k is pooled and written while shard k+1 runs on the model, so the
-    # device does not wait on the disk. At most two shards are in memory; a shard is marked done
-    # in the manifest only once its file is in place.
-    with (
-        tqdm(
-            total=manifest["n_residues"], initial=finished, unit="aa", desc="embed", disable=None
-        ) as bar,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer,
-    ):
-        pending: tuple[dict[str, Any], Future[float]] | None = None
-        for shard, idx in zip(manifest["shards"], shards, strict=True):
-            if shard["done"]:
-                continue
-            started = time.perf_counter()
-            offsets, stacked = _embed_shard(loaded, sequences, idx, layers, cfg, bar)
-            shard["forward_s"] = round(time.perf_counter() - started, 3)
-            if pending is not None:
-                _finish_shard(pending, manifest, manifest_path)
-            future = writer.submit(_timed, _write_shard, offsets, stacked, idx, residue_layers,
-                                   cfg, loaded.sha256, out_dir / shard["file"])  # fmt: skip
-            pending = (shard, future)
-            del offsets, stacked
-        if pending is not None:
-            _finish_shard(pending, manifest, manifest_path)
+    job = ShardJob(loaded, sequences, shards, [s["file"] for s in manifest["shards"]], out_dir,
+                   layers, residue_layers, cfg)  # fmt: skip
+    todo = [k for k, shard in enumerate(manifest["shards"]) if not shard["done"]]
+    if engine is None:
+        from trainer.engines.local import LocalEngine
+
+        engine = LocalEngine()
+    with tqdm(
+        total=manifest["n_residues"], initial=finished, unit="aa", desc="embed", disable=None
+    ) as bar:
+        for record in engine.embed_shards(job, todo, bar.update):
+            shard = manifest["shards"][record.shard]
+            for key in ("forward_s", "write_s", "wait_s"):
+                value = getattr(record, key)
+                if value is not None:
+                    shard[key] = round(value, 3)
+            shard["done"] = True
+            _write_json_atomic(manifest_path, manifest)
+    missing = [s["file"] for s in manifest["shards"] if not s["done"]]
+    if missing:
+        raise RuntimeError(f"{out_dir}: the {engine.name} engine did not write {missing[:5]}")
     manifest["done"] = True
     _write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def embed_shards_locally(
+    job: ShardJob, todo: Sequence[int], progress: Callable[[int], None]
+) -> Iterator[tuple[int, float, float, float]]:
+    """The local engine's loop: ``(shard, forward_s, write_s, wait_s)`` per shard written.
+
+    One writer thread: shard k is pooled and written while shard k+1 runs on the model, so the
+    device does not wait on the disk. At most two shards are in memory; a shard is reported
+    only once its file is in place. The manifest keeps, per shard, the seconds of its forward
+    passes, of its pooling and writing, and how long the forward loop waited for the writer
+    (where a run's time goes, e.g. on a GPU machine whose logs are all one sees).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        pending: tuple[int, float, Future[float]] | None = None
+        for k in todo:
+            started = time.perf_counter()
+            offsets, stacked = job.forward(k, job.loaded, progress)
+            forward_s = time.perf_counter() - started
+            if pending is not None:
+                yield _finish_shard(pending)
+            pending = (k, forward_s, writer.submit(_timed, job.write, k, offsets, stacked))
+            del offsets, stacked
+        if pending is not None:
+            yield _finish_shard(pending)
 
 
 def _timed(fn: Callable[..., None], *args: Any) -> float:
@@ -336,19 +392,12 @@ def _timed(fn: Callable[..., None], *args: Any) -> float:
     return time.perf_counter() - started
 
 
-def _finish_shard(
-    pending: tuple[dict[str, Any], Future[float]], manifest: dict[str, Any], manifest_path: Path
-) -> None:
-    """Wait for a shard's write and record it. The manifest keeps, per shard, the seconds of its
-    forward passes, of its pooling and writing, and how long the forward loop waited for the
-    writer (where a run's time goes, e.g. on a GPU machine whose logs are all one sees)."""
-    shard, future = pending
+def _finish_shard(pending: tuple[int, float, Future[float]]) -> tuple[int, float, float, float]:
+    """Wait for a shard's write: ``(shard, forward_s, write_s, wait_s)``."""
+    k, forward_s, future = pending
     started = time.perf_counter()
-    seconds = future.result()  # re-raises a failed write here, before anything is marked done
-    shard["write_s"] = round(seconds, 3)
-    shard["wait_s"] = round(time.perf_counter() - started, 3)
-    shard["done"] = True
-    _write_json_atomic(manifest_path, manifest)
+    write_s = future.result()  # re-raises a failed write here, before anything is marked done
+    return k, forward_s, write_s, time.perf_counter() - started
 
 
 class EmbeddingStore:
@@ -426,6 +475,14 @@ class EmbeddingStore:
             rows = self._maps[(k, name)] = tensor_map(self._files[k], name)
         return np.array(rows[lo:hi], dtype=np.float32)  # a copy, also for float32 shards
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its memory maps (another process maps the files itself)."""
+        return {**self.__dict__, "_maps": {}}
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._files)
+
     def iter_residue_batches(
         self, layer: int, max_residues: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -433,22 +490,29 @@ class EmbeddingStore:
 
         A protein longer than ``max_residues`` comes alone in its batch.
         """
+        for k in range(self.n_shards):
+            yield from self.iter_shard_residue_batches(layer, k, max_residues)
+
+    def iter_shard_residue_batches(
+        self, layer: int, k: int, max_residues: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`iter_residue_batches` of shard ``k`` alone (batches never span shards)."""
         name = self._name(layer, "residue")
-        for file, index, offsets in zip(self._files, self._index, self._offsets, strict=True):
-            with safe_open(str(file), framework="numpy") as handle:
-                data = handle.get_slice(name)
-                start = 0
-                while start < len(index):
-                    stop = start + 1
-                    while stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues:
-                        stop += 1
-                    lo, hi = int(offsets[start]), int(offsets[stop])
-                    yield (
-                        index[start:stop],
-                        offsets[start : stop + 1] - lo,
-                        data[lo:hi].astype(np.float32),
-                    )
-                    start = stop
+        index, offsets = self._index[k], self._offsets[k]
+        with safe_open(str(self._files[k]), framework="numpy") as handle:
+            data = handle.get_slice(name)
+            start = 0
+            while start < len(index):
+                stop = start + 1
+                while stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues:
+                    stop += 1
+                lo, hi = int(offsets[start]), int(offsets[stop])
+                yield (
+                    index[start:stop],
+                    offsets[start : stop + 1] - lo,
+                    data[lo:hi].astype(np.float32),
+                )
+                start = stop
 
     def sample_residues(
         self, layer: int, n: int, seed: int, dtype: npt.DTypeLike = np.float32

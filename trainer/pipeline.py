@@ -43,6 +43,7 @@ from trainer.analyze import Spec, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
+from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
 from trainer.stamps import digest, read_stamp
@@ -87,6 +88,7 @@ class Pipeline:
         self._model: LoadedModel | None = None
         self._random: LoadedModel | None = None
         self._corpus: Corpus | None = None
+        self._engine: Engine | None = None
 
     # -- shared resources -------------------------------------------------------------------
     @property
@@ -105,6 +107,18 @@ class Pipeline:
         if self._random is None:
             self._random = random_init_copy(self.model, self.cfg.controls.random_init_seed)
         return self._random
+
+    @property
+    def engine(self) -> Engine:
+        """Where embed, analyze and GO run (``[run] engine``); Ray starts on first use."""
+        if self._engine is None:
+            self._engine = start_engine(self.cfg.run.engine, self.cfg.ray)
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     @property
     def corpus(self) -> Corpus:
@@ -166,7 +180,8 @@ class Pipeline:
         embed_cfg = self.cfg.embed.model_copy(
             update={"layers": self.embed_layers(), "residue_layers": self.residue_layers()}
         )
-        run_embed(self.workdir, self.corpus.sequences, embed_cfg, model_override=self.model)
+        run_embed(self.workdir, self.corpus.sequences, embed_cfg, model_override=self.model,
+                  engine=self.engine)  # fmt: skip
         if any(p.is_control for p in self.plans()):
             control_layers = sorted({p.spec.layer for p in self.plans() if p.is_control}
                                     | {p.spec.out_layer for p in self.plans()
@@ -176,7 +191,8 @@ class Pipeline:
                 "residue_layers": self.residue_layers(RANDOM_SUBDIR),
             }
             run_embed(self.workdir, self.corpus.sequences, embed_cfg.model_copy(update=update),
-                      model_override=self.random_model, subdir=RANDOM_SUBDIR)  # fmt: skip
+                      model_override=self.random_model, subdir=RANDOM_SUBDIR,
+                      engine=self.engine)  # fmt: skip
 
     def _data(self, plan: DictionaryPlan) -> Callable[[SaeSpec], Data]:
         def get(spec: SaeSpec) -> Data:
@@ -292,7 +308,8 @@ class Pipeline:
                     )  # fmt: skip
                 source = sources[plan.embeddings]
             run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
-                        self.cfg.analyze, source, stamp=self.analysis_stamp(plan))  # fmt: skip
+                        self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
+                        engine=self.engine)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage
@@ -300,7 +317,7 @@ class Pipeline:
         plans = self.plans()
         control_of = {p.control_of: p.spec.name for p in plans if p.control_of}
         run_go_stage(self.workdir, self.cfg.go, dictionaries=[p.spec.name for p in plans],
-                     control_of=control_of, corpus=self.corpus)  # fmt: skip
+                     control_of=control_of, corpus=self.corpus, engine=self.engine)  # fmt: skip
 
     def explain(self) -> None:
         from trainer.explain.stage import run_explain_stage
@@ -428,14 +445,17 @@ class Pipeline:
         if self.cfg.run.torch_threads:
             torch.set_num_threads(self.cfg.run.torch_threads)
         run_id = None
-        for stage in stages or list(STAGES):
-            start = time.perf_counter()
-            console.rule(f"[bold]{stage}")
-            result = getattr(self, stage)()
-            if stage == "publish":
-                run_id = result
-            self.timings[stage] = time.perf_counter() - start
-            record_timing(self.workdir, stage, self.timings[stage])
+        try:
+            for stage in stages or list(STAGES):
+                start = time.perf_counter()
+                console.rule(f"[bold]{stage}")
+                result = getattr(self, stage)()
+                if stage == "publish":
+                    run_id = result
+                self.timings[stage] = time.perf_counter() - start
+                record_timing(self.workdir, stage, self.timings[stage])
+        finally:
+            self.close_engine()
         self.print_timings()
         return run_id
 

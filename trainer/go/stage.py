@@ -15,10 +15,8 @@ import csv
 import hashlib
 import importlib
 import json
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from pydantic import BaseModel, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
+from trainer.engines import Engine
+from trainer.engines.local import LocalEngine
 from trainer.go.annotations import (
     NamespaceIncidence,
     build_incidence,
@@ -186,6 +186,11 @@ class _Job:
     resolve_counts: dict[str, Any]
     stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for another engine's workers) without the ontology: units never read it,
+        only :meth:`finish` does, in the driver (and its term graph is too deep to pickle)."""
+        return {**self.__dict__, "ontology": None}
+
     def activations_path(self, name: str) -> Path:
         return self.workdir / "analysis" / name / "protein_activations.npz"
 
@@ -278,14 +283,6 @@ def _cached_activations(path: Path, n_proteins: int) -> sp.csc_matrix:
     return _ACTIVATIONS[key]
 
 
-_JOB: _Job | None = None
-
-
-def _unit_in_worker(unit: _Unit) -> tuple[PartialEnrichment, float]:
-    assert _JOB is not None, "GO worker started without a job (needs the fork start method)"
-    return _JOB.run_unit(unit)
-
-
 class _Collector:
     """Partial results by dictionary; finishes a dictionary once all its units are in."""
 
@@ -341,11 +338,13 @@ def run_go_stage(
     dictionaries: list[str],
     control_of: dict[str, str] | None = None,
     corpus: GoCorpus | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Enrich every dictionary (controls included), write go/…, return summaries by name.
 
     ``control_of`` maps a dictionary to its control dictionary (e.g. the same SAE recipe on a
-    randomly initialised model); controls are run like any other dictionary.
+    randomly initialised model); controls are run like any other dictionary. ``engine`` runs
+    the feature-range units: the local engine's ``go.workers`` forked processes by default.
     """
     workdir = Path(workdir)
     control_of = dict(control_of or {})
@@ -387,46 +386,28 @@ def run_go_stage(
             raise RuntimeError(f"GO enrichment of {name!r} failed: {error}") from error
     collector = _Collector(job, units)
     workers = cfg.workers or min(os.cpu_count() or 1, 4)
-    workers = min(workers, len(units))
-    if workers > 1 and "fork" in mp.get_all_start_methods():
-        global _JOB  # read by the forked workers: shared copy-on-write, never pickled
-        _JOB = job
-        try:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                futures = {pool.submit(_unit_in_worker, unit): unit for unit in units}
-                failed: RuntimeError | None = None
-                for future in as_completed(futures):
-                    unit = futures[future]
-                    exc = future.exception()
-                    if isinstance(exc, BrokenProcessPool):
-                        raise exc
-                    if exc is not None:
-                        if failed is None:
-                            failed = _unit_error(unit, exc)
-                            failed.__cause__ = exc
-                        collector.fail(unit.name)
-                        continue
-                    summary = collector.add(unit, *future.result())
-                    if summary is not None:
-                        summaries[unit.name] = summary
-                if failed is not None:
-                    raise failed
-        except BrokenProcessPool as error:
-            raise RuntimeError(
-                f"a GO worker process died (out of memory?) with {workers} workers; set "
-                "go.workers lower and rerun: finished dictionaries are kept"
-            ) from error
-        finally:
-            _JOB = None
-    else:
-        for unit in units:
-            try:
-                result = job.run_unit(unit)
-            except Exception as error:
-                raise _unit_error(unit, error) from error
-            summary = collector.add(unit, *result)
+    engine = engine if engine is not None else LocalEngine()
+    failed: RuntimeError | None = None
+    try:
+        for unit, outcome in engine.map_units(_Job.run_unit, job, units, processes=workers):
+            if isinstance(outcome, BrokenProcessPool):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                if failed is None:
+                    failed = _unit_error(unit, outcome)
+                    failed.__cause__ = outcome
+                collector.fail(unit.name)
+                continue
+            summary = collector.add(unit, *outcome)
             if summary is not None:
                 summaries[unit.name] = summary
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            f"a GO worker process died (out of memory?) with {workers} workers; set "
+            "go.workers lower and rerun: finished dictionaries are kept"
+        ) from error
+    if failed is not None:
+        raise failed
     for name, control in control_of.items():
         summaries[name]["random_model_control"] = {
             "dictionary": control,
