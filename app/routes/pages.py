@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from app import detail_queries, queries, render
 from app.deps import HtmxDep, SessionDep
+from app.params import IdPath, OptionalIdQuery
 from app.queries import BadCursor, NotFound
 from app.read_models import FeatureFilters, SortKey, SortOrder
 from app.templating import templates
@@ -64,7 +65,7 @@ def feature_list(
     request: Request,
     session: SessionDep,
     htmx: HtmxDep,
-    sae_id: int,
+    sae_id: IdPath,
     q: Annotated[str | None, Query(max_length=200)] = None,
     density_min: str | None = None,
     density_max: str | None = None,
@@ -110,7 +111,7 @@ def feature_list(
 
 @router.get("/saes/{sae_id}/map", response_class=HTMLResponse)
 def feature_map_page(
-    request: Request, session: SessionDep, sae_id: int, feature: int | None = None
+    request: Request, session: SessionDep, sae_id: IdPath, feature: OptionalIdQuery = None
 ) -> Response:
     """The map canvas; its points come from ``/api/v1/saes/{id}/map`` (drawn by feature_map.js).
     ``feature``: a feature of this dictionary to ring and label on arrival."""
@@ -124,7 +125,7 @@ def feature_map_page(
 
 
 @router.get("/features/{feature_id}", response_class=HTMLResponse)
-def feature_page(request: Request, session: SessionDep, feature_id: int) -> Response:
+def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> Response:
     try:
         detail = detail_queries.feature_detail(session, feature_id)
     except NotFound as exc:
@@ -143,7 +144,11 @@ def top_positions(values: list[float], n: int = 5) -> list[int]:
 
 @router.get("/proteins/{accession}", response_class=HTMLResponse)
 def protein_page(
-    request: Request, session: SessionDep, htmx: HtmxDep, accession: str, feature: int | None = None
+    request: Request,
+    session: SessionDep,
+    htmx: HtmxDep,
+    accession: str,
+    feature: OptionalIdQuery = None,
 ) -> Response:
     try:
         detail = detail_queries.protein_detail(session, accession)
@@ -212,10 +217,10 @@ def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Respons
 
 
 @router.get("/structures/{structure_id}.pdb")
-def structure_pdb(session: SessionDep, structure_id: int) -> Response:
+def structure_pdb(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "pdb")
 
 
 @router.get("/structures/{structure_id}.cif")
-def structure_cif(session: SessionDep, structure_id: int) -> Response:
+def structure_cif(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "mmcif")
