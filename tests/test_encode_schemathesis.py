@@ -35,7 +35,8 @@ def test_api_contract_all_checks(
 ) -> None:
     # The first encode loads the model (seconds on a busy CPU); warm it so no request times out.
     warm = httpx.post(
-        f"{live_server}/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]},
+        f"{live_server}/api/v1/encode",
+        json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]},
         timeout=120,
     )
     assert warm.status_code == 200, warm.text

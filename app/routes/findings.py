@@ -9,7 +9,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from app.deps import SessionDep
-from app.params import IdPath
 from app.findings.concepts import (
     ConceptExample,
     concept_alignments,
@@ -19,6 +18,7 @@ from app.findings.concepts import (
 )
 from app.findings.data import published_run
 from app.findings.render import cached_findings
+from app.params import IdPath
 from app.settings import get_settings
 from app.store.schema import Concept, ConceptAlignment, Feature, Run
 from app.templating import templates

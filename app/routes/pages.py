@@ -56,6 +56,15 @@ def _number(raw: str | None) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
+def _plain(value: float | None) -> float | int | None:
+    """1.0 written 1 in URLs and form fields, other values exactly."""
+    return int(value) if value is not None and value.is_integer() else value
+
+
+def _fraction(percent: float | None) -> float | None:
+    return None if percent is None else percent / 100
+
+
 def _flag(raw: str | None) -> bool | None:
     return {"true": True, "false": False}.get((raw or "").lower())
 
@@ -67,8 +76,8 @@ def feature_list(
     htmx: HtmxDep,
     sae_id: IdPath,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    density_min: str | None = None,
-    density_max: str | None = None,
+    density_min_pct: str | None = None,
+    density_max_pct: str | None = None,
     max_activation_min: str | None = None,
     score_min: str | None = None,
     has_go: str | None = None,
@@ -78,8 +87,11 @@ def feature_list(
     order: SortOrder = "asc",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
+    # The table shows density in percent, so the page's density filter takes percent too (the
+    # API's density_min/density_max stay fractions, as the stored column).
+    pct_min, pct_max = _number(density_min_pct), _number(density_max_pct)
     filters = FeatureFilters(
-        q=q or None, density_min=_number(density_min), density_max=_number(density_max),
+        q=q or None, density_min=_fraction(pct_min), density_max=_fraction(pct_max),
         max_activation_min=_number(max_activation_min), score_min=_number(score_min),
         has_go=_flag(has_go), has_go_length=_flag(has_go_length), dead=_flag(dead),
     )  # fmt: skip
@@ -90,7 +102,9 @@ def feature_list(
         return _error(request, 404, str(exc))
     except BadCursor as exc:
         return _error(request, 422, str(exc))
-    params: dict[str, Any] = {k: v for k, v in filters.model_dump().items() if v is not None}
+    shown = filters.model_dump(exclude={"density_min", "density_max"})
+    shown |= {"density_min_pct": _plain(pct_min), "density_max_pct": _plain(pct_max)}
+    params: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
     params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
     base = f"/saes/{sae_id}/features"
     state = {**params, "sort": sort, "order": order}
