@@ -158,10 +158,12 @@ _CURSOR = re.compile(CURSOR_PATTERN)
 
 
 def encode_cursor(value: float | int | None, feature_id: int) -> str:
-    """The cursor after (``value``, ``feature_id``); ``repr`` keeps a float exact on the way back."""
-    shown = (
-        "null" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
-    )
+    """The cursor after (``value``, ``feature_id``); ``repr`` keeps a float exact on the way back
+    (its exponent's "+" dropped, which a hand-written URL would turn into a space)."""
+    if value is None:
+        shown = "null"
+    else:
+        shown = repr(float(value)).replace("e+", "e") if isinstance(value, float) else str(value)
     return f"{shown}~{feature_id}"
 
 
