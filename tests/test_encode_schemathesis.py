@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5x
 
 def test_api_contract_all_checks(
     live_server: str,  # noqa: F811
-    demo_store,  # type: ignore[no-untyped-def]
+    demo_store: Any,
     tmp_path: Path,
 ) -> None:
     # The first encode loads the model (seconds on a busy CPU); warm it so no request times out.

@@ -161,7 +161,7 @@ def _loss_panel(ax: Any, metrics: Sequence[Summary], names: list[str], link: Lin
         ax.annotate(text, (i, heights[i]), ha="center", va="top" if below else "bottom",
                     fontsize=6, xytext=(0, -2 if below else 2), textcoords="offset points")  # fmt: skip
     low = min([0.0, *heights])
-    ax.set_ylim(low - 0.35 if low < 0 else 0.0, max(1.15, *heights) + 0.1)
+    ax.set_ylim(low - 0.75 if low < 0 else 0.0, max(1.0, *heights) + 0.8)  # room for labels
     ax.axhline(0, color="black", linewidth=0.5)
     ax.axhline(1, color="black", linewidth=0.5, linestyle=":")
     title = "LM loss recovered"
