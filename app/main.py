@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.routes import api, encode, export, findings, pages
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
+from app.templating import templates
 
 
 def error_body(status: int, message: str, detail: object = None) -> dict[str, object]:
@@ -39,19 +40,33 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "database": engine.dialect.name}
 
+    @application.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """The site icon where browsers look for it first (``static/favicon.svg`` is its source)."""
+        return FileResponse(
+            PROJECT_ROOT / "static" / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
     @application.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if wants_html(request):
+            return error_page(request, exc.status_code, str(exc.detail), headers)
         return JSONResponse(
             error_body(exc.status_code, str(exc.detail)),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @application.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(422, "invalid request", jsonable_errors(exc)), status_code=422
-        )
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = jsonable_errors(exc)
+        message = f"invalid request: {describe_errors(errors)}"
+        if wants_html(request):
+            return error_page(request, 422, message)
+        return JSONResponse(error_body(422, message, errors), status_code=422)
 
     return application
 
@@ -61,6 +76,39 @@ def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
         {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": err.get("type")}
         for err in exc.errors()
     ]
+
+
+def describe_errors(errors: list[dict[str, object]], limit: int = 3) -> str:
+    """What is wrong and where, in words: ``query limit: Input should be greater than 0``."""
+    parts = []
+    for err in errors[:limit]:
+        loc = [str(part) for part in err["loc"]] if isinstance(err["loc"], list) else []
+        where = " ".join([loc[0], ".".join(loc[1:])] if len(loc) > 1 else loc)
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    more = len(errors) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def wants_html(request: Request) -> bool:
+    """A browser navigating to a page (not the API, not an htmx fragment request) gets an HTML
+    error page; everything else gets the JSON error shape."""
+    return (
+        not request.url.path.startswith("/api/")
+        and "text/html" in request.headers.get("accept", "")
+        and request.headers.get("HX-Request") != "true"
+    )
+
+
+def error_page(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "message": message},
+        status_code=status,
+        headers=headers,
+    )
 
 
 app = create_app()

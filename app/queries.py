@@ -6,9 +6,7 @@ pagination, search); ``app.detail_queries`` holds the one-object pages (feature,
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +36,7 @@ class NotFound(LookupError):
 
 
 class BadCursor(ValueError):
-    """A cursor that this query did not issue (routes answer 422)."""
+    """A cursor that is not a keyset position (routes answer 422)."""
 
 
 def published_runs(session: Session) -> Sequence[Run]:
@@ -151,27 +149,34 @@ def feature_map(session: Session, sae_id: int) -> FeatureMap:
     )  # fmt: skip
 
 
-def encode_cursor(
-    sort: SortKey, order: SortOrder, value: float | int | None, feature_id: int
-) -> str:
-    raw = json.dumps([sort, order, value, feature_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# A cursor is the keyset position of the last row of the previous page: its sort value ("null"
+# among the features without one) and its feature id, e.g. "0.0125~412". Plain text rather than
+# an opaque token, so the API schema can state exactly which cursors it accepts: every cursor
+# matching the pattern names a position in any sort (the page after it may be empty).
+CURSOR_PATTERN = r"^(null|-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)~[0-9]{1,18}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
-def decode_cursor(cursor: str, sort: SortKey, order: SortOrder) -> tuple[float | None, int]:
-    """The (sort value, id) a cursor points after; ``BadCursor`` if it is not ours or not this sort.
+def encode_cursor(value: float | int | None, feature_id: int) -> str:
+    """The cursor after (``value``, ``feature_id``); ``repr`` keeps a float exact on the way back
+    (its exponent's "+" dropped, which a hand-written URL would turn into a space)."""
+    if value is None:
+        shown = "null"
+    else:
+        shown = repr(float(value)).replace("e+", "e") if isinstance(value, float) else str(value)
+    return f"{shown}~{feature_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[float | None, int]:
+    """The (sort value, id) a cursor points after; ``BadCursor`` if it does not match the pattern.
 
     A null value means the cursor is among the features without a value (they come last)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        c_sort, c_order, value, feature_id = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise BadCursor("cursor is not one this API issued") from exc
-    if c_sort != sort or c_order != order:
-        raise BadCursor(f"cursor was issued for sort={c_sort} order={c_order}, not {sort} {order}")
-    if not isinstance(value, int | float | None) or not isinstance(feature_id, int):
-        raise BadCursor("cursor is not one this API issued")
-    return value, feature_id
+    if not _CURSOR.fullmatch(cursor):
+        raise BadCursor(
+            f"cursor {cursor[:40]!r} is not '<sort value>~<feature id>' (take next_cursor of a page)"
+        )
+    value, feature_id = cursor.split("~")
+    return (None if value == "null" else float(value)), int(feature_id)
 
 
 def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[bool]]:
@@ -231,7 +236,7 @@ def list_features(
     clauses = _filter_clauses(sae_id, filters)
     total = session.scalar(select(func.count()).select_from(Feature).where(*clauses)) or 0
     key: ColumnElement[Any] = getattr(Feature, sort)
-    after: tuple[float | None, int] | None = decode_cursor(cursor, sort, order) if cursor else None
+    after: tuple[float | None, int] | None = decode_cursor(cursor) if cursor else None
     rows: list[tuple[Feature, float | None]] = []
     # Features with a value first, in (value, id) order — a plain range scan of the
     # (sae_id, column) index; then, for a nullable column, the features without a value by id.
@@ -258,7 +263,7 @@ def list_features(
     next_cursor = None
     if len(rows) > limit:
         last_feature, last_value = rows[limit - 1]
-        next_cursor = encode_cursor(sort, order, last_value, last_feature.id)
+        next_cursor = encode_cursor(last_value, last_feature.id)
     return FeaturePage(items=items, total=total, next_cursor=next_cursor, sort=sort, order=order)
 
 

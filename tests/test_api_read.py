@@ -116,11 +116,25 @@ def test_bad_parameters_get_the_error_shape(
     assert response.json()["error"]["status"] == status
 
 
-def test_cursor_from_another_sort_is_rejected(client: TestClient, demo_store: Any) -> None:
+def test_a_cursor_is_a_keyset_position(client: TestClient, demo_store: Any) -> None:
+    """``<sort value>~<id>``: the page starts after that position in the requested order, so any
+    cursor matching the schema's pattern is answered (an issued one and one written by hand)."""
     url = f"/api/v1/saes/{demo_store.sae_id}/features"
-    cursor = client.get(url, params={"sort": "density", "limit": 3}).json()["next_cursor"]
-    response = client.get(url, params={"sort": "index", "cursor": cursor})
-    assert response.status_code == 422 and "density" in response.json()["error"]["message"]
+    every = _walk(client, demo_store.sae_id, sort="density", order="desc", limit=500)
+    first = client.get(url, params={"sort": "density", "order": "desc", "limit": 3}).json()
+    third = every[2]
+    assert first["next_cursor"] == f"{third['density']!r}~{third['id']}"
+    after = client.get(
+        url, params={"sort": "density", "order": "desc", "cursor": first["next_cursor"]}
+    ).json()
+    assert [i["id"] for i in after["items"]] == [
+        i["id"] for i in every[3 : 3 + len(after["items"])]
+    ]
+    by_hand = client.get(url, params={"sort": "index", "cursor": "9.5~0", "limit": 2}).json()
+    assert [i["index"] for i in by_hand["items"]] == [10, 11]
+    for bad in ("not-a-cursor", "1~", "~3", "1.5e~2", "nan~1"):
+        response = client.get(url, params={"cursor": bad})
+        assert response.status_code == 422 and "cursor" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

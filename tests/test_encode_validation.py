@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
-from app.encoding.validation import EncodeInputError, parse_sequence_list, parse_sequences
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.encoding.validation import (
+    SEQUENCE_TEXT_PATTERN,
+    EncodeInputError,
+    parse_sequence_list,
+    parse_sequences,
+)
+from tests.encode_fixtures import human_proteins
 
 # Human haemoglobin alpha (P69905), as in Swiss-Prot.
 HBA = (
@@ -73,3 +84,38 @@ def test_sequence_list_names_the_item() -> None:
     assert [r.id for r in records] == ["seq1", "seq2"]
     with pytest.raises(EncodeInputError, match=r"sequences\[1\]: empty"):
         parse_sequence_list([HBA, " "], **LIMITS)
+
+
+# --- The API schema's pattern (SEQUENCE_TEXT_PATTERN) and the parser agree --------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text=st.from_regex(SEQUENCE_TEXT_PATTERN, fullmatch=True))
+def test_every_text_the_schema_pattern_admits_parses(text: str) -> None:
+    """The schema promises these are accepted: the parser must not refuse one (sizes aside)."""
+    records = parse_sequences(text, max_length=10**6, max_records=10**6)
+    assert records and all(r.sequence for r in records)
+
+
+def test_real_fasta_matches_the_pattern(shared_dir: Path) -> None:
+    rows = human_proteins(shared_dir, 8)
+    for newline in ("\n", "\r\n"):
+        fasta = newline.join(
+            f">sp|{r['accession']}|{r['protein_name']}{newline}"
+            + newline.join(r["sequence"][i : i + 60] for i in range(0, len(r["sequence"]), 60))
+            for r in rows
+        )
+        assert re.fullmatch(SEQUENCE_TEXT_PATTERN, fasta)
+        records = parse_sequences(fasta, **LIMITS)
+        assert [r.sequence for r in records] == [r["sequence"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "text", ["MK\u00a0V", "MKV\u2028>a\nMKV", ">a\u2028b\nMKV", "MK\x1cV", ">a\rMKV"]
+)
+def test_texts_outside_the_pattern_are_refused(text: str) -> None:
+    """Exotic separators the parser alone would take are refused, as the schema says."""
+    assert not re.fullmatch(SEQUENCE_TEXT_PATTERN, text)
+    with pytest.raises(EncodeInputError) as err:
+        parse_sequences(text, **LIMITS)
+    assert err.value.status == 422

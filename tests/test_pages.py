@@ -192,7 +192,7 @@ def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> Non
     assert client.get(f"/saes/{demo_store.sae_id}/features?cursor=junk").status_code == 422
     # Form fields arrive empty or wrong from a browser: ignored, never a 500.
     assert (
-        client.get(f"/saes/{demo_store.sae_id}/features?density_min=&score_min=abc").status_code
+        client.get(f"/saes/{demo_store.sae_id}/features?density_min_pct=&score_min=abc").status_code
         == 200
     )
 

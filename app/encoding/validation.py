@@ -17,6 +17,22 @@ MODEL_WINDOW = 1022  # ESM2 residues per forward pass (1,024 tokens with BOS/EOS
 _WHITESPACE = re.compile(r"\s+")
 
 
+_AA = "ACDEFGHIKLMNPQRSTVWYXBZUOacdefghiklmnpqrstvwyxbzuo"
+_SPACE = r"[ \t\r\n]"
+_RESIDUES = rf"[{_AA}]({_SPACE}*[{_AA}])*({_SPACE}*\*)?"  # one terminal stop codon allowed
+# A header runs to the end of its line: none of the characters ``str.splitlines`` breaks on.
+_HEADER = r">[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*\r?\n"
+# What the API schema promises the server accepts: one bare sequence, or a FASTA text whose
+# records each hold at least one residue; residues separated only by spaces, tabs and line breaks.
+# Every text it matches parses (tests/test_encode_validation.py); texts it does not match are
+# refused even where the parser alone would cope, so the schema and the server agree exactly.
+SEQUENCE_TEXT_PATTERN = (
+    rf"^(?:{_SPACE}*{_RESIDUES}{_SPACE}*"
+    rf"|{_SPACE}*{_HEADER}{_SPACE}*{_RESIDUES}([ \t\r]*\n{_SPACE}*{_HEADER}{_SPACE}*{_RESIDUES})*{_SPACE}*)$"
+)
+_SEQUENCE_TEXT = re.compile(SEQUENCE_TEXT_PATTERN)
+
+
 class EncodeInputError(ValueError):
     """Bad input; ``status`` is the HTTP status to answer with (400, 413 or 422)."""
 
@@ -98,6 +114,12 @@ def parse_sequences(
             named.append((ident, _clean(body, where), where))
     else:
         named = [("query", _clean(text, "sequence"), "sequence")]
+    if not _SEQUENCE_TEXT.fullmatch(text):
+        raise EncodeInputError(
+            "not a sequence or FASTA text of the accepted form: residues separated only by "
+            "spaces, tabs and line breaks (\\n or \\r\\n), each FASTA header on its own line",
+            422,
+        )
     records = []
     for ident, seq, where in named:
         if len(seq) > max_length:

@@ -95,6 +95,9 @@ def _fidelity(saes: list[Sae]) -> list[Summary]:
             "l0": s.l0,
             "dead_fraction": s.dead_fraction,
             "loss_recovered": s.loss_recovered,
+            # the cross-entropies loss recovered is a ratio of, and what the ablation was
+            **{k: (s.metrics or {}).get(k) for k in ("ce_clean", "ce_zero", "ce_spliced")},
+            "ablation": (s.metrics or {}).get("loss_recovered_ablation") or "layer zeroed",
         }
         for s in saes
         if s.kind != "neurons"

@@ -12,7 +12,8 @@ controls). Without ``kind``, names starting with ``neurons`` are neurons and nam
 ``control`` or ``random`` are controls; everything else is features. Further keys per figure:
 
 - ``plot_sae_fidelity``: ``fve``, ``l0``, ``dead_fraction``, ``loss_recovered`` (each may be
-  None) — ``saes/{name}/metrics.json``.
+  None) and, where measured, ``ce_clean``/``ce_zero`` (the gap loss recovered is a ratio of)
+  — ``saes/{name}/metrics.json``.
 - ``plot_go_hit_rates``: ``bh`` and ``bonferroni``, each ``{"pct_features_with_hit": float}``
   (and ``length_bh``, the same, where the length-stratified test ran)
   (``bh`` may also give ``pct_active_features_with_hit``: drawn as a diamond)
@@ -109,6 +110,23 @@ def _link_bars(bars: Any, names: Sequence[str], link: Link | None) -> None:
             bar.set_url(link(name, None))
 
 
+# Line and histogram plots draw one series per dictionary: a colour each (tab20's saturated
+# half first, then its light half), the kind as line style, so same-kind series stay apart.
+_SERIES_COLOURS = [matplotlib.colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+KIND_LINESTYLES = {"features": "-", "neurons": "--", "control": ":"}
+KIND_MARKERS = {"features": "o", "neurons": "s", "control": "x"}
+
+
+def series_styles(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
+    """Matplotlib style per series: a distinct colour, the line style and marker of its kind."""
+    return [
+        {"color": _SERIES_COLOURS[i % len(_SERIES_COLOURS)],
+         "linestyle": KIND_LINESTYLES.get(kind_of(s), "-."),
+         "marker": KIND_MARKERS.get(kind_of(s), "^")}
+        for i, s in enumerate(summaries)
+    ]  # fmt: skip
+
+
 def _line_legend(ax: Any, n_entries: int) -> None:
     """A legend inside the axes for a few lines; beside them (right) for many, where it would
     otherwise cover the data (a 4-layer run has 14 dictionaries)."""
@@ -118,20 +136,57 @@ def _line_legend(ax: Any, n_entries: int) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
 
+# Loss recovered below this is drawn clipped (hatched, its value printed): a transcoder whose
+# block is worth a few hundredths of a nat can score -700, which would flatten every other bar.
+LOSS_RECOVERED_FLOOR = -1.0
+
+
+def loss_gap(metrics: Summary) -> float | None:
+    """CE ablated − CE clean (nats): the denominator loss recovered is a ratio of."""
+    clean, ablated = metrics.get("ce_clean"), metrics.get("ce_zero")
+    return None if clean is None or ablated is None else float(ablated) - float(clean)
+
+
+def _loss_panel(ax: Any, metrics: Sequence[Summary], names: list[str], link: Link | None) -> None:
+    values = [m.get("loss_recovered") for m in metrics]
+    clipped = [v is not None and v < LOSS_RECOVERED_FLOOR for v in values]
+    heights = [max(float(v), LOSS_RECOVERED_FLOOR) if v is not None else 0.0 for v in values]
+    bars = ax.bar(range(len(names)), heights, color=_colours(metrics),
+                  hatch=["//" if c else "" for c in clipped], edgecolor="white")  # fmt: skip
+    _link_bars(bars, names, link)
+    for i, (m, v) in enumerate(zip(metrics, values, strict=True)):
+        gap = loss_gap(m)
+        text = "n/a" if v is None else f"{v:.3g}" + ("" if gap is None else f"\ngap {gap:.2g}")
+        below = heights[i] < 0
+        ax.annotate(text, (i, heights[i]), ha="center", va="top" if below else "bottom",
+                    fontsize=6, xytext=(0, -2 if below else 2), textcoords="offset points")  # fmt: skip
+    low = min([0.0, *heights])
+    ax.set_ylim(low - 0.75 if low < 0 else 0.0, max(1.0, *heights) + 0.8)  # room for labels
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.axhline(1, color="black", linewidth=0.5, linestyle=":")
+    title = "LM loss recovered"
+    if any(clipped):
+        title += f"\n(hatched: below {LOSS_RECOVERED_FLOOR:g}, clipped)"
+    ax.set_title(title, fontsize=9)
+
+
 def plot_sae_fidelity(
     metrics: Sequence[Summary], inputs: FigureInputs, *, link: Link | None = None
 ) -> str:
-    """FVE, L0, dead fraction and loss recovered per SAE/transcoder (None shown as n/a)."""
+    """FVE, L0, dead fraction and loss recovered per SAE/transcoder (None shown as n/a).
+
+    Loss recovered is ``(CE_ablated - CE_spliced) / (CE_ablated - CE_clean)``; each bar carries
+    its value and the gap it is a ratio of (``ce_clean``/``ce_zero`` where the summary has them),
+    and values below ``LOSS_RECOVERED_FLOOR`` are clipped so the others stay readable."""
     panels = (
         ("fve", "fraction of variance explained"),
         ("l0", "L0 (active latents per input)"),
         ("dead_fraction", "dead fraction"),
-        ("loss_recovered", "LM loss recovered"),
     )
     names = _names(metrics)
-    fig = Figure(figsize=(12, 3.6))
+    fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 4)
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    for ax, (key, label) in zip(axes[:3], panels, strict=True):
         values = [m.get(key) for m in metrics]
         heights = [float(v) if v is not None else 0.0 for v in values]
         bars = ax.bar(range(len(names)), heights, color=_colours(metrics))
@@ -139,9 +194,14 @@ def plot_sae_fidelity(
         for i, v in enumerate(values):
             ax.annotate("n/a" if v is None else f"{v:.3g}", (i, heights[i]), ha="center",
                         va="bottom", fontsize=7)  # fmt: skip
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
-    caption = "Held-out metrics from each dictionary's training (saes/*/metrics.json)."
+    _loss_panel(axes[3], metrics, names, link)
+    for ax in axes:
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    caption = (
+        "Held-out metrics from each dictionary's training (saes/*/metrics.json). Loss recovered: "
+        "(CE ablated − CE spliced) / (CE ablated − CE clean), gap = CE ablated − CE clean in nats."
+    )
     return _svg(fig, "SAE fidelity", inputs, caption)
 
 
@@ -194,16 +254,19 @@ def plot_go_hits_per_level(summaries: Sequence[Summary], inputs: FigureInputs) -
     """Significant (BH) hits per level of the GO hierarchy, one line per dictionary."""
     fig = Figure(figsize=(6 if len(summaries) <= 6 else 8.5, 3.8))
     ax = fig.subplots()
-    for s in summaries:
+    for s, style in zip(summaries, series_styles(summaries), strict=True):
         table = s["hits_per_level"]["by_level"]
         levels = sorted(table, key=int)
-        ax.plot([int(v) for v in levels], [table[v]["hits"] for v in levels], marker="o",
-                color=KIND_COLOURS.get(kind_of(s)), label=s["dictionary"])  # fmt: skip
+        ax.plot([int(v) for v in levels], [table[v]["hits"] for v in levels],
+                label=s["dictionary"], **style)  # fmt: skip
     ax.set_xlabel("GO level (shortest is_a path to the root)")
     ax.set_ylabel("significant hits (BH)")
     ax.set_yscale("symlog")
     _line_legend(ax, len(summaries))
-    caption = "Enriched terms at every depth: specific (deep) terms, not only root-level ones."
+    caption = (
+        "Enriched terms at every depth: specific (deep) terms, not only root-level ones. "
+        "Line style: solid features, dashed neurons, dotted controls."
+    )
     return _svg(fig, "GO hits per level", inputs, caption)
 
 
@@ -214,14 +277,15 @@ def plot_fold_enrichment(summaries: Sequence[Summary], inputs: FigureInputs) -> 
     values = [np.asarray(s["fold_enrichment"], dtype=float) for s in summaries]
     positive = np.concatenate([v[v > 0] for v in values] + [np.ones(1)])
     bins = np.geomspace(max(positive.min(), 1e-2), max(positive.max(), 1.01), 30)
-    for s, v in zip(summaries, values, strict=True):
-        ax.hist(v[v > 0], bins=list(bins), histtype="step", linewidth=1.5,
-                color=KIND_COLOURS.get(kind_of(s)), label=f"{s['dictionary']} (n={len(v)})")  # fmt: skip
+    for s, v, style in zip(summaries, values, series_styles(summaries), strict=True):
+        ax.hist(v[v > 0], bins=list(bins), histtype="step", linewidth=1.5, color=style["color"],
+                linestyle=style["linestyle"], label=f"{s['dictionary']} (n={len(v)})")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("fold enrichment (study frequency / population frequency)")
     ax.set_ylabel("significant hits")
     _line_legend(ax, len(summaries))
-    return _svg(fig, "GO fold enrichment", inputs, "Significant hits only.")
+    caption = "Significant hits only. Line style: solid features, dashed neurons, dotted controls."
+    return _svg(fig, "GO fold enrichment", inputs, caption)
 
 
 def plot_explanation_r(summaries: Sequence[Summary], inputs: FigureInputs) -> str:

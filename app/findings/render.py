@@ -71,10 +71,19 @@ def _fidelity(f: RunFindings) -> FigureOut:
     corpus = f"{corpus_text(f.run)}; {len(f.fidelity)} dictionaries"
     svg = plots.plot_sae_fidelity(f.fidelity, f.inputs(corpus), link=f.feature_url)
     names = [m["dictionary"] for m in f.fidelity]
+    gaps = [
+        f"{m['dictionary']} {gap:.3g} ({m.get('ablation', 'layer zeroed')})"
+        for m in f.fidelity
+        if (gap := plots.loss_gap(m)) is not None
+    ]
     caption = (
         f"FVE, L0, dead fraction and LM loss recovered of each SAE/transcoder of run "
         f"{f.run.name} (model {f.run.base_model}, layer {f.run.layer}), measured on held-out "
-        f"data at training time; corpus {corpus_text(f.run)}."
+        f"data at training time; corpus {corpus_text(f.run)}. Loss recovered is "
+        "(CE ablated − CE spliced) / (CE ablated − CE clean) of the masked-LM cross-entropy: "
+        "1 = splicing the dictionary in costs nothing, 0 = as bad as the ablation, below 0 = "
+        "worse; a small gap makes the ratio large for a small loss."
+        + (f" Gap CE ablated − CE clean, nats: {'; '.join(gaps)}." if gaps else "")
     )
     return FigureOut("fidelity", "SAE fidelity", svg, caption, tuple(_dict_links(f, names)))
 

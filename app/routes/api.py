@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from app import detail_queries, queries
 from app.deps import SessionDep
-from app.queries import BadCursor, NotFound
+from app.queries import CURSOR_PATTERN, BadCursor, NotFound
 from app.read_models import (
     FeatureDetail,
     FeatureFilters,
@@ -98,7 +98,15 @@ def list_features(
     dead: bool | None = None,
     sort: SortKey = "index",
     order: SortOrder = "asc",
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=500,
+            pattern=CURSOR_PATTERN,
+            description="next_cursor of the previous page: '<sort value>~<feature id>' of its "
+            "last row ('null~<id>' among features without a value); the page starts after it",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> FeaturePage:
     filters = FeatureFilters(

@@ -19,7 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.deps import HtmxDep, SessionDep
@@ -29,7 +29,12 @@ if TYPE_CHECKING:  # torch loads only when a sequence is encoded, never for the 
 from app.encoding.batcher import QueueFull
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.lookup import feature_info, match_protein, published_saes
-from app.encoding.validation import EncodeInputError, parse_sequence_list, parse_sequences
+from app.encoding.validation import (
+    SEQUENCE_TEXT_PATTERN,
+    EncodeInputError,
+    parse_sequence_list,
+    parse_sequences,
+)
 from app.settings import get_settings
 from app.store.schema import Structure
 from app.templating import templates
@@ -37,15 +42,45 @@ from app.templating import templates
 router = APIRouter(tags=["encode"])
 
 
+def _accepted_input(schema: dict[str, Any]) -> None:
+    """State in the schema what the parser accepts: exactly one of ``sequences`` (a non-empty
+    list) and ``fasta``, every text of the accepted form (``SEQUENCE_TEXT_PATTERN``). The parser
+    enforces the same with messages naming the record, character and position; sizes beyond the
+    server's limits answer 413."""
+    text = {"type": "string", "pattern": SEQUENCE_TEXT_PATTERN}
+    props = schema["properties"]
+    props["sequences"]["anyOf"] = [
+        {"type": "array", "items": text, "minItems": 1},
+        {"type": "null"},
+    ]
+    props["fasta"]["anyOf"] = [text, {"type": "null"}]
+    schema["oneOf"] = [
+        {"required": ["sequences"], "properties": {"sequences": {"type": "array"}}},
+        {"required": ["fasta"], "properties": {"fasta": {"type": "string"}}},
+    ]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 3 and 3.0, never "3" or true (what the schema says)."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON integer, not a string or boolean")
+    return value
+
+
+# The request is strict (no "0.5" for a number, no 0 for a boolean), except that an integer
+# may be written 3.0, as JSON Schema allows.
+JsonInt = Annotated[int, BeforeValidator(_json_integer), Field(strict=False)]
+
+
 class EncodeRequest(BaseModel):
     """One or several sequences (``sequences``: bare or FASTA strings; or one ``fasta`` text)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_accepted_input)
 
-    sae_id: int = Field(ge=1, le=2**31 - 1, description="The dictionary to encode with")
+    sae_id: JsonInt = Field(ge=1, le=2**31 - 1, description="The dictionary to encode with")
     sequences: list[str] | None = Field(default=None, description="Bare sequences or FASTA texts")
     fasta: str | None = Field(default=None, description="A FASTA text with one or more records")
-    top_n: int = Field(
+    top_n: JsonInt = Field(
         default=20, ge=1, le=1000, description="Active features returned per sequence"
     )
     rank_by: Literal["max", "mean"] = "max"
@@ -220,6 +255,7 @@ _REQUEST_SCHEMA = EncodeRequest.model_json_schema()
         }
     },
     responses={
+        404: {"description": "No published SAE with that id"},
         413: {"description": "Body, sequence or record count over the limit"},
         422: {"description": "Empty input or a non-amino-acid character (which and where)"},
         503: {"description": "Queue full (Retry-After) or model unavailable"},

@@ -18,6 +18,7 @@ from app.findings.concepts import (
 )
 from app.findings.data import published_run
 from app.findings.render import cached_findings
+from app.params import IdPath
 from app.settings import get_settings
 from app.store.schema import Concept, ConceptAlignment, Feature, Run
 from app.templating import templates
@@ -40,7 +41,7 @@ def latest_findings(session: SessionDep) -> Response:
 
 
 @router.get("/runs/{run_id}/findings", response_class=HTMLResponse)
-def findings_page(request: Request, run_id: int, session: SessionDep) -> Response:
+def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Response:
     t0 = time.perf_counter()
     run = published_run(session, run_id)
     if run is None:
@@ -54,7 +55,7 @@ def findings_page(request: Request, run_id: int, session: SessionDep) -> Respons
 
 
 @router.get("/runs/{run_id}/findings/{key}.svg")
-def findings_svg(run_id: int, key: str, session: SessionDep) -> Response:
+def findings_svg(run_id: IdPath, key: str, session: SessionDep) -> Response:
     run = published_run(session, run_id)
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")

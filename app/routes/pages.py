@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from app import detail_queries, queries, render
 from app.deps import HtmxDep, SessionDep
+from app.params import IdPath, OptionalIdQuery
 from app.queries import BadCursor, NotFound
 from app.read_models import FeatureFilters, SortKey, SortOrder
 from app.templating import templates
@@ -55,6 +56,15 @@ def _number(raw: str | None) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
+def _plain(value: float | None) -> float | int | None:
+    """1.0 written 1 in URLs and form fields, other values exactly."""
+    return int(value) if value is not None and value.is_integer() else value
+
+
+def _fraction(percent: float | None) -> float | None:
+    return None if percent is None else percent / 100
+
+
 def _flag(raw: str | None) -> bool | None:
     return {"true": True, "false": False}.get((raw or "").lower())
 
@@ -64,10 +74,10 @@ def feature_list(
     request: Request,
     session: SessionDep,
     htmx: HtmxDep,
-    sae_id: int,
+    sae_id: IdPath,
     q: Annotated[str | None, Query(max_length=200)] = None,
-    density_min: str | None = None,
-    density_max: str | None = None,
+    density_min_pct: str | None = None,
+    density_max_pct: str | None = None,
     max_activation_min: str | None = None,
     score_min: str | None = None,
     has_go: str | None = None,
@@ -77,8 +87,11 @@ def feature_list(
     order: SortOrder = "asc",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
+    # The table shows density in percent, so the page's density filter takes percent too (the
+    # API's density_min/density_max stay fractions, as the stored column).
+    pct_min, pct_max = _number(density_min_pct), _number(density_max_pct)
     filters = FeatureFilters(
-        q=q or None, density_min=_number(density_min), density_max=_number(density_max),
+        q=q or None, density_min=_fraction(pct_min), density_max=_fraction(pct_max),
         max_activation_min=_number(max_activation_min), score_min=_number(score_min),
         has_go=_flag(has_go), has_go_length=_flag(has_go_length), dead=_flag(dead),
     )  # fmt: skip
@@ -89,7 +102,9 @@ def feature_list(
         return _error(request, 404, str(exc))
     except BadCursor as exc:
         return _error(request, 422, str(exc))
-    params: dict[str, Any] = {k: v for k, v in filters.model_dump().items() if v is not None}
+    shown = filters.model_dump(exclude={"density_min", "density_max"})
+    shown |= {"density_min_pct": _plain(pct_min), "density_max_pct": _plain(pct_max)}
+    params: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
     params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
     base = f"/saes/{sae_id}/features"
     state = {**params, "sort": sort, "order": order}
@@ -110,7 +125,7 @@ def feature_list(
 
 @router.get("/saes/{sae_id}/map", response_class=HTMLResponse)
 def feature_map_page(
-    request: Request, session: SessionDep, sae_id: int, feature: int | None = None
+    request: Request, session: SessionDep, sae_id: IdPath, feature: OptionalIdQuery = None
 ) -> Response:
     """The map canvas; its points come from ``/api/v1/saes/{id}/map`` (drawn by feature_map.js).
     ``feature``: a feature of this dictionary to ring and label on arrival."""
@@ -124,7 +139,7 @@ def feature_map_page(
 
 
 @router.get("/features/{feature_id}", response_class=HTMLResponse)
-def feature_page(request: Request, session: SessionDep, feature_id: int) -> Response:
+def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> Response:
     try:
         detail = detail_queries.feature_detail(session, feature_id)
     except NotFound as exc:
@@ -143,7 +158,11 @@ def top_positions(values: list[float], n: int = 5) -> list[int]:
 
 @router.get("/proteins/{accession}", response_class=HTMLResponse)
 def protein_page(
-    request: Request, session: SessionDep, htmx: HtmxDep, accession: str, feature: int | None = None
+    request: Request,
+    session: SessionDep,
+    htmx: HtmxDep,
+    accession: str,
+    feature: OptionalIdQuery = None,
 ) -> Response:
     try:
         detail = detail_queries.protein_detail(session, accession)
@@ -212,10 +231,10 @@ def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Respons
 
 
 @router.get("/structures/{structure_id}.pdb")
-def structure_pdb(session: SessionDep, structure_id: int) -> Response:
+def structure_pdb(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "pdb")
 
 
 @router.get("/structures/{structure_id}.cif")
-def structure_cif(session: SessionDep, structure_id: int) -> Response:
+def structure_cif(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "mmcif")
