@@ -15,7 +15,7 @@ import itertools
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,17 @@ from tqdm import tqdm
 
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
+from trainer.aa_profile import AaMass, AaProfile, profile_from_tracks
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.feature_map import MapConfig, feature_map
 from trainer.stamps import is_current, redo_reason, write_stamp
 
 FloatArray = npt.NDArray[np.float32]
 
+
+# What an analysis holds beyond its settings' results, part of its stamp: 2 added the amino-acid
+# profiles (``aa_profile.npz``), so analyses made before them are made again.
+OUTPUTS_VERSION = 2
 
 SPEED_ONLY_FIELDS = {"batch_size", "max_residues_per_batch", "max_residues_per_track_batch",
                      "device", "residue_cache_gib"}  # fmt: skip
@@ -149,6 +154,7 @@ def protein_activations(
     store: EmbeddingStore,
     cfg: AnalyzeConfig,
     fve_out: FloatArray | None = None,
+    aa_out: AaMass | None = None,
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
@@ -157,7 +163,8 @@ def protein_activations(
     Also returns, per feature, the number of residues it fires on and the total residue count
     (residue-level density), zeros for protein-level dictionaries.
     ``fve_out [n_proteins]`` (residue-level SAEs): filled with each protein's FVE from the same
-    pass, so the shards are read and encoded once, not twice.
+    pass, so the shards are read and encoded once, not twice. ``aa_out`` (residue level): each
+    batch's activation mass per residue type is added there, from the same pass.
     """
     n_latents = module.n_latents
     if spec.level == "protein":
@@ -183,6 +190,8 @@ def protein_activations(
                 )
             n_residues += residues.shape[0]
             residue_active += torch.bincount(c, minlength=n_latents)
+            if aa_out is not None:
+                aa_out.add(protein_indices, np.diff(offsets), r, c, v)
             # One key per (protein, feature); unique() sorts them, so the result is row-major.
             keys, inverse = torch.unique(
                 _owners(offsets, device)[r] * n_latents + c, return_inverse=True
@@ -496,13 +505,15 @@ def run_analyze(
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
     stamp: str | None = None,
+    sequences: Sequence[str] | None = None,
 ) -> Path:
     """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
 
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
     ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
-    and an analysis of other inputs is deleted and made again.
+    and an analysis of other inputs is deleted and made again. ``sequences`` (corpus order):
+    with them, each feature's amino-acid profile is written too (``trainer.aa_profile``).
     """
     out = workdir / "analysis" / spec.name
     finished = (out / "DONE").exists() if stamp is None else is_current(out / "DONE", stamp)
@@ -517,7 +528,12 @@ def run_analyze(
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
     fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
-    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg, fve)
+    residue_mass = None
+    if sequences is not None and spec.level == "residue":
+        residue_mass = AaMass(sequences, module.n_latents, _device_of(module))
+    acts, residue_active, n_residues = protein_activations(
+        module, spec, store, cfg, fve, residue_mass
+    )
     sp.save_npz(out / "protein_activations.npz", acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
     np.savez_compressed(out / "features.npz", **stats)
@@ -538,6 +554,14 @@ def run_analyze(
     values = residue_tracks(module, spec, store, {p: sorted(f) for p, f in wanted.items()},
                             cfg.max_residues_per_track_batch, residue_source,
                             cfg.max_residues_per_batch)  # fmt: skip
+    profile: AaProfile | None = None
+    if residue_mass is not None:
+        profile = residue_mass.result()
+    elif sequences is not None:  # protein level: the example proteins' exact attribution
+        pairs = ((f, p) for f, p, *_ in examples)
+        profile = profile_from_tracks(values, pairs, sequences, module.n_latents)
+    if profile is not None:
+        profile.save(out / "aa_profile.npz")
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
     np.savez_compressed(
@@ -581,6 +605,8 @@ def run_analyze(
         "mean_l0_protein": float(acts.getnnz() / max(acts.shape[0], 1)),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if profile is not None:
+        summary["aa_profile"] = profile.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_stamp(out / "DONE", stamp or "ok")
     return out
