@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--run", default=None, help="run name (default: the newest published)")
     args = parser.parse_args()
-    engine = make_engine(args.database_url or get_settings().database_url)
+    engine = make_engine(str(args.database_url or get_settings().database_url))
     with session_factory(engine)() as session:
         runs = select(Run).where(Run.status == "published").order_by(Run.id.desc())
         if args.run:
@@ -52,7 +52,7 @@ def main() -> None:
                     hit.fold_enrichment, hit.is_most_specific, hit.q_length,
                 ))  # fmt: skip
             alpha = alphas[sae.id]
-            before = sum(go_label(hits.get(f.id, ()), alpha) is not None for f in features)
+            before = sum(go_label(hits.get(f.id, []), alpha) is not None for f in features)
             sources = Counter(f.auto_label_source for f in features)
             live = sum(not f.is_dead for f in features)
             profiled = sum(f.aa_profile is not None for f in features)
