@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from typing import cast
 
 from sqlalchemy import select
 
@@ -17,7 +18,7 @@ from app.detail_queries import go_alphas
 from app.settings import get_settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Feature, GoEnrichment, GoTerm, Run, Sae
-from trainer.explain.labels import GoHit, go_label
+from trainer.explain.labels import GoHit, GoHitLike, go_label
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--run", default=None, help="run name (default: the newest published)")
     args = parser.parse_args()
-    engine = make_engine(str(args.database_url or get_settings().database_url))
+    engine = make_engine(args.database_url or get_settings().sqlalchemy_url)
     with session_factory(engine)() as session:
         runs = select(Run).where(Run.status == "published").order_by(Run.id.desc())
         if args.run:
@@ -52,7 +53,10 @@ def main() -> None:
                     hit.fold_enrichment, hit.is_most_specific, hit.q_length,
                 ))  # fmt: skip
             alpha = alphas[sae.id]
-            before = sum(go_label(hits.get(f.id, []), alpha) is not None for f in features)
+            before = sum(
+                go_label(cast(list[GoHitLike], hits.get(f.id, [])), alpha) is not None
+                for f in features
+            )
             sources = Counter(f.auto_label_source for f in features)
             live = sum(not f.is_dead for f in features)
             profiled = sum(f.aa_profile is not None for f in features)
