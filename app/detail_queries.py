@@ -214,8 +214,8 @@ def length_driven(pct_real: float, pct_shuffled: float) -> bool:
 
 
 AA_RULE = (
-    f"single-type detector: one residue type carries at least {DETECTOR_SHARE:.0%} of the "
-    f"mass, at least {DETECTOR_ENRICHMENT:g}x its share of the corpus's residues, over at least "
+    f"one residue type carries at least {DETECTOR_SHARE:.0%} of the "
+    f"mass, at least {DETECTOR_ENRICHMENT:g}× its share of the corpus's residues, over at least "
     f"{DETECTOR_MIN_RESIDUES} residues"
 )
 
