@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.queries import NotFound, published_sae
 from app.read_models import (
+    AaProfileOut,
+    AaShare,
     BaselineContext,
     ConceptHit,
     EnrichedFeature,
@@ -34,6 +36,13 @@ from app.read_models import (
     SaeSummary,
     StructureOut,
     TopExampleOut,
+)
+from app.residue_types import (
+    ALPHABET,
+    DETECTOR_ENRICHMENT,
+    DETECTOR_MIN_RESIDUES,
+    DETECTOR_SHARE,
+    THREE_LETTER,
 )
 from app.store.codec import decode_values
 from app.store.schema import (
@@ -204,6 +213,57 @@ def length_driven(pct_real: float, pct_shuffled: float) -> bool:
     return pct_real > 0 and pct_shuffled >= LENGTH_DRIVEN_SHARE * pct_real
 
 
+AA_RULE = (
+    f"one residue type carries at least {DETECTOR_SHARE:.0%} of the "
+    f"mass, at least {DETECTOR_ENRICHMENT:g}× its share of the corpus's residues, over at least "
+    f"{DETECTOR_MIN_RESIDUES} residues"
+)
+
+
+def analysis_payload(session: Session, sae_id: int) -> Any:
+    return session.scalar(
+        select(AnalysisSummary.payload).where(
+            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "analysis"
+        )
+    )
+
+
+def aa_profile(feature: Feature, analysis_summary: Any) -> AaProfileOut | None:
+    """The feature's amino-acid profile beside the corpus's composition (from the analysis
+    summary); None where the run was published before profiles or the feature has no mass."""
+    shares = feature.aa_profile
+    if not shares or feature.aa_top is None or feature.aa_n_residues is None:
+        return None
+    info = analysis_summary.get("aa_profile") if isinstance(analysis_summary, dict) else None
+    info = info if isinstance(info, dict) else {}
+    background = info.get("background")
+    if not isinstance(background, list) or len(background) != len(ALPHABET):
+        background = [None] * len(ALPHABET)
+    types = [
+        AaShare(letter=letter, name=THREE_LETTER[letter], share=float(share),
+                background=None if bg is None else float(bg),
+                enrichment=float(share) / bg if bg else None)
+        for letter, share, bg in zip(ALPHABET, shares, background, strict=True)
+    ]  # fmt: skip
+    basis = str(info.get("basis", "corpus"))
+    n = feature.aa_n_residues
+    if basis == "corpus":
+        meaning = (
+            f"Share of this feature's activation mass on each residue type, over the {n:,} "
+            "residues of the corpus it fires on."
+        )
+    else:
+        meaning = (
+            "Share of the positive part of this feature's per-residue attribution (the exact "
+            "split of its pooled pre-activation over residues) on each residue type, over "
+            f"{n:,} residues of its example proteins."
+        )
+    return AaProfileOut(
+        basis=basis, meaning=meaning, n_residues=n, top=types[ALPHABET.index(feature.aa_top)],
+        detector=bool(feature.aa_detector), rule=AA_RULE, types=types,
+    )  # fmt: skip
+
+
 def _bin_key(name: str) -> tuple[int, str]:
     return BIN_ORDER.get(name, 50), name
 
@@ -260,6 +320,7 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         explanation=_explanation(session, feature_id),
         go_hits=[_go_hit(h, t, alpha) for h, t in hits],
         go_control=_length_control(go_summary),
+        aa_profile=aa_profile(feature, analysis_payload(session, sae.id)),
         top_examples=top,
         neighbors=[
             NeighborOut(
@@ -369,7 +430,7 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
         ancestors.extend(sorted(level.values(), key=lambda t: t.id))
         frontier = {p for t in level.values() for p in parent_ids(t) if p not in seen}
     rows = session.execute(
-        select(GoEnrichment, Feature, Sae.name)
+        select(GoEnrichment, Feature, Sae.name, Sae.is_control)
         .join(Feature, GoEnrichment.feature_id == Feature.id)
         .join(Sae, GoEnrichment.sae_id == Sae.id)
         .join(Run, Sae.run_id == Run.id)
@@ -377,15 +438,15 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
         .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
         .limit(limit)
     ).all()
-    alphas = go_alphas(session, {hit.sae_id for hit, _, _ in rows})
+    alphas = go_alphas(session, {hit.sae_id for hit, *_ in rows})
     return GoTermDetail(
         term=GoTermRef.model_validate(term), definition=term.definition,
         is_obsolete=term.is_obsolete, parents=parent_ids(term),
         ancestors=[GoTermRef.model_validate(t) for t in ancestors],
         enriched_features=[
             EnrichedFeature(feature=FeatureSummary.model_validate(f), sae_name=name,
-                            hit=_go_hit(hit, term, alphas[hit.sae_id]))
-            for hit, f, name in rows
+                            is_control=control, hit=_go_hit(hit, term, alphas[hit.sae_id]))
+            for hit, f, name, control in rows
         ],
     )  # fmt: skip
 

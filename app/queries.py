@@ -275,13 +275,13 @@ def search(session: Session, query: str, limit: int = 20) -> SearchResults:
     pattern = f"%{_escape_like(text)}%"
     published = select(Sae.id).join(Run, Sae.run_id == Run.id).where(Run.status == "published")
     by_label = (
-        select(Feature, Sae.name, Feature.auto_label)
+        select(Feature, Sae.name, Sae.is_control, Feature.auto_label)
         .join(Sae, Feature.sae_id == Sae.id)
         .where(Feature.sae_id.in_(published), Feature.auto_label.ilike(pattern, escape="\\"))
         .limit(limit)
     )
     by_text = (
-        select(Feature, Sae.name, Explanation.text)
+        select(Feature, Sae.name, Sae.is_control, Explanation.text)
         .join(Explanation, Explanation.feature_id == Feature.id)
         .join(Sae, Feature.sae_id == Sae.id)
         .where(Feature.sae_id.in_(published), Explanation.text.ilike(pattern, escape="\\"))
@@ -289,11 +289,12 @@ def search(session: Session, query: str, limit: int = 20) -> SearchResults:
     )
     features: dict[int, FeatureHit] = {}
     for stmt in (by_label, by_text):
-        for feature, sae_name, snippet in session.execute(stmt):
+        for feature, sae_name, is_control, snippet in session.execute(stmt):
             if feature.id not in features and len(features) < limit:
                 features[feature.id] = FeatureHit(
                     feature=FeatureSummary.model_validate(feature),
                     sae_name=sae_name,
+                    is_control=is_control,
                     snippet=snippet,
                 )
     upper = text.upper()

@@ -93,6 +93,20 @@ class FeatureSummary(_Orm):
         "[0, 1]); null off the map: dead latents, the neuron baseline, runs published before it",
     )
     map_y: float | None = None
+    aa_top: str | None = Field(
+        default=None,
+        description="The residue type (one letter; X: non-standard) carrying most of the "
+        "feature's activation mass; null for runs published before amino-acid profiles",
+    )
+    aa_top_share: float | None = Field(default=None, description="That type's share of the mass")
+    aa_n_residues: int | None = Field(
+        default=None, description="Residues the amino-acid profile is computed over"
+    )
+    aa_detector: bool | None = Field(
+        default=None,
+        description="A single-type detector: one residue type carries the mass "
+        "(app.residue_types.is_detector)",
+    )
 
 
 class FeatureMap(BaseModel):
@@ -266,6 +280,33 @@ class GoLengthControl(BaseModel):
     )
 
 
+class AaShare(BaseModel):
+    letter: str = Field(description="One-letter code (X: any non-standard residue)")
+    name: str = Field(description="Three-letter code")
+    share: float = Field(description="Share of the feature's activation mass on this type")
+    background: float | None = Field(
+        description="This type's share of all residues of the run's corpus"
+    )
+    enrichment: float | None = Field(description="share / background")
+
+
+class AaProfileOut(BaseModel):
+    """Which residue types carry a feature's activation, against the corpus's composition."""
+
+    basis: str = Field(
+        description="corpus: activation mass over every residue of the corpus the feature fires "
+        "on (residue-level dictionaries); examples: positive part of the exact per-residue "
+        "attribution of the pooled pre-activation over the feature's example proteins "
+        "(protein-level dictionaries)"
+    )
+    meaning: str = Field(description="What the shares are, in words")
+    n_residues: int = Field(description="Residues the shares are computed over")
+    top: AaShare
+    detector: bool = Field(description="One residue type dominates: a single-type detector")
+    rule: str = Field(description="When a feature counts as a single-type detector")
+    types: list[AaShare] = Field(description="Every residue type, in alphabet order")
+
+
 class FeatureDetail(BaseModel):
     feature: FeatureSummary
     sae: SaeSummary
@@ -274,6 +315,9 @@ class FeatureDetail(BaseModel):
     go_hits: list[GoHit]
     go_control: GoLengthControl | None = Field(
         None, description="The dictionary's GO hit rate against its length control"
+    )
+    aa_profile: AaProfileOut | None = Field(
+        None, description="Amino-acid profile; null for runs published before profiles"
     )
     top_examples: list[TopExampleOut]
     neighbors: list[NeighborOut]
@@ -317,6 +361,9 @@ class ProteinDetail(BaseModel):
 class EnrichedFeature(BaseModel):
     feature: FeatureSummary
     sae_name: str
+    is_control: bool = Field(
+        default=False, description="The feature's dictionary is a control (random-init model)"
+    )
     hit: GoHit
 
 
@@ -334,6 +381,9 @@ class GoTermDetail(BaseModel):
 class FeatureHit(BaseModel):
     feature: FeatureSummary
     sae_name: str
+    is_control: bool = Field(
+        default=False, description="The feature's dictionary is a control (random-init model)"
+    )
     snippet: str | None
 
 

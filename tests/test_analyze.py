@@ -7,6 +7,7 @@ checked is the bookkeeping, not what the features mean), on the device ``auto`` 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ import scipy.sparse as sp
 import torch
 
 from app.esm import LoadedModel
+from app.residue_types import ALPHABET, N_TYPES
 from app.sae import NeuronBasis, TopKSAE, Transcoder, sequence_fve
 from tests.realdata import human_proteins
+from trainer.aa_profile import BASIS_CORPUS, BASIS_EXAMPLES, AaMass, load_profile
 from trainer.analyze import (
     AnalyzeConfig,
     Spec,
@@ -95,6 +98,34 @@ def test_residue_level_activations_are_per_protein_maxima(store: EmbeddingStore)
     np.testing.assert_array_equal(acts.toarray(), expected)
     np.testing.assert_array_equal(residue_active, fired)
     assert n_residues[0] == store.lengths.sum()
+
+
+def test_residue_level_profile_sums_activation_per_residue_type(
+    store: EmbeddingStore, corpus: list[str]
+) -> None:
+    """The one-pass profile (batched, on the module's device) is each residue type's summed
+    activation, residue by residue, and the background is the corpus's composition."""
+    module = _sae()
+    mass = AaMass(corpus, module.n_latents, torch.device("cpu"))
+    _, residue_active, _ = protein_activations(module, Spec("r", "residue", 3), store, CFG,
+                                               aa_out=mass)  # fmt: skip
+    profile = mass.result()
+    expected = np.zeros((module.n_latents, N_TYPES))
+    letters = np.zeros(N_TYPES)
+    with torch.inference_mode():
+        for p, sequence in enumerate(corpus):
+            z = module.encode(torch.from_numpy(store.residues(3, p))).double().numpy()
+            for position, letter in enumerate(sequence):
+                t = ALPHABET.index(letter) if letter in ALPHABET else N_TYPES - 1
+                expected[:, t] += z[position]
+                letters[t] += 1
+    np.testing.assert_allclose(profile.mass, expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(profile.n_residues, residue_active)
+    np.testing.assert_allclose(profile.background, letters / letters.sum())
+    shares = profile.shares()
+    live = profile.mass.sum(axis=1) > 0
+    np.testing.assert_allclose(shares[live].sum(axis=1), 1.0, rtol=1e-5)
+    assert profile.basis == BASIS_CORPUS
 
 
 def test_protein_level_activations_encode_pooled_vectors(store: EmbeddingStore) -> None:
@@ -244,6 +275,38 @@ def test_run_analyze_on_a_pooled_only_layer_matches_the_shards(
                 assert np.mean(a[key] == b[key]) > 0.95
             else:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
+@pytest.mark.parametrize("level", ["protein", "residue"])
+def test_run_analyze_writes_amino_acid_profiles(
+    store: EmbeddingStore, corpus: list[str], tmp_path: Path, level: str
+) -> None:
+    """Residue level: the whole corpus pass; protein level: the positive attribution of the
+    feature's example tracks (each example protein once), by residue type."""
+    has_structure = np.zeros(store.n_proteins, dtype=bool)
+    has_structure[::5] = True
+    out = run_analyze(tmp_path, _sae(), Spec("a", level, 3), store, has_structure, CFG,
+                      sequences=corpus)  # fmt: skip
+    profile = load_profile(out / "aa_profile.npz")
+    assert profile is not None and profile.mass.shape == (384, N_TYPES)
+    summary = json.loads((out / "summary.json").read_text())["aa_profile"]
+    assert summary["alphabet"] == ALPHABET and len(summary["background"]) == N_TYPES
+    if level == "residue":
+        assert profile.basis == summary["basis"] == BASIS_CORPUS
+        return
+    assert profile.basis == summary["basis"] == BASIS_EXAMPLES
+    ex = np.load(out / "examples.npz")
+    expected = np.zeros((384, N_TYPES))
+    seen = set()
+    for i, (f, p) in enumerate(zip(ex["feature"].tolist(), ex["protein"].tolist(), strict=True)):
+        if (f, p) in seen:  # a top protein with a structure is also a structure example
+            continue
+        seen.add((f, p))
+        values = ex["values"][ex["offsets"][i] : ex["offsets"][i + 1]].astype(np.float64)
+        for letter, v in zip(corpus[p], values, strict=True):
+            expected[f, ALPHABET.index(letter) if letter in ALPHABET else N_TYPES - 1] += max(v, 0)
+    # The stored tracks are float16; the profile sums the float32 tracks they were rounded from.
+    np.testing.assert_allclose(profile.mass, expected, rtol=2e-3, atol=1e-3)
 
 
 def test_the_weightless_neuron_basis_goes_where_it_is_moved() -> None:

@@ -365,7 +365,8 @@ def test_labels_from_real_go_enrichment(
     )  # type: ignore[union-attr]
     assert pfam_label([{"PF00069"}, set(), set(), set()]) is None
     labels = auto_labels({big: hits}, {7: [{"PF00069"}, {"PF00069"}]})
-    assert labels[7].source == "auto:pfam" and (big in labels) == bool(sig)
+    assert labels[7].source == "auto:pfam"
+    assert (big in labels and labels[big].source == "auto:go") == bool(sig)
     # A deep term that is significant but barely enriched does not name the feature; a
     # shallower term with a real effect does, and weak terms alone give no GO label at all.
     weak = GoHit("GO:0007204", "positive regulation of cytosolic calcium ion concentration",

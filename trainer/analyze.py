@@ -16,7 +16,7 @@ import itertools
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
+from trainer.aa_profile import AaMass, AaProfile, profile_from_tracks
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.engines import Engine
 from trainer.feature_map import MapConfig, feature_map
@@ -38,6 +39,10 @@ from trainer.stamps import is_current, redo_reason, write_stamp
 
 FloatArray = npt.NDArray[np.float32]
 
+
+# What an analysis holds beyond its settings' results, part of its stamp: 2 added the amino-acid
+# profiles (``aa_profile.npz``), so analyses made before them are made again.
+OUTPUTS_VERSION = 2
 
 SPEED_ONLY_FIELDS = {"batch_size", "max_residues_per_batch", "max_residues_per_track_batch",
                      "device", "residue_cache_gib"}  # fmt: skip
@@ -154,6 +159,7 @@ class _ShardActivations:
     fve: list[np.ndarray]
     residue_active: npt.NDArray[np.int64]
     n_residues: int
+    aa: tuple[np.ndarray, np.ndarray] | None = None  # activation mass per residue type, residues
 
 
 @dataclass
@@ -167,6 +173,7 @@ class _ShardPass:
     store: EmbeddingStore
     cfg: AnalyzeConfig
     with_fve: bool
+    sequences: Sequence[str] | None = None  # with them, the amino-acid mass (trainer.aa_profile)
 
     def __getstate__(self) -> dict[str, Any]:
         on_cpu = _device_of(self.module).type == "cpu"
@@ -187,6 +194,7 @@ class _ShardPass:
         batches = self.store.iter_shard_residue_batches(
             self.spec.layer, k, self.cfg.max_residues_per_batch
         )
+        mass = None if self.sequences is None else AaMass(self.sequences, n_latents, device)
         with torch.inference_mode():
             for protein_indices, offsets, residues in batches:
                 x = _to(residues, device)
@@ -196,6 +204,8 @@ class _ShardPass:
                     out.fve.append(_fve(x, torch.cat(recon), offsets).cpu().numpy())
                 out.n_residues += residues.shape[0]
                 residue_active += torch.bincount(c, minlength=n_latents)
+                if mass is not None:
+                    mass.add(protein_indices, np.diff(offsets), r, c, v)
                 # One key per (protein, feature); unique() sorts them: the result is row-major.
                 keys, inverse = torch.unique(
                     _owners(offsets, device)[r] * n_latents + c, return_inverse=True
@@ -207,6 +217,7 @@ class _ShardPass:
                 out.rows.append(_csr(keys // n_latents, keys % n_latents, maxima, shape))
                 out.proteins.append(np.asarray(protein_indices, dtype=np.int64))
         out.residue_active = residue_active.cpu().numpy()
+        out.aa = None if mass is None else mass.arrays()
         return out
 
 
@@ -217,6 +228,7 @@ def protein_activations(
     cfg: AnalyzeConfig,
     fve_out: FloatArray | None = None,
     engine: Engine | None = None,
+    aa_out: AaMass | None = None,
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
@@ -226,7 +238,8 @@ def protein_activations(
     Also returns, per feature, the number of residues it fires on and the total residue count
     (residue-level density), zeros for protein-level dictionaries.
     ``fve_out [n_proteins]`` (residue-level SAEs): filled with each protein's FVE from the same
-    pass, so the shards are read and encoded once, not twice.
+    pass, so the shards are read and encoded once, not twice. ``aa_out`` (residue level): each
+    batch's activation mass per residue type is added there, from the same pass.
     """
     n_latents = module.n_latents
     if spec.level == "protein":
@@ -237,7 +250,8 @@ def protein_activations(
         from trainer.engines.local import LocalEngine
 
         engine = LocalEngine()
-    job = _ShardPass(module, spec, store, cfg, fve_out is not None)
+    job = _ShardPass(module, spec, store, cfg, fve_out is not None,
+                     aa_out.sequences if aa_out is not None else None)  # fmt: skip
     parts: dict[int, _ShardActivations] = {}
     units = list(range(store.n_shards))
     for k, part in tqdm(engine.map_units(_ShardPass.run, job, units, gpu=True),
@@ -249,6 +263,8 @@ def protein_activations(
     residue_active = np.zeros(n_latents, dtype=np.int64)
     for part in ordered:
         residue_active += part.residue_active
+        if aa_out is not None and part.aa is not None:
+            aa_out.merge(*part.aa)
     order = [proteins for part in ordered for proteins in part.proteins]
     if fve_out is not None:
         for proteins, fve in zip(order, (f for part in ordered for f in part.fve), strict=True):
@@ -561,6 +577,7 @@ def run_analyze(
     residue_source: ResidueSource | None = None,
     stamp: str | None = None,
     engine: Engine | None = None,
+    sequences: Sequence[str] | None = None,
 ) -> Path:
     """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
 
@@ -568,7 +585,9 @@ def run_analyze(
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
     ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
     and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
-    encoding pass of residue-level dictionaries (default: in this process).
+    encoding pass of residue-level dictionaries (default: in this process). ``sequences``
+    (corpus order): with them, each feature's amino-acid profile is written too
+    (``trainer.aa_profile``).
     """
     out = workdir / "analysis" / spec.name
     finished = (out / "DONE").exists() if stamp is None else is_current(out / "DONE", stamp)
@@ -583,7 +602,12 @@ def run_analyze(
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
     fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
-    acts, residue_active, n_residues = protein_activations(module, spec, store, cfg, fve, engine)
+    residue_mass = None
+    if sequences is not None and spec.level == "residue":
+        residue_mass = AaMass(sequences, module.n_latents, _device_of(module))
+    acts, residue_active, n_residues = protein_activations(
+        module, spec, store, cfg, fve, engine, residue_mass
+    )
     sp.save_npz(out / "protein_activations.npz", acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
     np.savez_compressed(out / "features.npz", **stats)
@@ -604,6 +628,14 @@ def run_analyze(
     values = residue_tracks(module, spec, store, {p: sorted(f) for p, f in wanted.items()},
                             cfg.max_residues_per_track_batch, residue_source,
                             cfg.max_residues_per_batch)  # fmt: skip
+    profile: AaProfile | None = None
+    if residue_mass is not None:
+        profile = residue_mass.result()
+    elif sequences is not None:  # protein level: the example proteins' exact attribution
+        pairs = ((f, p) for f, p, *_ in examples)
+        profile = profile_from_tracks(values, pairs, sequences, module.n_latents)
+    if profile is not None:
+        profile.save(out / "aa_profile.npz")
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
     np.savez_compressed(
@@ -647,6 +679,8 @@ def run_analyze(
         "mean_l0_protein": float(acts.getnnz() / max(acts.shape[0], 1)),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if profile is not None:
+        summary["aa_profile"] = profile.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_stamp(out / "DONE", stamp or "ok")
     return out

@@ -39,6 +39,7 @@ from app.sae import (
 from app.settings import Settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
+from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
 from trainer.analyze import Spec, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
@@ -287,6 +288,7 @@ class Pipeline:
         return digest({
             **self._stamp_inputs(plan),
             "analyze": self.cfg.analyze.result_inputs(),
+            "outputs": ANALYSIS_OUTPUTS_VERSION,
             "dictionary": read_stamp(self.workdir / "saes" / plan.spec.name / "DONE"),
         })  # fmt: skip
 
@@ -309,7 +311,7 @@ class Pipeline:
                 source = sources[plan.embeddings]
             run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
                         self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
-                        engine=self.engine)  # fmt: skip
+                        sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage

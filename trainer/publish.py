@@ -22,6 +22,8 @@ from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from app.detail_queries import go_alpha
+from app.residue_types import ALPHABET, Dominance, is_detector
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
 from app.store.publish import publish_run
@@ -38,12 +40,14 @@ from app.store.schema import (
     Sae,
     TopExample,
 )
+from trainer.aa_profile import BASIS_CORPUS, AaProfile, load_profile
 from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 
 console = Console()
+AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detector")
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -105,6 +109,9 @@ class DictionaryLoader:
         self.run = run
         self.protein_ids = protein_ids
         self.go_hits: dict[int, list[GoHit]] = {}
+        self.go_alpha = go_alpha(None)
+        self.dominance: dict[int, Dominance] = {}
+        self.aa_basis = BASIS_CORPUS
         self.n_rows = 0  # bulk-inserted rows so far (progress on a proteome-sized run)
 
     def load(self, name: str, known_terms: dict[str, tuple[str, int]]) -> Sae:
@@ -115,7 +122,7 @@ class DictionaryLoader:
         if analysis.exists():  # the corpus distribution of per-protein FVE (for the server)
             summary = json.loads(analysis.read_text())
             metrics |= {k: summary.get(k) for k in ("fve_median", "fve_p05")}
-        self.go_hits = {}
+        self.go_hits, self.dominance, self.go_alpha = {}, {}, go_alpha(None)
         sae = self._sae_row(name, config, metrics, sae_dir)
         feature_ids = self._features(sae, name)
         self._examples(name, feature_ids)
@@ -180,12 +187,26 @@ class DictionaryLoader:
             "hist_counts": stats["hist_counts"].astype(np.int64).tolist(),
             "is_dead": stats["is_dead"].astype(bool).tolist(),
             **self._map_columns(name, n),
+            **self._aa_columns(name, n),
         }
         nulls = dict.fromkeys(("pattern_class", "auto_label", "auto_label_source",
                                "explanation_score"))  # fmt: skip
         self.n_rows += bulk_insert_columns(self.session, Feature, columns,
                                            {"sae_id": sae.id, "n_go_hits": 0, **nulls})  # fmt: skip
         return ids
+
+    def _aa_columns(self, name: str, n: int) -> dict[str, list[Any]]:
+        """The amino-acid profile columns (None throughout where the analysis has none), and
+        each profiled feature's dominant type for its label (``self.dominance``)."""
+        profile = load_profile(self.workdir / "analysis" / name / "aa_profile.npz")
+        if profile is None:
+            return {key: [None] * n for key in AA_COLUMNS}
+        if profile.mass.shape[0] != n:
+            raise ValueError(
+                f"{name}: amino-acid profile of {profile.mass.shape[0]} features, not {n}"
+            )
+        self.aa_basis = profile.basis
+        return profile_columns(profile, self.dominance)
 
     def _map_columns(self, name: str, n: int) -> dict[str, list[float | None]]:
         """Feature-map coordinates (None where a latent is off the map, or the analysis made no
@@ -252,6 +273,7 @@ class DictionaryLoader:
     ) -> None:
         go_dir = self.workdir / "go" / name
         go_summary = self._summary(sae, "go", go_dir / "summary.json") or {}
+        self.go_alpha = go_alpha(go_summary)
         self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
         if not (go_dir / "hits.npz").exists():
             return
@@ -310,7 +332,9 @@ class DictionaryLoader:
         by_index = dict(enumerate(feature_ids))
         load_explanations(self.session, self.workdir, name, sae.id, by_index)
         hits = cast(Mapping[int, Iterable[GoHitLike]], self.go_hits)
-        load_auto_labels(self.session, auto_labels(hits, {}), by_index)
+        basis = "activation" if self.aa_basis == BASIS_CORPUS else "attribution"
+        labels = auto_labels(hits, {}, alpha=self.go_alpha, dominance=self.dominance, basis=basis)
+        load_auto_labels(self.session, labels, by_index)
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         c_dir = self.workdir / "concepts" / name
@@ -330,6 +354,32 @@ class DictionaryLoader:
             columns[key] = al[key][known].astype(float).tolist()
         self.n_rows += bulk_insert_columns(self.session, ConceptAlignment, columns,
                                            {"sae_id": sae.id})  # fmt: skip
+
+
+def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict[str, list[Any]]:
+    """``Feature``'s profile columns from an analysis profile; fills ``dominance`` (feature
+    index -> its dominant type) for every feature with any mass."""
+    shares = profile.shares()
+    top = np.argmax(shares, axis=1)
+    top_share = shares[np.arange(len(top)), top].astype(float)
+    has_mass = profile.mass.sum(axis=1) > 0
+    columns: dict[str, list[Any]] = {key: [] for key in AA_COLUMNS}
+    for f, (row, t, s, n, live) in enumerate(zip(shares.tolist(), top.tolist(), top_share.tolist(),
+                                                 profile.n_residues.tolist(), has_mass.tolist(),
+                                                 strict=True)):  # fmt: skip
+        if not live:
+            for key in columns:
+                columns[key].append(None)
+            continue
+        d = Dominance(letter=ALPHABET[t], share=s, background=float(profile.background[t]),
+                      n_residues=int(n))  # fmt: skip
+        dominance[f] = d
+        columns["aa_profile"].append([round(v, 4) for v in row])
+        columns["aa_n_residues"].append(int(n))
+        columns["aa_top"].append(d.letter)
+        columns["aa_top_share"].append(s)
+        columns["aa_detector"].append(is_detector(s, d.background, int(n)))
+    return columns
 
 
 def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:

@@ -15,12 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
-from app.detail_queries import go_alphas
+from app.detail_queries import analysis_payload, go_alphas
+from app.residue_types import ALPHABET
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
 router = APIRouter(
@@ -33,7 +34,8 @@ SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary
 CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
-    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits",
+    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "aa_top", "aa_top_share",
+    "aa_detector", "aa_n_residues", "aa_profile",
 )  # fmt: skip
 
 
@@ -66,6 +68,14 @@ class FeatureExport(BaseModel):
     pattern_class: str | None
     n_go_hits_length: int | None
     go_hits: list[GoHitOut]
+    aa_top: str | None = Field(description="Residue type carrying most of the activation mass")
+    aa_top_share: float | None
+    aa_detector: bool | None = Field(description="A single-type detector")
+    aa_n_residues: int | None = Field(description="Residues the profile is computed over")
+    aa_profile: dict[str, float] | None = Field(
+        description="Share of the activation mass per residue type (one-letter code; X: "
+        "non-standard); null for runs published before amino-acid profiles"
+    )
 
 
 class SaeExport(BaseModel):
@@ -79,6 +89,12 @@ class SaeExport(BaseModel):
     base_model: str
     checkpoint_sha256: str
     go_alpha: float  # significance level of the dictionary's GO stage (its length verdicts)
+    is_control: bool = Field(description="A control dictionary (trained on a random-init model)")
+    aa_profile_basis: str | None = Field(
+        description="What the amino-acid profiles are computed on: corpus (every residue a "
+        "residue-level feature fires on) or examples (positive per-residue attribution over a "
+        "protein-level feature's example proteins)"
+    )
     features: list[FeatureExport]
 
 
@@ -126,13 +142,24 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             density=f.density, n_active=f.n_active, max_activation=f.max_activation,
             mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
             n_go_hits_length=f.n_go_hits_length, go_hits=hits.get(f.id, []),
+            aa_top=f.aa_top, aa_top_share=f.aa_top_share, aa_detector=f.aa_detector,
+            aa_n_residues=f.aa_n_residues,
+            aa_profile=None if not f.aa_profile else dict(zip(ALPHABET, f.aa_profile, strict=True)),
         ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
         sae_id=sae.id, sae_name=sae.name, kind=sae.kind, level=sae.level, layer=sae.layer,
         n_latents=sae.n_latents, run_name=run.name, base_model=run.base_model,
-        checkpoint_sha256=run.checkpoint_sha256, go_alpha=alpha, features=features,
+        checkpoint_sha256=run.checkpoint_sha256, go_alpha=alpha, is_control=sae.is_control,
+        aa_profile_basis=_aa_basis(session, sae), features=features,
     )  # fmt: skip
+
+
+def _aa_basis(session: Session, sae: Sae) -> str | None:
+    """The analysis summary's profile basis; None where the run has no profiles."""
+    payload = analysis_payload(session, sae.id)
+    info = payload.get("aa_profile") if isinstance(payload, dict) else None
+    return str(info["basis"]) if isinstance(info, dict) and "basis" in info else None
 
 
 def _filename(sae: Sae, suffix: str) -> str:
@@ -159,6 +186,11 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     for f in data.features:
         row: dict[str, Any] = f.model_dump(exclude={"go_hits"})
         row["n_go_hits"] = len(f.go_hits)
+        row["aa_profile"] = (
+            None
+            if f.aa_profile is None
+            else ";".join(f"{k}={v:.4g}" for k, v in f.aa_profile.items() if v > 0)
+        )
         row["go_hits"] = ";".join(
             f"{h.go_id}|{h.name}|q={h.q_value:.3g}"
             + ("" if h.q_length is None else f"|q_length={h.q_length:.3g}")

@@ -207,6 +207,16 @@ class Feature(Base):
     # the neuron baseline) and for runs published before the map existed.
     map_x: Mapped[float | None] = mapped_column(Float, nullable=True)
     map_y: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Amino-acid profile (trainer.aa_profile): share of the feature's activation mass on each
+    # residue type of app.residue_types.ALPHABET, over aa_n_residues residues (residue level:
+    # every residue it fires on; protein level: positive attribution over its example proteins);
+    # its commonest type and share, and whether it is a single-type detector
+    # (app.residue_types.is_detector). NULL for runs published before profiles.
+    aa_profile: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    aa_n_residues: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    aa_top: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    aa_top_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    aa_detector: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class TopExample(Base):

@@ -1,6 +1,11 @@
-"""Offline feature labels, independent of Claude: the most specific significant GO term, or the
-dominant Pfam family of the top proteins. Each label carries its source so the store and the UI
-can mark it as automatic (``Feature.auto_label`` / ``Feature.auto_label_source``).
+"""Offline feature labels, independent of Claude. Each label carries its source so the store and
+the UI can mark it as automatic (``Feature.auto_label`` / ``Feature.auto_label_source``).
+
+In order: a single-type detector is named by its residue type (``auto:aa``, "Cys detector (92%
+of activation on C)"): its GO hits only say which proteins are rich in that residue. Otherwise
+the most specific GO term that protein length does not explain (``auto:go``); where the feature
+has significant terms but none qualifies, a label that says so (``auto:no-go``, e.g. "no GO hit
+beyond length"); else the dominant Pfam family of the top proteins (``auto:pfam``).
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from app.residue_types import Dominance
 
 NAMESPACE_NAMES = {
     "BP": "biological process",
@@ -47,7 +54,7 @@ class GoHit:
 @dataclass(frozen=True)
 class AutoLabel:
     text: str
-    source: str  # "auto:go" | "auto:pfam"
+    source: str  # "auto:aa" | "auto:go" | "auto:no-go" | "auto:pfam"
     evidence: str
 
 
@@ -66,9 +73,7 @@ def go_label(
     significant = [
         h
         for h in hits
-        if h.q_value < alpha
-        and h.fold_enrichment >= min_fold
-        and (h.q_length is None or h.q_length < alpha)
+        if h.q_value < alpha and h.fold_enrichment >= min_fold and _beyond_length(h, alpha)
     ]
     if not significant:
         return None
@@ -84,6 +89,44 @@ def go_label(
         + ("" if best.q_length is None else f", length-adjusted q={best.q_length:.2g}")
         + f", fold={best.fold_enrichment:.1f}, depth={best.depth}",
     )
+
+
+def _beyond_length(h: GoHitLike, alpha: float) -> bool:
+    return h.q_length is None or h.q_length < alpha
+
+
+def detector_label(dominance: Dominance, basis: str = "activation") -> AutoLabel | None:
+    """ "Cys detector (92% of activation on C)" for a single-type detector, else None.
+    ``basis``: what the shares are of ("activation", or "attribution" for protein level)."""
+    if not dominance.is_detector:
+        return None
+    enrichment = dominance.enrichment
+    return AutoLabel(
+        text=f"{dominance.name} detector ({dominance.share:.0%} of {basis} on {dominance.letter})",
+        source="auto:aa",
+        evidence=f"{dominance.n_residues} residues; {dominance.letter} is "
+        f"{dominance.background:.1%} of the corpus's residues"
+        + ("" if enrichment is None else f" ({enrichment:.1f}x)"),
+    )
+
+
+def no_go_label(
+    hits: Iterable[GoHitLike], alpha: float = 0.05, min_fold: float = MIN_LABEL_FOLD
+) -> AutoLabel | None:
+    """What a feature with significant GO terms but no GO label has instead: every term is
+    explained by protein length, or those beyond length are enriched less than ``min_fold``.
+    None when it has no significant term (nothing was withheld)."""
+    significant = [h for h in hits if h.q_value < alpha]
+    if not significant:
+        return None
+    beyond = [h for h in significant if _beyond_length(h, alpha)]
+    n = len(significant)
+    terms = f"{n} term{'s' if n != 1 else ''}"
+    if not beyond:
+        text = f"no GO hit beyond length ({terms} explained by protein length)"
+    else:
+        text = f"no strong GO hit ({len(beyond)} beyond length, all below {min_fold:g}-fold)"
+    return AutoLabel(text=text, source="auto:no-go", evidence=f"{terms} with q < {alpha:g}")
 
 
 def pfam_label(top_pfams: Sequence[Iterable[str]], min_share: float = 0.5) -> AutoLabel | None:
@@ -103,19 +146,41 @@ def pfam_label(top_pfams: Sequence[Iterable[str]], min_share: float = 0.5) -> Au
     )
 
 
+def feature_label(
+    hits: Iterable[GoHitLike],
+    dominance: Dominance | None = None,
+    top_pfams: Sequence[Iterable[str]] = (),
+    alpha: float = 0.05,
+    min_share: float = 0.5,
+    min_fold: float = MIN_LABEL_FOLD,
+    basis: str = "activation",
+) -> AutoLabel | None:
+    """One feature's offline label, by the rules of the module docstring."""
+    hits = list(hits)
+    return (
+        (detector_label(dominance, basis) if dominance is not None else None)
+        or go_label(hits, alpha, min_fold)
+        or no_go_label(hits, alpha, min_fold)
+        or pfam_label(top_pfams, min_share)
+    )
+
+
 def auto_labels(
     go_hits: Mapping[int, Iterable[GoHitLike]],
     top_pfams: Mapping[int, Sequence[Iterable[str]]],
     alpha: float = 0.05,
     min_share: float = 0.5,
     min_fold: float = MIN_LABEL_FOLD,
+    dominance: Mapping[int, Dominance] | None = None,
+    basis: str = "activation",
 ) -> dict[int, AutoLabel]:
-    """Labels per feature index: GO first (more specific), Pfam where GO has nothing."""
+    """Labels per feature index (``feature_label``); ``dominance``: each feature's dominant
+    residue type (``app.residue_types``), None where the run has no amino-acid profiles."""
+    dominance = dominance or {}
     out: dict[int, AutoLabel] = {}
-    for feature in sorted(set(go_hits) | set(top_pfams)):
-        label = go_label(go_hits.get(feature, ()), alpha, min_fold) or pfam_label(
-            top_pfams.get(feature, ()), min_share
-        )
+    for feature in sorted(set(go_hits) | set(top_pfams) | set(dominance)):
+        label = feature_label(go_hits.get(feature, ()), dominance.get(feature),
+                              top_pfams.get(feature, ()), alpha, min_share, min_fold, basis)  # fmt: skip
         if label is not None:
             out[feature] = label
     return out
