@@ -8,12 +8,15 @@ and a residue-level view (neurons per residue, max over the protein).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import sparse
 
+from app.sae.io import FORMAT, Provenance
 from tests.realdata import HUMAN_TSV, go_term_records
 from trainer.corpus import Corpus, read_protein_tsv
 
@@ -95,4 +98,8 @@ def write_activations(workdir: Path, name: str, acts: np.ndarray, level: str = "
     sparse.save_npz(out / "protein_activations.npz", sparse.csr_matrix(acts.astype(np.float32)))
     cfg = workdir / "saes" / name
     cfg.mkdir(parents=True, exist_ok=True)
-    (cfg / "config.json").write_text(f'{{"level": "{level}"}}')
+    # The provenance part of the trainer's own config.json (the stage reads the level there).
+    prov = Provenance(base_model="esm2_t4_2M_sprot14mini", checkpoint_sha256="0" * 64, layer=3,
+                      out_layer=None, level=level, normalisation="layer_norm")  # fmt: skip
+    doc = {"format": FORMAT, "provenance": dataclasses.asdict(prov)}
+    (cfg / "config.json").write_text(json.dumps(doc))

@@ -207,6 +207,32 @@ def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
     engine.dispose()
 
 
+def test_residue_level_explain_prompts_show_where_each_protein_fires(tiny_run: TinyRun) -> None:
+    """The pipeline hands the explain stage each residue-level feature's per-residue activations:
+    every active protein in the prompt names its strongest residue, a residue of that protein
+    whose value (over the feature's max) is the protein's own activation (its max residue).
+    Protein-level prompts have no per-residue sites."""
+    wd, corpus = tiny_run.pipeline.workdir, tiny_run.pipeline.corpus
+
+    def records(name: str) -> list[dict[str, Any]]:
+        lines = (wd / "explain" / name / "explanations.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r.get("prompt")]
+
+    shown = 0
+    for rec in records("L3-residue-topk"):
+        for row, act in zip(rec["explain_rows"], rec["explain_activations"], strict=True):
+            if act == 0:
+                continue
+            block = rec["prompt"].split(f"### {corpus.accessions[row]}\n")[1].split("###")[0]
+            site = re.search(r"fires most at: ([A-Z])(\d+) in (\S+) \(([0-9.]+)\)", block)
+            assert site is not None, block
+            assert corpus.sequences[row][int(site.group(2)) - 1] == site.group(1)
+            assert site.group(4) == f"{act:.2f}"
+            shown += 1
+    assert shown > 0
+    assert all("fires most at" not in r["prompt"] for r in records("L3-protein-topk"))
+
+
 def test_rerun_resumes_and_keeps_the_published_run(tiny_run: TinyRun) -> None:
     workdir = tiny_run.pipeline.workdir
     features = workdir / "analysis" / "L3-protein-topk" / "features.npz"

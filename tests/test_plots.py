@@ -77,6 +77,7 @@ def test_concept_f1_figure(concept_run: tuple[dict[str, dict[str, Any]], Caching
     )
     svg = plot_concept_f1(list(summaries.values()), inputs, link=lambda d, f: f"/features/{d}/{f}")
     _svg_ok(svg, "run test-concepts", MODEL_NAME, f"{n_chains} chains", *CONCEPTS)
+    assert "fire everywhere (test F1)" in svg  # the baseline beside each concept
     best = summaries["neurons_L4"]["best_per_concept"][0]
     assert f'href="/features/neurons_L4/{best["feature"]}"' in svg
     assert (

@@ -241,8 +241,8 @@ def test_saelens_export_layout_and_latents(acts: RealActivations, tmp_path: Path
     export_saelens(sae, tmp_path / "lens")
     cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == 16
-    assert cfg["normalize_activations"] == "layer_norm" and cfg["apply_b_dec_to_input"] is True
-    assert "biased" in cfg["metadata"]["ln_note"]
+    assert cfg["normalize_activations"] == "none" and cfg["apply_b_dec_to_input"] is True
+    assert "layer_norm(x, (192,), eps=1e-05)" in cfg["metadata"]["usage"]
     w = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
     assert w["W_enc"].shape == (192, 768) and w["W_dec"].shape == (768, 192)
     # Our encoding from the exported tensors (biased LN) reproduces the module's latents.
@@ -250,9 +250,12 @@ def test_saelens_export_layout_and_latents(acts: RealActivations, tmp_path: Path
     z = topk_relu((x_n - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 16)
     torch.testing.assert_close(z, sae.encode(x).detach())
     tc = Transcoder(192, 384, 192, encoder_kind="batchtopk", k=8)
+    with pytest.raises(ValueError, match="no inference threshold"):
+        export_saelens(tc, tmp_path / "tc")  # BatchTopK before training has no JumpReLU form
+    tc.activation.update_threshold(torch.tensor([[0.5, 0.0]]))
     export_saelens(tc, tmp_path / "tc")
     tc_cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
-    assert tc_cfg["architecture"] == "transcoder" and tc_cfg["d_out"] == 192
+    assert tc_cfg["architecture"] == "jumprelu_transcoder" and tc_cfg["d_out"] == 192
     assert tc_cfg["apply_b_dec_to_input"] is False
 
 

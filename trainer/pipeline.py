@@ -40,7 +40,7 @@ from app.settings import Settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
-from trainer.analyze import Spec, run_analyze
+from trainer.analyze import Spec, residue_values, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
@@ -333,10 +333,26 @@ class Pipeline:
         neurons = baselines[0].name if baselines else None
         result = run_explain_stage(self.workdir, self.cfg.explain, dictionaries=saes,
                                    neurons=neurons, go_term_names=self._go_term_names(),
-                                   corpus=self.corpus,
+                                   corpus=self.corpus, residue_values=self._residue_values(),
                                    base_url=os.environ.get("ANTHROPIC_BASE_URL"))  # fmt: skip
         if result.get("status") == "skipped":
             console.print(f"explain: skipped ({result.get('reason', 'no API key')})")
+
+    def _residue_values(self) -> Callable[[str, int, int], np.ndarray]:
+        """``(dictionary, feature, corpus row)`` -> the feature's activation at each residue of
+        that protein, for residue-level prompts ("fires most at"); each dictionary loads once."""
+        plans = {p.spec.name: p for p in self.plans()}
+        loaded: dict[str, tuple[Dictionary, EmbeddingStore]] = {}
+
+        def values(name: str, feature: int, row: int) -> np.ndarray:
+            plan = plans[name]
+            if name not in loaded:
+                loaded[name] = (self.load(plan), self.store(plan.embeddings))
+            module, store = loaded[name]
+            spec = Spec(plan.spec.name, plan.spec.level, plan.spec.layer)
+            return residue_values(module, spec, store, row, [feature])[feature]
+
+        return values
 
     def _go_term_names(self) -> dict[str, str]:
         """Names of every GO id the prompts may show (alt ids resolved to their main term)."""

@@ -2,7 +2,8 @@
 
 Alignments come from ``ConceptAlignment`` (test-split metrics at the train-chosen threshold)
 of published runs only; the train-chosen best feature per dictionary comes from the concepts
-stage's summary (``AnalysisSummary`` kind ``concepts``).
+stage's summary (``AnalysisSummary`` kind ``concepts``). Features are chosen and ranked by their
+train F1 only; test F1 is what is reported, beside the fire-everywhere baseline's test F1.
 
 The store keeps no per-residue labels, so the example reads the concept's label file
 (``{shared}/data/residue_annotations/{name}.tsv.gz``: ``pdb_chain``, ``sequence``, 0/1
@@ -66,12 +67,67 @@ class DictionaryAlignments:
 
     @property
     def best(self) -> AlignmentRow | None:
+        """The summary's train-chosen feature; without a summary, the best train F1 shown."""
         chosen = [r for r in self.rows if r.index == self.best_index]
         return chosen[0] if chosen else (self.rows[0] if self.rows else None)
 
 
+@dataclass(frozen=True)
+class ConceptIndexRow:
+    """One concept on ``/concepts``: the feature with the best *train* F1 over every published
+    dictionary's train-chosen feature, its test F1, and the fire-everywhere test F1."""
+
+    concept: Concept
+    sae: Sae | None = None
+    feature_id: int | None = None
+    feature_index: int | None = None
+    f1_train: float | None = None
+    f1_test: float | None = None
+    f1_fire_everywhere_test: float | None = None
+
+
 def concept_by_name(session: Session, name: str) -> Concept | None:
     return session.scalars(select(Concept).where(Concept.name == name)).one_or_none()
+
+
+def concept_index(session: Session) -> list[ConceptIndexRow]:
+    """Every concept, with the train-chosen feature of the published dictionary whose choice
+    has the best train F1 (ties: the newer run, then the lower dictionary id). Nothing here is
+    chosen on the test chains: the test F1 is only reported."""
+    summaries = session.execute(
+        select(Sae, AnalysisSummary.payload)
+        .join(Run, Run.id == Sae.run_id)
+        .join(AnalysisSummary, AnalysisSummary.sae_id == Sae.id)
+        .where(Run.status == "published", AnalysisSummary.kind == "concepts")
+        .order_by(Run.id.desc(), Sae.id)
+    ).all()
+    chosen: dict[str, tuple[Sae, dict[str, Any]]] = {}
+    for sae, payload in summaries:
+        for b in (payload or {}).get("best_per_concept", []):
+            held = chosen.get(b["concept"])
+            if held is None or float(b["f1_train"]) > float(held[1]["f1_train"]):
+                chosen[b["concept"]] = (sae, b)
+    rows = []
+    for concept in session.scalars(select(Concept).order_by(Concept.name)):
+        if concept.name not in chosen:
+            rows.append(ConceptIndexRow(concept))
+            continue
+        sae, b = chosen[concept.name]
+        feature_id = session.scalars(
+            select(Feature.id).where(Feature.sae_id == sae.id, Feature.index == int(b["feature"]))
+        ).one_or_none()
+        rows.append(
+            ConceptIndexRow(
+                concept,
+                sae,
+                feature_id,
+                int(b["feature"]),
+                float(b["f1_train"]),
+                float(b["f1_test"]),
+                b.get("f1_fire_everywhere_test"),
+            )
+        )
+    return rows
 
 
 def _best_entry(session: Session, sae_id: int, concept: str) -> dict[str, Any]:
@@ -89,7 +145,8 @@ def _best_entry(session: Session, sae_id: int, concept: str) -> dict[str, Any]:
 def concept_alignments(
     session: Session, concept: Concept, per_dictionary: int = 10
 ) -> list[DictionaryAlignments]:
-    """Per dictionary of every published run: its features ranked by test F1, best first."""
+    """Per dictionary of every published run: its features ranked by *train* F1 (each at its
+    train-chosen threshold), best first; the test metrics are reported, never used to rank."""
     saes = session.execute(
         select(Sae, Run)
         .join(Run, Run.id == Sae.run_id)
@@ -122,7 +179,6 @@ def concept_alignments(
                 ConceptAlignment.sae_id == sae.id,
                 ConceptAlignment.split == "test",
             )
-            .order_by(ConceptAlignment.f1.desc(), Feature.index)
         ).all()
         ranked = [
             AlignmentRow(
@@ -138,6 +194,7 @@ def concept_alignments(
             )
             for a, index, label in rows
         ]
+        ranked.sort(key=lambda r: (-(r.f1_train if r.f1_train is not None else -1.0), r.index))
         keep = ranked[:per_dictionary]
         keep += [r for r in ranked[per_dictionary:] if r.index == best_index]
         baseline = entry.get("f1_fire_everywhere_test")

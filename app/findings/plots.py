@@ -23,7 +23,8 @@ controls). Without ``kind``, names starting with ``neurons`` are neurons and nam
 - ``plot_fold_enrichment``: ``fold_enrichment``, the significant hits' fold enrichments
   (``GoEnrichment.fold_enrichment`` of the store's BH-significant rows).
 - ``plot_explanation_r``: ``pearson_r``, one value per scored feature.
-- ``plot_concept_f1``: ``best_per_concept`` = ``[{"concept", "feature", "f1_test"}]`` —
+- ``plot_concept_f1``: ``best_per_concept`` = ``[{"concept", "feature", "f1_test",
+  "f1_fire_everywhere_test"}]`` (the baseline optional) —
   ``concepts/{name}/summary.json``.
 
 Bars and points that stand for a dictionary or a feature carry a hyperlink when ``link`` is
@@ -333,13 +334,24 @@ def plot_concept_f1(
             for bar, c in zip(bars, concepts, strict=True):
                 if c in best:
                     bar.set_url(link(str(s["dictionary"]), int(best[c]["feature"])))
+    baseline = {
+        b["concept"]: b["f1_fire_everywhere_test"]
+        for s in summaries
+        for b in s["best_per_concept"]
+        if b.get("f1_fire_everywhere_test") is not None
+    }
+    if baseline:
+        ys = [y[i] + 0.4 - height / 2 for i, c in enumerate(concepts) if c in baseline]
+        ax.scatter([baseline[c] for c in concepts if c in baseline], ys, marker="|", s=120,
+                   color="black", zorder=3, label="fire everywhere (test F1)")  # fmt: skip
     ax.axvline(associated_f1, color="black", linestyle="--", linewidth=0.8)
     ax.set_yticks(y + 0.4 - height / 2, concepts, fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 on test chains of the best feature (chosen on train chains)")
     ax.legend(fontsize=7, loc="lower right")
     caption = (
-        "Residue-level F1 at the train-chosen threshold of max-normalised activation; "
+        "Test-chain F1 of each dictionary's feature chosen, with its threshold of max-normalised "
+        "activation, on train chains; black tick: the test F1 of flagging every residue; "
         f"dashed: InterPLM's association criterion F1 > {associated_f1}."
     )
     return _svg(fig, "Residue-level concepts: best F1 per concept", inputs, caption)

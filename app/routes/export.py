@@ -10,9 +10,9 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
@@ -229,11 +229,25 @@ def export_weights(sae_id: SaeId, session: SessionDep) -> FileResponse:
 
 @router.get(
     "/{sae_id}/saelens.zip",
-    summary="A SAELens-style folder (cfg.json + sae_weights.safetensors), zipped",
+    summary="A SAELens 6.x folder (cfg.json + sae_weights.safetensors), zipped",
+    description=(
+        "`normalize=none` (default) is exact: apply our LayerNorm first, "
+        "`sae.encode(torch.nn.functional.layer_norm(x, (d_in,), eps=1e-5))`. "
+        "`normalize=layer_norm` lets SAELens normalise (unbiased std + eps): "
+        "sae.encode(x) then differs from ours by the eps placement only (relative < eps/std(x)). "
+        "cfg.json's metadata.usage says which applies."
+    ),
     response_class=Response,
     responses={200: {"content": {"application/zip": {"schema": {"type": "string"}}}}},
 )
-def export_saelens_zip(sae_id: SaeId, session: SessionDep) -> Response:
+def export_saelens_zip(
+    sae_id: SaeId,
+    session: SessionDep,
+    normalize: Annotated[
+        Literal["none", "layer_norm"],
+        Query(description="who applies the LayerNorm: you (none, exact) or SAELens (layer_norm)"),
+    ] = "none",
+) -> Response:
     sae = published_sae(session, sae_id)
     directory = _weights_dir(sae)
     try:
@@ -247,7 +261,11 @@ def export_saelens_zip(sae_id: SaeId, session: SessionDep) -> Response:
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            out = Path(sae_mod.export_saelens(module, Path(tmp) / folder, source_dir=directory))
+            out = Path(
+                sae_mod.export_saelens(
+                    module, Path(tmp) / folder, source_dir=directory, normalize=normalize
+                )
+            )
         except ValueError as exc:
             raise HTTPException(404, f"SAE {sae.id}: {exc}") from exc
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

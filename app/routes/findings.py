@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.deps import SessionDep
 from app.findings.concepts import (
@@ -14,13 +14,14 @@ from app.findings.concepts import (
     concept_alignments,
     concept_by_name,
     concept_example,
+    concept_index,
     track_rows,
 )
 from app.findings.data import published_run
 from app.findings.render import cached_findings
 from app.params import IdPath
 from app.settings import get_settings
-from app.store.schema import Concept, ConceptAlignment, Feature, Run
+from app.store.schema import Feature, Run
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -67,17 +68,7 @@ def findings_svg(run_id: IdPath, key: str, session: SessionDep) -> Response:
 
 @router.get("/concepts", response_class=HTMLResponse)
 def concepts_index(request: Request, session: SessionDep) -> Response:
-    best = (
-        select(ConceptAlignment.concept_id, func.max(ConceptAlignment.f1).label("f1"))
-        .where(ConceptAlignment.split == "test")
-        .group_by(ConceptAlignment.concept_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(Concept, best.c.f1)
-        .outerjoin(best, best.c.concept_id == Concept.id)
-        .order_by(Concept.name)
-    ).all()
+    rows = concept_index(session)
     return templates.TemplateResponse(request, "concept.html", {"concepts": rows, "concept": None})
 
 

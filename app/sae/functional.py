@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 LN_EPS = 1e-5
@@ -60,13 +61,13 @@ def layer_norm(x: Tensor, eps: float = LN_EPS) -> tuple[Tensor, NormStats]:
     """Per-sample LayerNorm without affine weights: ``(x - mean) / sqrt(var + eps)``.
 
     ``x [B, d]``. The variance is the *biased* one (divide by d) with eps inside the square root,
-    as in the seed paper and ``torch.nn.functional.layer_norm``; InterProt, OpenAI and SAELens
-    divide by the unbiased std plus eps, a ~sqrt(d/(d-1)) scale difference recorded on export.
+    as in the seed paper. The output is ``torch.nn.functional.layer_norm``'s own, bit for bit,
+    so a user who applies it before an exported SAE gets our latents to the last bit (see
+    :mod:`app.sae.saelens`: InterProt, OpenAI and SAELens divide by the unbiased std plus eps).
     """
     mean = x.mean(dim=-1, keepdim=True)
-    var = (x - mean).pow(2).mean(dim=-1, keepdim=True)
-    std = torch.sqrt(var + eps)
-    return (x - mean) / std, NormStats(mean, std)
+    std = torch.sqrt(x.var(dim=-1, unbiased=False, keepdim=True) + eps)
+    return F.layer_norm(x, x.shape[-1:], eps=eps), NormStats(mean, std)
 
 
 def topk_relu(pre: Tensor, k: int) -> Tensor:

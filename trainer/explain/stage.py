@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from scipy import sparse
 from tqdm import tqdm
 
+from app.sae.io import read_provenance
 from trainer.explain.batches import run_batch
 from trainer.explain.client import ClaudeClient, Outcome
 from trainer.explain.costs import BudgetExceeded, CostMeter, model_prices
@@ -73,9 +74,10 @@ def _load_corpus(workdir: Path) -> CorpusLike:
 
 
 def _level(workdir: Path, name: str) -> str:
-    cfg = workdir / "saes" / name / "config.json"
-    if cfg.exists():
-        return str(json.loads(cfg.read_text()).get("level", "protein"))
+    """protein | residue, from the saved dictionary's provenance (``config.json``)."""
+    folder = workdir / "saes" / name
+    if (folder / "config.json").exists():
+        return read_provenance(folder).level
     return "protein"
 
 
