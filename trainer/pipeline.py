@@ -42,6 +42,7 @@ from app.store.schema import Run
 from trainer.analyze import Spec, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
+from trainer.effects import measurable, run_effects
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
@@ -291,8 +292,12 @@ class Pipeline:
                         cache_bytes=int(self.cfg.analyze.residue_cache_gib * 2**30),
                     )  # fmt: skip
                 source = sources[plan.embeddings]
-            run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
-                        self.cfg.analyze, source, stamp=self.analysis_stamp(plan))  # fmt: skip
+            module = self.load(plan)
+            out = run_analyze(self.workdir, module, spec, store, has_structure,
+                              self.cfg.analyze, source, stamp=self.analysis_stamp(plan))  # fmt: skip
+            if measurable(module, spec.level, self.cfg.effects):
+                run_effects(out, self.model_for(plan), module, spec.layer,
+                            self.corpus.sequences, self.cfg.effects)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage

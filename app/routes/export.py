@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
 from app.detail_queries import go_alphas
+from app.read_models import LmEffect
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
 router = APIRouter(
@@ -33,7 +34,7 @@ SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary
 CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
-    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits",
+    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "promotes", "suppresses",
 )  # fmt: skip
 
 
@@ -66,6 +67,7 @@ class FeatureExport(BaseModel):
     pattern_class: str | None
     n_go_hits_length: int | None
     go_hits: list[GoHitOut]
+    lm_effect: LmEffect | None  # what it makes the model predict, by intervention
 
 
 class SaeExport(BaseModel):
@@ -126,6 +128,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             density=f.density, n_active=f.n_active, max_activation=f.max_activation,
             mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
             n_go_hits_length=f.n_go_hits_length, go_hits=hits.get(f.id, []),
+            lm_effect=LmEffect.from_stored(f.lm_effect),
         ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
@@ -157,7 +160,14 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in data.features:
-        row: dict[str, Any] = f.model_dump(exclude={"go_hits"})
+        row: dict[str, Any] = f.model_dump(exclude={"go_hits", "lm_effect"})
+        effect = f.lm_effect
+        row["promotes"] = (
+            ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.promoted) if effect else None
+        )
+        row["suppresses"] = (
+            ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.suppressed) if effect else None
+        )
         row["n_go_hits"] = len(f.go_hits)
         row["go_hits"] = ";".join(
             f"{h.go_id}|{h.name}|q={h.q_value:.3g}"

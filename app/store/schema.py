@@ -207,6 +207,10 @@ class Feature(Base):
     # the neuron baseline) and for runs published before the map existed.
     map_x: Mapped[float | None] = mapped_column(Float, nullable=True)
     map_y: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What the feature makes the model predict, by intervention (trainer/effects.py): mean and std
+    # of Δ log p over the 20 amino acids ("ACDEFGHIKLMNPQRSTVWY"), examples, activation used.
+    # NULL where not measured (protein level, transcoders, neurons, dead, older runs).
+    lm_effect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TopExample(Base):
