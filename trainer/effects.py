@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,7 +61,7 @@ def measure_effects(
     sequences: Sequence[str],
     examples: dict[str, np.ndarray],
     cfg: EffectsConfig,
-) -> dict[str, npt.NDArray[np.generic]]:
+) -> dict[str, np.ndarray]:
     """``mean``/``std`` ``[n_latents, 20]`` Δ log p, ``n_examples``, ``activation`` (see module doc).
 
     ``examples``: analyze's ``examples.npz`` (feature, protein, bin, rank, activation,
@@ -94,9 +93,10 @@ def measure_effects(
     mean = np.full((n, len(AMINO_ACIDS)), np.nan, dtype=np.float32)
     std = np.full((n, len(AMINO_ACIDS)), np.nan, dtype=np.float32)
     count = np.zeros(n, dtype=np.int64)
-    for f, rows in deltas.items():
-        stacked = np.stack(rows)
-        mean[f], std[f], count[f] = stacked.mean(0), stacked.std(0), len(rows)
+    for f, found in deltas.items():
+        stacked = np.stack(found)
+        count[f] = len(found)
+        mean[f], std[f] = stacked.mean(0), stacked.std(0)
     return {"mean": mean, "std": std, "n_examples": count, "activation": typical}
 
 
@@ -171,7 +171,7 @@ def run_effects(
         examples = {key: archive[key] for key in archive.files}
     arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg)
     partial = analysis_dir / "effects.partial.npz"
-    np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)
+    np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)  # type: ignore[arg-type]
     partial.replace(target)
     measured = int((arrays["n_examples"] > 0).sum())
     (analysis_dir / "effects.json").write_text(json.dumps({"features_measured": measured}))
