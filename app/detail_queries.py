@@ -28,6 +28,7 @@ from app.read_models import (
     GoLengthControl,
     GoTermDetail,
     GoTermRef,
+    LmEffect,
     NeighborOut,
     ProteinDetail,
     ProteinFeatureOut,
@@ -342,6 +343,7 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         ],
         baseline=_baseline(session, feature, sae),
         track_scale=track_scale(sae.level, feature.max_activation, top),
+        lm_effect=LmEffect.from_stored(feature.lm_effect),
     )
 
 

@@ -359,6 +359,16 @@ def _fused_layer(
     return x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
 
 
+def apply_block(
+    layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None, attention: Attention
+) -> torch.Tensor:
+    """One transformer block on ``x (T, B, E)``: fair-esm's module, or its fused-attention form."""
+    if attention == "fused" and attention_fusable(layer):
+        return _fused_layer(layer, x, mask)  # type: ignore[arg-type]
+    out, _ = layer(x, self_attn_padding_mask=mask, need_head_weights=False)
+    return out
+
+
 def forward_representations(
     model: ESM2, tokens: torch.Tensor, layers: Sequence[int], attention: Attention = "fair-esm"
 ) -> dict[int, torch.Tensor]:
@@ -390,10 +400,7 @@ def forward_representations(
     x = x.transpose(0, 1)  # (B, T, E) => (T, B, E)
     mask = padding_mask if padding_mask.any() else None
     for index, layer in enumerate(model.layers[:deepest]):
-        if attention == "fused" and attention_fusable(layer):
-            x = _fused_layer(layer, x, mask)
-        else:
-            x, _ = layer(x, self_attn_padding_mask=mask, need_head_weights=False)
+        x = apply_block(layer, x, mask, attention)
         if index + 1 in wanted:
             reps[index + 1] = x.transpose(0, 1)
     if 0 < deepest == model.num_layers:

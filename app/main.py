@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.routes import api, encode, export, findings, pages
+from app.routes import api, encode, export, findings, intervene, pages
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
 from app.templating import templates
@@ -31,6 +31,7 @@ def create_app() -> FastAPI:
     application.include_router(findings.router)
     application.include_router(api.router)
     application.include_router(encode.router)
+    application.include_router(intervene.router)
     application.include_router(export.router)
 
     @application.get("/healthz", tags=["ops"], summary="Liveness and store reachability")

@@ -307,6 +307,50 @@ class AaProfileOut(BaseModel):
     types: list[AaShare] = Field(description="Every residue type, in alphabet order")
 
 
+class AminoAcidShift(BaseModel):
+    amino_acid: str
+    mean: float = Field(description="Mean Δ log p (natural log) over the examples")
+    std: float
+
+
+LM_EFFECT_METHOD = (
+    "Measured by intervention, not read off the weights: at the peak residue of each of the "
+    "feature's strongest examples, the stream at the SAE's layer is set once with the feature at "
+    "its typical activation and once with it at zero (all else unchanged), the rest of ESM2 runs "
+    "on both, and Δ log p = with − without is read at that residue."
+)
+
+
+class LmEffect(BaseModel):
+    """What the feature makes the model predict at the residues where it fires (trainer/effects.py)."""
+
+    amino_acids: str = Field(description="Order of `mean` and `std`")
+    mean: list[float]
+    std: list[float]
+    n_examples: int
+    activation: float = Field(description="The typical activation set (median of its peaks)")
+    promoted: list[AminoAcidShift] = Field(description="Up to 3 with the largest positive mean")
+    suppressed: list[AminoAcidShift] = Field(description="Up to 3 with the most negative mean")
+    method: str = LM_EFFECT_METHOD
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any] | None) -> LmEffect | None:
+        if not stored:
+            return None
+        amino_acids = "ACDEFGHIKLMNPQRSTVWY"
+        shifts = [
+            AminoAcidShift(amino_acid=a, mean=m, std=s)
+            for a, m, s in zip(amino_acids, stored["mean"], stored["std"], strict=True)
+        ]
+        ranked = sorted(shifts, key=lambda x: -x.mean)
+        return cls(
+            amino_acids=amino_acids, mean=stored["mean"], std=stored["std"],
+            n_examples=stored["n_examples"], activation=stored["activation"],
+            promoted=[x for x in ranked[:3] if x.mean > 0],
+            suppressed=[x for x in ranked[::-1][:3] if x.mean < 0],
+        )  # fmt: skip
+
+
 class FeatureDetail(BaseModel):
     feature: FeatureSummary
     sae: SaeSummary
@@ -324,6 +368,11 @@ class FeatureDetail(BaseModel):
     concepts: list[ConceptHit]
     baseline: BaselineContext | None
     track_scale: float = Field(description="The value that maps to full colour on residue tracks")
+    lm_effect: LmEffect | None = Field(
+        None,
+        description="What the feature makes the model predict, by intervention; null where "
+        "not measured (protein-level dictionaries, transcoders, neurons, dead features)",
+    )
 
 
 class GoTermRef(_Orm):

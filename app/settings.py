@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     encode_max_batch: int = Field(default=16, ge=1)
     encode_max_wait_ms: float = Field(default=5.0, ge=0)
     encode_cache_size: int = Field(default=512, ge=0)
+    intervene_max_concurrent: int = Field(default=2, ge=1)  # steering/variant requests at once
     page_size: int = Field(default=50, ge=1, le=500)
 
     @property

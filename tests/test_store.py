@@ -50,7 +50,7 @@ AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detec
 
 def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> None:
     """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates,
-    0004 the amino-acid profile; each downgrade removes what its revision added."""
+    0004 the amino-acid profile, 0005 the features' LM effects; each downgrade removes what its revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -64,9 +64,11 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert migrate.current_revision(store_url) == migrate.head_revision() == "0004_aa_profile"
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0005_feature_effects"
     assert {"p_length", "q_length"} <= columns("go_enrichments")
-    assert {"n_go_hits_length", "map_x", "map_y", *AA_COLUMNS} <= columns("features")
+    assert {"n_go_hits_length", "map_x", "map_y", "lm_effect", *AA_COLUMNS} <= columns("features")
+    migrate.downgrade(store_url, "0004_aa_profile")
+    assert "lm_effect" not in columns("features") and set(AA_COLUMNS) <= columns("features")
     migrate.downgrade(store_url, "0003")
     assert "map_x" in columns("features")
     assert not set(AA_COLUMNS) & columns("features")

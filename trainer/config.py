@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from app.settings import Settings
 from trainer.analyze import AnalyzeConfig
 from trainer.concepts.stage import ConceptsConfig
+from trainer.effects import EffectsConfig
 from trainer.embed import EmbedConfig
 from trainer.engines import EngineName, RayConfig
 from trainer.explain.stage import ExplainConfig
@@ -81,6 +82,7 @@ class TrainerConfig(BaseModel):
     controls: ControlsSection = Field(default_factory=ControlsSection)
     loss: LossSection = Field(default_factory=LossSection)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
+    effects: EffectsConfig = Field(default_factory=EffectsConfig)
     go: GoConfig
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None

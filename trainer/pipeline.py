@@ -43,6 +43,7 @@ from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
 from trainer.analyze import Spec, residue_values, run_analyze
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
+from trainer.effects import measurable, run_effects
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
@@ -309,9 +310,13 @@ class Pipeline:
                         cache_bytes=int(self.cfg.analyze.residue_cache_gib * 2**30),
                     )  # fmt: skip
                 source = sources[plan.embeddings]
-            run_analyze(self.workdir, self.load(plan), spec, store, has_structure,
-                        self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
-                        sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
+            module = self.load(plan)
+            out = run_analyze(self.workdir, module, spec, store, has_structure,
+                              self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
+                              sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
+            if measurable(module, spec.level, self.cfg.effects):
+                run_effects(out, self.model_for(plan), module, spec.layer,
+                            self.corpus.sequences, self.cfg.effects)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage

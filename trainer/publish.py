@@ -188,6 +188,7 @@ class DictionaryLoader:
             "is_dead": stats["is_dead"].astype(bool).tolist(),
             **self._map_columns(name, n),
             **self._aa_columns(name, n),
+            "lm_effect": self._effect_column(name, n),
         }
         nulls = dict.fromkeys(("pattern_class", "auto_label", "auto_label_source",
                                "explanation_score"))  # fmt: skip
@@ -207,6 +208,27 @@ class DictionaryLoader:
             )
         self.aa_basis = profile.basis
         return profile_columns(profile, self.dominance)
+
+    def _effect_column(self, name: str, n: int) -> list[dict[str, Any] | None]:
+        """Per latent, what it makes the model predict (``trainer.effects``), or None."""
+        path = self.workdir / "analysis" / name / "effects.npz"
+        if not path.exists():
+            return [None] * n
+        eff = _load_npz(path)
+        if eff["mean"].shape[0] != n:
+            raise ValueError(f"{path}: effects of {eff['mean'].shape[0]} latents for {n}")
+        column: list[dict[str, Any] | None] = []
+        for f in range(n):
+            if eff["n_examples"][f] == 0:
+                column.append(None)
+                continue
+            column.append({
+                "mean": [round(float(v), 4) for v in eff["mean"][f]],
+                "std": [round(float(v), 4) for v in eff["std"][f]],
+                "n_examples": int(eff["n_examples"][f]),
+                "activation": round(float(eff["activation"][f]), 4),
+            })  # fmt: skip
+        return column
 
     def _map_columns(self, name: str, n: int) -> dict[str, list[float | None]]:
         """Feature-map coordinates (None where a latent is off the map, or the analysis made no

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
 from app.detail_queries import analysis_payload, go_alphas
+from app.read_models import LmEffect
 from app.residue_types import ALPHABET
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
@@ -35,7 +36,7 @@ CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
     "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "aa_top", "aa_top_share",
-    "aa_detector", "aa_n_residues", "aa_profile",
+    "aa_detector", "aa_n_residues", "aa_profile", "promotes", "suppresses",
 )  # fmt: skip
 
 
@@ -76,6 +77,7 @@ class FeatureExport(BaseModel):
         description="Share of the activation mass per residue type (one-letter code; X: "
         "non-standard); null for runs published before amino-acid profiles"
     )
+    lm_effect: LmEffect | None  # what it makes the model predict, by intervention
 
 
 class SaeExport(BaseModel):
@@ -145,6 +147,7 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             aa_top=f.aa_top, aa_top_share=f.aa_top_share, aa_detector=f.aa_detector,
             aa_n_residues=f.aa_n_residues,
             aa_profile=None if not f.aa_profile else dict(zip(ALPHABET, f.aa_profile, strict=True)),
+            lm_effect=LmEffect.from_stored(f.lm_effect),
         ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
@@ -184,7 +187,14 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in data.features:
-        row: dict[str, Any] = f.model_dump(exclude={"go_hits"})
+        row: dict[str, Any] = f.model_dump(exclude={"go_hits", "lm_effect"})
+        effect = f.lm_effect
+        row["promotes"] = (
+            ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.promoted) if effect else None
+        )
+        row["suppresses"] = (
+            ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.suppressed) if effect else None
+        )
         row["n_go_hits"] = len(f.go_hits)
         row["aa_profile"] = (
             None

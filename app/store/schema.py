@@ -217,6 +217,10 @@ class Feature(Base):
     aa_top: Mapped[str | None] = mapped_column(String(1), nullable=True)
     aa_top_share: Mapped[float | None] = mapped_column(Float, nullable=True)
     aa_detector: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # What the feature makes the model predict, by intervention (trainer/effects.py): mean and std
+    # of Δ log p over the 20 amino acids ("ACDEFGHIKLMNPQRSTVWY"), examples, activation used.
+    # NULL where not measured (protein level, transcoders, neurons, dead, older runs).
+    lm_effect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TopExample(Base):

@@ -1,0 +1,179 @@
+"""What each feature makes the model predict, measured by intervention (not read off the weights).
+
+For every live latent of a residue-level SAE, at the peak residue of each of its strongest example
+proteins (analyze's ``top`` bin, at most ``examples_per_feature``), the stream at the SAE's layer
+is edited twice through the decoder, every other latent and the SAE's reconstruction error left
+as they are: once with the latent at its *typical activation* (the median of those peaks), once
+with it at zero. The rest of ESM2 runs on both, and ``Δ log p(aa) = with − without`` is read at
+that residue for the 20 amino acids. Kept per latent: the mean over its examples, the standard
+deviation, how many examples, and the activation used. A latent with no example, a dead one, and
+every latent of protein-level dictionaries, transcoders and the neuron baseline get ``NaN`` (not
+measured). Proteins longer than the model's window are cropped to the window around the peak.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.esm import MAX_RESIDUES, LoadedModel, tokenize
+from app.intervene.forward import hidden_at, logits_from
+from app.intervene.steer import AMINO_ACIDS, amino_acid_ids
+from app.sae.models import SparseDictionary
+from trainer.stamps import digest, is_current, write_stamp
+
+EFFECTS_FILE = "effects.npz"
+EFFECTS_STAMP = "EFFECTS_DONE"
+
+
+class EffectsConfig(BaseModel):
+    """``[effects]``: the per-feature intervention readout run after analyze."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    examples_per_feature: int = Field(default=3, ge=1, le=50)
+    max_tokens_per_batch: int = Field(default=16384, ge=1024)
+
+
+def window(length: int, peak: int, size: int = MAX_RESIDUES) -> tuple[int, int]:
+    """``[start, end)`` of at most ``size`` residues around ``peak``."""
+    if length <= size:
+        return 0, length
+    start = min(max(0, peak - size // 2), length - size)
+    return start, start + size
+
+
+def _typical(activation: np.ndarray) -> float:
+    return float(np.median(activation))
+
+
+def measure_effects(
+    loaded: LoadedModel,
+    module: SparseDictionary,
+    layer: int,
+    sequences: Sequence[str],
+    examples: dict[str, np.ndarray],
+    cfg: EffectsConfig,
+) -> dict[str, np.ndarray]:
+    """``mean``/``std`` ``[n_latents, 20]`` Δ log p, ``n_examples``, ``activation`` (see module doc).
+
+    ``examples``: analyze's ``examples.npz`` (feature, protein, bin, rank, activation,
+    max_position); ``sequences``: the corpus, by protein index.
+    """
+    n = module.n_latents
+    top = examples["bin"] == "top"
+    feature, protein = examples["feature"][top], examples["protein"][top]
+    rank, peak_value = examples["rank"][top], examples["activation"][top]
+    peak = examples["max_position"][top]
+    keep = rank < cfg.examples_per_feature
+    typical = np.full(n, np.nan, dtype=np.float32)
+    by_protein: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for f in np.unique(feature[keep]):
+        rows = np.flatnonzero(keep & (feature == f))
+        typical[f] = _typical(peak_value[rows])
+        for r in rows:
+            by_protein[int(protein[r])].append((int(f), int(peak[r])))
+    deltas: dict[int, list[np.ndarray]] = defaultdict(list)
+    aa_ids = amino_acid_ids(loaded)
+    device = next(module.parameters()).device
+    with torch.inference_mode():
+        for p, pairs in sorted(by_protein.items()):
+            found = _protein_effects(
+                loaded, module, layer, sequences[p], pairs, typical, aa_ids, cfg, device
+            )
+            for (f, _), delta in zip(pairs, found, strict=True):
+                deltas[f].append(delta)
+    mean = np.full((n, len(AMINO_ACIDS)), np.nan, dtype=np.float32)
+    std = np.full((n, len(AMINO_ACIDS)), np.nan, dtype=np.float32)
+    count = np.zeros(n, dtype=np.int64)
+    for f, found in deltas.items():
+        stacked = np.stack(found)
+        count[f] = len(found)
+        mean[f], std[f] = stacked.mean(0), stacked.std(0)
+    return {"mean": mean, "std": std, "n_examples": count, "activation": typical}
+
+
+def _protein_effects(
+    loaded: LoadedModel,
+    module: SparseDictionary,
+    layer: int,
+    sequence: str,
+    pairs: list[tuple[int, int]],
+    typical: np.ndarray,
+    aa_ids: list[int],
+    cfg: EffectsConfig,
+    device: torch.device,
+) -> list[np.ndarray]:
+    """Δ log p ``[20]`` per (latent, peak) pair on one protein (one forward to the layer per
+    window, then two edited rows per pair through the rest of the model)."""
+    windows: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (_, pos) in enumerate(pairs):
+        windows[window(len(sequence), pos)].append(i)
+    results: dict[int, np.ndarray] = {}
+    for (start, end), members in windows.items():
+        tokens = tokenize(loaded, [sequence[start:end]]).to(loaded.device)
+        hidden = hidden_at(loaded, tokens, layer)
+        x = hidden[0, 1 : end - start + 1].to(device=device, dtype=module.W_dec.dtype)
+        z = module.encode(x)
+        _, stats = module.normalise(x)
+        per_batch = max(1, cfg.max_tokens_per_batch // tokens.shape[1] // 2)
+        for chunk in range(0, len(members), per_batch):
+            ids = members[chunk : chunk + per_batch]
+            rows = hidden.repeat(2 * len(ids), 1, 1)
+            for k, i in enumerate(ids):
+                f, pos = pairs[i]
+                pos -= start
+                direction = module.W_dec[f] * stats.std[pos]
+                current = z[pos, f]
+                with_f = x[pos] + (float(typical[f]) - current) * direction
+                without = x[pos] - current * direction
+                rows[2 * k, pos + 1] = with_f.to(rows.dtype)
+                rows[2 * k + 1, pos + 1] = without.to(rows.dtype)
+            logits = logits_from(loaded, rows, tokens.repeat(2 * len(ids), 1), layer)
+            log_p = torch.log_softmax(logits.float(), dim=-1)[..., aa_ids]
+            for k, i in enumerate(ids):
+                pos = pairs[i][1] - start + 1
+                results[i] = (log_p[2 * k, pos] - log_p[2 * k + 1, pos]).cpu().numpy()
+    return [results[i] for i in range(len(pairs))]
+
+
+def measurable(module: object, level: str, cfg: EffectsConfig) -> bool:
+    """Only residue-level SAEs are measured (see the module docstring)."""
+    return (
+        cfg.enabled
+        and level == "residue"
+        and isinstance(module, SparseDictionary)
+        and not module.is_transcoder
+    )
+
+
+def run_effects(
+    analysis_dir: Path,
+    loaded: LoadedModel,
+    module: SparseDictionary,
+    layer: int,
+    sequences: Sequence[str],
+    cfg: EffectsConfig,
+) -> Path:
+    """Write ``effects.npz`` beside the analysis (skipped when current for that analysis)."""
+    stamp = digest({"analysis": (analysis_dir / "DONE").read_text(), "effects": cfg.model_dump()})
+    target = analysis_dir / EFFECTS_FILE
+    if target.exists() and is_current(analysis_dir / EFFECTS_STAMP, stamp):
+        return target
+    with np.load(analysis_dir / "examples.npz", allow_pickle=False) as archive:
+        examples = {key: archive[key] for key in archive.files}
+    arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg)
+    partial = analysis_dir / "effects.partial.npz"
+    np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)  # type: ignore[arg-type]
+    partial.replace(target)
+    measured = int((arrays["n_examples"] > 0).sum())
+    (analysis_dir / "effects.json").write_text(json.dumps({"features_measured": measured}))
+    write_stamp(analysis_dir / EFFECTS_STAMP, stamp)
+    return target
