@@ -75,7 +75,7 @@ class AaMass:
 
     def add(
         self,
-        protein_indices: Sequence[int],
+        protein_indices: Sequence[int] | npt.NDArray[np.int64],
         lengths: npt.NDArray[np.int64],
         rows: Tensor,
         cols: Tensor,

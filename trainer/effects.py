@@ -17,6 +17,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -144,7 +145,7 @@ def _protein_effects(
     return [results[i] for i in range(len(pairs))]
 
 
-def measurable(module: object, level: str, cfg: EffectsConfig) -> bool:
+def measurable(module: object, level: str, cfg: EffectsConfig) -> TypeGuard[SparseDictionary]:
     """Only residue-level SAEs are measured (see the module docstring)."""
     return (
         cfg.enabled
