@@ -137,5 +137,8 @@ def test_two_sided_fisher_equals_scipy_on_ties_and_tails() -> None:
         sel = [t for t in tables if t[3] == big_n]
         k, n, kk = (np.array([t[i] for t in sel]) for i in range(3))
         p, _ = fisher_two_sided(k, n, kk, big_n)
-        ref = [fisher_exact([[a, b - a], [c - a, big_n - b - c + a]])[1] for a, b, c in zip(k, n, kk)]
+        ref = [
+            fisher_exact([[a, b - a], [c - a, big_n - b - c + a]])[1]
+            for a, b, c in zip(k, n, kk, strict=True)
+        ]
         np.testing.assert_allclose(p, ref, rtol=1e-9, atol=0)

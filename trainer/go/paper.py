@@ -118,7 +118,7 @@ def paper_population(
 
 
 def _log_pmf(k: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: int) -> np.ndarray:
-    def log_choose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def log_choose(a: np.ndarray | float, b: np.ndarray) -> np.ndarray:
         return np.asarray(gammaln(a + 1.0) - gammaln(b + 1.0) - gammaln(a - b + 1.0))
 
     kf, nf, kk = (np.asarray(a, dtype=np.float64) for a in (k, n, big_k))
@@ -167,7 +167,9 @@ def paper_tests(
     cutoff = None if keep_all else alpha / max(n_terms, 1)
     n_study = np.asarray(active_t.sum(axis=1)).ravel().astype(np.int64)
     uniq_k, k_of_term = np.unique(big_k, return_inverse=True)
-    out: dict[str, list[np.ndarray]] = {c: [] for c in ("feature_index", "term", "k", "n", "K", "p")}
+    out: dict[str, list[np.ndarray]] = {
+        c: [] for c in ("feature_index", "term", "k", "n", "K", "p")
+    }
     offset = features.start or 0
     for start in range(0, active_t.shape[0], block_size):
         block = slice(start, min(active_t.shape[0], start + block_size))
@@ -183,7 +185,10 @@ def paper_tests(
         un, n_index = np.unique(n_rows, return_inverse=True)
         grid_n = np.repeat(un, uniq_k.size)
         grid_k = np.tile(uniq_k, un.size)
-        p_zero = _two_sided(np.zeros(grid_n.size, np.int64), grid_n, grid_k, big_n, cutoff)
+        possible = grid_n + grid_k <= big_n  # else every such term has k > 0
+        p_zero = np.full(grid_n.size, np.nan)
+        p_zero[possible] = _two_sided(np.zeros(int(possible.sum()), np.int64),
+                                      grid_n[possible], grid_k[possible], big_n, cutoff)  # fmt: skip
         p_zero = p_zero.reshape(un.size, uniq_k.size)
         keep = np.ones(p_hit.size, bool) if keep_all else p_hit * n_terms < alpha
         rows, terms, ks, ps = [coo.row[keep]], [coo.col[keep]], [coo.data[keep]], [p_hit[keep]]
