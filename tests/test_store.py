@@ -29,7 +29,7 @@ from tests.realdata import KYTE_DOOLITTLE, go_term_records, human_proteins
 EXPECTED_TABLES = {
     "runs", "saes", "proteins", "structures", "features", "top_examples", "protein_features",
     "feature_neighbors", "go_terms", "go_enrichments", "explanations", "explanation_scores",
-    "concepts", "concept_alignments", "analysis_summaries",
+    "concepts", "concept_alignments", "analysis_summaries", "go_protocols",
 }  # fmt: skip
 
 
@@ -46,8 +46,8 @@ def test_migrations_round_trip(store_url: str) -> None:
 
 
 def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> None:
-    """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates;
-    each downgrade removes what its revision added."""
+    """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates,
+    0004 the GO protocols; each downgrade removes what its revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -61,9 +61,13 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert migrate.current_revision(store_url) == migrate.head_revision() == "0003"
-    assert {"p_length", "q_length"} <= columns("go_enrichments")
-    assert {"n_go_hits_length", "map_x", "map_y"} <= columns("features")
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0004"
+    assert {"p_length", "q_length", "protocol"} <= columns("go_enrichments")
+    assert {"n_go_hits_length", "map_x", "map_y", "n_go_hits_paper"} <= columns("features")
+    assert {"name", "statement", "settings", "figures"} <= columns("go_protocols")
+    migrate.downgrade(store_url, "0003")
+    assert "protocol" not in columns("go_enrichments")
+    assert "n_go_hits_paper" not in columns("features")
     migrate.downgrade(store_url, "0002")
     assert "n_go_hits_length" in columns("features")
     assert not {"map_x", "map_y"} & columns("features")

@@ -146,7 +146,7 @@ def build_incidences(
 
 
 def write_terms(path: Path, ontology: Ontology, term_ids: set[str]) -> None:
-    """go/terms.tsv: every term tested in any namespace."""
+    """go/terms.tsv: every term tested in any namespace, by either protocol."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -446,10 +446,14 @@ def run_go_stage(
     corpus = corpus if corpus is not None else _load_corpus(workdir)
     ontology = load_ontology(cfg.obo_path, cfg.cache_dir or workdir / "go" / "cache")
     incidences, resolve_counts = build_incidences(ontology, corpus, cfg)
-    go_dir = workdir / "go"
-    write_terms(
-        go_dir / "terms.tsv", ontology, {t for i in incidences.values() for t in i.term_ids}
+    paper = (
+        paper_population(ontology, corpus.go_bp, corpus.organisms, len(corpus.accessions))
+        if cfg.paper_protocol
+        else None
     )
+    go_dir = workdir / "go"
+    tested = {t for i in incidences.values() for t in i.term_ids}
+    write_terms(go_dir / "terms.tsv", ontology, tested | set(paper.term_ids if paper else ()))
     digest = cfg.digest()
     # A dictionary's tests depend on the GO settings, its analysis and the corpus.
     corpus_stamp = read_stamp(workdir / "corpus" / "DONE")
@@ -470,11 +474,6 @@ def run_go_stage(
         permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
         for i in range(cfg.n_permutations)
     ]
-    paper = (
-        paper_population(ontology, corpus.go_bp, corpus.organisms, len(corpus.accessions))
-        if cfg.paper_protocol
-        else None
-    )
     job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts,
                stamps, paper)  # fmt: skip
     units: list[_Unit] = []
