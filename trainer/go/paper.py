@@ -186,10 +186,10 @@ def paper_tests(
         grid_n = np.repeat(un, uniq_k.size)
         grid_k = np.tile(uniq_k, un.size)
         possible = grid_n + grid_k <= big_n  # else every such term has k > 0
-        p_zero = np.full(grid_n.size, np.nan)
-        p_zero[possible] = _two_sided(np.zeros(int(possible.sum()), np.int64),
+        p_flat = np.full(grid_n.size, np.nan)
+        p_flat[possible] = _two_sided(np.zeros(int(possible.sum()), np.int64),
                                       grid_n[possible], grid_k[possible], big_n, cutoff)  # fmt: skip
-        p_zero = p_zero.reshape(un.size, uniq_k.size)
+        p_zero = p_flat.reshape(un.size, uniq_k.size)
         keep = np.ones(p_hit.size, bool) if keep_all else p_hit * n_terms < alpha
         rows, terms, ks, ps = [coo.row[keep]], [coo.col[keep]], [coo.data[keep]], [p_hit[keep]]
         zero_ok = np.ones(p_zero.shape, bool) if keep_all else p_zero * n_terms < alpha
