@@ -7,10 +7,10 @@ proteins and structures is five round trips.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from app.queries import NotFound, published_sae
@@ -26,6 +26,7 @@ from app.read_models import (
     FeatureSummary,
     GoHit,
     GoLengthControl,
+    GoProtocolOut,
     GoTermDetail,
     GoTermRef,
     LmEffect,
@@ -47,6 +48,7 @@ from app.residue_types import (
 )
 from app.store.codec import decode_values
 from app.store.schema import (
+    GO_PROTOCOLS,
     AnalysisSummary,
     Concept,
     ConceptAlignment,
@@ -55,6 +57,7 @@ from app.store.schema import (
     Feature,
     FeatureNeighbor,
     GoEnrichment,
+    GoProtocol,
     GoTerm,
     Protein,
     ProteinFeature,
@@ -110,7 +113,7 @@ def go_alphas(session: Session, sae_ids: Collection[int]) -> dict[int, float]:
 def _go_hit(hit: GoEnrichment, term: GoTerm, alpha: float) -> GoHit:
     """``alpha``: the GO stage's significance level of the hit's dictionary."""
     return GoHit(
-        go_id=hit.go_id, name=term.name, namespace=hit.namespace, level=term.level,
+        protocol=hit.protocol, depleted=hit.fold_enrichment < 1, go_id=hit.go_id, name=term.name, namespace=hit.namespace, level=term.level,
         depth=term.depth, study_hits=hit.study_hits, study_size=hit.study_size,
         pop_hits=hit.pop_hits, pop_size=hit.pop_size, fold_enrichment=hit.fold_enrichment,
         odds_ratio=hit.odds_ratio, p_value=hit.p_value, q_value=hit.q_value,
@@ -118,6 +121,31 @@ def _go_hit(hit: GoEnrichment, term: GoTerm, alpha: float) -> GoHit:
         length_explained=None if hit.q_length is None else hit.q_length >= alpha,
         is_most_specific=hit.is_most_specific, method=hit.method,
     )  # fmt: skip
+
+
+def _feature_go_hits(
+    session: Session, feature_id: int, protocol: str
+) -> Sequence[Row[GoEnrichment, GoTerm]]:
+    """A feature's hits under one protocol, strongest first (BH q under strict, p under paper)."""
+    first = GoEnrichment.q_value if protocol == "strict" else GoEnrichment.p_value
+    return session.execute(
+        select(GoEnrichment, GoTerm)
+        .join(GoTerm, GoEnrichment.go_id == GoTerm.id)
+        .where(GoEnrichment.feature_id == feature_id, GoEnrichment.protocol == protocol)
+        .order_by(first, GoEnrichment.p_value, GoEnrichment.go_id)
+        .limit(200)
+    ).all()
+
+
+def go_protocols(session: Session, sae_ids: set[int]) -> list[GoProtocolOut]:
+    """The GO protocols of these dictionaries, one per (name, statement), strict first."""
+    rows = session.scalars(
+        select(GoProtocol).where(GoProtocol.sae_id.in_(sae_ids)).order_by(GoProtocol.id)
+    ).all()
+    seen: dict[tuple[str, str], GoProtocolOut] = {}
+    for row in rows:
+        seen.setdefault((row.name, row.statement), GoProtocolOut.model_validate(row))
+    return sorted(seen.values(), key=lambda p: (GO_PROTOCOLS.index(p.name), p.statement))
 
 
 def _best_structures(session: Session, protein_ids: set[int]) -> dict[int, Structure]:
@@ -291,13 +319,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         for ex, p in examples
     ]  # fmt: skip
     top.sort(key=lambda e: (_bin_key(e.bin), e.rank))
-    hits = session.execute(
-        select(GoEnrichment, GoTerm)
-        .join(GoTerm, GoEnrichment.go_id == GoTerm.id)
-        .where(GoEnrichment.feature_id == feature_id)
-        .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
-        .limit(200)
-    ).all()
+    hits = _feature_go_hits(session, feature_id, "strict")
+    hits_paper = _feature_go_hits(session, feature_id, "paper")
     go_summary = _go_payload(session, sae.id)
     alpha = go_alpha(go_summary)
     neighbors = session.execute(
@@ -320,6 +343,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         run_name=run.name,
         explanation=_explanation(session, feature_id),
         go_hits=[_go_hit(h, t, alpha) for h, t in hits],
+        go_hits_paper=[_go_hit(h, t, alpha) for h, t in hits_paper],
+        go_protocols=go_protocols(session, {sae.id}),
         go_control=_length_control(go_summary),
         aa_profile=aa_profile(feature, analysis_payload(session, sae.id)),
         top_examples=top,
@@ -431,15 +456,20 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
         seen |= frontier
         ancestors.extend(sorted(level.values(), key=lambda t: t.id))
         frontier = {p for t in level.values() for p in parent_ids(t) if p not in seen}
-    rows = session.execute(
-        select(GoEnrichment, Feature, Sae.name, Sae.is_control)
-        .join(Feature, GoEnrichment.feature_id == Feature.id)
-        .join(Sae, GoEnrichment.sae_id == Sae.id)
-        .join(Run, Sae.run_id == Run.id)
-        .where(GoEnrichment.go_id == go_id, Run.status == "published")
-        .order_by(GoEnrichment.q_value, GoEnrichment.p_value)
-        .limit(limit)
-    ).all()
+    rows = [
+        row
+        for protocol, first in (("strict", GoEnrichment.q_value), ("paper", GoEnrichment.p_value))
+        for row in session.execute(
+            select(GoEnrichment, Feature, Sae.name, Sae.is_control)
+            .join(Feature, GoEnrichment.feature_id == Feature.id)
+            .join(Sae, GoEnrichment.sae_id == Sae.id)
+            .join(Run, Sae.run_id == Run.id)
+            .where(GoEnrichment.go_id == go_id, GoEnrichment.protocol == protocol,
+                   Run.status == "published")
+            .order_by(first, GoEnrichment.p_value, GoEnrichment.id)
+            .limit(limit)
+        ).all()
+    ]  # fmt: skip
     alphas = go_alphas(session, {hit.sae_id for hit, *_ in rows})
     return GoTermDetail(
         term=GoTermRef.model_validate(term), definition=term.definition,
@@ -450,6 +480,7 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
                             is_control=control, hit=_go_hit(hit, term, alphas[hit.sae_id]))
             for hit, f, name, control in rows
         ],
+        protocols=go_protocols(session, {hit.sae_id for hit, *_ in rows}),
     )  # fmt: skip
 
 

@@ -85,6 +85,12 @@ class FeatureSummary(_Orm):
         description="GO terms significant by the length-stratified test (BH), which protein "
         "length cannot explain; null for runs published before that test"
     )
+    n_go_hits_paper: int | None = Field(
+        default=None,
+        description="GO BP terms significant under the seed paper's protocol (two-sided Fisher, "
+        "is_a propagation, human population, every term present, Bonferroni within the feature "
+        "< 0.05; depleted terms count); null for runs published before it was computed",
+    )
     hist_edges: list[float]
     hist_counts: list[int]
     map_x: float | None = Field(
@@ -185,7 +191,24 @@ class TopExampleOut(BaseModel):
     structure: StructureOut | None
 
 
+class GoProtocolOut(_Orm):
+    """How a dictionary's GO hits were computed: see ``statement`` and ``settings``."""
+
+    name: str = Field(description="strict (ours) or paper (the seed paper's goatools defaults)")
+    statement: str = Field(description="The protocol's settings in one sentence")
+    settings: dict[str, Any] = Field(
+        description="test, propagation, namespaces, population, study, terms, correction, alpha, "
+        "direction, annotations"
+    )
+    figures: dict[str, Any] = Field(
+        description="population size, terms tested, features with a hit (trainer summary)"
+    )
+
+
 class GoHit(BaseModel):
+    protocol: str = Field(
+        "strict", description="strict (ours) or paper (the seed paper's protocol exactly)"
+    )
     go_id: str
     name: str
     namespace: str
@@ -197,9 +220,22 @@ class GoHit(BaseModel):
     pop_size: int
     fold_enrichment: float
     odds_ratio: float | None
-    p_value: float
-    q_value: float
-    p_bonferroni: float
+    p_value: float = Field(
+        description="Fisher's exact test: one-sided (over-representation) under strict, "
+        "two-sided under paper"
+    )
+    q_value: float | None = Field(
+        description="BH over all tests of the dictionary (strict); null under paper"
+    )
+    p_bonferroni: float = Field(
+        description="p x terms tested, within the feature (capped at 1): the namespace's "
+        "tested terms under strict, every BP term present in the human population under paper"
+    )
+    depleted: bool = Field(
+        False,
+        description="Fewer study proteins carry the term than expected (fold < 1): "
+        "a hit only under paper, which tests both directions",
+    )
     p_length: float | None = Field(
         description="The same one-sided test within protein-length strata (exact conditional, "
         "a common odds ratio of 1 across the strata); null for runs published before it"
@@ -356,7 +392,13 @@ class FeatureDetail(BaseModel):
     sae: SaeSummary
     run_name: str
     explanation: ExplanationOut | None
-    go_hits: list[GoHit]
+    go_hits: list[GoHit] = Field(description="Hits under the strict protocol (ours)")
+    go_hits_paper: list[GoHit] = Field(
+        default_factory=list, description="Hits under the seed paper's protocol"
+    )
+    go_protocols: list[GoProtocolOut] = Field(
+        default_factory=list, description="The dictionary's GO protocols, with their settings"
+    )
     go_control: GoLengthControl | None = Field(
         None, description="The dictionary's GO hit rate against its length control"
     )
@@ -424,7 +466,13 @@ class GoTermDetail(BaseModel):
     ancestors: list[GoTermRef] = Field(
         description="All ancestors via the stored parents, nearest first"
     )
-    enriched_features: list[EnrichedFeature]
+    enriched_features: list[EnrichedFeature] = Field(
+        description="Features with this term significant, per protocol (hit.protocol)"
+    )
+    protocols: list[GoProtocolOut] = Field(
+        default_factory=list,
+        description="The protocols of the dictionaries listed (one per distinct statement)",
+    )
 
 
 class FeatureHit(BaseModel):

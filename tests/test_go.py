@@ -23,6 +23,7 @@ from trainer.go.enrichment import (
     most_specific,
 )
 from trainer.go.ontology import Ontology, load_ontology
+from trainer.go.paper import PAPER_COLUMNS
 from trainer.go.protein_table import ProteinTable, read_protein_table
 from trainer.go.stage import GoConfig, run_go_stage
 from trainer.go.summary import hit_rates
@@ -344,6 +345,17 @@ def test_stage_end_to_end(
         "parents",
     ]
     assert set(hits["go_id"]) <= {line.split("\t")[0] for line in terms[1:]}
+    # Both protocols, each stating its settings; the paper's over the (all human) population.
+    assert set(s["protocols"]) == {"strict", "paper"}
+    paper = s["protocols"]["paper"]
+    assert paper["settings"]["namespaces"] == ["BP"] and "two-sided" in paper["settings"]["test"]
+    assert paper["population_size"] == N_PROTEINS  # annotated or not, as goatools' pop_n
+    assert s["protocols"]["strict"]["settings"]["propagation"] == "is_a + part_of"
+    paper_hits = np.load(tmp_path / "go/composition/paper_hits.npz", allow_pickle=False)
+    assert set(paper_hits.files) == set(PAPER_COLUMNS)
+    assert (paper_hits["p_bonferroni"] < 0.05).all()
+    assert paper_hits["p_value"].size == paper["n_significant_tests"]
+    assert set(paper_hits["go_id"]) <= {line.split("\t")[0] for line in terms[1:]}
     assert (tmp_path / "go/DONE").exists() and (tmp_path / "go/neurons/DONE").exists()
     stamp = (tmp_path / "go/neurons/hits.npz").stat().st_mtime_ns
     run_go_stage(

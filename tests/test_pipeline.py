@@ -29,6 +29,7 @@ from app.store.schema import (
     Feature,
     FeatureNeighbor,
     GoEnrichment,
+    GoProtocol,
     Protein,
     Run,
     Sae,
@@ -178,7 +179,7 @@ def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
         assert {"go", "analysis", "concepts"} <= kinds
         go = session.scalars(select(AnalysisSummary).where(AnalysisSummary.kind == "go")).first()
         assert go is not None and "bh" in go.payload
-        hits = session.scalars(select(GoEnrichment)).all()
+        hits = session.scalars(select(GoEnrichment).where(GoEnrichment.protocol == "strict")).all()
         for hit in hits[:100]:
             # BH and Bonferroni never make a test more significant; stored hits are significant
             # by one of BH, Bonferroni and BH over the length-stratified test.
@@ -201,6 +202,32 @@ def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
         }
         assert counted and all(v is not None for v in counted.values())
         assert {f: n for f, n in counted.items() if n} == adjusted
+        # The seed paper's protocol beside ours: per dictionary (statement, settings, figures)
+        # and per hit (two-sided p, Bonferroni over every BP term, no BH), over the human
+        # proteins only (the tiny corpus mixes them with organism-less structure proteins).
+        protocols = session.scalars(select(GoProtocol)).all()
+        n_saes = session.scalar(select(func.count()).select_from(Sae))
+        assert sorted(p.name for p in protocols) == sorted(["paper", "strict"] * n_saes)
+        n_human = session.scalar(
+            select(func.count()).select_from(Protein).where(Protein.organism == "Homo sapiens")
+        )
+        total = session.scalar(select(func.count()).select_from(Protein))
+        assert 0 < n_human < total
+        assert all(p.figures["population_size"] == n_human for p in protocols if p.name == "paper")
+        paper = session.scalars(select(GoEnrichment).where(GoEnrichment.protocol == "paper")).all()
+        for hit in paper:
+            assert hit.namespace == "BP" and hit.q_value is None and hit.p_length is None
+            assert hit.p_bonferroni < 0.05 and hit.pop_size == n_human
+        per_feature = dict(
+            session.execute(
+                select(GoEnrichment.feature_id, func.count())
+                .where(GoEnrichment.protocol == "paper")
+                .group_by(GoEnrichment.feature_id)
+            ).all()
+        )
+        stored = dict(session.execute(select(Feature.id, Feature.n_go_hits_paper)).all())
+        assert all(v is not None for v in stored.values())
+        assert {f: n for f, n in stored.items() if n} == per_feature
         n_expl = session.scalar(select(func.count()).select_from(Explanation))
         assert n_expl and n_expl > 0
         assert session.scalar(select(func.count()).select_from(ConceptAlignment)) > 0
@@ -463,7 +490,11 @@ def test_explorer_reads_the_pipeline_store(
             top = page.json()["items"][0]
             detail = client.get(f"/api/v1/features/{top['id']}").json()
             assert detail["top_examples"], "the strongest feature has top examples"
-            assert client.get(f"/features/{top['id']}").status_code == 200
+            assert {p["name"] for p in detail["go_protocols"]} == {"strict", "paper"}
+            assert "go_hits_paper" in detail
+            html = client.get(f"/features/{top['id']}").text
+            assert "Strict protocol (ours)" in html and "Seed paper's protocol" in html
+            assert "two-sided Fisher, is_a propagation" in html  # its settings, stated
             assert client.get(f"/runs/{runs[0]['id']}/findings").status_code == 200
             # The GO stage's length-binned permutation control, beside the feature's GO terms.
             go = json.loads(

@@ -34,6 +34,7 @@ from app.store.schema import (
     Feature,
     FeatureNeighbor,
     GoEnrichment,
+    GoProtocol,
     GoTerm,
     ProteinFeature,
     Run,
@@ -348,6 +349,52 @@ class DictionaryLoader:
                     for f in hit
                 ],
             )  # fmt: skip
+        self._go_paper(sae, name, feature_ids, known_terms, go_summary)
+
+    def _go_paper(
+        self,
+        sae: Sae,
+        name: str,
+        feature_ids: list[int],
+        known_terms: dict[str, tuple[str, int]],
+        go_summary: dict[str, Any],
+    ) -> None:
+        """The GO protocols' statements and settings (GoProtocol), and the "paper" protocol's
+        hits (GoEnrichment rows with protocol "paper": two-sided p, no BH, no length test)."""
+        for protocol, block in go_summary.get("protocols", {}).items():
+            figures = {k: v for k, v in block.items() if k not in ("statement", "settings")}
+            self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block["statement"],
+                                        settings=block["settings"], figures=figures))  # fmt: skip
+        path = self.workdir / "go" / name / "paper_hits.npz"
+        if not path.exists():
+            return
+        hits = _load_npz(path)
+        go_ids = hits["go_id"].astype(str).tolist()
+        keep = np.array([g in known_terms for g in go_ids], dtype=bool)
+        names = ("namespace", "study_hits", "study_size", "pop_hits", "pop_size",
+                 "fold_enrichment", "p_value", "p_bonferroni", "is_most_specific")  # fmt: skip
+        col: dict[str, list[Any]] = {key: hits[key][keep].tolist() for key in names}
+        n = len(col["p_value"])
+        feature_index = hits["feature_index"][keep].astype(np.int64)
+        col.update(
+            feature_id=_lookup(feature_ids, feature_index),
+            go_id=[g for g, k in zip(go_ids, keep.tolist(), strict=True) if k],
+            odds_ratio=[o if math.isfinite(o) else None for o in hits["odds_ratio"][keep].tolist()],
+            q_value=[None] * n, p_length=[None] * n, q_length=[None] * n,
+            method=["fisher_two_sided+bonferroni"] * n, protocol=["paper"] * n,
+        )  # fmt: skip
+        self.n_rows += bulk_insert_columns(self.session, GoEnrichment, col, {"sae_id": sae.id})
+        # Every feature was tested (or had no human protein to test): 0, not unknown.
+        self.session.execute(
+            update(Feature).where(Feature.sae_id == sae.id).values(n_go_hits_paper=0)
+        )
+        counts = np.bincount(feature_index, minlength=len(feature_ids))
+        hit = np.flatnonzero(counts).tolist()
+        if hit:
+            self.session.execute(
+                update(Feature),
+                [{"id": feature_ids[f], "n_go_hits_paper": int(counts[f])} for f in hit],
+            )
 
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         """Claude explanations + scores (explain stage), and offline labels from GO hits."""

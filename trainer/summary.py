@@ -61,6 +61,13 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
             row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
             row["go_pct_active_features_bh"] = go["bh"].get("pct_active_features_with_hit")
             row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
+            protocols = go.get("protocols", {})
+            strict = protocols.get("strict", {}).get("features_with_bp_hit", {})
+            row["go_bp_features_strict_bh"] = strict.get("bh")
+            row["go_bp_features_strict_bonferroni"] = strict.get("bonferroni")
+            paper = protocols.get("paper", {})
+            row["go_bp_features_paper"] = paper.get("features_with_hit")
+            row["go_statements"] = {name: p["statement"] for name, p in protocols.items()}
         concepts = _read(workdir / "concepts" / name / "summary.json")
         if concepts is not None:
             row["concepts_associated"] = concepts["n_concepts_associated"]
@@ -111,7 +118,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
                       f"{embed['write_s']:.1f} s (background), waiting for the writer "
                       f"{embed['wait_s']:.1f} s")  # fmt: skip
     table = Table(title="dictionaries")
-    for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "of active", "concepts F1>0.5",
+    for column in ("dictionary", "FVE", "L0", "dead", "loss rec.", "GO % (BH)", "of active",
+                   "BP hit: strict BH / Bonf.", "BP hit: paper", "concepts F1>0.5",
                    "best F1 (median / max)", "analyze s", "GO s"):  # fmt: skip
         if column == "dictionary":
             table.add_column(column, no_wrap=True, min_width=26)
@@ -126,6 +134,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             _fmt(row["loss_recovered"], ".3f"),
             _fmt(row.get("go_pct_features_bh"), ".1f"),
             _fmt(row.get("go_pct_active_features_bh"), ".1f"),
+            f"{_fmt(row.get('go_bp_features_strict_bh'), 'd')} / "
+            f"{_fmt(row.get('go_bp_features_strict_bonferroni'), 'd')}",
+            _fmt(row.get("go_bp_features_paper"), "d"),
             "—" if "concepts_associated" not in row
             else f"{row['concepts_associated']} / {row['concepts_evaluated']}",
             "—" if row.get("concept_best_f1_median") is None
@@ -134,3 +145,10 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             _fmt(row.get("go_s"), ".1f"),
         )  # fmt: skip
     console.print(table)
+    statements = {
+        name: text
+        for row in summary["dictionaries"].values()
+        for name, text in row.get("go_statements", {}).items()
+    }
+    for name, text in sorted(statements.items()):  # "BP hit": features with >= 1 BP term
+        console.print(f"GO protocol {name}: {text}")

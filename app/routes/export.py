@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
-from app.detail_queries import analysis_payload, go_alphas
-from app.read_models import LmEffect
+from app.detail_queries import analysis_payload, go_alphas, go_protocols
+from app.read_models import GoProtocolOut, LmEffect
 from app.residue_types import ALPHABET
 from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
@@ -35,17 +35,21 @@ SaeId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The dictionary
 CSV_COLUMNS = (
     "index", "feature_id", "label", "label_source", "explanation", "explanation_model",
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
-    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "aa_top", "aa_top_share",
-    "aa_detector", "aa_n_residues", "aa_profile", "promotes", "suppresses",
+    "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "n_go_hits_paper", "go_hits_paper",
+    "aa_top", "aa_top_share", "aa_detector", "aa_n_residues", "aa_profile", "promotes",
+    "suppresses",
 )  # fmt: skip
 
 
 class GoHitOut(BaseModel):
+    protocol: str  # strict (ours) | paper (the seed paper's); see SaeExport.go_protocols
     go_id: str
     name: str
     namespace: str
-    q_value: float
-    p_bonferroni: float
+    p_value: float  # one-sided under strict, two-sided under paper
+    q_value: float | None  # BH over all tests of the dictionary (strict); null under paper
+    p_bonferroni: float  # within the feature: the namespace's terms (strict), every BP term (paper)
+    depleted: bool  # fold < 1: a hit only under paper, which tests both directions
     q_length: float | None  # length-stratified BH; null for runs published before that test
     length_explained: bool | None  # q_length >= the dictionary's go_alpha; null without q_length
     fold_enrichment: float
@@ -68,7 +72,9 @@ class FeatureExport(BaseModel):
     is_dead: bool
     pattern_class: str | None
     n_go_hits_length: int | None
-    go_hits: list[GoHitOut]
+    go_hits: list[GoHitOut]  # strict protocol
+    n_go_hits_paper: int | None  # null: the paper protocol was not run for this dictionary
+    go_hits_paper: list[GoHitOut]
     aa_top: str | None = Field(description="Residue type carrying most of the activation mass")
     aa_top_share: float | None
     aa_detector: bool | None = Field(description="A single-type detector")
@@ -91,6 +97,7 @@ class SaeExport(BaseModel):
     base_model: str
     checkpoint_sha256: str
     go_alpha: float  # significance level of the dictionary's GO stage (its length verdicts)
+    go_protocols: list[GoProtocolOut]  # each protocol's statement and settings
     is_control: bool = Field(description="A control dictionary (trained on a random-init model)")
     aa_profile_basis: str | None = Field(
         description="What the amino-acid profiles are computed on: corpus (every residue a "
@@ -119,16 +126,17 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
     ):
         explanations[fid] = (text, model)
     alpha = go_alphas(session, [sae.id])[sae.id]
-    hits: dict[int, list[GoHitOut]] = {}
+    hits: dict[tuple[str, int], list[GoHitOut]] = {}
     for hit, name in session.execute(
         select(GoEnrichment, GoTerm.name)
         .join(GoTerm, GoTerm.id == GoEnrichment.go_id)
         .where(GoEnrichment.sae_id == sae.id)
-        .order_by(GoEnrichment.feature_id, GoEnrichment.q_value)
+        .order_by(GoEnrichment.feature_id, GoEnrichment.q_value, GoEnrichment.p_value)
     ):
-        hits.setdefault(hit.feature_id, []).append(GoHitOut(
-            go_id=hit.go_id, name=name, namespace=hit.namespace, q_value=hit.q_value,
-            p_bonferroni=hit.p_bonferroni, q_length=hit.q_length,
+        hits.setdefault((hit.protocol, hit.feature_id), []).append(GoHitOut(
+            protocol=hit.protocol, go_id=hit.go_id, name=name, namespace=hit.namespace,
+            p_value=hit.p_value, q_value=hit.q_value, p_bonferroni=hit.p_bonferroni,
+            depleted=hit.fold_enrichment < 1, q_length=hit.q_length,
             length_explained=None if hit.q_length is None else hit.q_length >= alpha,
             fold_enrichment=hit.fold_enrichment,
             study_hits=hit.study_hits, study_size=hit.study_size,
@@ -143,7 +151,8 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             explanation=expl_text, explanation_model=expl_model, explanation_score=f.explanation_score,
             density=f.density, n_active=f.n_active, max_activation=f.max_activation,
             mean_activation=f.mean_activation, is_dead=f.is_dead, pattern_class=f.pattern_class,
-            n_go_hits_length=f.n_go_hits_length, go_hits=hits.get(f.id, []),
+            n_go_hits_length=f.n_go_hits_length, go_hits=hits.get(("strict", f.id), []),
+            n_go_hits_paper=f.n_go_hits_paper, go_hits_paper=hits.get(("paper", f.id), []),
             aa_top=f.aa_top, aa_top_share=f.aa_top_share, aa_detector=f.aa_detector,
             aa_n_residues=f.aa_n_residues,
             aa_profile=None if not f.aa_profile else dict(zip(ALPHABET, f.aa_profile, strict=True)),
@@ -153,7 +162,8 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
     return SaeExport(
         sae_id=sae.id, sae_name=sae.name, kind=sae.kind, level=sae.level, layer=sae.layer,
         n_latents=sae.n_latents, run_name=run.name, base_model=run.base_model,
-        checkpoint_sha256=run.checkpoint_sha256, go_alpha=alpha, is_control=sae.is_control,
+        checkpoint_sha256=run.checkpoint_sha256, go_alpha=alpha,
+        go_protocols=go_protocols(session, {sae.id}), is_control=sae.is_control,
         aa_profile_basis=_aa_basis(session, sae), features=features,
     )  # fmt: skip
 
@@ -187,7 +197,8 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in data.features:
-        row: dict[str, Any] = f.model_dump(exclude={"go_hits", "lm_effect"})
+        row: dict[str, Any] = f.model_dump(exclude={"go_hits", "go_hits_paper", "lm_effect"})
+        row["n_go_hits"] = len(f.go_hits)
         effect = f.lm_effect
         row["promotes"] = (
             ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.promoted) if effect else None
@@ -195,7 +206,6 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
         row["suppresses"] = (
             ";".join(f"{x.amino_acid}|{x.mean:+.3f}" for x in effect.suppressed) if effect else None
         )
-        row["n_go_hits"] = len(f.go_hits)
         row["aa_profile"] = (
             None
             if f.aa_profile is None
@@ -206,6 +216,12 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
             + ("" if h.q_length is None else f"|q_length={h.q_length:.3g}")
             + ("|length_explained" if h.length_explained else "")
             for h in f.go_hits
+            if h.q_value is not None
+        )
+        row["go_hits_paper"] = ";".join(
+            f"{h.go_id}|{h.name}|p_bonferroni={h.p_bonferroni:.3g}"
+            + ("|depleted" if h.depleted else "")
+            for h in f.go_hits_paper
         )
         writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
     headers = {"Content-Disposition": f'attachment; filename="{_filename(sae, ".csv")}"'}

@@ -35,6 +35,10 @@ RUN_STATUSES = ("draft", "published")
 SAE_KINDS = ("topk", "batchtopk", "relu_l1", "transcoder", "neurons")
 LEVELS = ("protein", "residue")
 GO_NAMESPACES = ("BP", "MF", "CC")
+# GO protocols, each stored per dictionary (GoProtocol) and per hit (GoEnrichment.protocol):
+# "strict" = ours (trainer.go.enrichment), "paper" = the seed paper's goatools defaults exactly
+# (trainer.go.paper). Their settings differ; each GoProtocol row states them.
+GO_PROTOCOLS = ("strict", "paper")
 
 
 def utcnow() -> datetime:
@@ -203,6 +207,9 @@ class Feature(Base):
     # Terms significant by the length-stratified test (BH): hits protein length cannot explain.
     # NULL for runs published before that test existed.
     n_go_hits_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Terms significant under the seed paper's protocol (GoProtocol "paper": BP, two-sided,
+    # Bonferroni); NULL for runs published before it was computed.
+    n_go_hits_paper: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Feature map: UMAP of the decoder directions, in [0, 1]. NULL off the map (dead latents,
     # the neuron baseline) and for runs published before the map existed.
     map_x: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -291,7 +298,7 @@ class GoTerm(Base):
 
 
 class GoEnrichment(Base):
-    """One feature × GO term over-representation test result."""
+    """One feature × GO term test result under one protocol (``GO_PROTOCOLS``)."""
 
     __tablename__ = "go_enrichments"
     __table_args__ = (
@@ -311,15 +318,35 @@ class GoEnrichment(Base):
     pop_size: Mapped[int] = mapped_column(Integer)
     odds_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     fold_enrichment: Mapped[float] = mapped_column(Float)
+    # "strict": one-sided p; "paper": two-sided p (a depleted term, fold < 1, can be a hit).
     p_value: Mapped[float] = mapped_column(Float)
-    q_value: Mapped[float] = mapped_column(Float)  # Benjamini–Hochberg over all tests of the SAE
-    p_bonferroni: Mapped[float] = mapped_column(Float)  # paper protocol: within the feature
+    # Benjamini–Hochberg over all tests of the SAE ("strict"); NULL under "paper" (no BH there).
+    q_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Bonferroni within the feature: over the namespace's tested terms ("strict"), over every
+    # term present in the human population ("paper").
+    p_bonferroni: Mapped[float] = mapped_column(Float)
     # The same test within protein-length strata (trainer.go.stratified) and its BH value over
     # all tests of the SAE; NULL for runs published before it existed.
     p_length: Mapped[float | None] = mapped_column(Float, nullable=True)
     q_length: Mapped[float | None] = mapped_column(Float, nullable=True)
     method: Mapped[str] = mapped_column(String(64))
     is_most_specific: Mapped[bool] = mapped_column(Boolean, default=False)
+    protocol: Mapped[str] = mapped_column(String(16), default="strict", server_default="strict")
+
+
+class GoProtocol(Base):
+    """A GO protocol as run on one dictionary: its one-line statement, its settings and figures
+    (population, terms tested, features with a hit): the trainer's ``protocols`` summary."""
+
+    __tablename__ = "go_protocols"
+    __table_args__ = (UniqueConstraint("sae_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(16))  # strict | paper
+    statement: Mapped[str] = mapped_column(Text)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Explanation(Base):

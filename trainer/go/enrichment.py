@@ -5,16 +5,19 @@ active (activation > threshold), ``k`` of its ``n`` proteins carry t, and t cove
 ``N`` population proteins. The p-value is Fisher's exact test, one-sided "greater": the
 hypergeometric upper tail that scipy's ``fisher_exact`` computes (``hypergeom.cdf(n-k, N, n,
 N-K)``), here by ``trainer.go.fisher`` (vectorised, 28x faster than scipy's per-table Boost call
-at full-corpus sizes, equal to it within 1e-11 relative), once per unique (k, n, K) tuple, so it
-matches goatools' ``GOEnrichmentStudy`` (which calls ``fisher_exact``; tested at rtol 1e-9).
+at full-corpus sizes, equal to it within 1e-11 relative), once per unique (k, n, K) tuple. It
+equals goatools' ``GOEnrichmentStudy`` only with non-default settings: ``alternative="greater"``,
+``relationships={"part_of"}`` and this module's population (tested at rtol 1e-9). This is our
+"strict" protocol; the seed paper's, goatools with its defaults, is ``trainer.go.paper``.
 
 Features stream through in blocks, so memory is flat in the number of features: only tests with
 p <= ``keep_p`` (default alpha; every stored hit has p <= alpha because both corrections only
 raise p) and a histogram of distinct p-values (for Benjamini–Hochberg over *all* tests of the
 dictionary, exactly) are kept. Corrections:
 - ``q_value``: BH over every feature × term test of the dictionary, all namespaces together;
-- ``p_bonferroni``: min(1, p × number of terms tested in the namespace), within the feature —
-  the paper's protocol (goatools Bonferroni; goatools does not clip at 1).
+- ``p_bonferroni``: min(1, p × number of terms tested in the namespace), within the feature
+  (goatools' Bonferroni, which does not clip at 1). Not the paper's protocol: the test is
+  one-sided and the terms are those this protocol tests (``trainer.go.paper`` is the paper's).
 - ``q_length``: BH, as ``q_value``, over the length-stratified p-values ``p_length``
   (``trainer.go.stratified``: the same study set and term, tested within protein-length strata,
   so that a feature that only fires in long proteins gets no hit from their extra annotations).

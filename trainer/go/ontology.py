@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from goatools.godag.go_tasks import get_go2ancestors
@@ -109,6 +110,13 @@ class Ontology:
             closed.add(go_id)
             closed |= self.ancestors.get(go_id, frozenset())
         return closed
+
+    @cached_property
+    def is_a_ancestors(self) -> dict[str, frozenset[str]]:
+        """Ancestors over is_a alone: goatools' default propagation (``relationships=None``),
+        the seed paper's protocol. Computed on first use."""
+        raw = get_go2ancestors(list(self.terms.values()), set())
+        return {go_id: frozenset(a) for go_id, a in raw.items()}
 
     def parents(self, go_id: str) -> list[str]:
         """Direct is_a and part_of parents, sorted."""

@@ -1,4 +1,4 @@
-"""Read a protein table in the shared layout (accession, length, go_bp, go_mf, go_cc, sequence).
+"""Read a protein table in the shared layout (accession, length, go_bp, go_mf, go_cc, sequence,\noptionally organism).
 
 A stand-in with the attributes of ``trainer.corpus.Corpus`` that the GO stage uses, for tests and
 benchmarks on ``human_sprot2014.tsv.gz``-style files.
@@ -23,6 +23,7 @@ class GoCorpus(Protocol):
     go_bp: list[set[str]]
     go_mf: list[set[str]]
     go_cc: list[set[str]]
+    organisms: list[str | None]  # "Homo sapiens" for human proteins; None where not given
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ProteinTable:
     go_bp: list[set[str]] = field(default_factory=list)
     go_mf: list[set[str]] = field(default_factory=list)
     go_cc: list[set[str]] = field(default_factory=list)
+    organisms: list[str | None] = field(default_factory=list)
 
 
 def _ids(value: str) -> set[str]:
@@ -59,4 +61,5 @@ def read_protein_table(path: Path, limit: int | None = None) -> ProteinTable:
             table.go_bp.append(_ids(row["go_bp"]))
             table.go_mf.append(_ids(row["go_mf"]))
             table.go_cc.append(_ids(row["go_cc"]))
+            table.organisms.append((row.get("organism") or "").strip() or None)
     return table

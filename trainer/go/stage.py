@@ -4,9 +4,14 @@ Reads the corpus and ``analysis/{name}/protein_activations.npz``; writes ``go/te
 ``go/{name}/hits.npz``, ``go/{name}/summary.json``, ``go/{name}/DONE`` and finally ``go/DONE``.
 A dictionary whose DONE marker carries the same config is not recomputed (resumable).
 
-hits.npz stores only tests with q_value < alpha (BH over all tests of the dictionary),
-p_bonferroni < alpha (paper protocol) or q_length < alpha (BH over the length-stratified test);
-columns are ``enrichment.HIT_COLUMNS``.
+Two protocols per dictionary (``summary.json`` ``protocols`` states each one's settings):
+- ``strict`` (ours, ``hits.npz``, columns ``enrichment.HIT_COLUMNS``): one-sided Fisher over
+  is_a + part_of, the namespaces and term sizes of the config, population = every protein with
+  an annotation in the namespace; keeps the tests with q_value < alpha (BH over all tests of the
+  dictionary), p_bonferroni < alpha (within the feature and namespace) or q_length < alpha (BH
+  over the length-stratified test);
+- ``paper`` (``paper_hits.npz``, columns ``paper.PAPER_COLUMNS``): the seed paper's goatools
+  defaults exactly (``trainer.go.paper``); keeps its Bonferroni-significant tests.
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ from trainer.go.enrichment import (
     finish_enrichment,
 )
 from trainer.go.ontology import Ontology, load_ontology
+from trainer.go.paper import (
+    PaperPopulation,
+    features_tested,
+    finish_paper,
+    paper_population,
+    paper_summary,
+    paper_tests,
+)
 from trainer.go.protein_table import GoCorpus
 from trainer.go.summary import hit_rates, summarize
 from trainer.stamps import digest as stamp_digest
@@ -82,6 +95,9 @@ class GoConfig(BaseModel):
     # split into ranges of this many, so one large dictionary spreads over every worker. A
     # multiple of block_size: the blocks, and so every p-value, are those of a serial run.
     chunk_features: int = Field(256, ge=1)
+    # Also run the seed paper's protocol (trainer.go.paper: goatools' defaults, BP, human
+    # population), stored beside ours as protocol "paper". Its settings are fixed, not options.
+    paper_protocol: bool = True
 
     @model_validator(mode="after")
     def _chunks_hold_whole_blocks(self) -> GoConfig:
@@ -130,7 +146,7 @@ def build_incidences(
 
 
 def write_terms(path: Path, ontology: Ontology, term_ids: set[str]) -> None:
-    """go/terms.tsv: every term tested in any namespace."""
+    """go/terms.tsv: every term tested in any namespace, by either protocol."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -144,9 +160,9 @@ def write_terms(path: Path, ontology: Ontology, term_ids: set[str]) -> None:
             )  # fmt: skip
 
 
-def save_hits(path: Path, result: EnrichmentResult) -> None:
-    """hits.npz with plain (non-object) arrays so it loads without pickle."""
-    cols = dict(result.columns)
+def save_hits(path: Path, result: EnrichmentResult | dict[str, np.ndarray]) -> None:
+    """hits.npz (or paper_hits.npz) with plain (non-object) arrays: loads without pickle."""
+    cols = dict(result.columns if isinstance(result, EnrichmentResult) else result)
     cols["go_id"] = cols["go_id"].astype("U10")
     cols["namespace"] = cols["namespace"].astype("U2")
     tmp = path.with_suffix(".tmp.npz")
@@ -185,6 +201,7 @@ class _Job:
     cfg: GoConfig
     resolve_counts: dict[str, Any]
     stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
+    paper: PaperPopulation | None  # the seed paper's population; None: protocol not run
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for another engine's workers) without the ontology: units never read it,
@@ -203,16 +220,21 @@ class _Job:
             for start in range(0, max(n, 1), step)
         ]
 
-    def run_unit(self, unit: _Unit) -> tuple[PartialEnrichment, float]:
+    def run_unit(self, unit: _Unit) -> tuple[PartialEnrichment, _PaperPart | None, float]:
         started = time.perf_counter()
         incs = self.incidences if unit.variant < 0 else self.permuted[unit.variant]
+        acts = _cached_activations(self.activations_path(unit.name), len(self.corpus.accessions))
         part = enrich_features(
-            _cached_activations(self.activations_path(unit.name), len(self.corpus.accessions)),
-            incs, features=unit.features, threshold=self.cfg.active_threshold,
+            acts, incs, features=unit.features, threshold=self.cfg.active_threshold,
             alpha=self.cfg.alpha, block_size=self.cfg.block_size, lengths=self.lengths,
             n_length_bins=self.cfg.length_bins, length_adjusted=self.cfg.length_adjusted,
         )  # fmt: skip
-        return part, time.perf_counter() - started
+        paper = None
+        if unit.variant < 0 and self.paper is not None:
+            tests = paper_tests(acts, self.paper, features=unit.features,
+                                block_size=self.cfg.block_size)  # fmt: skip
+            paper = _PaperPart(tests, features_tested(acts[:, unit.features], self.paper))
+        return part, paper, time.perf_counter() - started
 
     def finish(
         self, incs: dict[str, NamespaceIncidence], parts: list[PartialEnrichment], n_features: int
@@ -223,7 +245,12 @@ class _Job:
         )  # fmt: skip
 
     def finish_and_save(
-        self, name: str, parts: dict[int, list[PartialEnrichment]], n_features: int, seconds: float
+        self,
+        name: str,
+        parts: dict[int, list[PartialEnrichment]],
+        paper_parts: list[_PaperPart],
+        n_features: int,
+        seconds: float,
     ) -> dict[str, Any]:
         """Merge a dictionary's partial results, summarise them with the permutation control and
         write go/{name}/ (DONE last). ``seconds``: compute time summed over its units."""
@@ -261,10 +288,69 @@ class _Job:
             annotation_resolution=self.resolve_counts,
             seconds=round(seconds + time.perf_counter() - started, 2),
         )
+        summary["protocols"] = {"strict": strict_protocol(cfg, result, summary)}
+        (out / "paper_hits.npz").unlink(missing_ok=True)
+        if self.paper is not None:
+            paper = finish_paper([p.tests for p in paper_parts], self.paper, self.ontology)
+            summary["protocols"]["paper"] = paper_summary(
+                paper, self.paper, n_features, sum(p.n_tested for p in paper_parts)
+            )
+            save_hits(out / "paper_hits.npz", paper)
         save_hits(out / "hits.npz", result)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         write_stamp(done, self.stamps[name])
         return summary
+
+
+@dataclass
+class _PaperPart:
+    """The paper protocol's significant tests of one feature range, and how many of its
+    features it tested (non-zero on a human protein)."""
+
+    tests: dict[str, np.ndarray]
+    n_tested: int
+
+
+def strict_protocol(
+    cfg: GoConfig, result: EnrichmentResult, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Our protocol's statement, settings and BP figures (summary.json ``protocols.strict``)."""
+    sizes = f">= {cfg.min_term_size}" + (
+        f" and <= {cfg.max_term_size}" if cfg.max_term_size is not None else ""
+    )
+    c = result.columns
+    bp = c["namespace"] == "BP"
+    with_hit = {
+        label: int(np.unique(c["feature_index"][bp & (c[col] < cfg.alpha)]).size)
+        for label, col in (("bh", "q_value"), ("bonferroni", "p_bonferroni"), ("length_bh", "q_length"))
+        if col in c
+    }  # fmt: skip
+    return {
+        "statement": (
+            f"Ours: one-sided Fisher (over-representation), is_a + part_of propagation, "
+            f"{'+'.join(cfg.namespaces)}, population = every protein annotated in the namespace "
+            f"(any organism), terms with {sizes} population proteins, BH over all tests of the "
+            f"dictionary (q), Bonferroni within feature and namespace, alpha {cfg.alpha}."
+        ),
+        "settings": {
+            "test": "Fisher's exact test, one-sided 'greater' (over-representation only)",
+            "propagation": "is_a + part_of",
+            "namespaces": list(cfg.namespaces),
+            "population": "every encoded protein (any organism) with >= 1 annotation in the "
+            "namespace",
+            "study": f"population proteins with activation > {cfg.active_threshold}",
+            "terms": f"terms with {sizes} population proteins",
+            "correction": "Benjamini-Hochberg over all tests of the dictionary (q_value); "
+            "Bonferroni within the feature and namespace (p_bonferroni)"
+            + ("; BH of the length-stratified test (q_length)" if cfg.length_adjusted else ""),
+            "alpha": cfg.alpha,
+            "direction": "over-representation only",
+            "annotations": "the corpus's GO annotations (Swiss-Prot 2014); alt ids mapped, "
+            "obsolete ids followed to replaced_by",
+        },
+        "population_size": summary.get("population_size"),
+        "features_with_bp_hit": with_hit,
+    }
 
 
 _FileKey = tuple[Path, int, int]  # path, size, modification time (ns)
@@ -295,15 +381,20 @@ class _Collector:
             stop = unit.features.stop
             self.n_features[unit.name] = max(self.n_features.get(unit.name, 0), stop)
         self.parts: dict[str, dict[int, list[tuple[int, PartialEnrichment]]]] = {}
+        self.paper: dict[str, list[tuple[int, _PaperPart]]] = {}
         self.seconds: dict[str, float] = {}
         self.failed: set[str] = set()
 
-    def add(self, unit: _Unit, part: PartialEnrichment, seconds: float) -> dict[str, Any] | None:
+    def add(
+        self, unit: _Unit, part: PartialEnrichment, paper: _PaperPart | None, seconds: float
+    ) -> dict[str, Any] | None:
         """Keep a unit's result; the dictionary's summary once it is finished and saved."""
         if unit.name in self.failed:
             return None
         by_variant = self.parts.setdefault(unit.name, {})
         by_variant.setdefault(unit.variant, []).append((unit.features.start or 0, part))
+        if paper is not None:
+            self.paper.setdefault(unit.name, []).append((unit.features.start or 0, paper))
         self.seconds[unit.name] = self.seconds.get(unit.name, 0.0) + seconds
         self.left[unit.name] -= 1
         if self.left[unit.name]:
@@ -312,14 +403,16 @@ class _Collector:
             v: [p for _, p in sorted(items, key=lambda t: t[0])] for v, items in by_variant.items()
         }
         del self.parts[unit.name]
+        papers = [p for _, p in sorted(self.paper.pop(unit.name, []), key=lambda t: t[0])]
         return self.job.finish_and_save(
-            unit.name, ordered, self.n_features[unit.name], self.seconds[unit.name]
+            unit.name, ordered, papers, self.n_features[unit.name], self.seconds[unit.name]
         )
 
     def fail(self, name: str) -> None:
         """A unit of ``name`` failed: drop what it has and never finish it."""
         self.failed.add(name)
         self.parts.pop(name, None)
+        self.paper.pop(name, None)
 
 
 def _unit_error(unit: _Unit, error: BaseException) -> RuntimeError:
@@ -352,10 +445,14 @@ def run_go_stage(
     corpus = corpus if corpus is not None else _load_corpus(workdir)
     ontology = load_ontology(cfg.obo_path, cfg.cache_dir or workdir / "go" / "cache")
     incidences, resolve_counts = build_incidences(ontology, corpus, cfg)
-    go_dir = workdir / "go"
-    write_terms(
-        go_dir / "terms.tsv", ontology, {t for i in incidences.values() for t in i.term_ids}
+    paper = (
+        paper_population(ontology, corpus.go_bp, corpus.organisms, len(corpus.accessions))
+        if cfg.paper_protocol
+        else None
     )
+    go_dir = workdir / "go"
+    tested = {t for i in incidences.values() for t in i.term_ids}
+    write_terms(go_dir / "terms.tsv", ontology, tested | set(paper.term_ids if paper else ()))
     digest = cfg.digest()
     # A dictionary's tests depend on the GO settings, its analysis and the corpus.
     corpus_stamp = read_stamp(workdir / "corpus" / "DONE")
@@ -377,7 +474,7 @@ def run_go_stage(
         for i in range(cfg.n_permutations)
     ]
     job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts,
-               stamps)  # fmt: skip
+               stamps, paper)  # fmt: skip
     units: list[_Unit] = []
     for name in todo:
         try:
@@ -427,13 +524,17 @@ def run_go_stage(
 
 def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
     """A rich table: hit rates of each dictionary next to its controls."""
-    table = Table(title=f"GO enrichment: % features with >= 1 term (corrected p < {alpha})")
-    for col in ("dictionary", "features", "BH", "paper (Bonf.)", "length-adj. BH", "perm. BH",
-                "perm. length-adj.", "random-model BH"):  # fmt: skip
+    table = Table(
+        title=f"GO enrichment: % features with >= 1 term (corrected p < {alpha}); our protocol "
+        "(strict) unless named, paper = the seed paper's (two-sided, is_a, human, BP)"
+    )
+    for col in ("dictionary", "features", "BH", "Bonf.", "length-adj. BH", "perm. BH",
+                "perm. length-adj.", "random-model BH", "paper protocol (BP)"):  # fmt: skip
         table.add_column(col, justify="left" if col == "dictionary" else "right")
     for name, s in summaries.items():
         perm = s.get("permutation_control", {})
         rnd = s.get("random_model_control", {})
+        paper = s.get("protocols", {}).get("paper", {})
         table.add_row(
             name, str(s["n_features"]),
             f"{s['bh']['pct_features_with_hit']:.1f}",
@@ -442,6 +543,7 @@ def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
             _fmt(perm.get("mean_pct_features_with_hit_bh")),
             _fmt(perm.get("mean_pct_features_with_hit_length_bh")),
             _fmt(rnd.get("pct_features_with_hit_bh")),
+            _fmt(paper.get("pct_features_with_hit")),
         )  # fmt: skip
     Console().print(table)
 

@@ -15,8 +15,8 @@ def pct(part: int, whole: int) -> float:
 
 
 def hit_rates(result: EnrichmentResult, alpha: float) -> dict[str, Any]:
-    """% of features with >= 1 significant term — BH, paper protocol (Bonferroni within the
-    feature) and length-adjusted BH — overall and per namespace."""
+    """% of features with >= 1 significant term under our (strict) protocol — BH, Bonferroni
+    within the feature and namespace, and length-adjusted BH — overall and per namespace."""
     c = result.columns
     out: dict[str, Any] = {}
     for label, column in (
