@@ -46,8 +46,8 @@ def test_migrations_round_trip(store_url: str) -> None:
 
 
 def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> None:
-    """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates;
-    each downgrade removes what its revision added."""
+    """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates,
+    0004 the top examples' structure coverage; each downgrade removes what its revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -61,9 +61,16 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert migrate.current_revision(store_url) == migrate.head_revision() == "0003"
+    coverage = {"structure_id", "structure_share", "structure_peak_covered"}
+    assert (
+        migrate.current_revision(store_url) == migrate.head_revision() == "0004_structure_coverage"
+    )
     assert {"p_length", "q_length"} <= columns("go_enrichments")
     assert {"n_go_hits_length", "map_x", "map_y"} <= columns("features")
+    assert coverage <= columns("top_examples")
+    migrate.downgrade(store_url, "0003")
+    assert not coverage & columns("top_examples")
+    assert {"map_x", "map_y"} <= columns("features")
     migrate.downgrade(store_url, "0002")
     assert "n_go_hits_length" in columns("features")
     assert not {"map_x", "map_y"} & columns("features")
