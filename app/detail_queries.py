@@ -138,7 +138,7 @@ def _shown_structure(
     stored = next((c for c in chains if c.id == example.structure_id), None)
     if stored is not None:
         return stored, example.structure_share, example.structure_peak_covered
-    best = best_chain(values, [c.sequence_positions for c in chains])
+    best = best_chain(values, [c.sequence_positions for c in chains], example.max_position)
     if best is None:
         return None, None, None
     index, found = best

@@ -36,9 +36,12 @@ def resolved_positions(sequence_positions: Sequence[int], length: int) -> np.nda
     return np.unique(positions[(positions >= 0) & (positions < length)])
 
 
-def coverage(values: Sequence[float] | np.ndarray, sequence_positions: Sequence[int]) -> Coverage:
-    """The chain's coverage of ``values`` (one per sequence position); the peak is the first
-    position of the highest value, as the analyze stage's ``max_position``."""
+def coverage(
+    values: Sequence[float] | np.ndarray, sequence_positions: Sequence[int], peak: int | None = None
+) -> Coverage:
+    """The chain's coverage of ``values`` (one per sequence position). ``peak``: the peak's
+    0-based position (a stored ``max_position``, found on the unrounded values); by default the
+    first position of the highest value, as analyze finds it."""
     vals = np.asarray(values, dtype=np.float64)
     if vals.size == 0:
         return Coverage(None, False, 0.0)
@@ -46,19 +49,21 @@ def coverage(values: Sequence[float] | np.ndarray, sequence_positions: Sequence[
     positive = np.clip(vals, 0.0, None)
     total = float(positive.sum())
     covered = float(positive[resolved].sum())
-    peak = int(np.argmax(vals))
+    peak = int(np.argmax(vals)) if peak is None else peak
     share = covered / total if total > 0 else None
     return Coverage(share, bool(np.isin(peak, resolved)), covered)
 
 
 def best_chain(
-    values: Sequence[float] | np.ndarray, chains: Sequence[Sequence[int]]
+    values: Sequence[float] | np.ndarray,
+    chains: Sequence[Sequence[int]],
+    peak: int | None = None,
 ) -> tuple[int, Coverage] | None:
     """The chain (index into ``chains``, each its sequence positions) that shows the feature
     best by ``Coverage.key``; ties go to the earlier chain. None without chains."""
     best: tuple[int, Coverage] | None = None
     for i, positions in enumerate(chains):
-        found = coverage(values, positions)
+        found = coverage(values, positions, peak)
         if best is None or found.key() > best[1].key():
             best = (i, found)
     return best
