@@ -212,9 +212,7 @@ def test_every_structure_example_states_what_its_chain_shows(
             if not own:
                 assert e["structure_share"] is None and e["structure_peak_covered"] is None
                 continue
-            found = best_chain(
-                e["values"], [c.sequence_positions for c in own], e["max_position"]
-            )
+            found = best_chain(e["values"], [c.sequence_positions for c in own], e["max_position"])
             assert found is not None
             want = found[1]
             assert e["structure"]["id"] == own[found[0]].id
