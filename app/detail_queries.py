@@ -66,6 +66,7 @@ from app.store.schema import (
     Structure,
     TopExample,
 )
+from app.structure_coverage import best_chain, covered_ranges, resolved_positions
 
 BIN_ORDER = {"top": 0, "structure": 99}  # q1..qN sort between them by name
 # A dictionary whose GO hit rate under length-matched shuffled annotations reaches this share
@@ -148,16 +149,38 @@ def go_protocols(session: Session, sae_ids: set[int]) -> list[GoProtocolOut]:
     return sorted(seen.values(), key=lambda p: (GO_PROTOCOLS.index(p.name), p.statement))
 
 
-def _best_structures(session: Session, protein_ids: set[int]) -> dict[int, Structure]:
-    """Per protein, the structure chain covering most of its sequence."""
+def _structures_of(session: Session, protein_ids: set[int]) -> dict[int, list[Structure]]:
+    """Each protein's structure chains, in id order."""
     if not protein_ids:
         return {}
-    best: dict[int, Structure] = {}
-    for s in session.scalars(select(Structure).where(Structure.protein_id.in_(protein_ids))):
-        current = best.get(s.protein_id)
-        if current is None or (s.coverage or 0) > (current.coverage or 0):
-            best[s.protein_id] = s
-    return best
+    chains: dict[int, list[Structure]] = defaultdict(list)
+    query = select(Structure).where(Structure.protein_id.in_(protein_ids)).order_by(Structure.id)
+    for s in session.scalars(query):
+        chains[s.protein_id].append(s)
+    return chains
+
+
+def structure_out(structure: Structure, length: int) -> StructureOut:
+    """A chain with the sequence ranges it resolves of its ``length``-residue protein."""
+    out = StructureOut.model_validate(structure)
+    out.covered_ranges = covered_ranges(structure.sequence_positions, length)
+    out.n_resolved = int(resolved_positions(structure.sequence_positions, length).size)
+    return out
+
+
+def _shown_structure(
+    example: TopExample, values: list[float], chains: list[Structure]
+) -> tuple[Structure | None, float | None, bool | None]:
+    """The chain an example is shown on, its activation share and whether it resolves the peak:
+    as analyze stored them, or (runs analysed before) computed here by the same rule."""
+    stored = next((c for c in chains if c.id == example.structure_id), None)
+    if stored is not None:
+        return stored, example.structure_share, example.structure_peak_covered
+    best = best_chain(values, [c.sequence_positions for c in chains], example.max_position)
+    if best is None:
+        return None, None, None
+    index, found = best
+    return chains[index], found.activation_share, found.peak_covered
 
 
 def _explanation(session: Session, feature_id: int) -> ExplanationOut | None:
@@ -308,16 +331,17 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         .join(Protein, TopExample.protein_id == Protein.id)
         .where(TopExample.feature_id == feature_id)
     ).all()
-    structures = _best_structures(session, {p.id for _, p in examples})
-    top = [
-        TopExampleOut(
+    chains = _structures_of(session, {p.id for _, p in examples})
+    top = []
+    for ex, p in examples:
+        values = _values(ex.residue_values)
+        shown, share, peak = _shown_structure(ex, values, chains.get(p.id, []))
+        top.append(TopExampleOut(
             bin=ex.bin, rank=ex.rank, activation=ex.activation, max_position=ex.max_position,
-            protein=ProteinRef.model_validate(p), sequence=p.sequence,
-            values=_values(ex.residue_values),
-            structure=StructureOut.model_validate(structures[p.id]) if p.id in structures else None,
-        )
-        for ex, p in examples
-    ]  # fmt: skip
+            protein=ProteinRef.model_validate(p), sequence=p.sequence, values=values,
+            structure=structure_out(shown, p.length) if shown is not None else None,
+            structure_share=share, structure_peak_covered=peak,
+        ))  # fmt: skip
     top.sort(key=lambda e: (_bin_key(e.bin), e.rank))
     hits = _feature_go_hits(session, feature_id, "strict")
     hits_paper = _feature_go_hits(session, feature_id, "paper")
@@ -404,11 +428,14 @@ def protein_detail(session: Session, accession: str, per_sae: int = 10) -> Prote
     go_terms = sorted(
         (GoTermRef.model_validate(t) for t in terms.values()), key=lambda t: (t.namespace, t.name)
     )
-    structures = session.scalars(
-        select(Structure)
-        .where(Structure.protein_id == protein.id)
-        .order_by(Structure.coverage.desc())
-    ).all()
+    # The chain resolving most of the protein first (the page's 3D view).
+    structures = sorted(
+        (
+            structure_out(s, protein.length)
+            for s in _structures_of(session, {protein.id})[protein.id]
+        ),
+        key=lambda s: -(s.n_resolved or 0),
+    )
     rows = session.execute(
         select(ProteinFeature, Feature, Sae)
         .join(Feature, ProteinFeature.feature_id == Feature.id)
@@ -431,7 +458,7 @@ def protein_detail(session: Session, accession: str, per_sae: int = 10) -> Prote
     return ProteinDetail(
         protein=ProteinRef.model_validate(protein), sequence=protein.sequence,
         taxon_id=protein.taxon_id, pfam=protein.pfam, ec=protein.ec, source=protein.source,
-        go_terms=go_terms, structures=[StructureOut.model_validate(s) for s in structures],
+        go_terms=go_terms, structures=structures,
         top_features=list(groups.values()),
     )  # fmt: skip
 

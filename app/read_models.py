@@ -176,8 +176,18 @@ class StructureOut(_Orm):
     sequence_positions: list[int] = Field(
         description="0-based sequence position per residue, -1 none"
     )
-    identity: float | None
-    coverage: float | None
+    identity: float | None = Field(description="Identical pairs / aligned pairs")
+    coverage: float | None = Field(
+        description="Share of the chain's own residues aligned to the sequence (not of the "
+        "protein: see covered_ranges and n_resolved)"
+    )
+    covered_ranges: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="Runs of sequence positions the chain resolves, 1-based and inclusive",
+    )
+    n_resolved: int | None = Field(
+        default=None, description="How many of the protein's residues the chain resolves"
+    )
 
 
 class TopExampleOut(BaseModel):
@@ -188,7 +198,21 @@ class TopExampleOut(BaseModel):
     protein: ProteinRef
     sequence: str
     values: list[float] = Field(description="Per-residue values, one per sequence position")
-    structure: StructureOut | None
+    structure: StructureOut | None = Field(
+        description="The protein's structure chain that shows this feature best: the one "
+        "resolving the peak residue, then the one holding most of its activation mass"
+    )
+    structure_share: float | None = Field(
+        default=None,
+        description="Share of the feature's activation mass on this protein (sum of positive "
+        "per-residue values) on residues the structure chain resolves; null without a chain "
+        "or without positive values",
+    )
+    structure_peak_covered: bool | None = Field(
+        default=None,
+        description="Whether the chain resolves the peak residue (max_position); null "
+        "without a chain. When false the 3D view would show the peak nowhere",
+    )
 
 
 class GoProtocolOut(_Orm):

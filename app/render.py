@@ -138,8 +138,42 @@ def viewer_json(values: Sequence[float]) -> str:
     return json.dumps([round(v, 4) for v in values], separators=(",", ":"))
 
 
+def residue_ranges(ranges: Sequence[Sequence[int]], length: int, most: int = 3) -> str:
+    """ "residues 12–240 of 380" for the runs a structure chain resolves (at most ``most`` runs
+    named, then how many more and how many residues in all)."""
+    if not ranges:
+        return f"no residue of {length}"
+    named = ", ".join(f"{a}–{b}" if b > a else f"{a}" for a, b in ranges[:most])
+    if len(ranges) <= most:
+        return f"residues {named} of {length}"
+    n = sum(b - a + 1 for a, b in ranges)
+    return f"residues {named} and {len(ranges) - most} more runs ({n} of {length})"
+
+
+def _share(share: float) -> str:
+    return "<1%" if 0 < share < 0.005 else f"{100 * share:.0f}%"
+
+
+def coverage_note(
+    ranges: Sequence[Sequence[int]],
+    length: int,
+    share: float | None = None,
+    peak: str | None = None,
+    peak_covered: bool | None = None,
+) -> str:
+    """What a 3D view can show of a feature, in words: the sequence range its chain covers, the
+    share of the feature's activation on this protein inside it, whether it resolves the peak."""
+    parts = [f"Structure covers {residue_ranges(ranges, length)}"]
+    if share is not None:
+        parts.append(f"{_share(share)} of this feature's activation on this protein lies inside it")
+    if peak is not None and peak_covered is not None:
+        parts.append(f"peak residue {peak} {'covered' if peak_covered else 'not covered'}")
+    return "; ".join(parts) + "."
+
+
 def register(env_globals: dict[str, object]) -> None:
     env_globals.update(
         residue_track=residue_track, legend=legend, sparkline=sparkline, histogram=histogram,
         viewer_json=viewer_json, tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
+        coverage_note=coverage_note, residue_ranges=residue_ranges,
     )  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 from app.esm import LoadedModel
 from app.residue_types import ALPHABET, N_TYPES
 from app.sae import NeuronBasis, TopKSAE, Transcoder, sequence_fve
+from app.structure_coverage import best_chain
 from tests.realdata import human_proteins
 from trainer.aa_profile import BASIS_CORPUS, BASIS_EXAMPLES, AaMass, load_profile
 from trainer.analyze import (
@@ -30,6 +31,8 @@ from trainer.analyze import (
     protein_top_features,
     residue_tracks,
     run_analyze,
+    select_examples,
+    structure_coverage,
 )
 from trainer.embed import (
     EmbedConfig,
@@ -38,6 +41,7 @@ from trainer.embed import (
     model_residue_source,
     run_embed,
 )
+from trainer.structure_coverage import Chain, chains_by_protein
 
 MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
 CFG = AnalyzeConfig(batch_size=100, max_residues_per_batch=900, max_residues_per_track_batch=700)
@@ -72,6 +76,19 @@ def pooled_store(
     workdir = tmp_path_factory.mktemp("analyze-pooled")
     run_embed(workdir, corpus, _embed_cfg(shared_dir, residue_layers=[3]))
     return EmbeddingStore(workdir / "embeddings")
+
+
+def _chains(store: EmbeddingStore, every: int) -> dict[int, list[Chain]]:
+    """Stand-ins for structure chains on every ``every``-th protein, two each like a protein
+    with an N-terminal and a C-terminal fragment solved: the first half, and the second half
+    with a 5-residue unresolved loop. What analyze is checked for is the bookkeeping of which
+    residues a chain resolves, not which ones real chains resolve."""
+    pairs = []
+    for p in range(0, store.n_proteins, every):
+        n = int(store.lengths[p])
+        pairs.append((p, list(range(n // 2))))
+        pairs.append((p, [i for i in range(n // 2, n) if not n // 2 + 10 <= i < n // 2 + 15]))
+    return chains_by_protein(pairs, store.lengths)
 
 
 def _sae(d: int = 192, seed: int = 0) -> TopKSAE:
@@ -210,13 +227,12 @@ def test_residue_tracks_match_one_protein_at_a_time(store: EmbeddingStore, level
 def test_run_analyze_writes_the_same_files_on_any_device(
     store: EmbeddingStore, tmp_path: Path, device: str
 ) -> None:
-    has_structure = np.zeros(store.n_proteins, dtype=bool)
-    has_structure[::7] = True
+    chains = _chains(store, every=7)
     outs = []
     for run, dev in (("ref", "cpu"), ("dev", device)):
         cfg = CFG.model_copy(update={"device": dev})
         outs.append(
-            run_analyze(tmp_path / run, _sae(), Spec("a", "residue", 3), store, has_structure, cfg)
+            run_analyze(tmp_path / run, _sae(), Spec("a", "residue", 3), store, chains, cfg)
         )
     for name in ("features.npz", "examples.npz", "protein_top.npz", "neighbors.npz"):
         ref, other = np.load(outs[0] / name), np.load(outs[1] / name)
@@ -259,12 +275,11 @@ def test_run_analyze_on_a_pooled_only_layer_matches_the_shards(
     loaded: LoadedModel,
     tmp_path: Path,
 ) -> None:
-    has_structure = np.zeros(store.n_proteins, dtype=bool)
-    has_structure[::5] = True
+    chains = _chains(store, every=5)
     spec = Spec("p4", "protein", 4)
-    ref = run_analyze(tmp_path / "ref", _sae(), spec, store, has_structure, CFG)
+    ref = run_analyze(tmp_path / "ref", _sae(), spec, store, chains, CFG)
     source = model_residue_source(pooled_store, loaded, corpus)
-    got = run_analyze(tmp_path / "got", _sae(), spec, pooled_store, has_structure, CFG, source)
+    got = run_analyze(tmp_path / "got", _sae(), spec, pooled_store, chains, CFG, source)
     for name in ("features.npz", "examples.npz", "protein_top.npz", "neighbors.npz"):
         a, b = np.load(ref / name), np.load(got / name)
         for key in a.files:
@@ -273,6 +288,8 @@ def test_run_analyze_on_a_pooled_only_layer_matches_the_shards(
                 np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3 * scale)
             elif key == "max_position":  # a near tie may flip between float16 neighbours
                 assert np.mean(a[key] == b[key]) > 0.95
+            elif key == "structure_share":
+                np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-3)
             else:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
 
@@ -319,3 +336,65 @@ def test_the_weightless_neuron_basis_goes_where_it_is_moved() -> None:
     assert moved.decoder_directions().device.type == "meta"
     assert _device_of(NeuronBasis(6)).type == "cpu"
     assert "anchor" not in NeuronBasis(6).state_dict()
+
+
+@pytest.mark.parametrize("level", ["residue", "protein"])
+def test_structure_coverage_matches_one_chain_at_a_time(store: EmbeddingStore, level: str) -> None:
+    """Every active (feature, protein) pair with a chain gets the chain, share and peak that
+    ``app.structure_coverage.best_chain`` finds on the protein's full per-residue values."""
+    module, spec = _sae(), Spec("c", level, 3)
+    chains = _chains(store, every=3)
+    acts, *_ = protein_activations(module, spec, store, CFG)
+    got = structure_coverage(module, spec, store, acts, chains, CFG)
+    dense = acts.toarray()
+    expected = {(f, p) for p in chains for f in np.flatnonzero(dense[p] > 0).tolist()}
+    assert set(got.index()) == expected and len(got.feature) == len(expected)
+    assert got.peak_covered.any() and not got.peak_covered.all()
+    with torch.inference_mode():
+        for row, (f, p) in enumerate(zip(got.feature.tolist(), got.protein.tolist(), strict=True)):
+            r = torch.from_numpy(store.residues(3, p))
+            full = module.encode(r) if level == "residue" else module.residue_attribution(r)
+            found = best_chain(full[:, f].numpy(), [c.positions.tolist() for c in chains[p]])
+            assert found is not None
+            index, want = found
+            assert got.chain[row] == chains[p][index].index
+            assert bool(got.peak_covered[row]) == want.peak_covered
+            assert got.covered_mass[row] == pytest.approx(want.covered_mass, rel=1e-4, abs=1e-6)
+            if want.activation_share is None:
+                assert np.isnan(got.activation_share[row])
+            else:
+                assert got.activation_share[row] == pytest.approx(want.activation_share, abs=1e-5)
+
+
+def test_structure_examples_show_their_peak_first(store: EmbeddingStore) -> None:
+    """The structure group takes the proteins whose best chain resolves the peak, most covered
+    activation mass first; a protein whose chains miss the peak comes only after all of those."""
+    module, spec = _sae(), Spec("s", "residue", 3)
+    chains = _chains(store, every=2)
+    acts, *_ = protein_activations(module, spec, store, CFG)
+    covered = structure_coverage(module, spec, store, acts, chains, CFG)
+    cfg = CFG.model_copy(update={"n_structure": 3})
+    chosen = [
+        (f, p, r) for f, p, b, r, _ in select_examples(acts, covered, cfg) if b == "structure"
+    ]
+    where = covered.index()
+
+    def key(f: int, p: int) -> tuple[bool, float]:
+        row = where[(f, p)]
+        return bool(covered.peak_covered[row]), float(covered.covered_mass[row])
+
+    by_feature: dict[int, list[int]] = {}
+    for f, p, r in chosen:
+        assert r == len(by_feature.setdefault(f, []))
+        by_feature[f].append(p)
+    assert by_feature and set(by_feature) == set(covered.feature.tolist())
+    reordered = 0
+    for f, proteins in by_feature.items():
+        keys = [key(f, p) for p in proteins]
+        assert keys == sorted(keys, reverse=True)
+        rest = [key(f, p) for (g, p) in where if g == f and p not in proteins]
+        assert len(proteins) == 3 or not rest
+        assert all(k <= keys[-1] for k in rest)
+        by_max = sorted((p for (g, p) in where if g == f), key=lambda p: -acts[p, f])[:3]
+        reordered += by_max != proteins
+    assert reordered > 0  # the rule differs from "most active proteins with a structure"

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from app.settings import get_settings
 from app.store.codec import decode_values
 from app.store.engine import engine_for
-from app.store.schema import Feature, Protein, TopExample
+from app.store.schema import Feature, Protein, Structure, TopExample
+from app.structure_coverage import best_chain
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +202,42 @@ def test_openapi_names_the_response_models(client: TestClient) -> None:
     sort = schema["paths"]["/api/v1/saes/{sae_id}/features"]["get"]["parameters"]
     sort_param = next(p for p in sort if p["name"] == "sort")
     assert "max_activation" in str(sort_param["schema"])
+
+
+def test_every_structure_example_states_what_its_chain_shows(
+    client: TestClient, demo_store: Any
+) -> None:
+    """The fixture run stores no chain per example (as runs analysed before): the API picks the
+    protein's chain that resolves the peak, then the most activation, and says what it shows."""
+    engine = create_engine(demo_store.url)
+    with Session(engine) as session:
+        chains: dict[str, list[Structure]] = {}
+        for s, acc in session.execute(
+            select(Structure, Protein.accession).join(Protein, Structure.protein_id == Protein.id)
+        ):
+            chains.setdefault(acc, []).append(s)
+    engine.dispose()
+    seen, missed = 0, 0
+    for feature_id in sorted(e["id"] for e in _walk(client, demo_store.sae_id))[::8]:
+        body = client.get(f"/api/v1/features/{feature_id}").json()
+        for e in body["top_examples"]:
+            own = chains.get(e["protein"]["accession"], [])
+            assert (e["structure"] is None) == (not own)
+            if not own:
+                assert e["structure_share"] is None and e["structure_peak_covered"] is None
+                continue
+            found = best_chain(e["values"], [c.sequence_positions for c in own], e["max_position"])
+            assert found is not None
+            want = found[1]
+            assert e["structure"]["id"] == own[found[0]].id
+            assert e["structure_peak_covered"] == want.peak_covered
+            assert e["structure_share"] == pytest.approx(want.activation_share)
+            resolved = {p + 1 for p in e["structure"]["sequence_positions"] if p >= 0}
+            runs = e["structure"]["covered_ranges"]
+            assert {i for a, b in runs for i in range(a, b + 1)} == resolved
+            assert e["structure"]["n_resolved"] == len(resolved)
+            peak = e["max_position"]
+            assert e["structure_peak_covered"] == (peak + 1 in resolved)
+            seen += 1
+            missed += not want.peak_covered
+    assert seen > 50 and 0 < missed < seen

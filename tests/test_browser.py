@@ -103,21 +103,27 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def _structure_feature(url: str) -> tuple[int, str, list[float], float]:
-    """A feature with a 'structure' example: its id, the protein, the stored values, the scale."""
+def _structure_feature(server: str, url: str) -> tuple[int, str, list[float], float, int]:
+    """A feature whose first 'structure' example is drawn in 3D (its chain resolves the peak):
+    its id, the protein, the stored values, the scale and the peak's 0-based position."""
     engine = create_engine(url)
     with Session(engine) as session:
-        ex, acc, fmax, fid = session.execute(
+        rows = session.execute(
             select(TopExample, Protein.accession, Feature.max_activation, Feature.id)
             .join(Protein, TopExample.protein_id == Protein.id)
             .join(Feature, TopExample.feature_id == Feature.id)
-            .where(TopExample.bin == "structure", Feature.max_activation > 0)
-            .order_by(Feature.id, TopExample.rank)
-            .limit(1)
-        ).one()
-        values = decode_values(ex.residue_values).tolist()
+            .where(TopExample.bin == "structure", TopExample.rank == 0, Feature.max_activation > 0)
+            .order_by(Feature.id)
+        ).all()
+        for ex, acc, fmax, fid in rows:
+            body = httpx.get(f"{server}/api/v1/features/{fid}", timeout=30).json()
+            first = next(e for e in body["top_examples"] if e["bin"] == "structure")
+            if first["structure_peak_covered"]:
+                values = decode_values(ex.residue_values).tolist()
+                engine.dispose()
+                return int(fid), str(acc), values, float(fmax), int(ex.max_position)
     engine.dispose()
-    return int(fid), str(acc), values, float(fmax)
+    raise AssertionError("no structure example whose chain resolves its peak")
 
 
 def _non_background(png: bytes) -> int:
@@ -129,7 +135,7 @@ def _non_background(png: bytes) -> int:
 
 def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: Any) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    feature_id, accession, values, scale = _structure_feature(demo_store.url)
+    feature_id, accession, values, scale, peak = _structure_feature(server, demo_store.url)
     page.goto(f"{server}/features/{feature_id}")
     page.screenshot(path=str(SHOTS / "feature_top.png"))
     track = page.locator(f'#bin-structure article[data-accession="{accession}"] p.track').first
@@ -177,6 +183,26 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
           return [n, bad]; }"""
     )
     assert checked[0] > 100 and checked[1] == 0
+    # The residue the feature peaks on is resolved, coloured by its value and drawn as sticks.
+    peak_atoms = viewer.evaluate(
+        """(el, peak) => {
+          const ids = JSON.parse(el.dataset.resids), pos = JSON.parse(el.dataset.positions);
+          const at = new Set(ids.filter((r, i) => pos[i] === peak).map(String));
+          const vals = JSON.parse(el.dataset.values), scale = parseFloat(el.dataset.scale);
+          const atoms = el._viewer.getModel().selectedAtoms({chain: el.dataset.chain})
+            .filter(a => at.has(String(a.resi) + (a.icode || '').trim()));
+          return [atoms.length, atoms.filter(a => a.style.stick).length,
+                  [...new Set(atoms.map(a => a.style.cartoon.colorfunc(a)))],
+                  window.protsae.colour(vals[peak], scale), window.protsae.colour(0, scale)]; }""",
+        peak,
+    )
+    n_atoms, n_sticks, drawn_colours, want, blank = peak_atoms
+    assert n_atoms > 0 and n_sticks == n_atoms
+    assert drawn_colours == [want] and want != blank
+    article = page.locator(f'#bin-structure article[data-accession="{accession}"]').first
+    note = article.locator(".structure-note").inner_text()
+    assert re.search(rf"peak residue [A-Z]{peak + 1} covered\.$", note), note
+    assert re.match(r"Structure covers residues \d+", note) and "% of this feature" in note
     page.screenshot(path=str(SHOTS / "feature.png"), full_page=False)
     viewer.screenshot(path=str(SHOTS / "feature_structure.png"))
 
@@ -233,6 +259,10 @@ def test_protein_page_repaints_viewer_without_reload(
     )
     assert same, "the viewer was re-created or the page reloaded"
     assert viewer.get_attribute("data-feature") == links.nth(3).get_attribute("data-feature")
+    # The painted sequence sits above the fold, and its note follows the painted feature.
+    paint = page.locator("#paint").bounding_box()
+    assert paint is not None and paint["y"] + 60 < page.viewport_size["height"]
+    assert page.locator("#paint-coverage").inner_text().startswith("Structure covers residues")
     page.screenshot(path=str(SHOTS / "protein.png"), full_page=False)
 
 

@@ -401,3 +401,49 @@ def test_a_dictionary_is_length_driven_when_shuffled_annotations_keep_half_its_h
     assert not length_driven(14.5, 6.6)  # protein-level TopK SAE, layer 3
     assert not length_driven(40.6, 10.0)  # protein-level TopK SAE, layer 1
     assert not length_driven(0.0, 0.0)
+
+
+def test_structure_views_say_what_their_chain_shows(client: TestClient, demo_store: Any) -> None:
+    """A 3D view is drawn only where its chain resolves the residue the feature peaks on, under a
+    note naming the covered range, the share of the activation inside it and the peak residue;
+    elsewhere the page says that no stored structure shows the peak instead of a grey model."""
+    features = client.get(f"/api/v1/saes/{demo_store.sae_id}/features?limit=200").json()["items"]
+    checked = {True: 0, False: 0}
+    for item in features:
+        if checked[True] and checked[False]:
+            break
+        body = client.get(f"/api/v1/features/{item['id']}").json()
+        if not any(e["structure"] for e in body["top_examples"]):
+            continue
+        html = client.get(f"/features/{item['id']}").text
+        articles = html.split('<article class="example"')[1:]
+        assert len(articles) == len(body["top_examples"])
+        for e, article in zip(body["top_examples"], articles, strict=True):
+            assert f'data-accession="{e["protein"]["accession"]}"' in article
+            if e["structure"] is None:
+                assert "structure-note" not in article
+                continue
+            peak = f"{e['sequence'][e['max_position']]}{e['max_position'] + 1}"
+            a, b = e["structure"]["covered_ranges"][0]
+            length = e["protein"]["length"]
+            assert f"Structure covers residues {a}–{b}" in article and f" of {length}" in article
+            share = f"{100 * e['structure_share']:.0f}%"
+            assert f"{share} of this feature&#39;s activation on this protein lies inside it" in (
+                article
+            )
+            covered = bool(e["structure_peak_covered"])
+            assert ('class="viewer"' in article) == covered
+            assert f"peak residue {peak} {'covered' if covered else 'not covered'}" in article
+            assert ("No stored structure of this protein resolves" in article) == (not covered)
+            checked[covered] += 1
+    assert checked[True] and checked[False]
+
+
+def test_protein_page_paints_the_sequence_before_the_feature_list(
+    client: TestClient, demo_store: Any
+) -> None:
+    acc = demo_store.structure_accessions[0]
+    html = client.get(f"/proteins/{acc}").text
+    assert html.index('<section id="paint"') < html.index("Features most active on it")
+    note = html.split('id="paint-coverage">')[1].split("</p>")[0]
+    assert note.startswith("Structure covers residues ") and "peak residue" in note

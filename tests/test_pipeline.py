@@ -36,6 +36,7 @@ from app.store.schema import (
     Structure,
     TopExample,
 )
+from app.structure_coverage import best_chain, coverage
 from tests.tiny_run import CONFIG, TinyRun
 from trainer.config import ConfigError, load_config
 from trainer.embed import EmbeddingStore
@@ -110,6 +111,46 @@ def test_top_examples_carry_true_per_residue_values(tiny_run: TinyRun) -> None:
         assert session.scalar(select(func.count()).select_from(Structure)) > 0
         assert session.scalar(select(func.count()).select_from(FeatureNeighbor)) > 0
     engine.dispose()
+
+
+def test_examples_are_stored_with_the_chain_that_shows_them(tiny_run: TinyRun) -> None:
+    """Every example on a protein with real structure chains names the chain that resolves its
+    peak residue, else holds most of its activation (app.structure_coverage on the stored
+    values, float16), with that chain's share and peak flag; the "structure" group puts the
+    examples whose chain resolves the peak first."""
+    engine = make_engine(tiny_run.url)
+    with session_factory(engine)() as session:
+        chains: dict[int, list[Structure]] = {}
+        for s in session.scalars(select(Structure).order_by(Structure.id)):
+            chains.setdefault(s.protein_id, []).append(s)
+        rows = session.scalars(select(TopExample).order_by(TopExample.feature_id, TopExample.bin,
+                                                           TopExample.rank)).all()  # fmt: skip
+        n, same_chain, peaks = 0, 0, {True: 0, False: 0}
+        structure_group: dict[int, list[bool]] = {}
+        for ex in rows:
+            own = chains.get(ex.protein_id, [])
+            assert (ex.structure_id is None) == (not own)
+            if not own:
+                assert ex.structure_share is None and ex.structure_peak_covered is None
+                continue
+            chain = next(c for c in own if c.id == ex.structure_id)
+            values = decode_values(ex.residue_values)
+            found = coverage(values, chain.sequence_positions, ex.max_position)
+            assert ex.structure_peak_covered == found.peak_covered
+            if found.activation_share is not None:
+                assert ex.structure_share == pytest.approx(found.activation_share, abs=2e-2)
+            best = best_chain(values, [c.sequence_positions for c in own], ex.max_position)
+            assert best is not None
+            same_chain += own[best[0]].id == chain.id or best[1].key() == found.key()
+            n += 1
+            peaks[bool(ex.structure_peak_covered)] += 1
+            if ex.bin == "structure":
+                structure_group.setdefault(ex.feature_id, []).append(ex.structure_peak_covered)
+    engine.dispose()
+    assert n > 100 and peaks[True] and peaks[False]
+    assert same_chain >= 0.99 * n  # float16 values may reorder near ties
+    for flags in structure_group.values():
+        assert flags == sorted(flags, reverse=True)
 
 
 def test_pooled_only_layers_get_tracks_from_the_model(tiny_run: TinyRun) -> None:

@@ -36,6 +36,7 @@ from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.engines import Engine
 from trainer.feature_map import MapConfig, feature_map
 from trainer.stamps import is_current, redo_reason, write_stamp
+from trainer.structure_coverage import Chain, PairCoverage, collect
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -382,15 +383,19 @@ def feature_stats(
 
 
 def select_examples(
-    acts: sp.csr_matrix, has_structure: npt.NDArray[np.bool_], cfg: AnalyzeConfig
+    acts: sp.csr_matrix, covered: PairCoverage, cfg: AnalyzeConfig
 ) -> list[tuple[int, int, str, int, float]]:
     """(feature, protein, bin, rank, activation) for the top, quantile-bin and structure groups.
 
     Bins are equal-width in max-normalised activation: q1 = (0, 1/n], ..., qn = ((n-1)/n, 1];
     proteins already in the top group are not sampled again in a quantile bin. The loop over
     features stays: each bin's draw comes from one seeded generator, in feature order.
+    The structure group ranks the proteins with a chain by what their best chain shows
+    (``covered``): the peak residue resolved first, then the activation mass on resolved
+    residues, then the protein's activation.
     """
     rng = np.random.default_rng(cfg.seed)
+    structure_rows = _structure_candidates(covered, acts.shape[1])
     csc = acts.tocsc()
     out: list[tuple[int, int, str, int, float]] = []
     for f in range(acts.shape[1]):
@@ -417,12 +422,26 @@ def select_examples(
                 (f, int(proteins[i]), f"q{b + 1}", r, float(values[i]))
                 for r, i in enumerate(chosen)
             )
-        with_structure = order[has_structure[proteins[order]]][: cfg.n_structure]
+        rows = structure_rows[f]
+        if rows.size == 0 or cfg.n_structure == 0:
+            continue
+        activation = dict(zip(proteins.tolist(), values.tolist(), strict=True))
+        cand = covered.protein[rows].tolist()
+        key = [(-int(covered.peak_covered[r]), -float(covered.covered_mass[r]), -activation[p], p)
+               for r, p in zip(rows.tolist(), cand, strict=True)]  # fmt: skip
+        ranked = [cand[i] for i in sorted(range(len(cand)), key=key.__getitem__)]
         out.extend(
-            (f, int(proteins[i]), "structure", r, float(values[i]))
-            for r, i in enumerate(with_structure)
+            (f, p, "structure", r, float(activation[p]))
+            for r, p in enumerate(ranked[: cfg.n_structure])
         )
     return out
+
+
+def _structure_candidates(covered: PairCoverage, n_latents: int) -> list[npt.NDArray[np.int64]]:
+    """Per feature, the rows of ``covered`` that are its (protein, best chain) pairs."""
+    order = np.argsort(covered.feature, kind="stable")
+    bounds = np.searchsorted(covered.feature[order], np.arange(n_latents + 1))
+    return [order[a:b] for a, b in itertools.pairwise(bounds.tolist())]
 
 
 def residue_values(
@@ -480,6 +499,30 @@ def _batch_residues(
         yield from np.split(stacked, np.cumsum(sizes[start:stop])[:-1])
 
 
+def _encoded_batches(
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    proteins: list[int],
+    max_residues: int,
+    residue_source: ResidueSource | None,
+    fetch_residues: int,
+) -> Iterator[tuple[list[int], np.ndarray, Tensor]]:
+    """(proteins, their offsets, per-residue values ``[n_res, n_latents]`` on the module's
+    device) per batch of ≤ ``max_residues`` residues (a longer protein alone), in shard order.
+    Run it under ``torch.inference_mode()``."""
+    device = _device_of(module)
+    ordered = sorted(proteins, key=store.location)
+    sizes = [int(store.lengths[p]) for p in ordered]
+    batches = [ordered[a:b] for a, b in _groups(sizes, max_residues)]
+    residues = _batch_residues(store, spec.layer, batches, residue_source, fetch_residues)
+    for batch, x_host in zip(batches, residues, strict=True):
+        lengths = store.lengths[batch]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        x = _to(x_host, device)
+        yield batch, offsets, _per_residue(module, spec, x, torch.from_numpy(lengths).to(device))
+
+
 def residue_tracks(
     module: Dictionary,
     spec: Spec,
@@ -496,31 +539,61 @@ def residue_tracks(
     come from the shards, or from ``residue_source`` where the layer was stored pooled-only
     (≤ ``fetch_residues`` per call).
     """
-    device = _device_of(module)
-    proteins = sorted(wanted, key=store.location)
-    sizes = [int(store.lengths[p]) for p in proteins]
-    batches = [proteins[a:b] for a, b in _groups(sizes, max_residues)]
-    residues = _batch_residues(store, spec.layer, batches, residue_source, fetch_residues)
     out: dict[tuple[int, int], FloatArray] = {}
+    batches = _encoded_batches(module, spec, store, list(wanted), max_residues, residue_source,
+                               fetch_residues)  # fmt: skip
     with torch.inference_mode():
-        for batch, x_host in zip(batches, residues, strict=True):
-            lengths = store.lengths[batch]
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            x = _to(x_host, device)
-            values = _per_residue(module, spec, x, torch.from_numpy(lengths).to(device))
-            # Gather (residue, feature) for every wanted pair at once, then cut per pair.
-            feats = [np.asarray(wanted[p], dtype=np.int64) for p in batch]
-            n_feats = np.array([len(f) for f in feats])
-            pair_len = np.repeat(lengths, n_feats)
-            pair_start = np.repeat(offsets[:-1], n_feats)
-            within = np.arange(pair_len.sum()) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
-            rows = np.repeat(pair_start, pair_len) + within
-            cols = np.repeat(np.concatenate(feats), pair_len)
-            picked = values[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)]
-            pieces = np.split(picked.float().cpu().numpy(), np.cumsum(pair_len)[:-1])
-            pairs = [(int(f), p) for p, fs in zip(batch, feats, strict=True) for f in fs]
-            out.update(zip(pairs, pieces, strict=True))
+        for batch, offsets, values in batches:
+            _gather_tracks(wanted, batch, offsets, values, out)
     return out
+
+
+def _gather_tracks(
+    wanted: dict[int, list[int]],
+    batch: list[int],
+    offsets: np.ndarray,
+    values: Tensor,
+    out: dict[tuple[int, int], FloatArray],
+) -> None:
+    """One batch's wanted ``(feature, protein)`` tracks into ``out``."""
+    device = values.device
+    lengths = np.diff(offsets)
+    # Gather (residue, feature) for every wanted pair at once, then cut per pair.
+    feats = [np.asarray(wanted[p], dtype=np.int64) for p in batch]
+    n_feats = np.array([len(f) for f in feats])
+    pair_len = np.repeat(lengths, n_feats)
+    pair_start = np.repeat(offsets[:-1], n_feats)
+    within = np.arange(pair_len.sum()) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
+    rows = np.repeat(pair_start, pair_len) + within
+    cols = np.repeat(np.concatenate(feats), pair_len)
+    picked = values[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)]
+    pieces = np.split(picked.float().cpu().numpy(), np.cumsum(pair_len)[:-1])
+    pairs = [(int(f), p) for p, fs in zip(batch, feats, strict=True) for f in fs]
+    out.update(zip(pairs, pieces, strict=True))
+
+
+def structure_coverage(
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    acts: sp.csr_matrix,
+    chains: dict[int, list[Chain]],
+    cfg: AnalyzeConfig,
+    residue_source: ResidueSource | None = None,
+) -> PairCoverage:
+    """For every feature active on a protein with a structure chain: the chain that shows it
+    best and what it shows (``trainer.structure_coverage``); one pass over those proteins."""
+
+    def per_protein() -> Iterator[tuple[int, Tensor]]:
+        batches = _encoded_batches(module, spec, store, sorted(chains),
+                                   cfg.max_residues_per_track_batch, residue_source,
+                                   cfg.max_residues_per_batch)  # fmt: skip
+        for batch, offsets, values in batches:
+            for i, protein in enumerate(batch):
+                yield protein, values[int(offsets[i]) : int(offsets[i + 1])]
+
+    with torch.inference_mode():
+        return collect(per_protein(), acts, chains)
 
 
 def decoder_neighbors(
@@ -559,6 +632,24 @@ def protein_top_features(acts: sp.csr_matrix, k: int) -> list[tuple[int, int, in
                     rank[rank < k].tolist(), csr.data[keep].astype(float).tolist(), strict=True))  # fmt: skip
 
 
+def _example_structures(
+    examples: list[tuple[int, int, str, int, float]], covered: PairCoverage
+) -> dict[str, Any]:
+    """Per example, the structures.json row of the chain that shows it best (-1: the protein has
+    none), that chain's share of the activation mass (NaN: none) and whether it resolves the
+    peak residue."""
+    where = covered.index()
+    rows = np.array([where.get((f, p), -1) for f, p, *_ in examples], dtype=np.int64)
+    has = rows >= 0
+    if not has.any():
+        nan = np.full(rows.size, np.nan, np.float32)
+        return {"structure": rows, "structure_share": nan, "structure_peak_covered": has}
+    chain = np.where(has, covered.chain[rows], -1)  # rows of -1 read a row that is discarded
+    share = np.where(has, covered.activation_share[rows], np.nan).astype(np.float32)
+    peak = has & covered.peak_covered[rows]
+    return {"structure": chain, "structure_share": share, "structure_peak_covered": peak}
+
+
 def _pack(arrays: Iterator[FloatArray]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float16]]:
     chunks = list(arrays)
     offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
@@ -572,7 +663,7 @@ def run_analyze(
     module: Dictionary,
     spec: Spec,
     store: EmbeddingStore,
-    has_structure: npt.NDArray[np.bool_],
+    chains: dict[int, list[Chain]],
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
     stamp: str | None = None,
@@ -581,6 +672,8 @@ def run_analyze(
 ) -> Path:
     """Analyze one dictionary into ``analysis/{name}/`` (skipped when already DONE).
 
+    ``chains``: the structure chains of each protein that has any
+    (``trainer.structure_coverage.chains_by_protein``).
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
     ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
@@ -612,7 +705,8 @@ def run_analyze(
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
     np.savez_compressed(out / "features.npz", **stats)
 
-    examples = select_examples(acts, has_structure, cfg)
+    covered = structure_coverage(module, spec, store, acts, chains, cfg, residue_source)
+    examples = select_examples(acts, covered, cfg)
     # Per protein, its most active features (protein page).
     top_rows = protein_top_features(acts, cfg.protein_top_features)
     # Per-residue values, computed once per protein for every feature that needs them there.
@@ -621,7 +715,7 @@ def run_analyze(
         wanted.setdefault(p, set()).add(f)
     # Residue tracks on the protein page for proteins shown anywhere (examples, structures);
     # the rest keep their activations only, so memory stays bounded on a full corpus.
-    shown = set(wanted) | set(np.flatnonzero(has_structure).tolist())
+    shown = set(wanted) | set(chains)
     for p, f, *_ in top_rows:
         if p in shown:
             wanted.setdefault(p, set()).add(f)
@@ -648,6 +742,7 @@ def run_analyze(
         max_position=max_position,
         offsets=ex_offsets,
         values=ex_values,
+        **_example_structures(examples, covered),
     )
     empty = np.zeros(0, dtype=np.float32)
     pt_offsets, pt_values = _pack(values.get((f, p), empty) for p, f, *_ in top_rows)

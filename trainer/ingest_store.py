@@ -90,22 +90,36 @@ def upsert_proteins(session: Session, corpus: Corpus) -> dict[str, int]:
     return ids
 
 
+def _stored_structures(
+    session: Session, structures: Sequence[StructureMapping]
+) -> dict[tuple[str, str], int]:
+    """``{(file_path, chain): structure id}`` of the chains the store already holds."""
+    present: dict[tuple[str, str], int] = {}
+    keys = sorted({(s.file_path, s.chain) for s in structures})
+    for chunk in _chunks(keys, _LOOKUP_CHUNK // 2):
+        rows = session.execute(
+            select(Structure.file_path, Structure.chain, Structure.id).where(
+                tuple_(Structure.file_path, Structure.chain).in_(chunk)
+            )
+        )
+        present.update({(path, chain): sid for path, chain, sid in rows})
+    return present
+
+
 def insert_structures(
     session: Session, structures: Sequence[StructureMapping], protein_ids: dict[str, int]
 ) -> int:
     """Insert the chains whose (file_path, chain) the store lacks; returns how many were new."""
-    present: set[tuple[str, str]] = set()
-    keys = sorted({(s.file_path, s.chain) for s in structures})
-    for chunk in _chunks(keys, _LOOKUP_CHUNK // 2):
-        rows = session.execute(
-            select(Structure.file_path, Structure.chain).where(
-                tuple_(Structure.file_path, Structure.chain).in_(chunk)
-            )
-        )
-        present.update((path, chain) for path, chain in rows)
+    present = set(_stored_structures(session, structures))
     new: list[StructureMapping] = []
     for s in structures:
         if (s.file_path, s.chain) not in present:
             present.add((s.file_path, s.chain))
             new.append(s)
     return bulk_insert(session, Structure, structure_rows(new, protein_ids))
+
+
+def structure_ids(session: Session, structures: Sequence[StructureMapping]) -> list[int]:
+    """The store id of each chain of ``structures`` (in order), once they are inserted."""
+    stored = _stored_structures(session, structures)
+    return [stored[(s.file_path, s.chain)] for s in structures]

@@ -49,6 +49,7 @@ from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
 from trainer.stamps import digest, read_stamp
+from trainer.structure_coverage import chains_by_protein
 from trainer.summary import record_timing
 from trainer.train import Data, SaeSpec, run_train
 
@@ -291,12 +292,16 @@ class Pipeline:
             "analyze": self.cfg.analyze.result_inputs(),
             "outputs": ANALYSIS_OUTPUTS_VERSION,
             "dictionary": read_stamp(self.workdir / "saes" / plan.spec.name / "DONE"),
+            # Analyses from before structure examples were chosen by what their chain shows
+            # (and stored with it) are made again.
+            "structure_examples": "coverage",
         })  # fmt: skip
 
     def analyze(self) -> None:
-        has_structure = np.zeros(len(self.corpus.accessions), dtype=bool)
-        for mapping in load_structure_mappings(self.workdir):
-            has_structure[mapping.protein_index] = True
+        lengths = np.array([len(s) for s in self.corpus.sequences], dtype=np.int64)
+        mappings = load_structure_mappings(self.workdir)
+        chains = chains_by_protein(((m.protein_index, m.sequence_positions) for m in mappings),
+                                   lengths)  # fmt: skip
         sources: dict[str, ResidueSource] = {}
         for plan in self.plans():
             spec = Spec(plan.spec.name, plan.spec.level, plan.spec.layer)
@@ -311,7 +316,7 @@ class Pipeline:
                     )  # fmt: skip
                 source = sources[plan.embeddings]
             module = self.load(plan)
-            out = run_analyze(self.workdir, module, spec, store, has_structure,
+            out = run_analyze(self.workdir, module, spec, store, chains,
                               self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
                               sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
             if measurable(module, spec.level, self.cfg.effects):

@@ -46,6 +46,7 @@ from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
+from trainer.ingest_store import structure_ids
 
 console = Console()
 AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detector")
@@ -104,11 +105,19 @@ def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]
 class DictionaryLoader:
     """Loads one dictionary's files into the open transaction."""
 
-    def __init__(self, session: Session, workdir: Path, run: Run, protein_ids: list[int]):
+    def __init__(
+        self,
+        session: Session,
+        workdir: Path,
+        run: Run,
+        protein_ids: list[int],
+        structure_ids: list[int] | None = None,
+    ):
         self.session = session
         self.workdir = workdir
         self.run = run
         self.protein_ids = protein_ids
+        self.structure_ids = structure_ids or []  # store id per structures.json row
         self.go_hits: dict[int, list[GoHit]] = {}
         self.go_alpha = go_alpha(None)
         self.dominance: dict[int, Dominance] = {}
@@ -256,8 +265,28 @@ class DictionaryLoader:
             "activation": ex["activation"].astype(float).tolist(),
             "max_position": ex["max_position"].tolist(),
             "residue_values": _blobs(ex["values"], ex["offsets"]),
+            **self._example_structures(ex),
         }
         self.n_rows += bulk_insert_columns(self.session, TopExample, columns)
+
+    def _example_structures(self, ex: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        """Each example's best chain (store id), its activation share and whether it resolves
+        the peak; None where the protein has no chain or the analysis predates them."""
+        n = len(ex["feature"])
+        if "structure" not in ex:
+            return dict.fromkeys(("structure_id", "structure_share", "structure_peak_covered"),
+                                 [None] * n)  # fmt: skip
+        rows = ex["structure"].astype(np.int64).tolist()
+        has = [r >= 0 for r in rows]
+        share = ex["structure_share"].astype(float).tolist()
+        peak = ex["structure_peak_covered"].astype(bool).tolist()
+        return {
+            "structure_id": [self.structure_ids[r] if h else None
+                             for r, h in zip(rows, has, strict=True)],
+            "structure_share": [v if h and v == v else None
+                                for v, h in zip(share, has, strict=True)],
+            "structure_peak_covered": [p if h else None for p, h in zip(peak, has, strict=True)],
+        }  # fmt: skip
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
@@ -488,8 +517,9 @@ def publish(
         by_accession = upsert_proteins(session, corpus)
         protein_ids = [by_accession[a] for a in corpus.accessions]
         insert_structures(session, structures, by_accession)
+        chain_ids = structure_ids(session, structures)
         known_terms = _load_go_terms(session, workdir)
-        loader = DictionaryLoader(session, workdir, run_row, protein_ids)
+        loader = DictionaryLoader(session, workdir, run_row, protein_ids, chain_ids)
         for i, name in enumerate(dictionaries, 1):
             started, rows_before = time.perf_counter(), loader.n_rows
             loader.load(name, known_terms)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
@@ -19,7 +20,14 @@ from app import detail_queries, queries, render
 from app.deps import HtmxDep, SessionDep
 from app.params import IdPath, OptionalIdQuery
 from app.queries import BadCursor, NotFound
-from app.read_models import FeatureFilters, SortKey, SortOrder
+from app.read_models import (
+    FeatureFilters,
+    ProteinDetail,
+    ProteinFeatureOut,
+    SortKey,
+    SortOrder,
+)
+from app.structure_coverage import coverage
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -179,9 +187,22 @@ def protein_page(
         and all(v >= 0 for v in chosen.values)
     ):
         scale = chosen.feature.max_activation
-    context = {"d": detail, "chosen": chosen, "scale": scale or 1.0, "top_positions": top_positions}
+    context = {"d": detail, "chosen": chosen, "scale": scale or 1.0, "top_positions": top_positions,
+               "paint_coverage": _paint_coverage(detail, chosen)}  # fmt: skip
     block = "paint" if htmx else None
     return templates.TemplateResponse(request, "protein.html", context, block_name=block)
+
+
+def _paint_coverage(detail: ProteinDetail, chosen: ProteinFeatureOut | None) -> str | None:
+    """What the page's 3D view (its first chain) shows of the painted feature, in words."""
+    if chosen is None or not detail.structures or not chosen.values:
+        return None
+    chain = detail.structures[0]
+    found = coverage(chosen.values, chain.sequence_positions)
+    peak = int(np.argmax(chosen.values))
+    label = f"{detail.sequence[peak]}{peak + 1}" if peak < len(detail.sequence) else None
+    return render.coverage_note(chain.covered_ranges, detail.protein.length,
+                                found.activation_share, label, found.peak_covered)  # fmt: skip
 
 
 @router.get("/go/{go_id}", response_class=HTMLResponse)

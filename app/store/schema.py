@@ -249,6 +249,15 @@ class TopExample(Base):
     # float16 little-endian, one value per residue: activations (residue level) or the exact
     # per-residue attribution of the pooled pre-activation (protein level).
     residue_values: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The structure chain that shows the feature best on this protein (peak residue resolved,
+    # then the most activation mass on resolved residues), the share of the feature's positive
+    # mass on residues it resolves, and whether it resolves the peak. NULL: no chain, or a run
+    # analysed before these were stored (the page then computes them from the values).
+    structure_id: Mapped[int | None] = mapped_column(
+        ForeignKey("structures.id", ondelete="SET NULL"), nullable=True
+    )
+    structure_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    structure_peak_covered: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class ProteinFeature(Base):
