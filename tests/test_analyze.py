@@ -300,9 +300,7 @@ def test_run_analyze_writes_amino_acid_profiles(
 ) -> None:
     """Residue level: the whole corpus pass; protein level: the positive attribution of the
     feature's example tracks (each example protein once), by residue type."""
-    has_structure = np.zeros(store.n_proteins, dtype=bool)
-    has_structure[::5] = True
-    out = run_analyze(tmp_path, _sae(), Spec("a", level, 3), store, has_structure, CFG,
+    out = run_analyze(tmp_path, _sae(), Spec("a", level, 3), store, _chains(store, every=5), CFG,
                       sequences=corpus)  # fmt: skip
     profile = load_profile(out / "aa_profile.npz")
     assert profile is not None and profile.mass.shape == (384, N_TYPES)
