@@ -411,7 +411,7 @@ class Pipeline:
             name = plan.spec.name
             entry = {
                 stage: read_stamp(self.workdir / stage / name / "DONE")
-                for stage in ("saes", "analysis", "go")
+                for stage in ("saes", "analysis", "go", "worklist")
             }
             # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
             # dictionaries reach GB and would be read again at every publish.
