@@ -98,9 +98,7 @@ def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, dict[s
     return {row.sae_id: dict(row.payload) for row in rows}
 
 
-def _lists(
-    session: Session, where: Any, limit: int | None
-) -> list[TermWorklist]:
+def _lists(session: Session, where: Any, limit: int | None) -> list[TermWorklist]:
     rows = session.execute(
         select(GoWorklistCandidate, Protein, Feature, Sae, GoTerm)
         .join(Protein, Protein.id == GoWorklistCandidate.protein_id)
@@ -126,10 +124,15 @@ def _lists(
         if limit is None or len(item.candidates) < limit:
             item.candidates.append(
                 WorklistCandidate(
-                    rank=cand.rank, accession=protein.accession, protein_name=protein.name,
-                    gene=protein.gene, length=protein.length, activation=cand.activation,
-                    confirmed=cand.confirmed, baseline_rate=cand.baseline_rate,
-                )  # fmt: skip
+                    rank=cand.rank,
+                    accession=protein.accession,
+                    protein_name=protein.name,
+                    gene=protein.gene,
+                    length=protein.length,
+                    activation=cand.activation,
+                    confirmed=cand.confirmed,
+                    baseline_rate=cand.baseline_rate,
+                )
             )
     _attach_evidence(session, list(lists.values()))
     return list(lists.values())
@@ -154,7 +157,9 @@ def _attach_evidence(session: Session, lists: list[TermWorklist]) -> None:
             )  # fmt: skip
 
 
-def feature_worklist(session: Session, feature_id: int, limit: int | None = None) -> FeatureWorklist:
+def feature_worklist(
+    session: Session, feature_id: int, limit: int | None = None
+) -> FeatureWorklist:
     """Every list of one feature (``limit`` candidates shown per list; None: all)."""
     feature = session.get(Feature, feature_id)
     if feature is None:

@@ -29,7 +29,9 @@ def test_evidence_groups() -> None:
 
 def test_bad_later_file_names_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "go.tsv"
-    bad.write_text("entrez_gene\tgo_id\tnamespace\tevidence\n1\tGO:0008150\tBP\tIDA\n2\tGO:1\tBP\tQQ\n")
+    bad.write_text(
+        "entrez_gene\tgo_id\tnamespace\tevidence\n1\tGO:0008150\tBP\tIDA\n2\tGO:1\tBP\tQQ\n"
+    )
     with pytest.raises(ValueError, match=r"go.tsv:3: unknown GO evidence code 'QQ'"):
         read_later_annotations(bad)
 
@@ -44,7 +46,7 @@ def real(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: i
 
 
 def test_snapshots_match_a_direct_reading(real, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    table, ontology, snapshots, info = real
+    _, ontology, snapshots, info = real
     assert info["human_proteins"] == 300 and info["later_resolution"]["unknown_dropped"] >= 0
     # One protein by hand: its gene's 2022 rows, resolved and propagated.
     import csv
@@ -92,7 +94,11 @@ def test_worklist_equals_brute_force(real) -> None:  # type: ignore[no-untyped-d
         pool = [i for i in range(300) if term not in snapshots.earlier[i]]
         for row, rate in zip(expect, out["baseline_rate"][out["go_id"] == term], strict=True):
             same = [i for i in pool if bins[i] == bins[row]]
-            hit = [i for i in same if term in set().union(*(snapshots.later[g][i] for g in snapshots.later))]
+            hit = [
+                i
+                for i in same
+                if term in set().union(*(snapshots.later[g][i] for g in snapshots.later))
+            ]
             assert rate == pytest.approx(len(hit) / len(same))
     p = precision_at(out, (10,))["10"]
     assert p["any"] == pytest.approx(p["experimental"] + p["curated"] + p["electronic"])

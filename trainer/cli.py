@@ -29,7 +29,17 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The store: migrations and status.", no_args_is_help=True)
 trainer_cli = typer.Typer(help="The offline pipeline's stages.", no_args_is_help=True)
-STAGE_NAMES = ("ingest", "embed", "train", "analyze", "go", "worklist", "explain", "concepts", "publish")
+STAGE_NAMES = (
+    "ingest",
+    "embed",
+    "train",
+    "analyze",
+    "go",
+    "worklist",
+    "explain",
+    "concepts",
+    "publish",
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(trainer_cli, name="trainer")
 

@@ -38,7 +38,9 @@ def _csv(lists: list[TermWorklist], filename: str) -> Response:
     responses=ERRORS,
     summary="Proteins the feature's GO hits propose for terms they lacked in 2014, checked in 2022",
 )
-def feature_worklist(session: SessionDep, feature_id: FeatureId, limit: Limit = None) -> FeatureWorklist:
+def feature_worklist(
+    session: SessionDep, feature_id: FeatureId, limit: Limit = None
+) -> FeatureWorklist:
     try:
         return worklist_queries.feature_worklist(session, feature_id, limit)
     except NotFound as exc:

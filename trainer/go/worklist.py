@@ -161,8 +161,8 @@ def precision_at(candidates: dict[str, np.ndarray], ks: tuple[int, ...] = KS) ->
         list_feature[inverse] = feature[top]
         feats, feat_inverse = np.unique(list_feature, return_inverse=True)
         per_k: dict[str, Any] = {
-            "features": int(len(feats)),
-            "lists": int(len(lists)),
+            "features": len(feats),
+            "lists": len(lists),
             "lists_full": int((sizes >= k).sum()),
             "candidates": int(top.sum()),
         }

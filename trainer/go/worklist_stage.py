@@ -90,7 +90,9 @@ def build_snapshots(
     lengths = np.array([len(corpus.sequences[i]) for i in rows], dtype=np.int64)
     snapshots = Snapshots(np.asarray(rows, dtype=np.int64), lengths, earlier,
                           later_groups.groups, cfg.length_bins)  # fmt: skip
-    with_later = sum(1 for i in rows if any(g in later.by_gene for g in genes[corpus.accessions[i]]))
+    with_later = sum(
+        1 for i in rows if any(g in later.by_gene for g in genes[corpus.accessions[i]])
+    )
     info = {
         "human_proteins": len(rows),
         "human_proteins_in_later": with_later,
@@ -131,8 +133,9 @@ def run_worklist_stage(
         if snapshots is None:
             ontology = load_ontology(obo_path, workdir / "go" / "cache")
             snapshots, info = build_snapshots(ontology, corpus, cfg)
-        summaries[name] = _run_one(workdir, name, cfg, snapshots, info, stamps[name],
-                                   len(corpus.accessions))
+        summaries[name] = _run_one(
+            workdir, name, cfg, snapshots, info, stamps[name], len(corpus.accessions)
+        )
     for name, control in (controls or {}).items():
         if name in summaries and control in summaries:
             summaries[name]["random_init_control"] = control
@@ -171,7 +174,7 @@ def _run_one(
         "features_with_list": int(np.unique(candidates["feature_index"]).size),
         "lists": int(np.unique(np.char.add(candidates["feature_index"].astype("U12"),
                                            candidates["go_id"])).size),
-        "candidates": int(len(candidates["rank"])),
+        "candidates": len(candidates["rank"]),
         "precision": precision_at(candidates, KS),
         **info,
         "seconds": round(time.perf_counter() - started, 2),
@@ -191,7 +194,9 @@ def print_summaries(summaries: dict[str, dict[str, Any]]) -> None:
     for name, s in summaries.items():
         p = s["precision"]
         cells = [
-            "—" if p.get(str(k)) is None else f"{p[str(k)]['any']:.3f} ({p[str(k)]['baseline']:.3f})"
+            "—"
+            if p.get(str(k)) is None
+            else f"{p[str(k)]['any']:.3f} ({p[str(k)]['baseline']:.3f})"
             for k in KS
         ]
         p10 = p.get("10")
