@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.routes import api, encode, export, findings, intervene, pages
+from app.routes import api, encode, export, findings, intervene, pages, worklist
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
 from app.templating import templates
@@ -30,6 +30,7 @@ def create_app() -> FastAPI:
     application.include_router(pages.router)
     application.include_router(findings.router)
     application.include_router(api.router)
+    application.include_router(worklist.router)
     application.include_router(encode.router)
     application.include_router(intervene.router)
     application.include_router(export.router)

@@ -29,7 +29,7 @@ from tests.realdata import KYTE_DOOLITTLE, go_term_records, human_proteins
 EXPECTED_TABLES = {
     "runs", "saes", "proteins", "structures", "features", "top_examples", "protein_features",
     "feature_neighbors", "go_terms", "go_enrichments", "explanations", "explanation_scores",
-    "concepts", "concept_alignments", "analysis_summaries", "go_protocols",
+    "concepts", "concept_alignments", "analysis_summaries", "go_protocols", "go_worklist",
 }  # fmt: skip
 
 
@@ -51,7 +51,8 @@ AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detec
 def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> None:
     """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates,
     0004 the amino-acid profile, 0005 the features' LM effects, 0006 the GO protocols, 0007 the
-    top examples' structure coverage; each downgrade removes what its revision added."""
+    top examples' structure coverage, 0008 the worklists; each downgrade removes what its
+    revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -65,10 +66,13 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0008_worklist"
+    assert {"feature_id", "go_id", "protein_id", "rank", "confirmed"} <= columns("go_worklist")
+    migrate.downgrade(store_url, "0007_structure_coverage")
+    engine = make_engine(store_url)
+    assert "go_worklist" not in inspect(engine).get_table_names()
+    engine.dispose()
     coverage = {"structure_id", "structure_share", "structure_peak_covered"}
-    assert (
-        migrate.current_revision(store_url) == migrate.head_revision() == "0007_structure_coverage"
-    )
     assert coverage <= columns("top_examples")
     migrate.downgrade(store_url, "0006_go_protocols")
     assert not coverage & columns("top_examples")

@@ -29,7 +29,17 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The store: migrations and status.", no_args_is_help=True)
 trainer_cli = typer.Typer(help="The offline pipeline's stages.", no_args_is_help=True)
-STAGE_NAMES = ("ingest", "embed", "train", "analyze", "go", "explain", "concepts", "publish")
+STAGE_NAMES = (
+    "ingest",
+    "embed",
+    "train",
+    "analyze",
+    "go",
+    "worklist",
+    "explain",
+    "concepts",
+    "publish",
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(trainer_cli, name="trainer")
 
@@ -175,6 +185,7 @@ for _stage, _help in (
     ("train", "Train the SAEs, transcoders, controls and neuron baselines."),
     ("analyze", "Encode every protein; feature stats, top examples, neighbours."),
     ("go", "Gene Ontology enrichment of every feature, with null controls."),
+    ("worklist", "Missing-annotation worklists from GO hits, checked against a later snapshot."),
     ("explain", "Claude explanations of features, scored, neurons as baseline."),
     ("concepts", "Residue-level concept alignment (F1 against real binding-site labels)."),
     ("publish", "Load the run into the store in one transaction."),

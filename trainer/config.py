@@ -22,6 +22,7 @@ from trainer.embed import EmbedConfig
 from trainer.engines import EngineName, RayConfig
 from trainer.explain.stage import ExplainConfig
 from trainer.go.stage import GoConfig
+from trainer.go.worklist_stage import WorklistConfig
 from trainer.ingest import IngestConfig
 from trainer.train import SaeSpec
 
@@ -84,6 +85,8 @@ class TrainerConfig(BaseModel):
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
     go: GoConfig
+    # Missing-annotation worklists checked against a later GO snapshot; None: not run.
+    worklist: WorklistConfig | None = None
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,7 +1,7 @@
 """The pipeline: chains the stages for one config, each resumable, then publishes atomically.
 
 ingest → embed (+ a randomly initialised copy for the null control) → train (SAEs, transcoders,
-control SAEs, neuron baselines; loss recovered) → analyze → GO → explain → concepts → publish.
+control SAEs, neuron baselines; loss recovered) → analyze → GO → worklist → explain → concepts → publish.
 Per-residue shards are written only for the layers a residue-level dictionary reads (or the
 config's ``embed.residue_layers``); the other layers are pooled-only, and analyze recomputes
 the residues of the proteins it shows at them with the same model. Loss recovered and concepts
@@ -56,7 +56,7 @@ from trainer.train import Data, SaeSpec, run_train
 log = logging.getLogger(__name__)
 console = Console()
 
-STAGES = ("ingest", "embed", "train", "analyze", "go", "explain", "concepts", "publish")
+STAGES = ("ingest", "embed", "train", "analyze", "go", "worklist", "explain", "concepts", "publish")
 RANDOM_SUFFIX = "-randinit"
 RANDOM_SUBDIR = "embeddings_random"
 
@@ -331,6 +331,17 @@ class Pipeline:
         run_go_stage(self.workdir, self.cfg.go, dictionaries=[p.spec.name for p in plans],
                      control_of=control_of, corpus=self.corpus, engine=self.engine)  # fmt: skip
 
+    def worklist(self) -> None:
+        if self.cfg.worklist is None:
+            return
+        from trainer.go.worklist_stage import run_worklist_stage
+
+        plans = self.plans()
+        controls = {p.control_of: p.spec.name for p in plans if p.control_of}
+        run_worklist_stage(self.workdir, self.cfg.worklist, obo_path=self.cfg.go.obo_path,
+                           dictionaries=[p.spec.name for p in plans], corpus=self.corpus,
+                           controls=controls)  # fmt: skip
+
     def explain(self) -> None:
         from trainer.explain.stage import run_explain_stage
 
@@ -405,7 +416,7 @@ class Pipeline:
             name = plan.spec.name
             entry = {
                 stage: read_stamp(self.workdir / stage / name / "DONE")
-                for stage in ("saes", "analysis", "go")
+                for stage in ("saes", "analysis", "go", "worklist")
             }
             # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
             # dictionaries reach GB and would be read again at every publish.

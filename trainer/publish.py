@@ -47,6 +47,7 @@ from trainer.explain.labels import GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 from trainer.ingest_store import structure_ids
+from trainer.worklist_publish import load_worklist
 
 console = Console()
 AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detector")
@@ -139,6 +140,8 @@ class DictionaryLoader:
         self._protein_top(sae, name, feature_ids)
         self._neighbors(name, feature_ids)
         self._go(sae, name, feature_ids, known_terms)
+        self.n_rows += load_worklist(self.session, self.workdir, sae, name, feature_ids,
+                                     self.protein_ids, set(known_terms))  # fmt: skip
         self._explanations(sae, name, feature_ids)
         self._concepts(sae, name, feature_ids)
         return sae

@@ -23,6 +23,7 @@ from app.params import IdPath
 from app.settings import get_settings
 from app.store.schema import Feature, Run
 from app.templating import templates
+from app.worklist_queries import worklist_summaries
 
 router = APIRouter(include_in_schema=False)
 
@@ -48,9 +49,9 @@ def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Resp
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")
     rendered = cached_findings(session, get_settings().sqlalchemy_url, run)
-    response = templates.TemplateResponse(
-        request, "findings.html", {"run": run, "rendered": rendered, "saes": run.saes}
-    )
+    worklists = worklist_summaries(session, [s.id for s in run.saes])
+    context = {"run": run, "rendered": rendered, "saes": run.saes, "worklists": worklists}
+    response = templates.TemplateResponse(request, "findings.html", context)
     response.headers["Server-Timing"] = f"page;dur={1000 * (time.perf_counter() - t0):.1f}"
     return response
 

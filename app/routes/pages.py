@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from app import detail_queries, queries, render
+from app import detail_queries, queries, render, worklist_queries
 from app.deps import HtmxDep, SessionDep
 from app.params import IdPath, OptionalIdQuery
 from app.queries import BadCursor, NotFound
@@ -153,9 +153,9 @@ def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> R
     except NotFound as exc:
         return _error(request, 404, str(exc))
     groups = detail_queries.top_examples_by_bin(detail.top_examples)
-    return templates.TemplateResponse(
-        request, "feature.html", {"d": detail, "groups": groups, "top_positions": top_positions}
-    )
+    worklist = worklist_queries.feature_worklist(session, feature_id, limit=10)
+    context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist}
+    return templates.TemplateResponse(request, "feature.html", context)
 
 
 def top_positions(values: list[float], n: int = 5) -> list[int]:
@@ -211,7 +211,8 @@ def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
         detail = detail_queries.go_term_detail(session, go_id)
     except NotFound as exc:
         return _error(request, 404, str(exc))
-    return templates.TemplateResponse(request, "go.html", {"d": detail})
+    worklist = worklist_queries.go_worklist(session, detail.term.id, limit=10)
+    return templates.TemplateResponse(request, "go.html", {"d": detail, "wl": worklist})
 
 
 @router.get("/search", response_class=HTMLResponse)

@@ -358,6 +358,31 @@ class GoProtocol(Base):
     figures: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class GoWorklistCandidate(Base):
+    """A protein a feature's GO hit proposes for a term it lacked in the 2014 snapshot, ranked by
+    the feature's activation, with what the 2022 snapshot says (``trainer.go.worklist``)."""
+
+    __tablename__ = "go_worklist"
+    __table_args__ = (
+        Index("ix_go_worklist_feature", "feature_id", "go_id", "rank"),
+        Index("ix_go_worklist_term", "go_id", "sae_id"),
+        Index("ix_go_worklist_sae", "sae_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    go_id: Mapped[str] = mapped_column(ForeignKey("go_terms.id"))
+    protein_id: Mapped[int] = mapped_column(ForeignKey("proteins.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)  # 1 = the feature's most active candidate
+    activation: Mapped[float] = mapped_column(Float)
+    # The strongest 2022 evidence group that added the term (or a descendant):
+    # experimental | curated | electronic; NULL = not gained by 2022.
+    confirmed: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Gain rate of length-matched human proteins lacking the term in 2014 (the baseline).
+    baseline_rate: Mapped[float] = mapped_column(Float)
+
+
 class Explanation(Base):
     """A natural-language explanation of a feature (Claude), with the exact prompt's hash."""
 

@@ -1,0 +1,205 @@
+"""Missing-annotation worklists (``go_worklist``): per feature and per GO term, with their evidence.
+
+A candidate is a human protein the feature is active on that lacked the term in Swiss-Prot 2014
+(after propagation); the lists were built from the 2014 annotations only, and ``confirmed`` says
+whether the 2022 snapshot added the term (or a descendant) and under which evidence group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.queries import NotFound
+from app.store.schema import (
+    AnalysisSummary,
+    Feature,
+    GoEnrichment,
+    GoTerm,
+    GoWorklistCandidate,
+    Protein,
+    Sae,
+)
+
+CONFIRMED_MEANING = (
+    "what the 2022 snapshot (org.Hs.eg.db 2022-09) says: the strongest evidence group that added "
+    "the term or a descendant (experimental: EXP/IDA/IPI/IMP/IGI/IEP/HTP/HDA/HMP/HGI/HEP; "
+    "curated: ISS/ISO/ISA/ISM/IGC/RCA/TAS/NAS/IC; electronic: IEA/IBA); null = not gained"
+)
+BASELINE_MEANING = (
+    "share of all human proteins lacking the term in 2014, in this protein's length bin, that "
+    "gained it by 2022 (what a random length-matched protein would score)"
+)
+
+
+class WorklistCandidate(BaseModel):
+    rank: int
+    accession: str
+    protein_name: str | None
+    gene: str | None
+    length: int
+    activation: float
+    confirmed: str | None
+    baseline_rate: float
+
+
+class WorklistEvidence(BaseModel):
+    """The GO hit that makes the list (strict protocol)."""
+
+    shared: int  # annotated proteins among the feature's active ones
+    study_size: int
+    fold_enrichment: float
+    q_value: float | None
+    q_length: float | None
+
+
+class TermWorklist(BaseModel):
+    sae_id: int
+    sae_name: str
+    is_control: bool
+    feature_id: int
+    feature_index: int
+    go_id: str
+    go_name: str
+    namespace: str
+    evidence: WorklistEvidence | None
+    n_candidates: int
+    n_confirmed: int
+    candidates: list[WorklistCandidate]
+
+
+class FeatureWorklist(BaseModel):
+    feature_id: int
+    sae_id: int
+    statement: str | None
+    confirmed_meaning: str = CONFIRMED_MEANING
+    baseline_meaning: str = BASELINE_MEANING
+    lists: list[TermWorklist]
+
+
+class GoWorklist(BaseModel):
+    go_id: str
+    name: str
+    confirmed_meaning: str = CONFIRMED_MEANING
+    baseline_meaning: str = BASELINE_MEANING
+    lists: list[TermWorklist]
+
+
+def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each dictionary's worklist summary (the trainer's ``worklist/{name}/summary.json``)."""
+    rows = session.scalars(
+        select(AnalysisSummary).where(
+            AnalysisSummary.sae_id.in_(sae_ids), AnalysisSummary.kind == "worklist"
+        )
+    )
+    return {row.sae_id: dict(row.payload) for row in rows}
+
+
+def _lists(session: Session, where: Any, limit: int | None) -> list[TermWorklist]:
+    rows = session.execute(
+        select(GoWorklistCandidate, Protein, Feature, Sae, GoTerm)
+        .join(Protein, Protein.id == GoWorklistCandidate.protein_id)
+        .join(Feature, Feature.id == GoWorklistCandidate.feature_id)
+        .join(Sae, Sae.id == GoWorklistCandidate.sae_id)
+        .join(GoTerm, GoTerm.id == GoWorklistCandidate.go_id)
+        .where(where)
+        .order_by(Sae.id, Feature.index, GoWorklistCandidate.go_id, GoWorklistCandidate.rank)
+    ).all()
+    lists: dict[tuple[int, str], TermWorklist] = {}
+    for cand, protein, feature, sae, term in rows:
+        key = (feature.id, term.id)
+        if key not in lists:
+            lists[key] = TermWorklist(
+                sae_id=sae.id, sae_name=sae.name, is_control=sae.is_control,
+                feature_id=feature.id, feature_index=feature.index, go_id=term.id,
+                go_name=term.name, namespace=term.namespace, evidence=None,
+                n_candidates=0, n_confirmed=0, candidates=[],
+            )  # fmt: skip
+        item = lists[key]
+        item.n_candidates += 1
+        item.n_confirmed += cand.confirmed is not None
+        if limit is None or len(item.candidates) < limit:
+            item.candidates.append(
+                WorklistCandidate(
+                    rank=cand.rank,
+                    accession=protein.accession,
+                    protein_name=protein.name,
+                    gene=protein.gene,
+                    length=protein.length,
+                    activation=cand.activation,
+                    confirmed=cand.confirmed,
+                    baseline_rate=cand.baseline_rate,
+                )
+            )
+    _attach_evidence(session, list(lists.values()))
+    return list(lists.values())
+
+
+def _attach_evidence(session: Session, lists: list[TermWorklist]) -> None:
+    features = {item.feature_id for item in lists}
+    if not features:
+        return
+    hits = session.scalars(
+        select(GoEnrichment).where(
+            GoEnrichment.feature_id.in_(features), GoEnrichment.protocol == "strict"
+        )
+    )
+    by_key = {(h.feature_id, h.go_id): h for h in hits}
+    for item in lists:
+        hit = by_key.get((item.feature_id, item.go_id))
+        if hit is not None:
+            item.evidence = WorklistEvidence(
+                shared=hit.study_hits, study_size=hit.study_size,
+                fold_enrichment=hit.fold_enrichment, q_value=hit.q_value, q_length=hit.q_length,
+            )  # fmt: skip
+
+
+def feature_worklist(
+    session: Session, feature_id: int, limit: int | None = None
+) -> FeatureWorklist:
+    """Every list of one feature (``limit`` candidates shown per list; None: all)."""
+    feature = session.get(Feature, feature_id)
+    if feature is None:
+        raise NotFound(f"feature {feature_id} not found")
+    summary = worklist_summaries(session, [feature.sae_id]).get(feature.sae_id, {})
+    lists = _lists(session, GoWorklistCandidate.feature_id == feature_id, limit)
+    lists.sort(key=lambda t: (-(t.evidence.fold_enrichment if t.evidence else 0), t.go_id))
+    return FeatureWorklist(feature_id=feature_id, sae_id=feature.sae_id,
+                           statement=summary.get("statement"), lists=lists)  # fmt: skip
+
+
+def go_worklist(session: Session, go_id: str, limit: int | None = None) -> GoWorklist:
+    """Every feature's list for one GO term."""
+    term = session.get(GoTerm, go_id)
+    if term is None:
+        raise NotFound(f"GO term {go_id} not found")
+    lists = _lists(session, GoWorklistCandidate.go_id == go_id, limit)
+    return GoWorklist(go_id=go_id, name=term.name, lists=lists)
+
+
+CSV_COLUMNS = (
+    "sae", "feature_index", "go_id", "go_name", "rank", "accession", "gene", "protein_name",
+    "length", "activation", "shared", "study_size", "fold_enrichment", "q_value", "q_length",
+    "confirmed_2022", "baseline_rate",
+)  # fmt: skip
+
+
+def csv_rows(lists: list[TermWorklist]) -> list[list[Any]]:
+    """One row per candidate, with its list's evidence."""
+    out: list[list[Any]] = []
+    for item in lists:
+        ev = item.evidence
+        for c in item.candidates:
+            out.append([
+                item.sae_name, item.feature_index, item.go_id, item.go_name, c.rank, c.accession,
+                c.gene or "", c.protein_name or "", c.length, f"{c.activation:.6g}",
+                ev.shared if ev else "", ev.study_size if ev else "",
+                f"{ev.fold_enrichment:.4g}" if ev else "",
+                f"{ev.q_value:.3g}" if ev and ev.q_value is not None else "",
+                f"{ev.q_length:.3g}" if ev and ev.q_length is not None else "",
+                c.confirmed or "", f"{c.baseline_rate:.4f}",
+            ])  # fmt: skip
+    return out
