@@ -154,7 +154,10 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
     files = [folder / f"{name}.pt", folder / f"{name}-contact-regression.pt"]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        urls = [f"{_HUB_URL}/models/{name}.pt", f"{_HUB_URL}/regression/{name}-contact-regression.pt"]
+        urls = [
+            f"{_HUB_URL}/models/{name}.pt",
+            f"{_HUB_URL}/regression/{name}-contact-regression.pt",
+        ]
         raise ModelLoadError(
             f"ESM2 model {name!r} is not in the torch hub cache and is never downloaded here. "
             f"Place {' and '.join(str(f) for f in missing)} (from "
