@@ -102,6 +102,40 @@ def test_esm2_650m_loads_and_encodes_a_real_sequence(hub_cache: Path, shared_dir
 SEED_CONFIG = PROJECT_ROOT / "configs" / "seed-esm2-35m.toml"
 
 
+def test_the_three_recipes_load_with_their_papers_settings(shared_dir: Path) -> None:
+    """The configs validate and say what ../shared/docs/peers.md records of each recipe."""
+    from trainer.config import load_config
+
+    settings = Settings(shared_dir=shared_dir)
+    seed = load_config(SEED_CONFIG, settings)
+    assert seed.embed.model == "esm2_t12_35M_UR50D"
+    assert [(s.kind, s.level, s.layer, s.out_layer, s.n_latents, s.k, s.dead_threshold)
+            for s in seed.saes] == [
+        ("topk", "protein", 8, None, 20000, 64, 200),
+        ("transcoder", "protein", 8, 9, 20000, 64, 200),
+        ("topk", "residue", 10, None, 20000, 16, 50)]  # fmt: skip
+    assert all(s.normalisation == "layer_norm" and s.lr == 1e-4 and s.batch_size == 128
+               for s in seed.saes)  # fmt: skip
+    assert seed.neurons.layers == [8] and seed.go.namespaces == ["BP"]
+    assert seed.go.methods == ["bonferroni"] and seed.go.active_threshold == 0.0
+    bins = seed.explain.bins
+    assert seed.explain.n_features == 200 and bins.per_bin == [2, 3, 3, 3, 6]
+    assert (bins.n_active, bins.n_inactive, bins.min_active) == (17, 15, 34)
+    assert [p.name for p in seed.ingest.protein_tsvs] == ["human_sprot2014.tsv.gz"]
+
+    interplm = load_config(PROJECT_ROOT / "configs" / "interplm-esm2-8m.toml", settings)
+    assert interplm.embed.model == "esm2_t6_8M_UR50D"
+    assert [(s.kind, s.level, s.layer, s.n_latents) for s in interplm.saes] == [
+        ("relu_l1", "residue", layer, 10240) for layer in range(1, 7)]  # fmt: skip
+    assert interplm.concepts is not None
+    assert interplm.concepts.thresholds == (0.0, 0.15, 0.5, 0.6, 0.8)
+
+    interprot = load_config(PROJECT_ROOT / "configs" / "interprot-esm2-650m.toml", settings)
+    assert interprot.embed.model == "esm2_t33_650M_UR50D"
+    ((spec),) = interprot.saes
+    assert (spec.kind, spec.level, spec.layer, spec.n_latents) == ("topk", "residue", 24, 4096)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~3 CPU minutes; a machine shared with others stretches the wall time
 def test_the_seed_recipe_at_full_width_end_to_end(
