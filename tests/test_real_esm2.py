@@ -137,7 +137,7 @@ def test_the_three_recipes_load_with_their_papers_settings(shared_dir: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~3 CPU minutes; a machine shared with others stretches the wall time
+@pytest.mark.timeout(3600)  # a few CPU minutes; a machine shared by ~9 sessions stretches the wall
 def test_the_seed_recipe_at_full_width_end_to_end(
     hub_cache: Path, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +166,9 @@ def test_the_seed_recipe_at_full_width_end_to_end(
         "saes": [s.model_copy(update=short) for s in recipe.saes],
         "loss": recipe.loss.model_copy(update={"n_proteins": 4, "max_length": 80}),
         "go": recipe.go.model_copy(update={"workers": 1}),
+        # The UMAP feature map (numba-compiled on first use) is left to tests/test_pipeline.py.
+        "analyze": recipe.analyze.model_copy(update={
+            "map": recipe.analyze.map.model_copy(update={"enabled": False})}),
     })  # fmt: skip
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)  # explain: offline labels only
     pipeline = Pipeline(cfg, settings, database_url=url)
