@@ -14,7 +14,7 @@ peak RSS is its own. Per stage it prints seconds per million residues, CPU secon
 may be shared), peak RSS and the bytes per residue the stage left on disk.
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--sizes 1000 4000 16000] [--max-length 300]
-        [--tsv TSV ...] [--steps 20] [--threads 2] [--root /tmp/protsae-bench-scale]
+        [--tsv TSV ...] [--steps 20] [--stages ingest embed ...] [--shard-max-residues 200000] [--threads 2] [--root /tmp/protsae-bench-scale]
         [--json out.json]
 
 ``--max-length`` keeps proteins of at most that many residues (ingest's filter; 0 = any length):
@@ -58,6 +58,7 @@ def _config(n: int, args: argparse.Namespace) -> str:
         f"[ingest]\nprotein_tsvs = {json.dumps([str(t) for t in args.tsv])}\n"
         f"max_proteins = {n}\nmax_length = {args.max_length or 100_000}\n"
         'structures_table = ""\n\n'  # chain mapping: ingest's own cost, not the model's
+        f"[embed]\nshard_max_residues = {args.shard_max_residues}\n\n"
         # Loss recovered: a fixed cost per dictionary (held-out proteins, not the corpus).
         f"[loss]\nn_proteins = 16\nmax_length = 256\n\n" + "\n".join(saes)
     )
@@ -92,7 +93,7 @@ def run_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str,
     env = {**env, "PROTSAE_DATA_DIR": str(data)}
     workdir = data / "runs" / f"scale-{n}"
     out: dict[str, Any] = {"n_proteins": n, "stages": {}}
-    for stage in STAGES:
+    for stage in args.stages:
         seconds, cpu, rss = _run_stage(stage, config, env, args.root / f"{n}-{stage}.log")
         out["stages"][stage] = {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": rss,
                                 "disk_bytes": _du([workdir / p for p in OUTPUTS[stage]])}  # fmt: skip
@@ -117,6 +118,13 @@ def main() -> None:
         nargs="+",
         default=[HUMAN],
         help="protein tables (the shared Swiss-Prot TSV layout)",
+    )
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument(
+        "--shard-max-residues",
+        type=int,
+        default=200_000,
+        help="the embed stage's shard size (the recipe's default: 200,000)",
     )
     parser.add_argument("--root", type=Path, default=Path("/tmp/protsae-bench-scale"))
     parser.add_argument("--json", type=Path)
@@ -149,7 +157,7 @@ def main() -> None:
         print(f"\npeak RSS {b['n_proteins']} vs {a['n_proteins']} proteins "
               f"({b['n_residues'] / a['n_residues']:.2f}x the residues): ratio, and the growth "
               "per extra residue (what a larger corpus adds)")  # fmt: skip
-        for stage in STAGES:
+        for stage in args.stages:
             rss_a, rss_b = (r["stages"][stage]["peak_rss_bytes"] for r in (a, b))
             print(f"  {stage:<8} {rss_b / rss_a:.2f}x  {(rss_b - rss_a) / extra:+8.1f} B/residue")
     if args.json:
