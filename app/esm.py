@@ -95,30 +95,77 @@ def file_sha256(path: Path) -> str:
 
 
 def load_esm(path_or_name: str | Path, device: str = "auto") -> LoadedModel:
-    """Load an ESM2 checkpoint by local path, or by fair-esm name (needs the network); cached."""
+    """Load an ESM2 checkpoint named by a path or a fair-esm hub name; cached per process.
+
+    Resolution (:func:`resolve_checkpoint`): an explicit path; else the torch hub cache, where
+    fair-esm keeps what it downloads; else a :class:`ModelLoadError` naming the files to place.
+    Nothing is downloaded: the machines that train and serve need not reach the internet.
+    """
     dev = resolve_device(device)
-    path = Path(path_or_name)
-    is_local = (
-        isinstance(path_or_name, Path)
-        or path.exists()
-        or path.suffix == ".pt"
-        or "/" in str(path_or_name)
-    )
-    if is_local:
-        if not path.is_file():
-            raise ModelLoadError(f"ESM checkpoint not found: {path}")
-        stat = path.resolve().stat()
-        key: tuple[str, ...] = ("local", str(path.resolve()), str(stat.st_mtime_ns), str(dev))
-    else:
-        key = ("hub", str(path_or_name), str(dev))
+    path = resolve_checkpoint(path_or_name)
+    stat = path.resolve().stat()
+    key: tuple[str, ...] = (str(path.resolve()), str(stat.st_mtime_ns), str(dev))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if is_local:
-                model, alphabet, name, sha = _load_local(path)
-            else:
-                model, alphabet, name, sha = _load_hub(str(path_or_name))
+            model, alphabet, name, sha = _load_local(path)
             _CACHE[key] = _wrap(model, alphabet, name, sha, dev)
         return _CACHE[key]
+
+
+# Published ESM2 checkpoints (fair-esm README, ESM2 paper): layers, embedding dim, heads.
+ESM2_ARCHITECTURES: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+_HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where fair-esm's hub loader keeps checkpoints: ``$TORCH_HOME/hub/checkpoints`` (torch's
+    default ``~/.cache/torch``; ``torch.hub.set_dir`` overrides it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _looks_like_path(path_or_name: str | Path) -> bool:
+    text = str(path_or_name)
+    return isinstance(path_or_name, Path) or text.endswith(".pt") or "/" in text or "\\" in text
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """The checkpoint file for a path or a hub name, or a :class:`ModelLoadError` saying which
+    files to place where (a hub name's download links included, for a machine that has the
+    network to fetch them on)."""
+    if _looks_like_path(path_or_name) or Path(path_or_name).is_file():
+        path = Path(path_or_name)
+        if not path.is_file():
+            raise ModelLoadError(f"ESM checkpoint not found: {path}")
+        return path
+    name = str(path_or_name)
+    if not name.startswith("esm2"):
+        raise ModelLoadError(
+            f"{name!r} is neither an existing file nor a fair-esm ESM2 name "
+            f"(known: {', '.join(ESM2_ARCHITECTURES)})"
+        )
+    folder = hub_checkpoint_dir()
+    files = [folder / f"{name}.pt", folder / f"{name}-contact-regression.pt"]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        urls = [
+            f"{_HUB_URL}/models/{name}.pt",
+            f"{_HUB_URL}/regression/{name}-contact-regression.pt",
+        ]
+        raise ModelLoadError(
+            f"ESM2 model {name!r} is not in the torch hub cache and is never downloaded here. "
+            f"Place {' and '.join(str(f) for f in missing)} (from "
+            f"{' and '.join(u for f, u in zip(files, urls, strict=True) if f in missing)}; "
+            "$TORCH_HOME moves the cache), or name the checkpoint by its path with its "
+            "-contact-regression.pt beside it"
+        )
+    return files[0]
 
 
 def _allow_namespace() -> None:
@@ -142,39 +189,15 @@ def _load_local(path: Path) -> tuple[ESM2, esm.data.Alphabet, str, str]:
             f"{path}: refused to unpickle (only argparse.Namespace is allowed besides tensors): "
             f"{str(exc).splitlines()[0]}"
         ) from exc
-    return _check_esm2(model, path.name), alphabet, path.stem, file_sha256(path)
-
-
-_HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
-
-
-def _load_hub(name: str) -> tuple[ESM2, esm.data.Alphabet, str, str]:
-    """Download into torch's hub cache, then load like a local file.
-
-    fair-esm's own hub loader unpickles with ``weights_only=False``; going through the local loader
-    keeps the Namespace-only rule for downloaded files too.
-    """
-    if not name.startswith("esm2"):
-        raise ModelLoadError(f"{name!r} is neither an existing file nor a fair-esm ESM2 name")
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        f"{_HUB_URL}/models/{name}.pt": folder / f"{name}.pt",
-        f"{_HUB_URL}/regression/{name}-contact-regression.pt": folder
-        / f"{name}-contact-regression.pt",
-    }
-    for url, target in files.items():
-        if target.is_file():
-            continue
-        try:
-            torch.hub.download_url_to_file(url, str(target), progress=False)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not download fair-esm model {name!r} ({type(exc).__name__}: {exc}); "
-                "without network access pass a local checkpoint path (with its "
-                "-contact-regression.pt beside it)"
-            ) from exc
-    return _load_local(folder / f"{name}.pt")
+    model = _check_esm2(model, path.name)
+    published = ESM2_ARCHITECTURES.get(path.stem)
+    found = (model.num_layers, model.embed_dim, model.attention_heads)
+    if published is not None and found != published:
+        raise ModelLoadError(
+            f"{path}: named like the published {path.stem} (layers, dim, heads = {published}) "
+            f"but holds {found}; rename a model of another architecture"
+        )
+    return model, alphabet, path.stem, file_sha256(path)
 
 
 def _check_esm2(model: torch.nn.Module, source: str) -> ESM2:

@@ -1,9 +1,10 @@
 """Find and load what one dictionary needs to encode: its ESM2 checkpoint and its weights.
 
-The checkpoint is looked up from the run (config paths, then ``{shared,data}_dir/models``) and
-accepted only when its sha256 equals the run's ``checkpoint_sha256``, so a user never sees
-features computed by another model than the one the dictionary was trained on. Loading itself
-is ``app.esm.load_esm`` (safe unpickling, cached per process) and ``app.sae.load_dictionary``.
+The checkpoint is looked up from the run (config paths, then ``{shared,data}_dir/models``, then
+the torch hub cache) and accepted only when its sha256 equals the run's ``checkpoint_sha256``, so
+a user never sees features computed by another model than the one the dictionary was trained on.
+Loading itself is ``app.esm.load_esm`` (safe unpickling, cached per process) and
+``app.sae.load_dictionary``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 import torch
 
 from app.encoding.errors import EncodingUnavailable
-from app.esm import LoadedModel, embed_on_device, file_sha256, load_esm, resolve_device
+from app.esm import (
+    LoadedModel,
+    embed_on_device,
+    file_sha256,
+    hub_checkpoint_dir,
+    load_esm,
+    resolve_device,
+)
 from app.sae import NeuronBasis, load_dictionary
 from app.settings import Settings
 from app.store.schema import Run, Sae
@@ -57,7 +65,8 @@ class LoadedEsm:
 
 
 def checkpoint_candidates(run: Run, settings: Settings) -> list[Path]:
-    """Where a run's checkpoint may lie: paths in its config, then the models folders."""
+    """Where a run's checkpoint may lie: paths in its config, then the models folders, then the
+    torch hub cache (where a run that named its model by hub name found it)."""
     found: list[Path] = []
 
     def walk(node: object) -> None:
@@ -70,7 +79,7 @@ def checkpoint_candidates(run: Run, settings: Settings) -> list[Path]:
     walk(run.config or {})
     stem = run.base_model if run.base_model.endswith(".pt") else f"{run.base_model}.pt"
     found += [Path(run.base_model), settings.shared_dir / "models" / stem]
-    found += [settings.data_dir / "models" / stem]
+    found += [settings.data_dir / "models" / stem, hub_checkpoint_dir() / stem]
     return [p for p in found if p.suffix == ".pt"]
 
 
