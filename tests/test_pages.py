@@ -5,7 +5,7 @@ Tests that add rows (explanations, GO hits, neighbours) work on a private copy o
 
 from __future__ import annotations
 
-import json
+import base64
 import shutil
 import subprocess
 import sys
@@ -19,7 +19,9 @@ from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from app.settings import PROJECT_ROOT, get_settings
+from app.store.codec import decode_values
 from app.store.engine import engine_for
+from app.store.publication import renew
 from app.store.schema import (
     AnalysisSummary,
     Explanation,
@@ -178,7 +180,8 @@ def test_fragments_for_htmx(client: TestClient, demo_store: Any) -> None:
     paint = client.get(f"/proteins/{acc}?feature={feature_id}", headers={"HX-Request": "true"})
     assert paint.text.lstrip().startswith('<section id="paint"')
     assert f'data-feature="{feature_id}"' in paint.text
-    assert len(json.loads(paint.text.split('data-values="')[1].split('"')[0])) > 0
+    packed = paint.text.split('data-values="')[1].split('"')[0]
+    assert len(decode_values(base64.b64decode(packed))) > 0
 
 
 def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> None:
@@ -317,12 +320,14 @@ def test_length_explained_follows_each_dictionarys_go_alpha(
             assert "length explains it" not in client.get("/go/GO:0099998").text
 
             # The second dictionary published before the length test: no q_length, no verdict.
+            # (Published rows change only with a new publication id: servers cache by it.)
             with Session(engine) as session:
                 session.execute(
                     update(GoEnrichment)
                     .where(GoEnrichment.sae_id == strict_id)
                     .values(p_length=None, q_length=None)
                 )
+                renew(session)
                 session.commit()
             api = client.get(f"/api/v1/features/{twin_id}").json()
             assert [h["length_explained"] for h in api["go_hits"]] == [None]

@@ -1,0 +1,220 @@
+"""Serving throughput: `protsae serve` started as a user does, driven over HTTP by 16 clients.
+
+For each worker count and with the response cache on (warm) and off (every request rendered),
+starts ``python -m trainer.cli serve --workers N`` on 127.0.0.1, then drives each route with an
+asyncio httpx load generator (keep-alive connections, ``Accept-Encoding: gzip`` as browsers
+send, bodies read raw so the generator spends no time decompressing). Each route runs until
+``--requests`` requests or ``--seconds`` have passed, whichever comes first; ``/healthz`` is
+measured before and after the routes in the same server run and each route's req/s is shown
+beside it as a ratio. Routes: home, a feature list page, the heaviest feature page (largest
+HTML of the five features with the most per-residue values), a protein page, a GO page, search
+and the feature API. The load generator shares the machine's cores with the server.
+
+    PYTHONPATH=. python benchmarks/bench_serve.py [--database-url URL] [--workers 1 2]
+        [--clients 16] [--requests 1500] [--seconds 6] [--port 8107]
+
+Prints one table per (workers, cache) and each worker's resident memory after the warm run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import psutil
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.settings import PROJECT_ROOT, get_settings
+from app.store.engine import make_engine
+from app.store.schema import GoEnrichment, Protein, Run, Sae, TopExample
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Result:
+    name: str
+    path: str
+    n: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    wire_bytes: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.n / self.seconds if self.seconds else 0.0
+
+
+def pick_routes(url: str, base: str) -> list[tuple[str, str]]:
+    """The routes to drive, chosen from the store; the heaviest feature by rendered size."""
+    engine = make_engine(url)
+    with Session(engine) as session:
+        published = select(Sae.id).join(Run).where(Run.status == "published")
+        sae_id = session.scalars(published.order_by(Sae.id).limit(1)).one()
+        heavy = session.execute(
+            select(TopExample.feature_id, func.sum(func.length(TopExample.residue_values)))
+            .where(TopExample.sae_id.in_(published))
+            .group_by(TopExample.feature_id)
+            .order_by(func.sum(func.length(TopExample.residue_values)).desc())
+            .limit(5)
+        ).all()
+        go_id = session.scalars(
+            select(GoEnrichment.go_id)
+            .group_by(GoEnrichment.go_id)
+            .order_by(func.count().desc(), GoEnrichment.go_id)
+            .limit(1)
+        ).first()
+        top = session.execute(
+            select(TopExample.protein_id).where(TopExample.feature_id == heavy[0][0]).limit(1)
+        ).scalar_one()
+        accession = session.get(Protein, top).accession  # type: ignore[union-attr]
+        if go_id is None:  # no enrichment stored: a term the protein is annotated with
+            protein = session.get(Protein, top)
+            go_id = next(t for t in (protein.go_bp or protein.go_mf or "").split(";") if t)  # type: ignore[union-attr]
+    engine.dispose()
+    sizes = {fid: len(httpx.get(f"{base}/features/{fid}", headers={"Accept-Encoding": "identity"}).content) for fid, _ in heavy}  # fmt: skip
+    heaviest = max(sizes, key=lambda fid: sizes[fid])
+    print(f"heaviest feature page: /features/{heaviest}, {sizes[heaviest] / 1024:.1f} KiB of HTML")
+    return [
+        ("home", "/"),
+        ("feature list", f"/saes/{sae_id}/features"),
+        ("heaviest feature", f"/features/{heaviest}"),
+        ("protein", f"/proteins/{accession}"),
+        ("GO term", f"/go/{go_id}"),
+        ("search", "/search?q=kinase"),
+        ("feature API", f"/api/v1/features/{heaviest}"),
+    ]
+
+
+async def drive(
+    base: str, name: str, path: str, clients: int, requests: int, seconds: float
+) -> Result:
+    """``clients`` keep-alive connections requesting ``path`` until the count or the time is spent."""
+    latencies: list[float] = []
+    wire = 0
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base, limits=limits, headers={"Accept-Encoding": "gzip"}
+    ) as client:
+        for _ in range(2):  # warm-up: connections, the cache, the database's pages
+            await asyncio.gather(*(client.get(path) for _ in range(clients)))
+        start = time.perf_counter()
+        deadline = start + seconds
+        issued = 0
+
+        async def one_client() -> None:
+            nonlocal issued, wire, errors
+            while issued < requests and time.perf_counter() < deadline:
+                issued += 1
+                t0 = time.perf_counter()
+                async with client.stream("GET", path) as response:
+                    async for chunk in response.aiter_raw():
+                        wire += len(chunk)
+                    if response.status_code != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return Result(
+        name, path, len(latencies), elapsed,
+        1000 * statistics.median(latencies), 1000 * latencies[int(0.95 * (len(latencies) - 1))],
+        wire / max(len(latencies), 1), errors,
+    )  # fmt: skip
+
+
+@contextmanager
+def server(url: str, port: int, workers: int, cache: bool) -> Iterator[tuple[str, psutil.Process]]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PROTSAE_DATABASE_URL": url,
+           "PROTSAE_CACHE": "true" if cache else "false"}  # fmt: skip
+    command = [sys.executable, "-m", "trainer.cli", "serve", "--host", HOST, "--port", str(port),
+               "--workers", str(workers)]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
+    base = f"http://{HOST}:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("server did not start")
+        time.sleep(1.0 if workers > 1 else 0)  # let every worker finish importing
+        yield base, psutil.Process(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def worker_rss_mib(root: psutil.Process) -> list[float]:
+    """Resident memory of each uvicorn worker (the server process itself when it runs one)."""
+    workers = [p for p in root.children() if "spawn_main" in " ".join(p.cmdline())] or [root]
+    return [p.memory_info().rss / (1 << 20) for p in workers]
+
+
+def report(results: list[Result], health: float, title: str) -> None:
+    print(f"\n{title}   (/healthz {health:.0f} req/s, mean of before and after)")
+    print(
+        f"{'route':<18}{'req/s':>8}{'× healthz':>11}{'p50 ms':>9}{'p95 ms':>9}{'KiB/resp':>10}{'n':>7}  path"
+    )
+    for r in results:
+        err = f"  {r.errors} errors" if r.errors else ""
+        print(f"{r.name:<18}{r.rps:>8.0f}{r.rps / health:>11.2f}{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}"
+              f"{r.wire_bytes / 1024:>10.1f}{r.n:>7}  {r.path}{err}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database-url", default=get_settings().sqlalchemy_url)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cache", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=1500, help="per route (upper bound)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per route (upper bound)")
+    parser.add_argument("--port", type=int, default=8107)
+    args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"store {make_engine(args.database_url).url.render_as_string(hide_password=True)}; "
+          f"{os.cpu_count()} cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.cache]
+    routes: list[tuple[str, str]] | None = None
+    for workers in args.workers:
+        for cache in modes:
+            with server(args.database_url, args.port, workers, cache) as (base, root):
+                routes = routes or pick_routes(args.database_url, base)
+                before = asyncio.run(
+                    drive(base, "healthz", "/healthz", args.clients, args.requests, args.seconds)
+                )
+                results = [asyncio.run(drive(base, name, path, args.clients, args.requests, args.seconds))
+                           for name, path in routes]  # fmt: skip
+                after = asyncio.run(
+                    drive(base, "healthz", "/healthz", args.clients, args.requests, args.seconds)
+                )
+                health = (before.rps + after.rps) / 2
+                title = f"{workers} worker{'s' if workers > 1 else ''}, cache {'on (warm)' if cache else 'off (cold)'}"
+                report([before, *results, after], health, title)
+                rss = ", ".join(f"{m:.0f}" for m in worker_rss_mib(root))
+                print(f"resident memory per worker after the run: {rss} MiB")
+    load = os.getloadavg()
+    print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
