@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import make_engine
-from app.store.schema import GoEnrichment, Protein, Run, Sae, TopExample
+from app.store.schema import Feature, GoEnrichment, Protein, Run, Sae, TopExample
 
 HOST = "127.0.0.1"
 
@@ -65,7 +65,8 @@ def pick_routes(url: str, base: str) -> list[tuple[str, str]]:
         sae_id = session.scalars(published.order_by(Sae.id).limit(1)).one()
         heavy = session.execute(
             select(TopExample.feature_id, func.sum(func.length(TopExample.residue_values)))
-            .where(TopExample.sae_id.in_(published))
+            .join(Feature, Feature.id == TopExample.feature_id)
+            .where(Feature.sae_id.in_(published))
             .group_by(TopExample.feature_id)
             .order_by(func.sum(func.length(TopExample.residue_values)).desc())
             .limit(5)
@@ -142,7 +143,7 @@ def server(url: str, port: int, workers: int, cache: bool) -> Iterator[tuple[str
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PROTSAE_DATABASE_URL": url,
            "PROTSAE_CACHE": "true" if cache else "false"}  # fmt: skip
     command = [sys.executable, "-m", "trainer.cli", "serve", "--host", HOST, "--port", str(port),
-               "--workers", str(workers)]  # fmt: skip
+               "--workers", str(workers), "--no-access-log"]  # fmt: skip
     proc = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stderr=subprocess.DEVNULL)
     base = f"http://{HOST}:{port}"
     try:

@@ -113,6 +113,7 @@ def serve(
         help="Worker processes (default: PROTSAE_WORKERS, else the number of cores). Each has its "
         "own page cache, encode models and batching queue.",
     ),
+    access_log: bool = typer.Option(True, help="Log every request (off behind a proxy that logs)."),
     reload: bool = typer.Option(False, help="Reload on code changes (development; one worker)."),
 ) -> None:
     """Serve the explorer and the REST API."""
@@ -133,6 +134,7 @@ def serve(
         reload=reload,
         workers=None if reload else n_workers,
         log_level="info",
+        access_log=access_log,
     )
 
 
