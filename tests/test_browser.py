@@ -156,6 +156,8 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
         "els => els.map(e => [e.textContent, e.className, e.getAttribute('title')])"
     )
     assert len(spans) == len(values)
+    # The packed values decode to the stored float16 values exactly.
+    assert track.evaluate("el => window.protsae.decodeValues(el.dataset.values)") == values
     colours = track.locator("span").evaluate_all(
         "els => els.map(e => getComputedStyle(e).backgroundColor)"
     )
