@@ -13,7 +13,9 @@ and the feature API. The load generator shares the machine's cores with the serv
     PYTHONPATH=. python benchmarks/bench_serve.py [--database-url URL] [--workers 1 2]
         [--clients 16] [--requests 1500] [--seconds 6] [--port 8107]
 
-Prints one table per (workers, cache) and each worker's resident memory after the warm run.
+Prints one table per (workers, cache) and each worker's resident memory after the run. "CPU ms"
+is the server's CPU time per request (all its processes): on a shared machine req/s follows the
+load of others, while CPU ms per request is what the server itself spends.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -51,6 +53,7 @@ class Result:
     p95_ms: float
     wire_bytes: float
     errors: int
+    cpu_ms: float  # the server's CPU time (all its processes) per request: what contention hides
 
     @property
     def rps(self) -> float:
@@ -100,9 +103,11 @@ def pick_routes(url: str, base: str) -> list[tuple[str, str]]:
 
 
 async def drive(
-    base: str, name: str, path: str, clients: int, requests: int, seconds: float
-) -> Result:
-    """``clients`` keep-alive connections requesting ``path`` until the count or the time is spent."""
+    base: str, name: str, path: str, clients: int, requests: int, seconds: float,
+    cpu: Callable[[], float],
+) -> Result:  # fmt: skip
+    """``clients`` keep-alive connections requesting ``path`` until the count or the time is spent;
+    ``cpu()`` reads the server's CPU seconds."""
     latencies: list[float] = []
     wire = 0
     errors = 0
@@ -112,6 +117,7 @@ async def drive(
     ) as client:
         for _ in range(2):  # warm-up: connections, the cache, the database's pages
             await asyncio.gather(*(client.get(path) for _ in range(clients)))
+        cpu_start = cpu()
         start = time.perf_counter()
         deadline = start + seconds
         issued = 0
@@ -130,17 +136,19 @@ async def drive(
 
         await asyncio.gather(*(one_client() for _ in range(clients)))
         elapsed = time.perf_counter() - start
+        cpu_spent = cpu() - cpu_start
     latencies.sort()
     return Result(
         name, path, len(latencies), elapsed,
         1000 * statistics.median(latencies), 1000 * latencies[int(0.95 * (len(latencies) - 1))],
-        wire / max(len(latencies), 1), errors,
+        wire / max(len(latencies), 1), errors, 1000 * cpu_spent / max(len(latencies), 1),
     )  # fmt: skip
 
 
 @contextmanager
 def server(url: str, port: int, workers: int, cache: bool) -> Iterator[tuple[str, psutil.Process]]:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PROTSAE_DATABASE_URL": url,
+    python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "PROTSAE_DATABASE_URL": url,
            "PROTSAE_CACHE": "true" if cache else "false"}  # fmt: skip
     command = [sys.executable, "-m", "trainer.cli", "serve", "--host", HOST, "--port", str(port),
                "--workers", str(workers), "--no-access-log"]  # fmt: skip
@@ -162,6 +170,22 @@ def server(url: str, port: int, workers: int, cache: bool) -> Iterator[tuple[str
         proc.wait(timeout=30)
 
 
+def cpu_seconds(root: psutil.Process) -> Callable[[], float]:
+    """A reader of the CPU seconds (user + system) of the server and all its workers."""
+
+    def read() -> float:
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    return read
+
+
 def worker_rss_mib(root: psutil.Process) -> list[float]:
     """Resident memory of each uvicorn worker (the server process itself when it runs one)."""
     workers = [p for p in root.children() if "spawn_main" in " ".join(p.cmdline())] or [root]
@@ -170,12 +194,11 @@ def worker_rss_mib(root: psutil.Process) -> list[float]:
 
 def report(results: list[Result], health: float, title: str) -> None:
     print(f"\n{title}   (/healthz {health:.0f} req/s, mean of before and after)")
-    print(
-        f"{'route':<18}{'req/s':>8}{'× healthz':>11}{'p50 ms':>9}{'p95 ms':>9}{'KiB/resp':>10}{'n':>7}  path"
-    )
+    print(f"{'route':<18}{'req/s':>8}{'× healthz':>11}{'p50 ms':>9}{'p95 ms':>9}{'CPU ms':>8}"
+          f"{'KiB/resp':>10}{'n':>7}  path")  # fmt: skip
     for r in results:
         err = f"  {r.errors} errors" if r.errors else ""
-        print(f"{r.name:<18}{r.rps:>8.0f}{r.rps / health:>11.2f}{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}"
+        print(f"{r.name:<18}{r.rps:>8.0f}{r.rps / health:>11.2f}{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.cpu_ms:>8.2f}"
               f"{r.wire_bytes / 1024:>10.1f}{r.n:>7}  {r.path}{err}")  # fmt: skip
 
 
@@ -200,14 +223,10 @@ def main() -> None:
         for cache in modes:
             with server(args.database_url, args.port, workers, cache) as (base, root):
                 routes = routes or pick_routes(args.database_url, base)
-                before = asyncio.run(
-                    drive(base, "healthz", "/healthz", args.clients, args.requests, args.seconds)
-                )
-                results = [asyncio.run(drive(base, name, path, args.clients, args.requests, args.seconds))
-                           for name, path in routes]  # fmt: skip
-                after = asyncio.run(
-                    drive(base, "healthz", "/healthz", args.clients, args.requests, args.seconds)
-                )
+                limits = (args.clients, args.requests, args.seconds, cpu_seconds(root))
+                before = asyncio.run(drive(base, "healthz", "/healthz", *limits))
+                results = [asyncio.run(drive(base, name, path, *limits)) for name, path in routes]
+                after = asyncio.run(drive(base, "healthz", "/healthz", *limits))
                 health = (before.rps + after.rps) / 2
                 title = f"{workers} worker{'s' if workers > 1 else ''}, cache {'on (warm)' if cache else 'off (cold)'}"
                 report([before, *results, after], health, title)
