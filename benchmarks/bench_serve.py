@@ -192,6 +192,31 @@ def worker_rss_mib(root: psutil.Process) -> list[float]:
     return [p.memory_info().rss / (1 << 20) for p in workers]
 
 
+def encode_in_every_worker(url: str, base: str, workers: int) -> str:
+    """POST /api/v1/encode concurrently, 4 per worker, so each worker loads its models."""
+    engine = make_engine(url)
+    with Session(engine) as session:
+        sae_id = session.scalars(
+            select(Sae.id).join(Run).where(Run.status == "published", Sae.kind != "neurons")
+            .order_by(Sae.id).limit(1)
+        ).first()  # fmt: skip
+        sequence = session.scalars(select(Protein.sequence).order_by(Protein.id).limit(1)).one()
+    engine.dispose()
+    if sae_id is None:
+        return "no trained dictionary to encode with"
+    body = {"sae_id": sae_id, "sequences": [sequence[:400]]}
+
+    async def post_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            answers = await asyncio.gather(
+                *(client.post("/api/v1/encode", json=body) for _ in range(4 * workers))
+            )
+        return [a.status_code for a in answers]
+
+    codes = asyncio.run(post_all())
+    return f"/api/v1/encode with dictionary {sae_id}: HTTP {sorted(set(codes))}"
+
+
 def report(results: list[Result], health: float, title: str) -> None:
     print(f"\n{title}   (/healthz {health:.0f} req/s, mean of before and after)")
     print(f"{'route':<18}{'req/s':>8}{'× healthz':>11}{'p50 ms':>9}{'p95 ms':>9}{'CPU ms':>8}"
@@ -213,6 +238,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="per route (upper bound)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per route (upper bound)")
     parser.add_argument("--port", type=int, default=8107)
+    parser.add_argument(
+        "--encode", action="store_true", help="then encode in each worker, and report its memory"
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"store {make_engine(args.database_url).url.render_as_string(hide_password=True)}; "
@@ -232,6 +260,10 @@ def main() -> None:
                 report([before, *results, after], health, title)
                 rss = ", ".join(f"{m:.0f}" for m in worker_rss_mib(root))
                 print(f"resident memory per worker after the run: {rss} MiB")
+                if cache and args.encode:
+                    print(encode_in_every_worker(args.database_url, base, workers))
+                    rss = ", ".join(f"{m:.0f}" for m in worker_rss_mib(root))
+                    print(f"resident memory per worker with the encode models loaded: {rss} MiB")
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

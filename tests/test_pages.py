@@ -32,6 +32,7 @@ from app.store.schema import (
     GoTerm,
     Protein,
     Sae,
+    TopExample,
 )
 
 XSS = "<script>alert('x')</script> binds zinc"
@@ -406,3 +407,21 @@ def test_a_dictionary_is_length_driven_when_shuffled_annotations_keep_half_its_h
     assert not length_driven(14.5, 6.6)  # protein-level TopK SAE, layer 3
     assert not length_driven(40.6, 10.0)  # protein-level TopK SAE, layer 1
     assert not length_driven(0.0, 0.0)
+
+
+def test_residue_tracks_carry_the_stored_float16_bytes(client: TestClient, demo_store: Any) -> None:
+    """A track is its sequence as text and the stored values packed: base64 of the very bytes
+    in the store, not one span per residue (the browser paints those)."""
+    engine = create_engine(demo_store.url)
+    with Session(engine) as session:
+        example, sequence = session.execute(
+            select(TopExample, Protein.sequence)
+            .join(Protein, Protein.id == TopExample.protein_id)
+            .where(TopExample.bin == "top", TopExample.rank == 0)
+            .limit(1)
+        ).one()
+    engine.dispose()
+    page = client.get(f"/features/{example.feature_id}").text
+    packed = base64.b64encode(example.residue_values).decode()
+    assert f'data-values="{packed}">{sequence}</p>' in page
+    assert "<span title=" not in page
