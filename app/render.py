@@ -38,6 +38,34 @@ def packed_values(values: Sequence[float]) -> str:
     return base64.b64encode(encode_values(np.asarray(values, dtype=np.float32))).decode("ascii")
 
 
+def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
+    """A structure's residue -> sequence-position map as JSON runs ``[first id, first position,
+    length]``: ids counting up by one alongside positions (or unmapped, -1, throughout). An id
+    that is not a plain integer ('52A') is a run of its own. A chain numbered like its sequence
+    is one run instead of two arrays of its length; static/js/explorer.js expands them."""
+    runs: list[list[int | str]] = []
+    prev_num: int | None = None
+    prev_pos = -1
+    for rid, pos in zip(residue_ids, positions, strict=True):
+        num = _plain_int(rid)
+        follows = (pos == -1 and prev_pos == -1) or (prev_pos != -1 and pos == prev_pos + 1)
+        if runs and num is not None and prev_num is not None and num == prev_num + 1 and follows:
+            runs[-1][2] = int(runs[-1][2]) + 1
+        else:
+            runs.append([rid if num is None else num, pos, 1])
+        prev_num, prev_pos = num, pos
+    return json.dumps(runs, separators=(",", ":"))
+
+
+def _plain_int(text: str) -> int | None:
+    """``int(text)`` when it writes back as the same text, else None ('52A', '007')."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if str(value) == text else None
+
+
 def residue_track(sequence: str, values: Sequence[float], scale: float, label: str = "") -> Markup:
     """A residue track: the sequence as text, its values packed beside it. The browser paints one
     span per residue, shaded by value/scale (``level``'s rule), with residue, 1-based position and
@@ -116,5 +144,5 @@ def histogram(
 def register(env_globals: dict[str, object]) -> None:
     env_globals.update(
         residue_track=residue_track, legend=legend, sparkline=sparkline, histogram=histogram,
-        packed_values=packed_values, tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
+        packed_values=packed_values, residue_runs=residue_runs, tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
     )  # fmt: skip

@@ -185,7 +185,7 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
     # Each atom's colour comes through the stored mapping (residue id -> sequence position).
     checked = viewer.evaluate(
         """el => {
-          const ids = JSON.parse(el.dataset.resids), pos = JSON.parse(el.dataset.positions);
+          const [ids, pos] = window.protsae.residueMap(el);
           const vals = window.protsae.decodeValues(el.dataset.values), scale = parseFloat(el.dataset.scale);
           const where = new Map(ids.map((r, i) => [String(r), pos[i]]));
           let n = 0, bad = 0;

@@ -6,6 +6,7 @@ Tests that add rows (explanations, GO hits, neighbours) work on a private copy o
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 import sys
@@ -425,3 +426,27 @@ def test_residue_tracks_carry_the_stored_float16_bytes(client: TestClient, demo_
     packed = base64.b64encode(example.residue_values).decode()
     assert f'data-values="{packed}">{sequence}</p>' in page
     assert "<span title=" not in page
+
+
+def test_residue_runs_expand_to_the_stored_mapping(demo_store: Any) -> None:
+    """The viewer's residue map as runs, expanded as static/js/explorer.js does, is the stored
+    residue ids and sequence positions of every structure in the fixture (real alignments)."""
+    from app.render import residue_runs
+    from app.store.schema import Structure
+
+    engine = create_engine(demo_store.url)
+    with Session(engine) as session:
+        structures = session.scalars(select(Structure)).all()
+        assert structures
+        for s in structures:
+            ids: list[str] = []
+            positions: list[int] = []
+            runs = json.loads(residue_runs(s.residue_ids, s.sequence_positions))
+            for first, pos, n in runs:
+                ids += [str(first + k) if isinstance(first, int) else first for k in range(n)]
+                positions += [-1 if pos < 0 else pos + k for k in range(n)]
+            assert (ids, positions) == (list(s.residue_ids), list(s.sequence_positions))
+            assert len(runs) < len(s.residue_ids) / 4
+    engine.dispose()
+    odd = json.loads(residue_runs(["1", "2", "2A", "3", "007", "8"], [0, 1, -1, -1, 5, 6]))
+    assert odd == [[1, 0, 2], ["2A", -1, 1], [3, -1, 1], ["007", 5, 1], [8, 6, 1]]

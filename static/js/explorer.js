@@ -6,7 +6,7 @@
  * it becomes one span per residue, class s1..s9 / n1..n9 by the server's rule (app/render.level).
  *
  * A viewer element carries the structure's residue ids and their 0-based sequence positions
- * (the stored alignment), and the feature's values per sequence position. One colour function
+ * (the stored alignment, as runs), and the feature's values per sequence position. One colour function
  * maps atom -> structure residue id -> sequence position -> value, so numbering follows the
  * mapping, never enumeration order. The protein page repaints the same viewer after an htmx swap.
  */
@@ -68,6 +68,19 @@
     (root || document).querySelectorAll("p.track[data-values]").forEach(paintTrack);
   }
 
+  /* The structure's residue ids and their 0-based sequence positions (-1: unmapped), expanded
+   * from app/render.residue_runs: [first id, first position, length] per run. */
+  function residueMap(el) {
+    var ids = [], positions = [];
+    JSON.parse(el.dataset.residues).forEach(function (run) {
+      for (var k = 0; k < run[2]; k++) {
+        ids.push(typeof run[0] === "number" ? String(run[0] + k) : run[0]);
+        positions.push(run[1] < 0 ? -1 : run[1] + k);
+      }
+    });
+    return [ids, positions];
+  }
+
   function residueKey(atom) {
     var icode = atom.icode && atom.icode.trim ? atom.icode.trim() : "";
     return String(atom.resi) + icode;
@@ -76,7 +89,7 @@
   function paint(el, values, scale, top) {
     var viewer = el._viewer;
     if (!viewer) return;
-    var ids = JSON.parse(el.dataset.resids), positions = JSON.parse(el.dataset.positions);
+    var map = residueMap(el), ids = map[0], positions = map[1];
     var byResidue = new Map(), sticks = new Set(), topPositions = new Set(top || []);
     for (var i = 0; i < ids.length; i++) {
       var p = positions[i];
@@ -147,5 +160,5 @@
 
   document.addEventListener("DOMContentLoaded", function () { paintTracks(document); setup(document); });
   window.protsae = { colour: colour, paint: paint, mount: mount, decodeValues: decodeValues,
-    level: level, paintTracks: paintTracks };
+    level: level, paintTracks: paintTracks, residueMap: residueMap };
 })();
