@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="per route (upper bound)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per route (upper bound)")
     parser.add_argument("--port", type=int, default=8107)
+    parser.add_argument("--routes", nargs="*", help="only these (e.g. 'feature API')")
     parser.add_argument(
         "--encode", action="store_true", help="then encode in each worker, and report its memory"
     )
@@ -253,7 +254,10 @@ def main() -> None:
     for workers in args.workers:
         for cache in modes:
             with server(args.database_url, args.port, workers, cache) as (base, root):
-                routes = routes or pick_routes(args.database_url, base)
+                routes = routes or [
+                    r for r in pick_routes(args.database_url, base)
+                    if not args.routes or r[0] in args.routes
+                ]  # fmt: skip
                 limits = (args.clients, args.requests, args.seconds, cpu_seconds(root))
                 before = asyncio.run(drive(base, "healthz", "/healthz", *limits))
                 results = [asyncio.run(drive(base, name, path, *limits)) for name, path in routes]
