@@ -16,13 +16,14 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import get_settings
-from app.store.engine import engine_for
+from app.store.engine import make_engine
 
 # Reads of published data only: pages and the read API. Not the encoder (its answers depend on
 # the posted sequence), not exports and weights (large, streamed), not static files or
@@ -42,9 +43,17 @@ VARY = b"Accept-Encoding, HX-Request"
 _PUBLICATION_SQL = text("SELECT token FROM publication WHERE id = 1")
 
 
+@lru_cache(maxsize=8)
+def _publication_engine(url: str) -> Engine:
+    """An engine of its own for the publication id, read on the event loop: with the request
+    engine's pool taken by request threads the loop would wait for a connection, while those
+    threads need the loop to close their sessions (a deadlock until the pool's 30 s timeout)."""
+    return make_engine(url)
+
+
 def store_publication() -> str:
     """The configured store's publication id ("" when it has none: nothing is cached then)."""
-    engine = engine_for(get_settings().sqlalchemy_url)
+    engine = _publication_engine(get_settings().sqlalchemy_url)
     with engine.connect() as connection:
         return str(connection.execute(_PUBLICATION_SQL).scalar_one_or_none() or "")
 
