@@ -78,7 +78,7 @@ DEFAULT_ALPHA = 0.05
 
 
 def _values(blob: bytes | None) -> list[float]:
-    return [float(v) for v in decode_values(blob).tolist()]
+    return decode_values(blob).tolist()
 
 
 def go_alpha(payload: Any) -> float:

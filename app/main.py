@@ -8,7 +8,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 
+from app.http_cache import GZIP_LEVEL, MIN_COMPRESS_BYTES, PublishedResponses
 from app.routes import api, encode, export, findings, intervene, pages, worklist
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import engine_for
@@ -25,6 +27,18 @@ def create_app() -> FastAPI:
         title="ProtSAE Explorer",
         version="1",
         description="Sparse-autoencoder features of ESM2 protein language models.",
+    )
+    settings = get_settings()
+    # Innermost first: published responses are cached compressed; GZip compresses what they
+    # leave (errors, static files, structures, exports) and passes already-encoded bodies.
+    application.add_middleware(
+        PublishedResponses,
+        enabled=settings.cache,
+        max_bytes=int(settings.cache_max_mb * (1 << 20)),
+        max_age=settings.cache_max_age,
+    )
+    application.add_middleware(
+        GZipMiddleware, minimum_size=MIN_COMPRESS_BYTES, compresslevel=GZIP_LEVEL
     )
     application.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
     application.include_router(pages.router)

@@ -1,18 +1,21 @@
 """Markup built in Python for speed: residue tracks, histograms, sparklines (all escaped).
 
-A feature page shows ~20 proteins of a few hundred residues each; one Jinja loop iteration per
-residue would dominate the page's time, so tracks are joined here, escaping every string.
+A feature page shows ~20 proteins of a few hundred residues each. One span per residue made the
+heaviest demo page 0.5 MB and its rendering the server's bottleneck, so a track carries its
+sequence and its values packed (float16, base64) and the browser paints the spans.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 from markupsafe import Markup, escape
+
+from app.store.codec import encode_values
 
 LEVELS = 9  # colour steps of the residue scale (class s1..s9; n1..n9 for negative values)
 
@@ -28,44 +31,49 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-_CLASSES = ("", *(f' class="s{i}"' for i in range(1, LEVELS + 1)))
-_NEG_CLASSES = ("", *(f' class="n{i}"' for i in range(1, LEVELS + 1)))
+def packed_values(values: Sequence[float]) -> str:
+    """Per-residue values as base64 of little-endian float16, the store's own encoding: 2 bytes
+    (2.7 characters) a residue, decoded exactly by static/js/explorer.js. Values read from the
+    store are float16 already, so the browser gets them bit for bit."""
+    return base64.b64encode(encode_values(np.asarray(values, dtype=np.float32))).decode("ascii")
 
 
-def residue_steps(values: npt.NDArray[np.float32], scale: float) -> npt.NDArray[np.int64]:
-    """``level`` for a whole track at once (same rule: ceil(|v| / scale * 9), clipped to 1..9)."""
-    if scale <= 0:
-        return np.zeros(values.shape, dtype=np.int64)
-    steps = np.ceil(np.abs(values.astype(np.float64)) / scale * LEVELS).clip(0, LEVELS)
-    steps[np.isnan(values)] = 0
-    return steps.astype(np.int64)
+def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
+    """A structure's residue -> sequence-position map as JSON runs ``[first id, first position,
+    length]``: ids counting up by one alongside positions (or unmapped, -1, throughout). An id
+    that is not a plain integer ('52A') is a run of its own. A chain numbered like its sequence
+    is one run instead of two arrays of its length; static/js/explorer.js expands them."""
+    runs: list[list[int | str]] = []
+    prev_num: int | None = None
+    prev_pos = -1
+    for rid, pos in zip(residue_ids, positions, strict=True):
+        num = _plain_int(rid)
+        follows = (pos == -1 and prev_pos == -1) or (prev_pos != -1 and pos == prev_pos + 1)
+        if runs and num is not None and prev_num is not None and num == prev_num + 1 and follows:
+            runs[-1][2] = int(runs[-1][2]) + 1
+        else:
+            runs.append([rid if num is None else num, pos, 1])
+        prev_num, prev_pos = num, pos
+    return json.dumps(runs, separators=(",", ":"))
 
 
-def _letters(sequence: str) -> list[str]:
-    return [c if c.isalpha() else str(escape(c)) for c in sequence]
+def _plain_int(text: str) -> int | None:
+    """``int(text)`` when it writes back as the same text, else None ('52A', '007')."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if str(value) == text else None
 
 
 def residue_track(sequence: str, values: Sequence[float], scale: float, label: str = "") -> Markup:
-    """One span per residue, shaded by value/scale, with residue, 1-based position and value on hover."""
-    vals = np.zeros(len(sequence), dtype=np.float32)
-    n = min(len(sequence), len(values))
-    vals[:n] = np.asarray(values[:n], dtype=np.float32)
-    steps = residue_steps(vals, scale).tolist()
-    negative = (vals < 0).tolist()
-    parts = [
-        f'<span{(_NEG_CLASSES if neg else _CLASSES)[step]} title="{aa}{i}: {v:.4g}">{aa}</span>'
-        for i, aa, v, step, neg in zip(
-            range(1, len(sequence) + 1),
-            _letters(sequence),
-            vals.tolist(),
-            steps,
-            negative,
-            strict=False,
-        )
-    ]
+    """A residue track: the sequence as text, its values packed beside it. The browser paints one
+    span per residue, shaded by value/scale (``level``'s rule), with residue, 1-based position and
+    value on hover; without scripts the plain sequence remains."""
     aria = escape(label or "residue activations")
     return Markup(
-        f'<p class="track" aria-label="{aria}" data-scale="{scale:.6g}">{"".join(parts)}</p>'
+        f'<p class="track" aria-label="{aria}" data-scale="{float(scale)!r}" '
+        f'data-values="{packed_values(values)}">{escape(sequence)}</p>'
     )
 
 
@@ -133,11 +141,6 @@ def histogram(
     )
 
 
-def viewer_json(values: Sequence[float]) -> str:
-    """Per-sequence-position values as compact JSON for a data attribute (autoescaped there)."""
-    return json.dumps([round(v, 4) for v in values], separators=(",", ":"))
-
-
 def residue_ranges(ranges: Sequence[Sequence[int]], length: int, most: int = 3) -> str:
     """ "residues 12–240 of 380" for the runs a structure chain resolves (at most ``most`` runs
     named, then how many more and how many residues in all)."""
@@ -174,6 +177,7 @@ def coverage_note(
 def register(env_globals: dict[str, object]) -> None:
     env_globals.update(
         residue_track=residue_track, legend=legend, sparkline=sparkline, histogram=histogram,
-        viewer_json=viewer_json, tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
+        packed_values=packed_values, residue_runs=residue_runs,
+        tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
         coverage_note=coverage_note, residue_ranges=residue_ranges,
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     encode_cache_size: int = Field(default=512, ge=0)
     intervene_max_concurrent: int = Field(default=2, ge=1)  # steering/variant requests at once
     page_size: int = Field(default=50, ge=1, le=500)
+    # Serving: worker processes, and each worker's cache of rendered pages and API bodies.
+    workers: int | None = Field(default=None, ge=1, description="Default: the number of cores.")
+    cache: bool = Field(default=True, description="Keep rendered responses of published runs.")
+    cache_max_mb: float = Field(default=128.0, ge=0, description="Per worker, bodies as stored.")
+    cache_max_age: int = Field(default=60, ge=0, description="Seconds browsers reuse a response.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _unset_workers(cls, value: object) -> object:
+        """An empty PROTSAE_WORKERS (docker-compose passing an unset variable) means the default."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def sqlalchemy_url(self) -> str:

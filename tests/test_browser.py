@@ -42,16 +42,35 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(database_url: str) -> Iterator[str]:
-    """uvicorn in a subprocess on a free port, reading ``database_url``; its base URL."""
+def _serve(database_url: str, workers: int | None = None) -> Iterator[str]:
+    """uvicorn in a subprocess on a free port, reading ``database_url``; its base URL. With
+    ``workers``, started as a user does: ``protsae serve --workers N``."""
     if not (PROJECT_ROOT / "static/vendor/3Dmol-min.js").exists():
         pytest.fail("static/vendor is empty: run ./scripts/install-assets.sh")
     port = _free_port()
     env = {**os.environ, "PROTSAE_DATABASE_URL": database_url, "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"],
-        cwd=PROJECT_ROOT, env=env,
-    )  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    if workers is not None:
+        command = [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -143,6 +162,8 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
         "els => els.map(e => [e.textContent, e.className, e.getAttribute('title')])"
     )
     assert len(spans) == len(values)
+    # The packed values decode to the stored float16 values exactly.
+    assert track.evaluate("el => window.protsae.decodeValues(el.dataset.values)") == values
     colours = track.locator("span").evaluate_all(
         "els => els.map(e => getComputedStyle(e).backgroundColor)"
     )
@@ -170,8 +191,8 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
     # Each atom's colour comes through the stored mapping (residue id -> sequence position).
     checked = viewer.evaluate(
         """el => {
-          const ids = JSON.parse(el.dataset.resids), pos = JSON.parse(el.dataset.positions);
-          const vals = JSON.parse(el.dataset.values), scale = parseFloat(el.dataset.scale);
+          const [ids, pos] = window.protsae.residueMap(el);
+          const vals = window.protsae.decodeValues(el.dataset.values), scale = parseFloat(el.dataset.scale);
           const where = new Map(ids.map((r, i) => [String(r), pos[i]]));
           let n = 0, bad = 0;
           for (const a of el._viewer.getModel().selectedAtoms({chain: el.dataset.chain})) {

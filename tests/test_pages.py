@@ -5,6 +5,7 @@ Tests that add rows (explanations, GO hits, neighbours) work on a private copy o
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from app.settings import PROJECT_ROOT, get_settings
+from app.store.codec import decode_values
 from app.store.engine import engine_for
+from app.store.publication import renew
 from app.store.schema import (
     AnalysisSummary,
     Explanation,
@@ -30,6 +33,7 @@ from app.store.schema import (
     GoTerm,
     Protein,
     Sae,
+    TopExample,
 )
 
 XSS = "<script>alert('x')</script> binds zinc"
@@ -178,7 +182,8 @@ def test_fragments_for_htmx(client: TestClient, demo_store: Any) -> None:
     paint = client.get(f"/proteins/{acc}?feature={feature_id}", headers={"HX-Request": "true"})
     assert paint.text.lstrip().startswith('<section id="paint"')
     assert f'data-feature="{feature_id}"' in paint.text
-    assert len(json.loads(paint.text.split('data-values="')[1].split('"')[0])) > 0
+    packed = paint.text.split('data-values="')[1].split('"')[0]
+    assert len(decode_values(base64.b64decode(packed))) > 0
 
 
 def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> None:
@@ -317,12 +322,14 @@ def test_length_explained_follows_each_dictionarys_go_alpha(
             assert "length explains it" not in client.get("/go/GO:0099998").text
 
             # The second dictionary published before the length test: no q_length, no verdict.
+            # (Published rows change only with a new publication id: servers cache by it.)
             with Session(engine) as session:
                 session.execute(
                     update(GoEnrichment)
                     .where(GoEnrichment.sae_id == strict_id)
                     .values(p_length=None, q_length=None)
                 )
+                renew(session)
                 session.commit()
             api = client.get(f"/api/v1/features/{twin_id}").json()
             assert [h["length_explained"] for h in api["go_hits"]] == [None]
@@ -447,3 +454,45 @@ def test_protein_page_paints_the_sequence_before_the_feature_list(
     assert html.index('<section id="paint"') < html.index("Features most active on it")
     note = html.split('id="paint-coverage">')[1].split("</p>")[0]
     assert note.startswith("Structure covers residues ") and "peak residue" in note
+
+
+def test_residue_tracks_carry_the_stored_float16_bytes(client: TestClient, demo_store: Any) -> None:
+    """A track is its sequence as text and the stored values packed: base64 of the very bytes
+    in the store, not one span per residue (the browser paints those)."""
+    engine = create_engine(demo_store.url)
+    with Session(engine) as session:
+        example, sequence = session.execute(
+            select(TopExample, Protein.sequence)
+            .join(Protein, Protein.id == TopExample.protein_id)
+            .where(TopExample.bin == "top", TopExample.rank == 0)
+            .limit(1)
+        ).one()
+    engine.dispose()
+    page = client.get(f"/features/{example.feature_id}").text
+    packed = base64.b64encode(example.residue_values).decode()
+    assert f'data-values="{packed}">{sequence}</p>' in page
+    assert "<span title=" not in page
+
+
+def test_residue_runs_expand_to_the_stored_mapping(demo_store: Any) -> None:
+    """The viewer's residue map as runs, expanded as static/js/explorer.js does, is the stored
+    residue ids and sequence positions of every structure in the fixture (real alignments)."""
+    from app.render import residue_runs
+    from app.store.schema import Structure
+
+    engine = create_engine(demo_store.url)
+    with Session(engine) as session:
+        structures = session.scalars(select(Structure)).all()
+        assert structures
+        for s in structures:
+            ids: list[str] = []
+            positions: list[int] = []
+            runs = json.loads(residue_runs(s.residue_ids, s.sequence_positions))
+            for first, pos, n in runs:
+                ids += [str(first + k) if isinstance(first, int) else first for k in range(n)]
+                positions += [-1 if pos < 0 else pos + k for k in range(n)]
+            assert (ids, positions) == (list(s.residue_ids), list(s.sequence_positions))
+            assert len(runs) < len(s.residue_ids) / 4
+    engine.dispose()
+    odd = json.loads(residue_runs(["1", "2", "2A", "3", "007", "8"], [0, 1, -1, -1, 5, 6]))
+    assert odd == [[1, 0, 2], ["2A", -1, 1], [3, -1, 1], ["007", 5, 1], [8, 6, 1]]

@@ -83,12 +83,48 @@ def db_current(database_url: str | None = DatabaseOption) -> None:
     typer.echo(migrate.current_revision(_url(database_url)) or "not migrated")
 
 
+@db_cli.command("remove-run")
+def db_remove_run(
+    name: str = typer.Argument(..., help="The run's name (as in its config's [run] name)."),
+    database_url: str | None = DatabaseOption,
+) -> None:
+    """Delete a run and everything in it; running servers forget their cached pages of it."""
+    from app.store.engine import make_engine
+    from app.store.publish import UnknownRunError, remove_run
+
+    url = _url(database_url)
+    _require_migrated(url)
+    engine = make_engine(url)
+    try:
+        run_id = remove_run(engine, name)
+    except UnknownRunError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"removed run {name!r} (id {run_id})")
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @cli.command("serve")
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default: PROTSAE_HOST)."),
     port: int | None = typer.Option(None, help="Port (default: PROTSAE_PORT)."),
     database_url: str | None = DatabaseOption,
-    reload: bool = typer.Option(False, help="Reload on code changes (development)."),
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="Worker processes (default: PROTSAE_WORKERS, else the number of cores). Each has its "
+        "own page cache, encode models and batching queue.",
+    ),
+    access_log: bool = typer.Option(True, help="Log every request (off behind a proxy that logs)."),
+    reload: bool = typer.Option(False, help="Reload on code changes (development; one worker)."),
 ) -> None:
     """Serve the explorer and the REST API."""
     import uvicorn
@@ -98,12 +134,17 @@ def serve(
         os.environ["PROTSAE_DATABASE_URL"] = database_url
         get_settings.cache_clear()
     _require_migrated(get_settings().sqlalchemy_url)
+    n_workers = workers or settings.workers or default_workers()
+    if reload and n_workers > 1:
+        raise typer.BadParameter("--reload runs one worker: drop --workers", param_hint="--reload")
     uvicorn.run(
         "app.main:app",
         host=host or settings.host,
         port=port or settings.port,
         reload=reload,
+        workers=None if reload else n_workers,
         log_level="info",
+        access_log=access_log,
     )
 
 

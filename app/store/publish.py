@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.orm import Session
 
 from app.store.engine import session_factory
+from app.store.publication import renew
 from app.store.schema import Run
 
 # SQLite's page cache for the publishing connection (KiB): its default of 2 MiB thrashes on the
@@ -78,4 +79,21 @@ def publish_run(
         run.status = "published"
         run.published_at = datetime.now(UTC)
         session.flush()
+        renew(session)
         return run.id
+
+
+class UnknownRunError(LookupError):
+    """No run of that name is in the store."""
+
+
+def remove_run(engine: Engine, name: str) -> int:
+    """Delete the run ``name`` and everything in it in one transaction, renewing the store's
+    publication id so that every server's cache forgets it; return its id."""
+    with session_factory(engine)() as session, session.begin():
+        run_id = session.scalar(select(Run.id).where(Run.name == name))
+        if run_id is None:
+            raise UnknownRunError(f"no run named {name!r} in the store")
+        session.execute(delete(Run).where(Run.id == run_id))
+        renew(session)
+        return int(run_id)

@@ -460,3 +460,15 @@ class AnalysisSummary(Base):
     kind: Mapped[str] = mapped_column(String(64))  # go | go_control | explanations | concepts | ...
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Publication(Base):
+    """The store's publication id: one row whose ``token`` changes whenever what readers see
+    changes (a run published, replaced or removed). Servers compare it per request to keep their
+    caches of rendered pages, and clients' ETags, valid across processes."""
+
+    __tablename__ = "publication"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

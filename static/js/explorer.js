@@ -1,7 +1,12 @@
-/* Structure viewers (3Dmol.js) coloured per residue by a feature, mounted lazily.
+/* Residue tracks painted from packed values, and structure viewers (3Dmol.js) coloured per
+ * residue by a feature, mounted lazily.
+ *
+ * Per-residue values travel as base64 little-endian float16 (the store's own encoding, so the
+ * browser gets the stored values bit for bit): a track is its sequence as text plus data-values;
+ * it becomes one span per residue, class s1..s9 / n1..n9 by the server's rule (app/render.level).
  *
  * A viewer element carries the structure's residue ids and their 0-based sequence positions
- * (the stored alignment), and the feature's values per sequence position. One colour function
+ * (the stored alignment, as runs), and the feature's values per sequence position. One colour function
  * maps atom -> structure residue id -> sequence position -> value, so numbering follows the
  * mapping, never enumeration order. The protein page repaints the same viewer after an htmx swap.
  */
@@ -13,11 +18,67 @@
   /* Same 9 steps as the residue tracks' CSS classes s1..s9 / n1..n9. */
   function colour(v, scale) {
     if (v === null || v === undefined || isNaN(v)) return UNMAPPED;
-    if (!(scale > 0) || v === 0) return "#eceef1";
-    var step = Math.max(1, Math.min(LEVELS, Math.ceil(Math.abs(v) / scale * LEVELS)));
+    var step = level(v, scale);
+    if (!step) return "#eceef1";
     var t = step / LEVELS, c = v < 0 ? BLUE : RED;
     var rgb = c.map(function (x) { return Math.round(255 + (x - 255) * t); });
     return "rgb(" + rgb.join(",") + ")";
+  }
+
+  /* IEEE 754 half precision -> number (exact). */
+  function half(h) {
+    var sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+    if (exp === 0) return sign * frac * Math.pow(2, -24);
+    if (exp === 31) return frac ? NaN : sign * Infinity;
+    return sign * (1 + frac / 1024) * Math.pow(2, exp - 15);
+  }
+
+  function decodeValues(packed) {
+    var bin = atob(packed || ""), out = new Array(bin.length >> 1);
+    for (var i = 0; i < out.length; i++) {
+      out[i] = half(bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8));
+    }
+    return out;
+  }
+
+  /* app/render.level: ceil(|v| / scale * 9) clipped to 1..9; 0 (unshaded) for 0, NaN, scale <= 0. */
+  function level(v, scale) {
+    if (!(scale > 0) || v === 0 || isNaN(v)) return 0;
+    return Math.max(1, Math.min(LEVELS, Math.ceil(Math.abs(v) / scale * LEVELS)));
+  }
+
+  var ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" };
+  function esc(c) { return ESCAPES[c] || c; }
+
+  function paintTrack(el) {
+    if (el.dataset.painted || el.dataset.values === undefined) return;
+    var seq = el.textContent, values = decodeValues(el.dataset.values);
+    var scale = parseFloat(el.dataset.scale), parts = new Array(seq.length);
+    for (var i = 0; i < seq.length; i++) {
+      var v = i < values.length ? values[i] : 0, step = level(v, scale), aa = esc(seq[i]);
+      var cls = step ? ' class="' + (v < 0 ? "n" : "s") + step + '"' : "";
+      parts[i] = "<span" + cls + ' title="' + aa + (i + 1) + ": " + Number(v.toPrecision(4)) +
+        '">' + aa + "</span>";
+    }
+    el.innerHTML = parts.join("");
+    el.dataset.painted = "true";
+  }
+
+  function paintTracks(root) {
+    (root || document).querySelectorAll("p.track[data-values]").forEach(paintTrack);
+  }
+
+  /* The structure's residue ids and their 0-based sequence positions (-1: unmapped), expanded
+   * from app/render.residue_runs: [first id, first position, length] per run. */
+  function residueMap(el) {
+    var ids = [], positions = [];
+    JSON.parse(el.dataset.residues).forEach(function (run) {
+      for (var k = 0; k < run[2]; k++) {
+        ids.push(typeof run[0] === "number" ? String(run[0] + k) : run[0]);
+        positions.push(run[1] < 0 ? -1 : run[1] + k);
+      }
+    });
+    return [ids, positions];
   }
 
   function residueKey(atom) {
@@ -28,7 +89,7 @@
   function paint(el, values, scale, top) {
     var viewer = el._viewer;
     if (!viewer) return;
-    var ids = JSON.parse(el.dataset.resids), positions = JSON.parse(el.dataset.positions);
+    var map = residueMap(el), ids = map[0], positions = map[1];
     var byResidue = new Map(), sticks = new Set(), topPositions = new Set(top || []);
     for (var i = 0; i < ids.length; i++) {
       var p = positions[i];
@@ -56,7 +117,7 @@
         { backgroundColor: "white", antialias: true });
       viewer.addModel(text, el.dataset.format === "mmcif" ? "cif" : "pdb");
       el._viewer = viewer;
-      paint(el, JSON.parse(el.dataset.values), parseFloat(el.dataset.scale), JSON.parse(el.dataset.top || "[]"));
+      paint(el, decodeValues(el.dataset.values), parseFloat(el.dataset.scale), JSON.parse(el.dataset.top || "[]"));
       viewer.zoomTo({ chain: el.dataset.chain });
       viewer.render();
       el.dataset.state = "loaded";
@@ -82,6 +143,7 @@
   /* Protein page: the swapped #paint section carries the chosen feature's values; apply them to
    * the existing viewer (no reload) and keep them for a viewer that mounts later. */
   document.addEventListener("htmx:afterSettle", function () {
+    paintTracks(document);
     var panel = document.getElementById("paint");
     var el = document.querySelector(".viewer");
     if (!panel || (el && el.dataset.feature === panel.dataset.feature)) return;
@@ -93,9 +155,10 @@
     el.dataset.values = panel.dataset.values;
     el.dataset.scale = panel.dataset.scale;
     el.dataset.top = panel.dataset.top;
-    paint(el, JSON.parse(panel.dataset.values), parseFloat(panel.dataset.scale), JSON.parse(panel.dataset.top));
+    paint(el, decodeValues(panel.dataset.values), parseFloat(panel.dataset.scale), JSON.parse(panel.dataset.top));
   });
 
-  document.addEventListener("DOMContentLoaded", function () { setup(document); });
-  window.protsae = { colour: colour, paint: paint, mount: mount };
+  document.addEventListener("DOMContentLoaded", function () { paintTracks(document); setup(document); });
+  window.protsae = { colour: colour, paint: paint, mount: mount, decodeValues: decodeValues,
+    level: level, paintTracks: paintTracks, residueMap: residueMap };
 })();
