@@ -65,8 +65,9 @@ def _biopython(
     pdb.write_text(chain_pdb_text(structures / file, chain))
     model = PDBParser(QUIET=True).get_structure("x", str(pdb))[0]
     dssp = DSSP(model, str(pdb), dssp="mkdssp", acc_array="Wilke")
-    ss = "".join(dssp[k][2] for k in dssp.keys())
-    rsa = [float(dssp[k][3]) for k in dssp.keys()]
+    keys = dssp.keys()  # iterating the map itself yields residues, not keys
+    ss = "".join(dssp[k][2] for k in keys)
+    rsa = [float(dssp[k][3]) for k in keys]
     ShrakeRupley().compute(model, level="R")
     scale = residue_sasa_scales["Wilke"]
     sr = {
