@@ -6,9 +6,9 @@ PROTSAE := $(BIN)/protsae
 DEMO_CONFIG ?= configs/demo.toml
 export PROTSAE_PORT ?= 8000
 
-.PHONY: demo test install assets browser lint format typecheck serve db-upgrade demo-store clean
+.PHONY: demo test install assets browser dssp lint format typecheck serve db-upgrade demo-store clean
 
-install: $(VENV)/.installed assets
+install: $(VENV)/.installed assets dssp
 
 # torch is pinned first so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 # The ray extra (the Ray engine, ~400 MB) is installed so that its tests run.
@@ -27,6 +27,10 @@ static/vendor/.installed: package.json package-lock.json scripts/install-assets.
 # Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# Debian's DSSP 4 (mkdssp) for the structure concepts (secondary structure, accessibility).
+dssp:
+	@command -v mkdssp >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dssp >/dev/null)
 
 db-upgrade: install
 	$(PROTSAE) db upgrade

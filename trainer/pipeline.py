@@ -41,6 +41,7 @@ from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
 from trainer.analyze import Spec, residue_values, run_analyze
+from trainer.concepts.labels import ConceptSet
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.effects import measurable, run_effects
@@ -400,10 +401,30 @@ class Pipeline:
                 model, plan.spec.layer, self.load(plan).encode
             )
         inputs = {name: read_stamp(self.workdir / "saes" / name / "DONE") for name in encoders}
+        if self.cfg.concepts.structures:
+            inputs["corpus"] = read_stamp(self.workdir / "corpus" / "DONE")
         run_concepts_stage(self.workdir, self.cfg.concepts, encode_residues=encoders,
-                           dictionaries=list(encoders), inputs=inputs)  # fmt: skip
+                           dictionaries=list(encoders), inputs=inputs,
+                           structure_concepts=self._structure_concepts)  # fmt: skip
         console.print(f"concepts: {shared.forward_passes} language-model batches, "
                       f"{shared.kept_bytes / 2**30:.2f} GiB of representations kept")  # fmt: skip
+
+    def _structure_concepts(self) -> list[ConceptSet]:
+        """The DSSP concepts of this run's mapped structure chains (mkdssp runs once per chain,
+        cached under ``dssp/``)."""
+        from trainer.concepts.structure_labels import structure_concepts
+
+        assert self.cfg.concepts is not None
+        cfg = self.cfg.concepts
+        corpus = load_corpus(self.workdir)
+        mappings = load_structure_mappings(self.workdir)
+        return structure_concepts(
+            mappings, corpus.accessions, corpus.sequences, self.workdir / "dssp",
+            test_fraction=cfg.structure_test_fraction,
+            max_proteins=cfg.structure_max_proteins_per_split,
+            chains_per_protein=cfg.structure_chains_per_protein, seed=cfg.seed,
+            max_length=cfg.max_length,
+        )  # fmt: skip
 
     def artifacts_digest(self) -> str:
         """What the published run is made of: every dictionary's training, analysis and GO

@@ -82,13 +82,30 @@ class LabelFileError(ValueError):
 
 @dataclass(frozen=True)
 class Chain:
-    """One labelled chain: ``labels`` is a bool array aligned one to one with ``sequence``."""
+    """One labelled chain: ``labels`` is a bool array aligned one to one with ``sequence``.
+
+    ``mask`` (structure concepts): the positions that carry a label at all; the others are
+    encoded (the model sees the whole protein) but not scored. None: every position."""
 
     pdb_chain: str
     sequence: str
     labels: np.ndarray
     role: Role
     source_splits: tuple[str, ...]
+    mask: np.ndarray | None = None
+
+    @property
+    def n_labelled(self) -> int:
+        """Residues that are scored (labelled positive or negative)."""
+        return len(self.sequence) if self.mask is None else int(self.mask.sum())
+
+    def scored_segments(self) -> list[tuple[int, int]]:
+        """[start, end) runs of scored positions (the whole chain when there is no mask)."""
+        if self.mask is None:
+            return [(0, len(self.sequence))]
+        m = np.concatenate(([False], np.asarray(self.mask, dtype=bool), [False]))
+        edges = np.flatnonzero(m[1:] != m[:-1])
+        return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 @dataclass

@@ -33,7 +33,7 @@ def concept_records(concepts: list[ConceptSet]) -> list[dict[str, Any]]:
             chains = c.chains(role)  # type: ignore[arg-type]
             per_split[role] = {
                 "n_chains": len(chains),
-                "n_residues": int(sum(len(ch.sequence) for ch in chains)),
+                "n_residues": int(sum(ch.n_labelled for ch in chains)),
                 "n_positive": int(sum(int(ch.labels.sum()) for ch in chains)),
                 "n_sites": int(sum(len(segment_starts(ch.labels)) for ch in chains)),
                 "source_splits": sorted({s for ch in chains for s in ch.source_splits}),

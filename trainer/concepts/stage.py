@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from trainer.concepts.labels import ConceptSet, Role, load_concepts
+from trainer.concepts.labels import Chain, ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
     ConceptCounts,
@@ -59,8 +59,20 @@ class ConceptsConfig(BaseModel):
     top_features: int = Field(20, ge=1, description="pairs kept per concept, by train F1")
     keep_f1: float = Field(0.2, description="also keep every pair with F1 above this")
     associated_f1: float = Field(0.5, description="InterPLM's 'associated' criterion")
+    structures: bool = Field(
+        False, description="add the DSSP concepts of the run's structure chains (needs mkdssp)"
+    )
+    structure_test_fraction: float = Field(
+        0.3, gt=0, lt=1, description="share of structure proteins held out (by accession hash)"
+    )
+    structure_max_proteins_per_split: int | None = Field(
+        200, ge=0, description="per structure concept and split; 0 or None = every protein"
+    )
+    structure_chains_per_protein: int = Field(
+        3, ge=1, description="structure chains run through DSSP per protein (best coverage first)"
+    )
 
-    @field_validator("max_chains_per_split")
+    @field_validator("max_chains_per_split", "structure_max_proteins_per_split")
     @classmethod
     def _zero_means_all(cls, value: int | None) -> int | None:
         return None if value == 0 else value  # TOML has no null
@@ -96,11 +108,11 @@ class _Batch:
 
 def _plan_batches(concepts: list[ConceptSet], batch_residues: int) -> list[_Batch]:
     """Distinct sequences, longest first, packed so that n × longest ≤ batch_residues."""
-    members: dict[str, list[tuple[int, Role, np.ndarray]]] = {}
+    members: dict[str, list[tuple[int, Role, Chain]]] = {}
     for ci, concept in enumerate(concepts):
         for role in ROLES:
             for chain in concept.chains(role):
-                members.setdefault(chain.sequence, []).append((ci, role, chain.labels))
+                members.setdefault(chain.sequence, []).append((ci, role, chain))
     order = sorted(members, key=lambda s: (-len(s), s))
     batches: list[list[str]] = []
     for seq in order:
@@ -111,15 +123,19 @@ def _plan_batches(concepts: list[ConceptSet], batch_residues: int) -> list[_Batc
     planned = []
     for seqs in batches:
         offsets = np.concatenate(([0], np.cumsum([len(s) for s in seqs])))
-        parts: dict[tuple[int, Role], list[tuple[int, np.ndarray]]] = {}
+        # Each scored segment of a chain (the whole chain unless it has a mask) counts as a
+        # chain of its own for site metrics, so a site never spans unscored positions.
+        parts: dict[tuple[int, Role], list[tuple[np.ndarray, np.ndarray]]] = {}
         for i, seq in enumerate(seqs):
-            for ci, role, labels in members[seq]:
-                parts.setdefault((ci, role), []).append((i, labels))
+            for ci, role, chain in members[seq]:
+                for a, b in chain.scored_segments():
+                    rows = np.arange(offsets[i] + a, offsets[i] + b)
+                    parts.setdefault((ci, role), []).append((rows, chain.labels[a:b]))
         groups = []
         for key, items in parts.items():
-            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i, _ in items])
             lengths = [len(lab) for _, lab in items]
             starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+            rows = np.concatenate([r for r, _ in items])
             labels = np.concatenate([lab for _, lab in items])
             groups.append(_Group(key, rows, labels, starts))
         planned.append(_Batch(seqs, groups))
@@ -172,11 +188,16 @@ def run_concepts_stage(
     dictionaries: list[str],
     feature_max: Mapping[str, np.ndarray] | None = None,
     inputs: Mapping[str, str | None] | None = None,
+    structure_concepts: Callable[[], list[ConceptSet]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run (or skip, when finished with the same inputs) the stage; returns summary per name.
 
     ``inputs``: per dictionary, the stamp of what it was made from (its training's DONE, see
-    ``trainer.stamps``), so a dictionary trained again is aligned again."""
+    ``trainer.stamps``), so a dictionary trained again is aligned again (and the corpus stamp,
+    when structure concepts are on). ``structure_concepts`` builds the DSSP concepts
+    (``trainer.concepts.structure_labels``); called only when the stage actually runs."""
+    if cfg.structures and structure_concepts is None:
+        raise ValueError("[concepts] structures = true but no structure concepts were given")
     missing = [d for d in dictionaries if d not in encode_residues]
     if missing:
         raise ValueError(f"no encoder given for dictionary(ies) {', '.join(missing)}")
@@ -196,6 +217,8 @@ def run_concepts_stage(
         seed=cfg.seed,
         max_length=cfg.max_length,
     )
+    if cfg.structures and structure_concepts is not None:
+        concepts += structure_concepts()
     batches = _plan_batches(concepts, cfg.batch_residues)
     n_distinct = sum(len(s) for b in batches for s in b.sequences)
     timing: dict[str, dict[str, float]] = {
