@@ -93,10 +93,14 @@
     canvas.width = left + cell * data.positions.length;
     canvas.height = top + rowH * 20;
     const ctx = canvas.getContext("2d");
-    let scale = 1e-6;
+    const all = [];
     data.positions.forEach(function (p) {
-      p.log_p_after.forEach(function (a, j) { scale = Math.max(scale, Math.abs(a - p.log_p_before[j])); });
+      p.log_p_after.forEach(function (a, j) { all.push(Math.abs(a - p.log_p_before[j])); });
     });
+    all.sort(function (a, b) { return a - b; });
+    const largest = all.length ? all[all.length - 1] : 0;
+    // Colours saturate at the 98th percentile of |Δ|, so a few extreme cells do not wash out the rest.
+    const scale = Math.max(1e-6, all.length ? all[Math.floor(0.98 * (all.length - 1))] : 0);
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     ctx.font = "9px monospace";
@@ -119,8 +123,9 @@
         ": Δ log p " + d.toFixed(3) + ", p " + Math.exp(p.log_p_before[j]).toFixed(3) + " → " + Math.exp(p.log_p_after[j]).toFixed(3);
     };
     document.getElementById("heatmap-legend").textContent =
-      "Rows: amino acids; columns: positions 1–" + data.positions.length + ". Colour: Δ log p from −" +
-      scale.toFixed(3) + " (full blue: less likely after steering) to +" + scale.toFixed(3) + " (full red: more likely).";
+      "Rows: amino acids; columns: positions 1–" + data.positions.length + ". Colour: Δ log p, full blue at −" +
+      scale.toFixed(3) + " or below (less likely after steering), full red at +" + scale.toFixed(3) +
+      " or above (more likely): the 98th percentile of |Δ|; the largest |Δ| is " + largest.toFixed(3) + ". Hover a cell for its values.";
     return scale;
   }
 
@@ -164,7 +169,11 @@
       });
       rows.appendChild(tr);
     });
-    show3D(document.getElementById("steer-viewer"), data.match, residueDelta, scale, changed);
+    // Sticks: the (at most 20) changed residues whose own amino acid lost or gained most.
+    const sticks = new Set(Array.from(changed).sort(function (a, b) {
+      return Math.abs(residueDelta[b] || 0) - Math.abs(residueDelta[a] || 0);
+    }).slice(0, 20));
+    show3D(document.getElementById("steer-viewer"), data.match, residueDelta, scale, sticks);
     document.getElementById("steer-result").hidden = false;
   }
 
