@@ -21,6 +21,7 @@ from trainer.effects import EffectsConfig
 from trainer.embed import EmbedConfig
 from trainer.engines import EngineName, RayConfig
 from trainer.explain.stage import ExplainConfig
+from trainer.domains.stage import DomainConfig
 from trainer.go.stage import GoConfig
 from trainer.ingest import IngestConfig
 from trainer.train import SaeSpec
@@ -84,6 +85,8 @@ class TrainerConfig(BaseModel):
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
     go: GoConfig
+    # Pfam / PROSITE enrichment of the human proteins, run with the GO stage; None = off.
+    domains: DomainConfig | None = None
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
     ray: RayConfig = Field(default_factory=RayConfig)
