@@ -17,11 +17,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from app.settings import Settings
 from trainer.analyze import AnalyzeConfig
 from trainer.concepts.stage import ConceptsConfig
+from trainer.domains.stage import DomainConfig
 from trainer.effects import EffectsConfig
 from trainer.embed import EmbedConfig
 from trainer.engines import EngineName, RayConfig
 from trainer.explain.stage import ExplainConfig
-from trainer.domains.stage import DomainConfig
 from trainer.go.stage import GoConfig
 from trainer.ingest import IngestConfig
 from trainer.train import SaeSpec

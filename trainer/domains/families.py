@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +26,27 @@ SOURCES = ("Pfam", "PROSITE")
 SOURCE_OF_PREFIX = {"PF": "Pfam", "PS": "PROSITE"}
 
 
-def _open(path: Path) -> csv.DictReader[str]:
-    handle = gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path)
-    return csv.DictReader(handle, delimiter="\t")
+def _rows(path: Path, required: set[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a tab-separated, optionally gzipped table with ``required``."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = required - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            yield reader.line_num, row
 
 
 def read_gene_families(path: Path) -> dict[str, set[tuple[str, str]]]:
     """entrez_gene -> {(source, accession)}; a bad row is an error naming its line."""
-    reader = _open(path)
-    missing = {"entrez_gene", "source", "accession"} - set(reader.fieldnames or [])
-    if missing:
-        raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}")
     out: dict[str, set[tuple[str, str]]] = {}
-    for row in reader:
+    for line, row in _rows(path, {"entrez_gene", "source", "accession"}):
         gene, source, acc = row["entrez_gene"].strip(), row["source"].strip(), row["accession"]
         acc = acc.strip()
         if source not in SOURCES or not gene or SOURCE_OF_PREFIX.get(acc[:2]) != source:
             raise ValueError(
-                f"{path}:{reader.line_num}: expected entrez_gene, source Pfam|PROSITE and a "
+                f"{path}:{line}: expected entrez_gene, source Pfam|PROSITE and a "
                 f"PF/PS accession, got {gene!r}, {source!r}, {acc!r}"
             )
         out.setdefault(gene, set()).add((source, acc))
@@ -52,13 +55,9 @@ def read_gene_families(path: Path) -> dict[str, set[tuple[str, str]]]:
 
 def read_protein_genes(path: Path) -> dict[str, list[str]]:
     """accession -> its NCBI Gene ids (the human protein table's ``entrez_gene``, ``|``-split)."""
-    reader = _open(path)
-    missing = {"accession", "entrez_gene"} - set(reader.fieldnames or [])
-    if missing:
-        raise ValueError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}")
     return {
         row["accession"]: [g.strip() for g in row["entrez_gene"].split("|") if g.strip()]
-        for row in reader
+        for _, row in _rows(path, {"accession", "entrez_gene"})
     }
 
 

@@ -233,6 +233,7 @@ def _run_one(
         "n_features": n_features,
         "n_active_features": result.n_active_features,
         "n_tests": result.n_tests,
+        "alpha": go.alpha,
         "population_size": {s: inc.pop_size for s, inc in incs.items()},
         "families_tested": {s: len(inc.term_ids) for s, inc in incs.items()},
         **domain_rates(cols, n_features, result.n_active_features, go.alpha),
