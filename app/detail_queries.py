@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from app.domain_queries import domain_control, domains_payload, feature_domain_hits
 from app.queries import NotFound, published_sae
 from app.read_models import (
     AaProfileOut,
@@ -371,6 +372,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         go_protocols=go_protocols(session, {sae.id}),
         go_control=_length_control(go_summary),
         aa_profile=aa_profile(feature, analysis_payload(session, sae.id)),
+        domain_hits=feature_domain_hits(session, feature_id, alpha),
+        domain_control=domain_control(domains_payload(session, sae.id)),
         top_examples=top,
         neighbors=[
             NeighborOut(

@@ -28,7 +28,7 @@ from app.read_models import (
     SortKey,
     SortOrder,
 )
-from app.store.schema import Explanation, Feature, GoTerm, Protein, Run, Sae
+from app.store.schema import DomainEnrichment, Explanation, Feature, GoTerm, Protein, Run, Sae
 
 
 class NotFound(LookupError):
@@ -199,6 +199,12 @@ def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[
             if filters.has_go_length
             else func.coalesce(Feature.n_go_hits_length, 0) == 0
         )
+    if filters.has_domain is not None:
+        clauses.append(
+            Feature.n_domain_hits_length > 0
+            if filters.has_domain
+            else func.coalesce(Feature.n_domain_hits_length, 0) == 0
+        )
     if filters.dead is not None:
         clauses.append(Feature.is_dead.is_(filters.dead))
     text = (filters.q or "").strip()
@@ -208,7 +214,8 @@ def _filter_clauses(sae_id: int, filters: FeatureFilters) -> list[ColumnElement[
         explained = Feature.id.in_(
             select(Explanation.feature_id).where(Explanation.text.ilike(pattern, escape="\\"))
         )
-        clauses.append(or_(Feature.auto_label.ilike(pattern, escape="\\"), explained))
+        clauses.append(or_(Feature.auto_label.ilike(pattern, escape="\\"), explained,
+                           Feature.top_domain.ilike(pattern, escape="\\")))  # fmt: skip
     return clauses
 
 
@@ -268,7 +275,7 @@ def list_features(
 
 
 def search(session: Session, query: str, limit: int = 20) -> SearchResults:
-    """Features by label/explanation text, proteins by accession/name/gene, GO terms by id/name."""
+    """Features by label/explanation text or Pfam / PROSITE accession, proteins by accession/name/gene, GO terms by id/name."""
     text = query.strip()
     if not text:
         return SearchResults(query=query, features=[], proteins=[], go_terms=[])
@@ -287,8 +294,24 @@ def search(session: Session, query: str, limit: int = 20) -> SearchResults:
         .where(Feature.sae_id.in_(published), Explanation.text.ilike(pattern, escape="\\"))
         .limit(limit)
     )
+    upper = text.upper()
+    # A Pfam / PROSITE accession (exact or a prefix such as "PF000"): the features whose strict
+    # hits include it, strongest (length-adjusted q) first. The family table has no names.
+    by_family = (
+        select(Feature, Sae.name, Sae.is_control,
+               DomainEnrichment.source + " " + DomainEnrichment.accession)
+        .join(DomainEnrichment, DomainEnrichment.feature_id == Feature.id)
+        .join(Sae, Feature.sae_id == Sae.id)
+        .where(Feature.sae_id.in_(published), DomainEnrichment.protocol == "strict",
+               DomainEnrichment.accession.like(f"{_escape_like(upper)}%", escape="\\"))
+        .order_by(func.coalesce(DomainEnrichment.q_length, DomainEnrichment.q_value))
+        .limit(limit)
+    )  # fmt: skip
     features: dict[int, FeatureHit] = {}
-    for stmt in (by_label, by_text):
+    statements = (
+        (by_family, by_label, by_text) if upper[:2] in ("PF", "PS") else (by_label, by_text)
+    )
+    for stmt in statements:
         for feature, sae_name, is_control, snippet in session.execute(stmt):
             if feature.id not in features and len(features) < limit:
                 features[feature.id] = FeatureHit(
@@ -297,7 +320,6 @@ def search(session: Session, query: str, limit: int = 20) -> SearchResults:
                     is_control=is_control,
                     snippet=snippet,
                 )
-    upper = text.upper()
     proteins = session.scalars(
         select(Protein)
         .where(

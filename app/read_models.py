@@ -113,6 +113,19 @@ class FeatureSummary(_Orm):
         description="A single-type detector: one residue type carries the mass "
         "(app.residue_types.is_detector)",
     )
+    n_domain_hits: int | None = Field(
+        default=None,
+        description="Pfam / PROSITE families significant (BH q < alpha, strict protocol) among "
+        "the corpus's human proteins; null for runs published without domain enrichment",
+    )
+    n_domain_hits_length: int | None = Field(
+        default=None, description="Of those, families also significant within length strata"
+    )
+    top_domain: str | None = Field(
+        default=None,
+        description="The family beyond length with the lowest length-adjusted q (its accession)",
+    )
+    top_domain_source: str | None = Field(default=None, description="Pfam or PROSITE")
 
 
 class FeatureMap(BaseModel):
@@ -146,6 +159,7 @@ class FeatureFilters(BaseModel):
     score_min: float | None = None
     has_go: bool | None = None
     has_go_length: bool | None = None  # a term significant within protein-length strata
+    has_domain: bool | None = None  # a Pfam / PROSITE family significant beyond length
     dead: bool | None = None
 
 
@@ -411,6 +425,42 @@ class LmEffect(BaseModel):
         )  # fmt: skip
 
 
+class DomainHitOut(_Orm):
+    """One feature × Pfam / PROSITE family test (``trainer.domains``), human proteins only."""
+
+    accession: str
+    source: str = Field(description="Pfam or PROSITE")
+    name: str | None = Field(
+        default=None, description="Family name; null: the family table carries accessions only"
+    )
+    url: str = Field(description="The family's entry (InterPro for Pfam, PROSITE for PROSITE)")
+    protocol: str = Field(description="strict (ours) or paper (two-sided, Bonferroni)")
+    study_hits: int
+    study_size: int
+    pop_hits: int
+    pop_size: int
+    fold_enrichment: float
+    p_value: float
+    q_value: float | None = Field(description="BH over every test of the dictionary (strict)")
+    p_bonferroni: float
+    q_length: float | None = Field(description="BH of the length-stratified test (strict)")
+    length_explained: bool = Field(
+        default=False, description="Significant by q but not within length strata"
+    )
+
+
+class DomainControl(BaseModel):
+    """The dictionary's share of features with a family hit, against its controls."""
+
+    statement: str
+    population_size: int
+    families_tested: dict[str, int]
+    pct_features_with_hit: float
+    pct_features_with_hit_length_adjusted: float | None
+    pct_features_with_hit_shuffled: float | None
+    pct_features_with_hit_random_init: float | None
+
+
 class FeatureDetail(BaseModel):
     feature: FeatureSummary
     sae: SaeSummary
@@ -428,6 +478,14 @@ class FeatureDetail(BaseModel):
     )
     aa_profile: AaProfileOut | None = Field(
         None, description="Amino-acid profile; null for runs published before profiles"
+    )
+    domain_hits: list[DomainHitOut] = Field(
+        default_factory=list,
+        description="Pfam / PROSITE families enriched among the human proteins the feature fires "
+        "on, both protocols (strict first, by q)",
+    )
+    domain_control: DomainControl | None = Field(
+        None, description="The dictionary's family hit rates and controls; null: not run"
     )
     top_examples: list[TopExampleOut]
     neighbors: list[NeighborOut]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from app.settings import Settings
 from trainer.analyze import AnalyzeConfig
 from trainer.concepts.stage import ConceptsConfig
+from trainer.domains.stage import DomainConfig
 from trainer.effects import EffectsConfig
 from trainer.embed import EmbedConfig
 from trainer.engines import EngineName, RayConfig
@@ -87,6 +88,8 @@ class TrainerConfig(BaseModel):
     go: GoConfig
     # Missing-annotation worklists checked against a later GO snapshot; None: not run.
     worklist: WorklistConfig | None = None
+    # Pfam / PROSITE enrichment of the human proteins, run with the GO stage; None = off.
+    domains: DomainConfig | None = None
     explain: ExplainConfig = Field(default_factory=lambda: ExplainConfig())
     concepts: ConceptsConfig | None = None
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -331,6 +331,12 @@ class Pipeline:
         control_of = {p.control_of: p.spec.name for p in plans if p.control_of}
         run_go_stage(self.workdir, self.cfg.go, dictionaries=[p.spec.name for p in plans],
                      control_of=control_of, corpus=self.corpus, engine=self.engine)  # fmt: skip
+        if self.cfg.domains is not None:
+            from trainer.domains.stage import run_domain_stage
+
+            run_domain_stage(self.workdir, self.cfg.domains, self.cfg.go,
+                             dictionaries=[p.spec.name for p in plans], control_of=control_of,
+                             corpus=self.corpus)  # fmt: skip
 
     def worklist(self) -> None:
         if self.cfg.worklist is None:
@@ -437,7 +443,7 @@ class Pipeline:
             name = plan.spec.name
             entry = {
                 stage: read_stamp(self.workdir / stage / name / "DONE")
-                for stage in ("saes", "analysis", "go", "worklist")
+                for stage in ("saes", "analysis", "go", "domains", "worklist")
             }
             # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
             # dictionaries reach GB and would be read again at every publish.

@@ -31,6 +31,7 @@ from app.store.schema import (
     AnalysisSummary,
     Concept,
     ConceptAlignment,
+    DomainEnrichment,
     Feature,
     FeatureNeighbor,
     GoEnrichment,
@@ -43,7 +44,7 @@ from app.store.schema import (
 )
 from trainer.aa_profile import BASIS_CORPUS, AaProfile, load_profile
 from trainer.corpus import Corpus, load_corpus
-from trainer.explain.labels import GoHit, GoHitLike, auto_labels
+from trainer.explain.labels import DomainHit, GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 from trainer.ingest_store import structure_ids
@@ -120,6 +121,7 @@ class DictionaryLoader:
         self.protein_ids = protein_ids
         self.structure_ids = structure_ids or []  # store id per structures.json row
         self.go_hits: dict[int, list[GoHit]] = {}
+        self.domain_hits: dict[int, list[DomainHit]] = {}
         self.go_alpha = go_alpha(None)
         self.dominance: dict[int, Dominance] = {}
         self.aa_basis = BASIS_CORPUS
@@ -134,6 +136,7 @@ class DictionaryLoader:
             summary = json.loads(analysis.read_text())
             metrics |= {k: summary.get(k) for k in ("fve_median", "fve_p05")}
         self.go_hits, self.dominance, self.go_alpha = {}, {}, go_alpha(None)
+        self.domain_hits = {}
         sae = self._sae_row(name, config, metrics, sae_dir)
         feature_ids = self._features(sae, name)
         self._examples(name, feature_ids)
@@ -142,6 +145,7 @@ class DictionaryLoader:
         self._go(sae, name, feature_ids, known_terms)
         self.n_rows += load_worklist(self.session, self.workdir, sae, name, feature_ids,
                                      self.protein_ids, set(known_terms))  # fmt: skip
+        self._domains(sae, name, feature_ids)
         self._explanations(sae, name, feature_ids)
         self._concepts(sae, name, feature_ids)
         return sae
@@ -428,13 +432,73 @@ class DictionaryLoader:
                 [{"id": feature_ids[f], "n_go_hits_paper": int(counts[f])} for f in hit],
             )
 
+    def _domains(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
+        """Pfam / PROSITE hits of both protocols (``trainer.domains``), each feature's counts
+        and top family, and the hits the offline label may use (``self.domain_hits``)."""
+        out = self.workdir / "domains" / name
+        summary = self._summary(sae, "domains", out / "summary.json")
+        if summary is None or not (out / "hits.npz").exists():
+            return
+        alpha = float(summary.get("alpha", self.go_alpha))
+        n_features = len(feature_ids)
+        counts = np.zeros(n_features, np.int64)
+        counts_length = np.zeros(n_features, np.int64)
+        top: dict[int, tuple[float, float, str, str]] = {}
+        for protocol, file in (("strict", "hits.npz"), ("paper", "paper_hits.npz")):
+            if not (out / file).exists():
+                continue
+            hits = _load_npz(out / file)
+            n = int(hits["p_value"].size)
+            col: dict[str, list[Any]] = {
+                key: hits[key].tolist() if key in hits else [None] * n
+                for key in ("accession", "source", "study_hits", "study_size", "pop_hits",
+                            "pop_size", "fold_enrichment", "p_value", "q_value", "p_bonferroni",
+                            "p_length", "q_length")
+            }  # fmt: skip
+            index = hits["feature_index"].astype(np.int64)
+            col["feature_id"] = _lookup(feature_ids, index)
+            col["odds_ratio"] = [o if math.isfinite(o) else None
+                                 for o in hits["odds_ratio"].tolist()]  # fmt: skip
+            col["protocol"] = [protocol] * n
+            self.n_rows += bulk_insert_columns(self.session, DomainEnrichment, col,
+                                               {"sae_id": sae.id})  # fmt: skip
+            if protocol != "strict":
+                continue
+            for f, acc, src, q, ql, fold in zip(index.tolist(), col["accession"], col["source"],
+                                                col["q_value"], col["q_length"],
+                                                col["fold_enrichment"], strict=True):  # fmt: skip
+                beyond = ql is None or ql < alpha
+                counts[f] += q < alpha
+                counts_length[f] += q < alpha and beyond
+                if q < alpha and beyond:
+                    key = (q if ql is None else ql, -fold, acc, src)
+                    top[f] = min(top.get(f, key), key)
+                self.domain_hits.setdefault(f, []).append(
+                    DomainHit(accession=acc, source=src, q_value=q, fold_enrichment=fold,
+                              q_length=ql)
+                )  # fmt: skip
+        self.session.execute(
+            update(Feature).where(Feature.sae_id == sae.id)
+            .values(n_domain_hits=0, n_domain_hits_length=0)
+        )  # fmt: skip
+        hit = np.flatnonzero(counts).tolist()
+        if hit:
+            self.session.execute(
+                update(Feature),
+                [{"id": feature_ids[f], "n_domain_hits": int(counts[f]),
+                  "n_domain_hits_length": int(counts_length[f]),
+                  "top_domain": top[f][2] if f in top else None,
+                  "top_domain_source": top[f][3] if f in top else None} for f in hit],
+            )  # fmt: skip
+
     def _explanations(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         """Claude explanations + scores (explain stage), and offline labels from GO hits."""
         by_index = dict(enumerate(feature_ids))
         load_explanations(self.session, self.workdir, name, sae.id, by_index)
         hits = cast(Mapping[int, Iterable[GoHitLike]], self.go_hits)
         basis = "activation" if self.aa_basis == BASIS_CORPUS else "attribution"
-        labels = auto_labels(hits, {}, alpha=self.go_alpha, dominance=self.dominance, basis=basis)
+        labels = auto_labels(hits, {}, alpha=self.go_alpha, dominance=self.dominance, basis=basis,
+                             domains=self.domain_hits)  # fmt: skip
         load_auto_labels(self.session, labels, by_index)
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:

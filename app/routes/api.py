@@ -95,6 +95,10 @@ def list_features(
         bool | None,
         Query(description="Has a GO term significant within protein-length strata"),
     ] = None,
+    has_domain: Annotated[
+        bool | None,
+        Query(description="Has a Pfam / PROSITE family significant beyond length (human proteins)"),
+    ] = None,
     dead: bool | None = None,
     sort: SortKey = "index",
     order: SortOrder = "asc",
@@ -112,7 +116,8 @@ def list_features(
     filters = FeatureFilters(
         q=q, density_min=density_min, density_max=density_max,
         max_activation_min=max_activation_min, max_activation_max=max_activation_max,
-        score_min=score_min, has_go=has_go, has_go_length=has_go_length, dead=dead,
+        score_min=score_min, has_go=has_go, has_go_length=has_go_length, has_domain=has_domain,
+        dead=dead,
     )  # fmt: skip
     try:
         return queries.list_features(session, sae_id, filters, sort, order, cursor, limit)

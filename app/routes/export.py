@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
 from app.detail_queries import analysis_payload, go_alphas, go_protocols
-from app.read_models import GoProtocolOut, LmEffect
+from app.domain_queries import domain_hit
+from app.read_models import DomainHitOut, GoProtocolOut, LmEffect
 from app.residue_types import ALPHABET
-from app.store.schema import Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
+from app.store.schema import DomainEnrichment, Explanation, Feature, GoEnrichment, GoTerm, Run, Sae
 
 router = APIRouter(
     prefix="/api/v1/saes",
@@ -37,7 +38,8 @@ CSV_COLUMNS = (
     "explanation_score", "density", "n_active", "max_activation", "mean_activation", "is_dead",
     "pattern_class", "n_go_hits", "n_go_hits_length", "go_hits", "n_go_hits_paper", "go_hits_paper",
     "aa_top", "aa_top_share", "aa_detector", "aa_n_residues", "aa_profile", "promotes",
-    "suppresses",
+    "suppresses", "top_domain", "top_domain_source", "n_domain_hits", "n_domain_hits_length",
+    "domain_hits",
 )  # fmt: skip
 
 
@@ -84,6 +86,13 @@ class FeatureExport(BaseModel):
         "non-standard); null for runs published before amino-acid profiles"
     )
     lm_effect: LmEffect | None  # what it makes the model predict, by intervention
+    top_domain: str | None = Field(
+        description="The Pfam / PROSITE family beyond length with the lowest length-adjusted q"
+    )
+    top_domain_source: str | None
+    n_domain_hits: int | None = Field(description="Families with q < alpha; null: not run")
+    n_domain_hits_length: int | None = Field(description="Of those, beyond protein length")
+    domain_hits: list[DomainHitOut] = Field(description="Family hits, both protocols")
 
 
 class SaeExport(BaseModel):
@@ -141,6 +150,13 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             fold_enrichment=hit.fold_enrichment,
             study_hits=hit.study_hits, study_size=hit.study_size,
         ))  # fmt: skip
+    domain_hits: dict[int, list[DomainHitOut]] = {}
+    for row in session.scalars(
+        select(DomainEnrichment).where(DomainEnrichment.sae_id == sae.id)
+        .order_by(DomainEnrichment.feature_id, DomainEnrichment.protocol.desc(),
+                  DomainEnrichment.q_value, DomainEnrichment.p_value)
+    ):  # fmt: skip
+        domain_hits.setdefault(row.feature_id, []).append(domain_hit(row, alpha))
     features = []
     for f in session.scalars(
         select(Feature).where(Feature.sae_id == sae.id).order_by(Feature.index)
@@ -156,7 +172,9 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
             aa_top=f.aa_top, aa_top_share=f.aa_top_share, aa_detector=f.aa_detector,
             aa_n_residues=f.aa_n_residues,
             aa_profile=None if not f.aa_profile else dict(zip(ALPHABET, f.aa_profile, strict=True)),
-            lm_effect=LmEffect.from_stored(f.lm_effect),
+            lm_effect=LmEffect.from_stored(f.lm_effect), top_domain=f.top_domain,
+            top_domain_source=f.top_domain_source, n_domain_hits=f.n_domain_hits,
+            n_domain_hits_length=f.n_domain_hits_length, domain_hits=domain_hits.get(f.id, []),
         ))  # fmt: skip
     run: Run = sae.run
     return SaeExport(
@@ -197,7 +215,20 @@ def export_csv(sae_id: SaeId, session: SessionDep) -> Response:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in data.features:
-        row: dict[str, Any] = f.model_dump(exclude={"go_hits", "go_hits_paper", "lm_effect"})
+        row: dict[str, Any] = f.model_dump(
+            exclude={"go_hits", "go_hits_paper", "lm_effect", "domain_hits"}
+        )
+        row["domain_hits"] = ";".join(
+            f"{h.accession}|{h.source}|{h.protocol}|"
+            + (
+                f"q={h.q_value:.3g}"
+                if h.q_value is not None
+                else f"p_bonferroni={h.p_bonferroni:.3g}"
+            )
+            + ("" if h.q_length is None else f"|q_length={h.q_length:.3g}")
+            + ("|length_explained" if h.length_explained else "")
+            for h in f.domain_hits
+        )
         row["n_go_hits"] = len(f.go_hits)
         effect = f.lm_effect
         row["promotes"] = (

@@ -90,6 +90,7 @@ def feature_list(
     score_min: str | None = None,
     has_go: str | None = None,
     has_go_length: str | None = None,
+    has_domain: str | None = None,
     dead: str | None = None,
     sort: SortKey = "index",
     order: SortOrder = "asc",
@@ -101,7 +102,8 @@ def feature_list(
     filters = FeatureFilters(
         q=q or None, density_min=_fraction(pct_min), density_max=_fraction(pct_max),
         max_activation_min=_number(max_activation_min), score_min=_number(score_min),
-        has_go=_flag(has_go), has_go_length=_flag(has_go_length), dead=_flag(dead),
+        has_go=_flag(has_go), has_go_length=_flag(has_go_length),
+        has_domain=_flag(has_domain), dead=_flag(dead),
     )  # fmt: skip
     try:
         sae = queries.sae_detail(session, sae_id)

@@ -228,6 +228,13 @@ class Feature(Base):
     # of Δ log p over the 20 amino acids ("ACDEFGHIKLMNPQRSTVWY"), examples, activation used.
     # NULL where not measured (protein level, transcoders, neurons, dead, older runs).
     lm_effect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Pfam / PROSITE enrichment (trainer.domains, strict protocol; NULL: run without it):
+    # significant families (BH q < alpha), those beyond length too (length-stratified q < alpha),
+    # and the strongest of the latter (lowest length-adjusted q) with its source.
+    n_domain_hits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_domain_hits_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    top_domain: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    top_domain_source: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class TopExample(Base):
@@ -341,6 +348,36 @@ class GoEnrichment(Base):
     method: Mapped[str] = mapped_column(String(64))
     is_most_specific: Mapped[bool] = mapped_column(Boolean, default=False)
     protocol: Mapped[str] = mapped_column(String(16), default="strict", server_default="strict")
+
+
+class DomainEnrichment(Base):
+    """One feature × Pfam / PROSITE family test under one protocol ("strict" | "paper"), on the
+    corpus's human proteins (``trainer.domains``); columns as ``GoEnrichment``'s."""
+
+    __tablename__ = "domain_enrichments"
+    __table_args__ = (
+        Index("ix_domain_enrichments_feature", "feature_id", "q_value"),
+        Index("ix_domain_enrichments_accession", "accession"),
+        Index("ix_domain_enrichments_sae", "sae_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    accession: Mapped[str] = mapped_column(String(16))  # PF00096 | PS00028
+    source: Mapped[str] = mapped_column(String(8))  # Pfam | PROSITE
+    study_hits: Mapped[int] = mapped_column(Integer)
+    study_size: Mapped[int] = mapped_column(Integer)
+    pop_hits: Mapped[int] = mapped_column(Integer)
+    pop_size: Mapped[int] = mapped_column(Integer)
+    odds_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    fold_enrichment: Mapped[float] = mapped_column(Float)
+    p_value: Mapped[float] = mapped_column(Float)
+    q_value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL under "paper"
+    p_bonferroni: Mapped[float] = mapped_column(Float)
+    p_length: Mapped[float | None] = mapped_column(Float, nullable=True)
+    q_length: Mapped[float | None] = mapped_column(Float, nullable=True)
+    protocol: Mapped[str] = mapped_column(String(16), default="strict")
 
 
 class GoProtocol(Base):

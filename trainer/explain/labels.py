@@ -3,9 +3,11 @@ the UI can mark it as automatic (``Feature.auto_label`` / ``Feature.auto_label_s
 
 In order: a single-type detector is named by its residue type (``auto:aa``, "Cys detector (92%
 of activation on C)"): its GO hits only say which proteins are rich in that residue. Otherwise
-the most specific GO term that protein length does not explain (``auto:go``); where the feature
-has significant terms but none qualifies, a label that says so (``auto:no-go``, e.g. "no GO hit
-beyond length"); else the dominant Pfam family of the top proteins (``auto:pfam``).
+the most specific GO term that protein length does not explain (``auto:go``), unless a Pfam /
+PROSITE family is the feature's strongest association beyond length (``auto:domain``: lower
+length-adjusted q than every qualifying GO term); where the feature has significant terms but
+none qualifies, a label that says so (``auto:no-go``, e.g. "no GO hit beyond length"); else the
+dominant Pfam family of the top proteins (``auto:pfam``).
 """
 
 from __future__ import annotations
@@ -52,9 +54,20 @@ class GoHit:
 
 
 @dataclass(frozen=True)
+class DomainHit:
+    """One feature × family enrichment result (``trainer.domains``, strict protocol)."""
+
+    accession: str  # PF00096 | PS00028
+    source: str  # Pfam | PROSITE
+    q_value: float
+    fold_enrichment: float
+    q_length: float | None
+
+
+@dataclass(frozen=True)
 class AutoLabel:
     text: str
-    source: str  # "auto:aa" | "auto:go" | "auto:no-go" | "auto:pfam"
+    source: str  # "auto:aa" | "auto:go" | "auto:domain" | "auto:no-go" | "auto:pfam"
     evidence: str
 
 
@@ -91,8 +104,43 @@ def go_label(
     )
 
 
-def _beyond_length(h: GoHitLike, alpha: float) -> bool:
+def _beyond_length(h: GoHitLike | DomainHit, alpha: float) -> bool:
     return h.q_length is None or h.q_length < alpha
+
+
+def _strength(q_value: float, q_length: float | None, fold: float) -> tuple[float, float]:
+    """Sort key of an association, strongest first: length-adjusted q, then fold."""
+    return (q_value if q_length is None else q_length, -fold)
+
+
+def domain_label(
+    domains: Iterable[DomainHit],
+    go_hits: Iterable[GoHitLike],
+    alpha: float = 0.05,
+    min_fold: float = MIN_LABEL_FOLD,
+) -> AutoLabel | None:
+    """The family that is the feature's strongest association surviving the length control:
+    significant (q and length-adjusted q < alpha, fold >= ``min_fold``) and stronger (lower
+    length-adjusted q, then higher fold) than every GO term ``go_label`` could use."""
+    ok = [d for d in domains
+          if d.q_value < alpha and d.fold_enrichment >= min_fold and _beyond_length(d, alpha)]  # fmt: skip
+    if not ok:
+        return None
+    best = min(
+        ok, key=lambda d: (*_strength(d.q_value, d.q_length, d.fold_enrichment), d.accession)
+    )
+    rivals = [h for h in go_hits
+              if h.q_value < alpha and h.fold_enrichment >= min_fold and _beyond_length(h, alpha)]  # fmt: skip
+    mine = _strength(best.q_value, best.q_length, best.fold_enrichment)
+    if any(_strength(h.q_value, h.q_length, h.fold_enrichment) <= mine for h in rivals):
+        return None
+    return AutoLabel(
+        text=f"{best.source} family {best.accession}",
+        source="auto:domain",
+        evidence=f"q={best.q_value:.2g}"
+        + ("" if best.q_length is None else f", length-adjusted q={best.q_length:.2g}")
+        + f", fold={best.fold_enrichment:.1f}; human proteins",
+    )
 
 
 def detector_label(dominance: Dominance, basis: str = "activation") -> AutoLabel | None:
@@ -154,11 +202,13 @@ def feature_label(
     min_share: float = 0.5,
     min_fold: float = MIN_LABEL_FOLD,
     basis: str = "activation",
+    domains: Iterable[DomainHit] = (),
 ) -> AutoLabel | None:
     """One feature's offline label, by the rules of the module docstring."""
     hits = list(hits)
     return (
         (detector_label(dominance, basis) if dominance is not None else None)
+        or domain_label(domains, hits, alpha, min_fold)
         or go_label(hits, alpha, min_fold)
         or no_go_label(hits, alpha, min_fold)
         or pfam_label(top_pfams, min_share)
@@ -173,14 +223,18 @@ def auto_labels(
     min_fold: float = MIN_LABEL_FOLD,
     dominance: Mapping[int, Dominance] | None = None,
     basis: str = "activation",
+    domains: Mapping[int, Iterable[DomainHit]] | None = None,
 ) -> dict[int, AutoLabel]:
     """Labels per feature index (``feature_label``); ``dominance``: each feature's dominant
-    residue type (``app.residue_types``), None where the run has no amino-acid profiles."""
+    residue type (``app.residue_types``), None where the run has no amino-acid profiles;
+    ``domains``: each feature's family hits (strict protocol), None where the run has none."""
     dominance = dominance or {}
+    domains = domains or {}
     out: dict[int, AutoLabel] = {}
-    for feature in sorted(set(go_hits) | set(top_pfams) | set(dominance)):
+    for feature in sorted(set(go_hits) | set(top_pfams) | set(dominance) | set(domains)):
         label = feature_label(go_hits.get(feature, ()), dominance.get(feature),
-                              top_pfams.get(feature, ()), alpha, min_share, min_fold, basis)  # fmt: skip
+                              top_pfams.get(feature, ()), alpha, min_share, min_fold, basis,
+                              domains.get(feature, ()))  # fmt: skip
         if label is not None:
             out[feature] = label
     return out

@@ -294,13 +294,17 @@ def effect_sizes(
 
 
 def most_specific(
-    ontology: Ontology,
+    ontology: Ontology | None,
     feature: np.ndarray,
     go_id: np.ndarray,
     p: np.ndarray,
     significant: np.ndarray,
 ) -> np.ndarray:
-    """True for a significant term with no significant descendant (same feature) of p <= its p."""
+    """True for a significant term with no significant descendant (same feature) of p <= its p.
+
+    ``ontology`` None: the terms have no hierarchy (domain families), so every significant
+    term is most specific."""
+    ancestors = ontology.ancestors if ontology is not None else {}
     flag = significant.copy()
     by_feature: dict[tuple[int, str], float] = {
         (int(f), str(t)): float(pv)
@@ -309,7 +313,7 @@ def most_specific(
     }
     beaten: set[tuple[int, str]] = set()
     for (f, t), pv in by_feature.items():
-        for anc in ontology.ancestors.get(t, frozenset()):
+        for anc in ancestors.get(t, frozenset()):
             pa = by_feature.get((f, anc))
             if pa is not None and pv <= pa:
                 beaten.add((f, anc))
@@ -377,7 +381,7 @@ def enrich_features(
 def finish_enrichment(
     partials: list[PartialEnrichment],
     incidences: Mapping[str, NamespaceIncidence],
-    ontology: Ontology,
+    ontology: Ontology | None,
     *,
     n_features: int,
     alpha: float = 0.05,
@@ -386,7 +390,8 @@ def finish_enrichment(
     length_adjusted: bool = True,
 ) -> EnrichmentResult:
     """Merge the partial results of disjoint feature ranges and apply the corrections: the same
-    result, row for row, as testing every feature at once."""
+    result, row for row, as testing every feature at once. ``ontology`` None: flat terms with
+    no hierarchy (``trainer.domains``: Pfam / PROSITE families)."""
     hist, hist_length = PValueHistogram(), PValueHistogram()
     for part in partials:
         hist.update(part.hist)
