@@ -387,16 +387,25 @@ class AminoAcidShift(BaseModel):
     std: float
 
 
-LM_EFFECT_METHOD = (
-    "Measured by intervention, not read off the weights: at the peak residue of each of the "
-    "feature's strongest examples, the stream at the SAE's layer is set once with the feature at "
-    "its typical activation and once with it at zero (all else unchanged), the rest of ESM2 runs "
-    "on both, and Δ log p = with − without is read at that residue."
-)
+LM_EFFECT_METHODS = {
+    "peak residue": (
+        "Measured by intervention, not read off the weights: at the peak residue of each of the "
+        "feature's strongest examples, the stream at the SAE's layer is set once with the feature "
+        "at its typical activation and once with it at zero (all else unchanged), the rest of ESM2 "
+        "runs on both, and Δ log p = with − without is read at that residue."
+    ),
+    "protein mean": (
+        "Measured by intervention, not read off the weights: on each of the feature's strongest "
+        "example proteins, the pooled code's decoded change is added to every residue at the SAE's "
+        "layer, once with the feature at its typical activation and once with it at zero (all "
+        "else unchanged); the rest of ESM2 runs on both, and Δ log p = with − without is averaged "
+        "over the protein's residues."
+    ),
+}
 
 
 class LmEffect(BaseModel):
-    """What the feature makes the model predict at the residues where it fires (trainer/effects.py)."""
+    """What the feature makes the model predict where it fires (trainer/effects.py)."""
 
     amino_acids: str = Field(description="Order of `mean` and `std`")
     mean: list[float]
@@ -405,7 +414,10 @@ class LmEffect(BaseModel):
     activation: float = Field(description="The typical activation set (median of its peaks)")
     promoted: list[AminoAcidShift] = Field(description="Up to 3 with the largest positive mean")
     suppressed: list[AminoAcidShift] = Field(description="Up to 3 with the most negative mean")
-    method: str = LM_EFFECT_METHOD
+    read_at: str = Field(
+        description="peak residue (residue-level SAEs) or protein mean (protein-level SAEs)"
+    )
+    method: str = Field(description="How it was measured, in words")
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any] | None) -> LmEffect | None:
@@ -422,6 +434,8 @@ class LmEffect(BaseModel):
             n_examples=stored["n_examples"], activation=stored["activation"],
             promoted=[x for x in ranked[:3] if x.mean > 0],
             suppressed=[x for x in ranked[::-1][:3] if x.mean < 0],
+            read_at=stored.get("read_at", "peak residue"),
+            method=LM_EFFECT_METHODS[stored.get("read_at", "peak residue")],
         )  # fmt: skip
 
 
@@ -495,7 +509,7 @@ class FeatureDetail(BaseModel):
     lm_effect: LmEffect | None = Field(
         None,
         description="What the feature makes the model predict, by intervention; null where "
-        "not measured (protein-level dictionaries, transcoders, neurons, dead features)",
+        "not measured (transcoders, neurons, dead features, runs published before)",
     )
 
 

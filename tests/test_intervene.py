@@ -281,3 +281,39 @@ def test_a_full_gate_answers_503_with_retry_after(client: TestClient, tiny_run: 
         assert client.post("/api/v1/steer", json=body).status_code == 200
     finally:
         del client.app.state.intervene_gate  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "name,level", [("L3-residue-topk", "residue"), ("L3-protein-topk", "protein")]
+)
+def test_feature_effects_equal_two_steerings(
+    tiny_run: TinyRun, loaded: Any, name: str, level: str
+) -> None:
+    """The trainer's per-feature effect (trainer/effects.py, its own edit of the stream) equals
+    the steering path's answer for the same intervention: the feature clamped to its typical
+    activation minus it ablated, at the example's peak residue (residue level) or everywhere and
+    averaged over the residues (protein level), averaged over the feature's examples."""
+    analysis = tiny_run.pipeline.workdir / "analysis" / name
+    effects = np.load(analysis / "effects.npz")
+    examples = np.load(analysis / "examples.npz")
+    assert str(effects["read_at"]) == ("peak residue" if level == "residue" else "protein mean")
+    _, sae = _sae(tiny_run, name)
+    measured = np.flatnonzero(effects["n_examples"] > 0)
+    assert measured.size > 0
+    sequences = tiny_run.pipeline.corpus.sequences
+    cap = tiny_run.pipeline.cfg.effects.examples_per_feature
+    for f in measured[:: max(1, measured.size // 3)][:3]:
+        rows = np.flatnonzero(
+            (examples["feature"] == f) & (examples["bin"] == "top") & (examples["rank"] < cap)
+        )
+        typical = float(effects["activation"][f])
+        deltas = []
+        for r in rows:
+            seq = sequences[int(examples["protein"][r])]
+            where = None if level == "protein" else (int(examples["max_position"][r]),)
+            on = steer(loaded, sae, level, 3, seq, [Intervention(int(f), "clamp", typical, where)])
+            off = steer(loaded, sae, level, 3, seq, [Intervention(int(f), "ablate", None, where)])
+            delta = on.log_p_after - off.log_p_after
+            deltas.append(delta.mean(axis=0) if level == "protein" else delta[where[0]])  # type: ignore[index]
+        assert len(deltas) == effects["n_examples"][f]
+        np.testing.assert_allclose(effects["mean"][f], np.mean(deltas, axis=0), atol=2e-3)

@@ -1,14 +1,20 @@
 """What each feature makes the model predict, measured by intervention (not read off the weights).
 
-For every live latent of a residue-level SAE, at the peak residue of each of its strongest example
-proteins (analyze's ``top`` bin, at most ``examples_per_feature``), the stream at the SAE's layer
-is edited twice through the decoder, every other latent and the SAE's reconstruction error left
-as they are: once with the latent at its *typical activation* (the median of those peaks), once
-with it at zero. The rest of ESM2 runs on both, and ``Δ log p(aa) = with − without`` is read at
-that residue for the 20 amino acids. Kept per latent: the mean over its examples, the standard
-deviation, how many examples, and the activation used. A latent with no example, a dead one, and
-every latent of protein-level dictionaries, transcoders and the neuron baseline get ``NaN`` (not
-measured). Proteins longer than the model's window are cropped to the window around the peak.
+For every live latent of an SAE, on each of its strongest example proteins (analyze's ``top``
+bin, at most ``examples_per_feature``), the stream at the SAE's layer is edited twice through the
+decoder, every other latent and the SAE's reconstruction error left as they are: once with the
+latent at its *typical activation* (the median of its examples' activations), once with it at
+zero. The rest of ESM2 runs on both, and ``Δ log p(aa) = with − without`` is read for the 20
+amino acids:
+
+- residue-level SAEs: at the example's peak residue, where the edit is made;
+- protein-level SAEs (spliced as the loss-recovered metric and steering do): the pooled code's
+  decoded change is added to every residue, and Δ log p is averaged over the protein's residues.
+
+Kept per latent: the mean over its examples, the standard deviation, how many examples, and the
+activation used. A latent with no example, a dead one, transcoders and the neuron baseline get
+``NaN`` (not measured). Proteins longer than the model's window are cropped to the window around
+the peak.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def measure_effects(
     sequences: Sequence[str],
     examples: dict[str, np.ndarray],
     cfg: EffectsConfig,
+    level: str = "residue",
 ) -> dict[str, np.ndarray]:
     """``mean``/``std`` ``[n_latents, 20]`` Δ log p, ``n_examples``, ``activation`` (see module doc).
 
@@ -87,7 +94,7 @@ def measure_effects(
     with torch.inference_mode():
         for p, pairs in sorted(by_protein.items()):
             found = _protein_effects(
-                loaded, module, layer, sequences[p], pairs, typical, aa_ids, cfg, device
+                loaded, module, layer, sequences[p], pairs, typical, aa_ids, cfg, device, level
             )
             for (f, _), delta in zip(pairs, found, strict=True):
                 deltas[f].append(delta)
@@ -111,6 +118,7 @@ def _protein_effects(
     aa_ids: list[int],
     cfg: EffectsConfig,
     device: torch.device,
+    level: str = "residue",
 ) -> list[np.ndarray]:
     """Δ log p ``[20]`` per (latent, peak) pair on one protein (one forward to the layer per
     window, then two edited rows per pair through the rest of the model)."""
@@ -122,34 +130,44 @@ def _protein_effects(
         tokens = tokenize(loaded, [sequence[start:end]]).to(loaded.device)
         hidden = hidden_at(loaded, tokens, layer)
         x = hidden[0, 1 : end - start + 1].to(device=device, dtype=module.W_dec.dtype)
-        z = module.encode(x)
-        _, stats = module.normalise(x)
+        protein_level = level == "protein"
+        code_of = x.mean(dim=0, keepdim=True) if protein_level else x
+        z = module.encode(code_of)
+        _, stats = module.normalise(code_of)
         per_batch = max(1, cfg.max_tokens_per_batch // tokens.shape[1] // 2)
         for chunk in range(0, len(members), per_batch):
             ids = members[chunk : chunk + per_batch]
             rows = hidden.repeat(2 * len(ids), 1, 1)
             for k, i in enumerate(ids):
                 f, pos = pairs[i]
-                pos -= start
-                direction = module.W_dec[f] * stats.std[pos]
-                current = z[pos, f]
-                with_f = x[pos] + (float(typical[f]) - current) * direction
-                without = x[pos] - current * direction
-                rows[2 * k, pos + 1] = with_f.to(rows.dtype)
-                rows[2 * k + 1, pos + 1] = without.to(rows.dtype)
+                at = 0 if protein_level else pos - start  # the code's row
+                span = slice(1, end - start + 1) if protein_level else slice(at + 1, at + 2)
+                direction = module.W_dec[f] * stats.std[at]
+                current = z[at, f]
+                edited = x if protein_level else x[at : at + 1]
+                with_f = edited + (float(typical[f]) - current) * direction
+                without = edited - current * direction
+                rows[2 * k, span] = with_f.to(rows.dtype)
+                rows[2 * k + 1, span] = without.to(rows.dtype)
             logits = logits_from(loaded, rows, tokens.repeat(2 * len(ids), 1), layer)
             log_p = torch.log_softmax(logits.float(), dim=-1)[..., aa_ids]
             for k, i in enumerate(ids):
-                pos = pairs[i][1] - start + 1
-                results[i] = (log_p[2 * k, pos] - log_p[2 * k + 1, pos]).cpu().numpy()
+                if protein_level:  # the mean over the protein's residues
+                    delta = (
+                        log_p[2 * k, 1 : end - start + 1] - log_p[2 * k + 1, 1 : end - start + 1]
+                    )
+                    results[i] = delta.mean(dim=0).cpu().numpy()
+                else:
+                    pos = pairs[i][1] - start + 1
+                    results[i] = (log_p[2 * k, pos] - log_p[2 * k + 1, pos]).cpu().numpy()
     return [results[i] for i in range(len(pairs))]
 
 
 def measurable(module: object, level: str, cfg: EffectsConfig) -> TypeGuard[SparseDictionary]:
-    """Only residue-level SAEs are measured (see the module docstring)."""
+    """SAEs are measured, at either level; transcoders and neurons are not (module docstring)."""
     return (
         cfg.enabled
-        and level == "residue"
+        and level in ("residue", "protein")
         and isinstance(module, SparseDictionary)
         and not module.is_transcoder
     )
@@ -162,15 +180,18 @@ def run_effects(
     layer: int,
     sequences: Sequence[str],
     cfg: EffectsConfig,
+    level: str = "residue",
 ) -> Path:
     """Write ``effects.npz`` beside the analysis (skipped when current for that analysis)."""
-    stamp = digest({"analysis": (analysis_dir / "DONE").read_text(), "effects": cfg.model_dump()})
+    inputs = {"analysis": (analysis_dir / "DONE").read_text(), "effects": cfg.model_dump()}
+    stamp = digest({**inputs, "level": level})
     target = analysis_dir / EFFECTS_FILE
     if target.exists() and is_current(analysis_dir / EFFECTS_STAMP, stamp):
         return target
     with np.load(analysis_dir / "examples.npz", allow_pickle=False) as archive:
         examples = {key: archive[key] for key in archive.files}
-    arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg)
+    arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
+    arrays["read_at"] = np.array("protein mean" if level == "protein" else "peak residue")
     partial = analysis_dir / "effects.partial.npz"
     np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)  # type: ignore[arg-type]
     partial.replace(target)

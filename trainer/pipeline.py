@@ -322,7 +322,7 @@ class Pipeline:
                               sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
             if measurable(module, spec.level, self.cfg.effects):
                 run_effects(out, self.model_for(plan), module, spec.layer,
-                            self.corpus.sequences, self.cfg.effects)  # fmt: skip
+                            self.corpus.sequences, self.cfg.effects, spec.level)  # fmt: skip
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage

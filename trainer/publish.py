@@ -244,6 +244,7 @@ class DictionaryLoader:
                 "std": [round(float(v), 4) for v in eff["std"][f]],
                 "n_examples": int(eff["n_examples"][f]),
                 "activation": round(float(eff["activation"][f]), 4),
+                "read_at": str(eff["read_at"]) if "read_at" in eff else "peak residue",
             })  # fmt: skip
         return column
 

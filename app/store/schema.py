@@ -226,7 +226,7 @@ class Feature(Base):
     aa_detector: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # What the feature makes the model predict, by intervention (trainer/effects.py): mean and std
     # of Δ log p over the 20 amino acids ("ACDEFGHIKLMNPQRSTVWY"), examples, activation used.
-    # NULL where not measured (protein level, transcoders, neurons, dead, older runs).
+    # NULL where not measured (transcoders, neurons, dead latents, older runs).
     lm_effect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Pfam / PROSITE enrichment (trainer.domains, strict protocol; NULL: run without it):
     # significant families (BH q < alpha), those beyond length too (length-stratified q < alpha),
