@@ -207,9 +207,9 @@ def test_feature_page_shading_and_structure(server: str, page: Any, demo_store: 
     # The residue the feature peaks on is resolved, coloured by its value and drawn as sticks.
     peak_atoms = viewer.evaluate(
         """(el, peak) => {
-          const ids = JSON.parse(el.dataset.resids), pos = JSON.parse(el.dataset.positions);
+          const [ids, pos] = window.protsae.residueMap(el);
           const at = new Set(ids.filter((r, i) => pos[i] === peak).map(String));
-          const vals = JSON.parse(el.dataset.values), scale = parseFloat(el.dataset.scale);
+          const vals = window.protsae.decodeValues(el.dataset.values), scale = parseFloat(el.dataset.scale);
           const atoms = el._viewer.getModel().selectedAtoms({chain: el.dataset.chain})
             .filter(a => at.has(String(a.resi) + (a.icode || '').trim()));
           return [atoms.length, atoms.filter(a => a.style.stick).length,
