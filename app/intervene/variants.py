@@ -25,12 +25,15 @@ from scipy import sparse
 
 from app.esm import LoadedModel, iter_token_batches
 from app.intervene.forward import full_logits
+from app.intervene.notation import EDIT_PATTERN, VARIANT_PATTERN
 
 MAX_VARIANTS = 100
 MAX_EDITS = 20
 _SUBSTITUTION = re.compile(r"^(?:P\.)?([A-Z])(\d+)([A-Z])$")
 _DELETION = re.compile(r"^(?:P\.)?DEL(\d+)(?:_(\d+))?$")
 _SEPARATORS = re.compile(r"[:;]")
+_VARIANT = re.compile(VARIANT_PATTERN)
+_EDIT = re.compile(rf"^{EDIT_PATTERN}$")
 
 
 class VariantError(ValueError):
@@ -109,6 +112,12 @@ def parse_variant(text: str, sequence: str) -> Variant:
     parts = [p.strip() for p in _SEPARATORS.split(name) if p.strip()]
     if not parts:
         raise VariantError("an empty variant")
+    if not _VARIANT.match(text):  # what the API schema states (app.intervene.notation)
+        bad = next((p.strip() for p in _SEPARATORS.split(name) if not _EDIT.match(p.strip())), name)
+        raise VariantError(
+            f"{name}: cannot read {bad!r} (expected e.g. A123V, p.A123V, del45_50 or del45, "
+            "several joined by ':' or ';')"
+        )
     if len(parts) > MAX_EDITS:
         raise VariantError(f"{name}: at most {MAX_EDITS} edits per variant")
     edits = tuple(_parse_edit(p, sequence, f"{name}: {p}") for p in parts)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from app.deps import SessionDep
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.lookup import feature_info, match_protein, published_saes
-from app.encoding.validation import EncodeInputError, parse_sequences
+from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
+from app.intervene.notation import POSITIONS_PATTERN, VARIANT_PATTERN
 from app.routes.encode import MatchOut, get_service, read_body
 from app.settings import get_settings
 from app.templating import templates
@@ -71,7 +72,12 @@ def _gate(request: Request) -> Gate:
 
 # ---- request and response models -------------------------------------------------------------
 
-Positions = list[int] | str
+# What the schema can state of a request (patterns stated in the schema and enforced by the parsers,
+# whose messages name the record, character or mutation); what it cannot (a variant's wild-type residue against the
+# sequence, positions within its length, a feature below the dictionary's latent count) is a 422.
+Positions = (
+    list[Annotated[int, Field(ge=1, le=100_000)]] | Annotated[str, Field(pattern=POSITIONS_PATTERN)]
+)
 
 
 class InterventionIn(BaseModel):
@@ -92,9 +98,12 @@ class SteerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sae_id: int = Field(ge=1, le=2**31 - 1)
-    sequence: str = Field(min_length=1, max_length=20_000, description="One protein (or FASTA)")
+    sequence: str = Field(
+        min_length=1, max_length=20_000, description="One protein (or a FASTA with one record)",
+        json_schema_extra={"pattern": SEQUENCE_TEXT_PATTERN},
+    )  # fmt: skip
     interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
-    masked_positions: list[int] = Field(
+    masked_positions: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=list,
         max_length=64,
         description="1-based positions to also score as masked marginals",
@@ -151,8 +160,11 @@ class VariantsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sae_id: int = Field(ge=1, le=2**31 - 1)
-    sequence: str = Field(min_length=1, max_length=20_000, description="The wild type")
-    variants: list[str] = Field(
+    sequence: str = Field(
+        min_length=1, max_length=20_000, description="The wild type",
+        json_schema_extra={"pattern": SEQUENCE_TEXT_PATTERN},
+    )  # fmt: skip
+    variants: list[Annotated[str, Field(json_schema_extra={"pattern": VARIANT_PATTERN})]] = Field(
         min_length=1, max_length=100, description="e.g. 'A123V', 'A123V:G130S', 'del45_50'"
     )
     top_features: int = Field(default=5, ge=1, le=50)
