@@ -134,7 +134,8 @@ def test_html_and_json_are_gzipped_once_and_equal_the_plain_body(
             raw = client.get(path, headers={"Accept-Encoding": "gzip, br"})
             assert raw.headers["content-encoding"] == "gzip"
             assert raw.text == plain.text  # httpx undid the gzip
-            assert int(raw.headers["content-length"]) < len(plain.content) / 3
+            # At most half: the markup compresses well, the base64 float16 residue values little.
+            assert int(raw.headers["content-length"]) < len(plain.content) / 2
             assert raw.headers["etag"] != plain.headers["etag"]  # each encoding its own tag
         # Outside the cached routes GZip still compresses (the static script here).
         js = client.get("/static/js/explorer.js", headers={"Accept-Encoding": "gzip"})

@@ -222,7 +222,10 @@ def test_explanation_is_escaped_and_sections_render(
     assert f'href="/features/{ids["feature"]}"' in listed and "1 feature match" in listed
     # The length-stratified test: its q beside each hit, the hit it does not keep marked.
     assert "q, length-adjusted" in page and page.count("length explains it") == 1
-    assert "2 enriched terms, by q-value, 1 of them beyond what protein length explains" in page
+    assert (
+        "2 terms significant under the strict protocol, by q-value, 1 of them beyond what protein "
+        "length explains" in page
+    )
     assert "1 feature match" in client.get("/saes/1/features?q=zinc&has_go_length=true").text
     assert "0 features match" in client.get("/saes/1/features?q=zinc&has_go_length=false").text
     by_length = client.get("/api/v1/saes/1/features?sort=n_go_hits_length&order=desc").json()
