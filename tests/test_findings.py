@@ -21,6 +21,7 @@ from app.findings.concepts import label_index
 from app.findings.render import clear_cache
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import make_engine
+from app.store.publication import renew
 from app.store.schema import Concept, Feature, Structure
 from tests.findings_fixture import FindingsStore, build_findings_store
 
@@ -200,6 +201,7 @@ def test_escaping(client: TestClient, store: FindingsStore) -> None:
         c = session.scalars(select(Concept).where(Concept.name == store.concepts[0])).one()
         old = c.description
         c.description = '<script>alert("x")</script> & co'
+        renew(session)  # an edit in place is a new publication: cached pages are dropped
     try:
         html = client.get(f"/concepts/{store.concepts[0]}").text
         assert "<script>alert" not in html and "&lt;script&gt;alert" in html
@@ -208,6 +210,7 @@ def test_escaping(client: TestClient, store: FindingsStore) -> None:
             session.scalars(
                 select(Concept).where(Concept.name == store.concepts[0])
             ).one().description = old
+            renew(session)
         engine.dispose()
 
 
