@@ -44,7 +44,7 @@ from trainer.analyze import Spec, residue_values, run_analyze
 from trainer.concepts.labels import ConceptSet
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
-from trainer.effects import measurable, run_effects
+from trainer.effects import EFFECTS_STAMP, measurable, run_effects
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
@@ -433,8 +433,8 @@ class Pipeline:
         )  # fmt: skip
 
     def artifacts_digest(self) -> str:
-        """What the published run is made of: every dictionary's training, analysis and GO
-        stamps, its training metrics (a newer trainer may measure more from the same inputs:
+        """What the published run is made of: every dictionary's training, analysis (and effects)
+        and GO stamps, its training metrics (a newer trainer may measure more from the same inputs:
         stop 18's transcoder loss recovered), the explanations' content and the
         concept stage's fingerprint. Work redone under the same config (an older version's
         markers, a deleted DONE) changes it when what it wrote differs."""
@@ -445,6 +445,8 @@ class Pipeline:
                 stage: read_stamp(self.workdir / stage / name / "DONE")
                 for stage in ("saes", "analysis", "go", "domains", "worklist")
             }
+            # What each feature makes the model predict: its own stamp beside the analysis.
+            entry["effects"] = read_stamp(self.workdir / "analysis" / name / EFFECTS_STAMP)
             # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
             # dictionaries reach GB and would be read again at every publish.
             metrics = self.workdir / "saes" / name / "metrics.json"
