@@ -100,8 +100,11 @@ class AaMass:
 
     def merge(self, mass: np.ndarray, residues: np.ndarray) -> None:
         """Add another pass's :meth:`arrays` (one embedding shard's, from an engine's unit)."""
-        self._mass += torch.from_numpy(np.ascontiguousarray(mass).ravel()).to(self._mass.device)
-        self._residues += torch.from_numpy(residues).to(self._residues.device)
+        # Copies: a unit's arrays may come back read-only (unpickled from another process).
+        self._mass += torch.tensor(
+            np.asarray(mass, dtype=np.float64).ravel(), device=self._mass.device
+        )
+        self._residues += torch.tensor(np.asarray(residues), device=self._residues.device)
 
     def result(self) -> AaProfile:
         return AaProfile(
