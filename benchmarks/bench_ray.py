@@ -36,7 +36,7 @@ from app.settings import get_settings
 from trainer.embed import EmbedConfig, run_embed
 from trainer.engines import Engine, RayConfig
 from trainer.engines.local import LocalEngine
-from trainer.engines.ray import RayEngine
+from trainer.engines.ray import RayEngine, start_local_instance
 
 
 def real_proteins(path: Path, n: int, seed: int, max_len: int) -> list[str]:
@@ -96,7 +96,7 @@ def main() -> None:
     print(f"{len(seqs)} proteins, {residues:,} residues, shards of ≤{args.shard_residues:,} aa, "
           f"{args.threads} CPU threads, ray {ray.__version__}")  # fmt: skip
     started = time.perf_counter()
-    ray.init(num_cpus=args.threads, include_dashboard=False)
+    start_local_instance(args.threads)  # as the engine starts one: workers at normal priority
     print(f"ray.init (local instance, once): {time.perf_counter() - started:.1f} s")
     engines: dict[str, Engine] = {
         "local": LocalEngine(),
