@@ -23,6 +23,7 @@ import csv
 import gzip
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,44 @@ def real_proteins(path: Path, n: int, seed: int, max_len: int) -> list[str]:
     return random.Random(seed).sample(seqs, n)
 
 
-def tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and every live descendant (Ray's processes)."""
-    me = psutil.Process()
-    total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-        total += getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
-    return total
+class TreeCpu:
+    """User + system CPU seconds of this process and all its descendants (Ray's GCS, raylet and
+    workers), sampled every ``period`` seconds in a thread: a worker that exits keeps the CPU
+    it had at its last sample, so at most one period of its time is missed."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period = period
+        self.seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                self.seen[(proc.pid, proc.create_time())] = times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> TreeCpu:
+        self._sample()
+        self.start = dict(self.seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self) -> float:
+        return sum(cpu - self.start.get(key, 0.0) for key, cpu in self.seen.items())
 
 
 def timed(
@@ -66,14 +93,12 @@ def timed(
 ) -> tuple[float, float, float]:
     """(wall seconds, summed shard compute seconds, CPU seconds of the process tree) of one
     embed run into a fresh directory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cpu = tree_cpu_seconds()
+    with tempfile.TemporaryDirectory() as tmp, TreeCpu() as cpu:
         start = time.perf_counter()
         manifest = run_embed(Path(tmp), seqs, cfg, model_override=model, engine=engine)
         wall = time.perf_counter() - start
-        cpu = tree_cpu_seconds() - cpu
     compute = sum(s.get("forward_s", 0.0) + s.get("write_s", 0.0) for s in manifest["shards"])
-    return wall, compute, cpu
+    return wall, compute, cpu.seconds
 
 
 def main() -> None:
