@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import scipy.sparse as sp
 from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -597,8 +596,3 @@ def publish(
 
     run.n_proteins = len(corpus.accessions)
     return publish_run(engine, run, load, replace=replace)
-
-
-def protein_activation_matrix(workdir: Path, name: str) -> sp.csr_matrix:
-    """The analyze stage's per-protein activations of one dictionary."""
-    return sp.load_npz(workdir / "analysis" / name / "protein_activations.npz").tocsr()
