@@ -149,6 +149,14 @@ class DictionaryLoader:
         self._concepts(sae, name, feature_ids)
         return sae
 
+    def load_findings(
+        self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
+    ) -> None:
+        """Only the GO hits and concept alignments of ``name``'s files, onto its existing
+        ``Sae`` and ``Feature`` rows (the explorer's tests add findings to a published run)."""
+        self._go(sae, name, feature_ids, known_terms)
+        self._concepts(sae, name, feature_ids)
+
     def _sae_row(
         self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_dir: Path
     ) -> Sae:
