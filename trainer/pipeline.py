@@ -272,7 +272,7 @@ class Pipeline:
                 return digest({**inputs, "spec": spec.model_dump(mode="json")})
 
             run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
-                      device=self.cfg.train.device, stamp=stamp)  # fmt: skip
+                      device=self.cfg.run.device, stamp=stamp)  # fmt: skip
 
     def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and

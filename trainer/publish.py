@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import scipy.sparse as sp
 from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -149,6 +148,14 @@ class DictionaryLoader:
         self._explanations(sae, name, feature_ids)
         self._concepts(sae, name, feature_ids)
         return sae
+
+    def load_findings(
+        self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
+    ) -> None:
+        """Only the GO hits and concept alignments of ``name``'s files, onto its existing
+        ``Sae`` and ``Feature`` rows (the explorer's tests add findings to a published run)."""
+        self._go(sae, name, feature_ids, known_terms)
+        self._concepts(sae, name, feature_ids)
 
     def _sae_row(
         self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_dir: Path
@@ -597,8 +604,3 @@ def publish(
 
     run.n_proteins = len(corpus.accessions)
     return publish_run(engine, run, load, replace=replace)
-
-
-def protein_activation_matrix(workdir: Path, name: str) -> sp.csr_matrix:
-    """The analyze stage's per-protein activations of one dictionary."""
-    return sp.load_npz(workdir / "analysis" / name / "protein_activations.npz").tocsr()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from sqlalchemy.orm import Session
 
 from app.deps import HtmxDep, SessionDep
+from app.esm_window import MAX_RESIDUES
 
 if TYPE_CHECKING:  # torch loads only when a sequence is encoded, never for the other pages
     from app.encoding.service import EncodingService
@@ -212,7 +213,7 @@ async def encode_request(request: Request, session: Session, req: EncodeRequest)
         notes = []
         if record.windowed:
             notes.append(
-                f"{record.length} residues exceed the model's window of 1022: embedded in "
+                f"{record.length} residues exceed the model's window of {MAX_RESIDUES}: embedded in "
                 "windows and stitched (each residue from the window where it is most central)"
             )
         features = []

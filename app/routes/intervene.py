@@ -25,6 +25,7 @@ from app.deps import SessionDep
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.lookup import feature_info, match_protein, published_saes
 from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
+from app.esm_window import MAX_RESIDUES
 from app.intervene.notation import POSITIONS_PATTERN, VARIANT_PATTERN
 from app.routes.encode import MatchOut, get_service, read_body
 from app.settings import get_settings
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from app.encoding.service import DictionaryHandle
 
 router = APIRouter(tags=["intervene"])
-MAX_RESIDUES = 1022  # one forward pass of ESM2 (app.esm.MAX_RESIDUES; torch-free here)
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
