@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.findings import render
-from app.findings.concepts import label_index
 from app.findings.render import clear_cache
+from app.queries.concepts import label_index
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import make_engine
 from app.store.publication import renew

@@ -404,7 +404,7 @@ def test_score_sort_pages_through_scored_then_unscored(
 
 def test_a_dictionary_is_length_driven_when_shuffled_annotations_keep_half_its_hits() -> None:
     """The full corpus's GO hit rates (BH) and their length-binned permutation controls."""
-    from app.detail_queries import length_driven
+    from app.queries import length_driven
 
     assert length_driven(94.2, 94.1)  # residue-level TopK SAE
     assert length_driven(49.7, 48.7)  # residue-level transcoder

@@ -22,7 +22,7 @@ from rich.console import Console
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from app.detail_queries import go_alpha
+from app.queries import go_alpha
 from app.residue_types import ALPHABET, Dominance, is_detector
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values

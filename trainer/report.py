@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.findings.data import gather_findings
 from app.findings.render import FigureOut, render_findings
+from app.queries.findings import gather_findings
 from app.store.engine import make_engine
 from app.store.schema import Run
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -23,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
 from app.encoding.errors import EncodingUnavailable, UnknownSae
-from app.encoding.lookup import feature_info, match_protein, published_saes
 from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
 from app.intervene.notation import POSITIONS_PATTERN, VARIANT_PATTERN
-from app.routes.encode import MatchOut, get_service, read_body
+from app.queries import MatchOut, feature_info, match_protein, published_sae_choices
+from app.routes.encode import get_service, read_body
 from app.settings import get_settings
 from app.templating import templates
 
@@ -357,7 +356,7 @@ def _steer_response(
         positions=positions,
         masked=[MaskedOut(position=p + 1, log_p_before=_round(b), log_p_after=_round(a))
                 for p, (b, a) in sorted(result.masked.items())],
-        match=MatchOut(**asdict(match)) if match else None,
+        match=match,
         note=STEER_NOTE, provenance=handle.provenance,
     )  # fmt: skip
 
@@ -467,7 +466,7 @@ async def variants_request(
     return VariantsResponse(
         sae_id=handle.sae_id, level=handle.level, layer=handle.layer, sequence=sequence,
         variants=outs, note=VARIANT_NOTE, provenance=handle.provenance,
-        match=MatchOut(**asdict(match)) if match else None,
+        match=match,
     )  # fmt: skip
 
 
@@ -491,7 +490,7 @@ async def variants_api(request: Request, session: SessionDep) -> VariantsRespons
 def steer_page(request: Request, session: SessionDep) -> Response:
     """The steering page; query parameters prefill it (``sae_id``, ``feature``, ``sequence``)."""
     form = {k: v for k, v in request.query_params.items() if k in {"sae_id", "feature", "sequence"}}
-    saes = [s for s in published_saes(session) if s["kind"] not in {"neurons", "transcoder"}]
+    saes = [s for s in published_sae_choices(session) if s["kind"] not in {"neurons", "transcoder"}]
     return templates.TemplateResponse(request, "steer.html", {"saes": saes, "form": form})
 
 
@@ -499,5 +498,5 @@ def steer_page(request: Request, session: SessionDep) -> Response:
 def variants_page(request: Request, session: SessionDep) -> Response:
     form = {k: v for k, v in request.query_params.items() if k in {"sae_id", "sequence"}}
     return templates.TemplateResponse(
-        request, "variants.html", {"saes": published_saes(session), "form": form}
+        request, "variants.html", {"saes": published_sae_choices(session), "form": form}
     )

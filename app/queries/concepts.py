@@ -26,7 +26,8 @@ import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.findings.data import dictionary_kind
+from app.queries.findings import dictionary_kind
+from app.queries.scope import published
 from app.store.codec import decode_values
 from app.store.schema import (
     AnalysisSummary,
@@ -98,7 +99,7 @@ def concept_index(session: Session) -> list[ConceptIndexRow]:
         select(Sae, AnalysisSummary.payload)
         .join(Run, Run.id == Sae.run_id)
         .join(AnalysisSummary, AnalysisSummary.sae_id == Sae.id)
-        .where(Run.status == "published", AnalysisSummary.kind == "concepts")
+        .where(published(), AnalysisSummary.kind == "concepts")
         .order_by(Run.id.desc(), Sae.id)
     ).all()
     chosen: dict[str, tuple[Sae, dict[str, Any]]] = {}
@@ -151,7 +152,7 @@ def concept_alignments(
         select(Sae, Run)
         .join(Run, Run.id == Sae.run_id)
         .where(
-            Run.status == "published",
+            published(),
             Sae.id.in_(
                 select(ConceptAlignment.sae_id).where(ConceptAlignment.concept_id == concept.id)
             ),
@@ -295,6 +296,25 @@ def concept_example(
         if best is None or ex.n_labelled > best.n_labelled:
             best = ex
     return best
+
+
+def concept_examples(
+    session: Session, label_file: Path, dictionaries: list[DictionaryAlignments]
+) -> list[tuple[str, ConceptExample, float, list[object]]]:
+    """Per dictionary with a best feature and a labelled example: (dictionary name, example, the
+    feature's cut in activation units, the example's track rows scaled by its max activation)."""
+    examples: list[tuple[str, ConceptExample, float, list[object]]] = []
+    for d in dictionaries:
+        best = d.best
+        if best is None:
+            continue
+        ex = concept_example(session, label_file, best.feature_id)
+        if ex is None:
+            continue
+        scale = session.scalar(select(Feature.max_activation).where(Feature.id == best.feature_id))
+        scale = scale or 1.0
+        examples.append((d.sae.name, ex, best.threshold * scale, list(track_rows(ex, scale))))
+    return examples
 
 
 def track_rows(
