@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.read_models import DomainControl, DomainHitOut
+from app.queries.models import DomainControl, DomainHitOut
 from app.store.schema import AnalysisSummary, DomainEnrichment
 
 PROTOCOL_ORDER = {"strict": 0, "paper": 1}
