@@ -19,10 +19,11 @@ from typing import Any, cast
 import numpy as np
 import scipy.sparse as sp
 from rich.console import Console
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from app.queries import go_alpha
+from app.queries.stored import stored_concept_ids, stored_go_term_ids
 from app.residue_types import ALPHABET, Dominance, is_detector
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
@@ -79,7 +80,7 @@ def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]
     path = workdir / "go" / "terms.tsv"
     if not path.exists():
         return {}
-    known = set(session.scalars(select(GoTerm.id)).all())
+    known = stored_go_term_ids(session)
     info: dict[str, tuple[str, int]] = {}
     rows = []
     with path.open(newline="") as handle:
@@ -549,7 +550,7 @@ def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict
 
 
 def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
-    existing = {c.name: c.id for c in session.scalars(select(Concept)).all()}
+    existing = stored_concept_ids(session)
     path = workdir / "concepts" / "concepts.json"
     if path.exists():
         for rec in json.loads(path.read_text()):
