@@ -85,6 +85,7 @@ def feature_list(
     density_min_pct: str | None = None,
     density_max_pct: str | None = None,
     max_activation_min: str | None = None,
+    max_activation_max: str | None = None,
     score_min: str | None = None,
     has_go: str | None = None,
     has_go_length: str | None = None,
@@ -99,7 +100,8 @@ def feature_list(
     pct_min, pct_max = _number(density_min_pct), _number(density_max_pct)
     filters = FeatureFilters(
         q=q or None, density_min=_fraction(pct_min), density_max=_fraction(pct_max),
-        max_activation_min=_number(max_activation_min), score_min=_number(score_min),
+        max_activation_min=_number(max_activation_min),
+        max_activation_max=_number(max_activation_max), score_min=_number(score_min),
         has_go=_flag(has_go), has_go_length=_flag(has_go_length),
         has_domain=_flag(has_domain), dead=_flag(dead),
     )  # fmt: skip
