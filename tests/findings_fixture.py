@@ -40,6 +40,7 @@ from app.store.schema import (
 )
 from tests.go_real import enrich_columns, go_levels, significant_hits, summarize
 from trainer.concepts import ConceptsConfig, run_concepts_stage
+from trainer.concepts.examples import label_files, store_concept_examples
 from trainer.concepts.neurons import EsmNeurons
 
 LAYER = 3
@@ -156,7 +157,12 @@ def _load_concepts(session: Session, workdir: Path) -> dict[str, int]:
 
 
 def _load_alignments(
-    session: Session, workdir: Path, sae: Sae, fids: list[int], concept_ids: dict[str, int]
+    session: Session,
+    workdir: Path,
+    sae: Sae,
+    fids: list[int],
+    concept_ids: dict[str, int],
+    label_dir: Path,
 ) -> None:
     c_dir = workdir / "concepts" / sae.name
     payload = json.loads((c_dir / "summary.json").read_text())
@@ -170,6 +176,9 @@ def _load_alignments(
          "split": str(al["split"][i])}
         for i in range(len(al["feature_index"]))
     ])  # fmt: skip
+    records = json.loads((workdir / "concepts" / "concepts.json").read_text())
+    files = label_files(label_dir, records)
+    store_concept_examples(session, sae.id, payload, fids, concept_ids, files)
 
 
 def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> FindingsStore:
@@ -240,7 +249,7 @@ def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> Findings
                 )
             )
             _load_go(session, workdir, sae, fids, known)
-            _load_alignments(session, workdir, sae, fids, concept_ids)
+            _load_alignments(session, workdir, sae, fids, concept_ids, cfg.label_dir)
         go = {n: json.loads((workdir / "go" / n / "summary.json").read_text()) for n in pooled}
         info = FindingsStore(
             url, run.id, run.name, {n: s.id for n, s in saes.items()}, CONCEPTS,

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from app.queries.concepts import (
     AlignmentRow,
-    ConceptExample,
     ConceptIndexRow,
     DictionaryAlignments,
+    LabelledExample,
     concept_alignments,
     concept_by_name,
     concept_example,
     concept_examples,
     concept_index,
-    label_index,
+    example_candidates,
     track_rows,
 )
 from app.queries.domains import (
@@ -131,6 +131,9 @@ from app.queries.proteins import (
     structure_out,
     structures_of,
 )
+from app.queries.publication import (
+    current_token,
+)
 from app.queries.saes import (
     MAP_METHOD,
     feature_map,
@@ -152,6 +155,12 @@ from app.queries.scope import (
 )
 from app.queries.search import (
     search,
+)
+from app.queries.stored import (
+    stored_concept_ids,
+    stored_go_term_ids,
+    stored_protein_ids,
+    stored_structure_ids,
 )
 from app.queries.worklist import (
     CSV_COLUMNS,
@@ -180,7 +189,6 @@ __all__ = [
     "AminoAcidShift",
     "BadCursor",
     "BaselineContext",
-    "ConceptExample",
     "ConceptHit",
     "ConceptIndexRow",
     "DictionaryAlignments",
@@ -207,6 +215,7 @@ __all__ = [
     "GoTermDetail",
     "GoTermRef",
     "GoWorklist",
+    "LabelledExample",
     "LmEffect",
     "MatchOut",
     "NeighborOut",
@@ -239,6 +248,7 @@ __all__ = [
     "concept_examples",
     "concept_index",
     "csv_rows",
+    "current_token",
     "decode_cursor",
     "dictionary_kind",
     "domain_control",
@@ -246,6 +256,7 @@ __all__ = [
     "domains_payload",
     "encode_cursor",
     "encoding_dictionary",
+    "example_candidates",
     "export_features",
     "exportable_sae",
     "family_url",
@@ -267,7 +278,6 @@ __all__ = [
     "go_term_detail",
     "go_worklist",
     "has_feature_map",
-    "label_index",
     "length_control",
     "length_driven",
     "length_explained",
@@ -288,7 +298,11 @@ __all__ = [
     "run_models",
     "sae_detail",
     "search",
+    "stored_concept_ids",
+    "stored_go_term_ids",
+    "stored_protein_ids",
     "stored_structure",
+    "stored_structure_ids",
     "structure_out",
     "structures_of",
     "top_examples_by_bin",

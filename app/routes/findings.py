@@ -72,8 +72,7 @@ def concept_page(request: Request, name: str, session: SessionDep) -> Response:
     if concept is None:
         raise HTTPException(404, f"no concept {name!r}")
     dictionaries = concept_alignments(session, concept)
-    label_file = get_settings().shared_dir / "data" / "residue_annotations" / f"{name}.tsv.gz"
-    examples = concept_examples(session, label_file, dictionaries)
+    examples = concept_examples(session, concept, dictionaries)
     response = templates.TemplateResponse(
         request,
         "concept.html",
@@ -81,7 +80,6 @@ def concept_page(request: Request, name: str, session: SessionDep) -> Response:
             "concept": concept,
             "dictionaries": dictionaries,
             "examples": examples,
-            "label_file": label_file.name,
         },
     )
     response.headers["Server-Timing"] = f"page;dur={1000 * (time.perf_counter() - t0):.1f}"
