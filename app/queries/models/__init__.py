@@ -1,5 +1,5 @@
 """The one schema of what the API and the pages return (the API declares these as response
-models, the templates render the same objects)."""
+models, the templates render the same objects), by subject."""
 
 from __future__ import annotations
 
@@ -54,6 +54,17 @@ from app.queries.models.export import (
     GoHitOut,
     SaeExport,
 )
+from app.queries.models.intervene import (
+    FeatureChangeOut,
+    FeatureRef,
+    MaskedOut,
+    SteeredPosition,
+    SteerResponse,
+    Substitute,
+    SubstitutionScore,
+    VariantOut,
+    VariantsResponse,
+)
 
 __all__ = [
     "LM_EFFECT_METHODS",
@@ -68,12 +79,14 @@ __all__ = [
     "EnrichedFeature",
     "ExplanationOut",
     "ExplanationScoreOut",
+    "FeatureChangeOut",
     "FeatureDetail",
     "FeatureExport",
     "FeatureFilters",
     "FeatureHit",
     "FeatureMap",
     "FeaturePage",
+    "FeatureRef",
     "FeatureSearchHit",
     "FeatureSummary",
     "GoHit",
@@ -83,6 +96,7 @@ __all__ = [
     "GoTermDetail",
     "GoTermRef",
     "LmEffect",
+    "MaskedOut",
     "MatchOut",
     "NeighborOut",
     "ProteinDetail",
@@ -98,7 +112,13 @@ __all__ = [
     "SequenceResult",
     "SortKey",
     "SortOrder",
+    "SteerResponse",
+    "SteeredPosition",
     "StructureOut",
     "StructureRef",
+    "Substitute",
+    "SubstitutionScore",
     "TopExampleOut",
+    "VariantOut",
+    "VariantsResponse",
 ]
