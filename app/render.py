@@ -18,6 +18,9 @@ from markupsafe import Markup, escape
 from app.store.codec import encode_values
 
 LEVELS = 9  # colour steps of the residue scale (class s1..s9; n1..n9 for negative values)
+POSITIVE = (179, 38, 30)  # the full colour of a positive value (red)
+NEGATIVE = (11, 87, 208)  # of a negative one (blue)
+WHITE_TEXT_FROM = 6  # steps this dark or darker carry white letters
 
 
 def level(value: float, scale: float) -> int:
@@ -25,6 +28,30 @@ def level(value: float, scale: float) -> int:
     if scale <= 0 or value == 0 or math.isnan(value):
         return 0
     return max(1, min(LEVELS, math.ceil(abs(value) / scale * LEVELS)))
+
+
+def level_rgb(step: int, negative: bool = False) -> tuple[int, int, int]:
+    """The colour of step 1..LEVELS: white blended towards the full colour by step / LEVELS."""
+    full = NEGATIVE if negative else POSITIVE
+    r, g, b = (round(255 + (x - 255) * step / LEVELS) for x in full)
+    return r, g, b
+
+
+def colour_scale_css() -> Markup:
+    """The residue classes s1..s9 / n1..n9, so pages, tracks and legends shade by this rule."""
+    rules = []
+    for step in range(1, LEVELS + 1):
+        text = ";color:#fff" if step >= WHITE_TEXT_FROM else ""
+        for prefix, negative in (("s", False), ("n", True)):
+            rgb = ",".join(map(str, level_rgb(step, negative)))
+            rules.append(f".{prefix}{step}{{background:rgb({rgb}){text}}}")
+    return Markup("\n".join(rules))
+
+
+def colour_scale_json() -> str:
+    """The same rule for the scripts (``data-colour-scale`` on ``<body>``): static/js/explorer.js
+    shades structures and the encode, steering and variant pages' tracks with it."""
+    return json.dumps({"levels": LEVELS, "positive": POSITIVE, "negative": NEGATIVE})
 
 
 def _fmt(value: float) -> str:
@@ -179,5 +206,6 @@ def register(env_globals: dict[str, object]) -> None:
         residue_track=residue_track, legend=legend, sparkline=sparkline, histogram=histogram,
         packed_values=packed_values, residue_runs=residue_runs,
         tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
-        coverage_note=coverage_note, residue_ranges=residue_ranges,
+        coverage_note=coverage_note, residue_ranges=residue_ranges, level=level,
+        colour_scale_css=colour_scale_css, colour_scale_json=colour_scale_json,
     )  # fmt: skip

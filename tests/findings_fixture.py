@@ -162,7 +162,9 @@ def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> Findings
             },
             dictionaries=list(pooled),
         )
-        # GO and concept files loaded by the publisher's own loader
+        # GO and concept files loaded by the publisher's own loader; the run's config names the
+        # concepts' label files, as a trainer run's does (publish reads its labelled examples)
+        run.config = {**(run.config or {}), "concepts": {"label_dir": str(cfg.label_dir)}}
         terms = {t.id: (t.name, t.depth) for t in session.scalars(select(GoTerm))}
         loader = DictionaryLoader(session, workdir, run, [p.id for p in proteins])
         for name in pooled:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
 
 from app.esm import LoadedModel, load_esm, random_init_copy
+from app.queries import published_run_named
 from app.sae import (
     Dictionary,
     Provenance,
@@ -475,9 +475,7 @@ class Pipeline:
         artifacts = self.artifacts_digest()
         try:
             with session_factory(engine)() as session:
-                existing = session.scalar(
-                    select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
-                )
+                existing = published_run_named(session, self.cfg.run.name)
                 unchanged = (config, artifacts)
                 if (
                     existing is not None

@@ -18,10 +18,11 @@ from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from app.detail_queries import go_alpha
+from app.queries import go_alpha
+from app.queries.stored import stored_concept_ids, stored_go_term_ids
 from app.residue_types import ALPHABET, Dominance, is_detector
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
@@ -42,6 +43,7 @@ from app.store.schema import (
     TopExample,
 )
 from trainer.aa_profile import BASIS_CORPUS, AaProfile, load_profile
+from trainer.concepts.examples import label_files, store_concept_examples
 from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import DomainHit, GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
@@ -78,7 +80,7 @@ def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]
     path = workdir / "go" / "terms.tsv"
     if not path.exists():
         return {}
-    known = set(session.scalars(select(GoTerm.id)).all())
+    known = stored_go_term_ids(session)
     info: dict[str, tuple[str, int]] = {}
     rows = []
     with path.open(newline="") as handle:
@@ -511,7 +513,7 @@ class DictionaryLoader:
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         c_dir = self.workdir / "concepts" / name
-        self._summary(sae, "concepts", c_dir / "summary.json")
+        summary = self._summary(sae, "concepts", c_dir / "summary.json")
         path = c_dir / "alignments.npz"
         if not path.exists():
             return
@@ -527,6 +529,11 @@ class DictionaryLoader:
             columns[key] = al[key][known].astype(float).tolist()
         self.n_rows += bulk_insert_columns(self.session, ConceptAlignment, columns,
                                            {"sae_id": sae.id})  # fmt: skip
+        if summary is not None:  # the page's labelled examples, from the stage's label files
+            concepts_cfg = (self.run.config or {}).get("concepts") or {}
+            files = label_files(concepts_cfg.get("label_dir"), _concept_records(self.workdir))
+            self.n_rows += store_concept_examples(self.session, sae.id, summary, feature_ids,
+                                                  concept_ids, files)  # fmt: skip
 
 
 def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict[str, list[Any]]:
@@ -555,24 +562,28 @@ def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict
     return columns
 
 
-def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
-    existing = {c.name: c.id for c in session.scalars(select(Concept)).all()}
+def _concept_records(workdir: Path) -> list[dict[str, Any]]:
+    """The concepts stage's ``concepts.json`` (none where the stage did not run)."""
     path = workdir / "concepts" / "concepts.json"
-    if path.exists():
-        for rec in json.loads(path.read_text()):
-            if rec["name"] in existing:
-                continue
-            concept = Concept(
-                name=rec["name"],
-                description=rec.get("description"),
-                source=rec.get("source"),
-                n_chains=int(rec.get("n_chains", 0)),
-                n_residues=int(rec.get("n_residues", 0)),
-                n_positive=int(rec.get("n_positive", 0)),
-            )
-            session.add(concept)
-            session.flush()
-            existing[concept.name] = concept.id
+    return list(json.loads(path.read_text())) if path.exists() else []
+
+
+def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
+    existing = stored_concept_ids(session)
+    for rec in _concept_records(workdir):
+        if rec["name"] in existing:
+            continue
+        concept = Concept(
+            name=rec["name"],
+            description=rec.get("description"),
+            source=rec.get("source"),
+            n_chains=int(rec.get("n_chains", 0)),
+            n_residues=int(rec.get("n_residues", 0)),
+            n_positive=int(rec.get("n_positive", 0)),
+        )
+        session.add(concept)
+        session.flush()
+        existing[concept.name] = concept.id
     return existing
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.queries import NotFound
+from app.queries.errors import NotFound
 from app.store.schema import (
     AnalysisSummary,
     Feature,
