@@ -6,6 +6,7 @@ list or the protein page's paint panel gets only the named block of the same tem
 
 from __future__ import annotations
 
+import heapq
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -161,8 +162,9 @@ def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> R
 
 
 def top_positions(values: list[float], n: int = 5) -> list[int]:
-    """The ``n`` sequence positions with the highest positive values (drawn as sticks)."""
-    ranked = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:n]
+    """The ``n`` sequence positions with the highest positive values (drawn as sticks); ties go
+    to the earlier position."""
+    ranked = heapq.nlargest(n, range(len(values)), key=values.__getitem__)
     return [i for i in ranked if values[i] > 0]
 
 
