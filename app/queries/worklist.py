@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.queries.errors import NotFound
@@ -98,21 +98,34 @@ def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, dict[s
     return {row.sae_id: dict(row.payload) for row in rows}
 
 
-def _lists(session: Session, where: Any, limit: int | None) -> list[TermWorklist]:
+def _lists(
+    session: Session, where: Any, limit: int | None, detailed: int | None = None
+) -> list[TermWorklist]:
     """The (feature, term) lists matching ``where`` (a condition on GoWorklistCandidate), each
-    with its counts and its first ``limit`` candidates by rank. Counted and cut in SQL, reading
-    only the columns shown: a broad term has tens of thousands of candidates."""
+    with its counts and its first ``limit`` candidates by rank; with ``detailed``, only the
+    first that many lists get candidates (a page shows those and counts the rest). Counted and
+    cut in SQL, reading only the columns shown: a broad term has tens of thousands of
+    candidates."""
     cand = GoWorklistCandidate
-    heads = session.execute(
-        select(cand.feature_id, cand.go_id, Sae.id, Sae.name, Sae.is_control, Feature.index,
-               GoTerm.name, GoTerm.namespace, func.count(), func.count(cand.confirmed))
-        .join(Feature, Feature.id == cand.feature_id)
-        .join(Sae, Sae.id == cand.sae_id)
-        .join(GoTerm, GoTerm.id == cand.go_id)
+    counts = (
+        select(
+            cand.feature_id,
+            cand.go_id,
+            cand.sae_id,
+            func.count().label("n"),
+            func.count(cand.confirmed).label("n_confirmed"),
+        )
         .where(where)
-        .group_by(cand.feature_id, cand.go_id, Sae.id, Sae.name, Sae.is_control, Feature.index,
-                  GoTerm.name, GoTerm.namespace)
-        .order_by(Sae.id, Feature.index, cand.go_id)
+        .group_by(cand.feature_id, cand.go_id, cand.sae_id)
+        .subquery()
+    )  # fmt: skip  (counted before the joins: one row per list, not per candidate)
+    heads = session.execute(
+        select(counts.c.feature_id, counts.c.go_id, Sae.id, Sae.name, Sae.is_control,
+               Feature.index, GoTerm.name, GoTerm.namespace, counts.c.n, counts.c.n_confirmed)
+        .join(Feature, Feature.id == counts.c.feature_id)
+        .join(Sae, Sae.id == counts.c.sae_id)
+        .join(GoTerm, GoTerm.id == counts.c.go_id)
+        .order_by(Sae.id, Feature.index, counts.c.go_id)
     ).all()  # fmt: skip
     lists: dict[tuple[int, str], TermWorklist] = {}
     for fid, go_id, sae_id, sae_name, control, index, name, namespace, n, confirmed in heads:
@@ -121,6 +134,9 @@ def _lists(session: Session, where: Any, limit: int | None) -> list[TermWorklist
             feature_index=index, go_id=go_id, go_name=name, namespace=namespace, evidence=None,
             n_candidates=n, n_confirmed=confirmed, candidates=[],
         )  # fmt: skip
+    if detailed is not None:
+        keys = list(lists)[:detailed]
+        where = or_(*(and_(cand.feature_id == f, cand.go_id == g) for f, g in keys), false())
     shown = select(cand.id).where(where)
     if limit is not None:
         nth = func.row_number().over(partition_by=(cand.feature_id, cand.go_id), order_by=cand.rank)
@@ -178,12 +194,16 @@ def feature_worklist(
                            statement=summary.get("statement"), lists=lists)  # fmt: skip
 
 
-def go_worklist(session: Session, go_id: str, limit: int | None = None) -> GoWorklist:
-    """Every feature's list for one GO term."""
+def go_worklist(
+    session: Session, go_id: str, limit: int | None = None, detailed: int | None = None
+) -> GoWorklist:
+    """Every feature's list for one GO term (``limit`` candidates per list; None: all), in
+    dictionary and feature order; with ``detailed``, candidates for the first that many lists
+    only (a page's tables; the rest are counted)."""
     term = session.get(GoTerm, go_id)
     if term is None:
         raise NotFound(f"GO term {go_id} not found")
-    lists = _lists(session, GoWorklistCandidate.go_id == go_id, limit)
+    lists = _lists(session, GoWorklistCandidate.go_id == go_id, limit, detailed)
     return GoWorklist(go_id=go_id, name=term.name, lists=lists)
 
 
