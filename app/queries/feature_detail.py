@@ -4,9 +4,10 @@ concepts, amino-acid profile and the neuron baseline (a handful of indexed selec
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from app.queries.domains import domain_control, domains_payload, feature_domain_hits
@@ -74,6 +75,22 @@ def _shown_structure(
         return None, None, None
     index, found = best
     return chains[index], found.activation_share, found.peak_covered
+
+
+def _example_chains(
+    session: Session, examples: Sequence[Row[TopExample, Protein]]
+) -> dict[int, list[Structure]]:
+    """The chains the examples need, by protein: the one analyze chose where it stored it (one
+    row by primary key, not every chain of the protein: a well-studied protein has dozens), and
+    all of a protein's chains only for examples of runs analysed before it chose."""
+    stored = {ex.structure_id for ex, _ in examples if ex.structure_id is not None}
+    undecided = {p.id for ex, p in examples if ex.structure_id is None}
+    chains = defaultdict(list, structures_of(session, undecided))
+    if stored:
+        for chain in session.scalars(select(Structure).where(Structure.id.in_(stored))):
+            if chain.protein_id not in undecided:
+                chains[chain.protein_id].append(chain)
+    return chains
 
 
 def _explanation(session: Session, feature_id: int) -> ExplanationOut | None:
@@ -189,7 +206,7 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         .join(Protein, TopExample.protein_id == Protein.id)
         .where(TopExample.feature_id == feature_id)
     ).all()
-    chains = structures_of(session, {p.id for _, p in examples})
+    chains = _example_chains(session, examples)
     top = []
     for ex, p in examples:
         values = residue_values(ex.residue_values)
@@ -205,8 +222,10 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
     hits_paper = feature_go_hits(session, feature_id, "paper")
     go_summary = go_payload(session, sae.id)
     alpha = go_alpha(go_summary)
-    neighbors = session.execute(
-        select(FeatureNeighbor.cosine, Feature)
+    neighbors = session.execute(  # the columns shown, not each neighbour's JSON statistics
+        select(
+            FeatureNeighbor.cosine, Feature.id, Feature.sae_id, Feature.index, Feature.auto_label
+        )
         .join(Feature, FeatureNeighbor.neighbor_id == Feature.id)
         .where(FeatureNeighbor.feature_id == feature_id)
         .order_by(FeatureNeighbor.rank)
@@ -233,10 +252,8 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         domain_control=domain_control(domains_payload(session, sae.id)),
         top_examples=top,
         neighbors=[
-            NeighborOut(
-                feature_id=f.id, sae_id=f.sae_id, index=f.index, auto_label=f.auto_label, cosine=cos
-            )
-            for cos, f in neighbors
+            NeighborOut(feature_id=fid, sae_id=sae_id, index=index, auto_label=label, cosine=cos)
+            for cos, fid, sae_id, index, label in neighbors
         ],
         concepts=[
             ConceptHit(

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.queries.errors import BadCursor
 from app.queries.models import FeatureFilters, FeaturePage, FeatureSummary, SortKey, SortOrder
-from app.queries.scope import published_sae
+from app.queries.scope import FEATURE_SUMMARY, published_sae
 from app.store.schema import Explanation, Feature
 
 # A cursor is the keyset position of the last row of the previous page: its sort value ("null"
@@ -121,14 +121,26 @@ def list_features(
         ordering = (
             (key.asc(), Feature.id.asc()) if order == "asc" else (key.desc(), Feature.id.desc())
         )
-        stmt = select(Feature).where(*page).order_by(*ordering).limit(limit + 1)
+        stmt = (
+            select(Feature)
+            .options(*FEATURE_SUMMARY)
+            .where(*page)
+            .order_by(*ordering)
+            .limit(limit + 1)
+        )
         rows = [(f, getattr(f, sort)) for f in session.scalars(stmt)]
     if sort in NULLABLE_SORTS and len(rows) <= limit:
         tail = [*clauses, key.is_(None)]
         if after is not None and after[0] is None:
             tail.append(Feature.id > after[1] if order == "asc" else Feature.id < after[1])
         id_order = Feature.id.asc() if order == "asc" else Feature.id.desc()
-        stmt = select(Feature).where(*tail).order_by(id_order).limit(limit + 1 - len(rows))
+        stmt = (
+            select(Feature)
+            .options(*FEATURE_SUMMARY)
+            .where(*tail)
+            .order_by(id_order)
+            .limit(limit + 1 - len(rows))
+        )
         rows += [(f, None) for f in session.scalars(stmt)]
     items = [FeatureSummary.model_validate(f) for f, _ in rows[:limit]]
     next_cursor = None

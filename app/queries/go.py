@@ -18,7 +18,7 @@ from app.queries.models import (
     GoTermDetail,
     GoTermRef,
 )
-from app.queries.scope import published
+from app.queries.scope import FEATURE_SUMMARY, published
 from app.store.schema import (
     GO_PROTOCOLS,
     AnalysisSummary,
@@ -174,6 +174,7 @@ def go_term_detail(session: Session, go_id: str, limit: int = 100) -> GoTermDeta
             .join(Feature, GoEnrichment.feature_id == Feature.id)
             .join(Sae, GoEnrichment.sae_id == Sae.id)
             .join(Run, Sae.run_id == Run.id)
+            .options(*FEATURE_SUMMARY)
             .where(GoEnrichment.go_id == go_id, GoEnrichment.protocol == protocol,
                    published())
             .order_by(first, GoEnrichment.p_value, GoEnrichment.id)

@@ -22,7 +22,7 @@ from app.queries.models import (
 from app.queries.scope import published
 from app.store.codec import decode_values
 from app.store.schema import Feature, Protein, ProteinFeature, Run, Sae, Structure
-from app.structure_coverage import covered_ranges, resolved_positions
+from app.structure_coverage import ranges_of, resolved_positions
 
 
 def residue_values(blob: bytes | None) -> list[float]:
@@ -43,8 +43,9 @@ def structures_of(session: Session, protein_ids: set[int]) -> dict[int, list[Str
 def structure_out(structure: Structure, length: int) -> StructureOut:
     """A chain with the sequence ranges it resolves of its ``length``-residue protein."""
     out = StructureOut.model_validate(structure)
-    out.covered_ranges = covered_ranges(structure.sequence_positions, length)
-    out.n_resolved = int(resolved_positions(structure.sequence_positions, length).size)
+    resolved = resolved_positions(structure.sequence_positions, length)
+    out.covered_ranges = ranges_of(resolved)
+    out.n_resolved = int(resolved.size)
     return out
 
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm.interfaces import LoaderOption
 
 from app.queries.errors import NotFound
-from app.store.schema import Run, Sae
+from app.store.schema import Feature, Run, Sae
 
 PUBLISHED = "published"
+
+# A feature in a list (``FeatureSummary``) without its per-feature JSON profiles, which only its
+# own page shows: decoding them for every row of a list was most of a list's cost.
+FEATURE_SUMMARY: tuple[LoaderOption, ...] = (defer(Feature.aa_profile), defer(Feature.lm_effect))
 
 
 def published() -> ColumnElement[bool]:

@@ -6,6 +6,7 @@ list or the protein page's paint panel gets only the named block of the same tem
 
 from __future__ import annotations
 
+import heapq
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ from app.structure_files import structure_response
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
+WORKLIST_TABLES = 3  # worklists a page shows as tables of candidates; the rest, one row each
 render.register(templates.env.globals)
 
 SORT_LABELS: dict[str, str] = {
@@ -156,13 +158,15 @@ def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> R
         return _error(request, 404, str(exc))
     groups = queries.top_examples_by_bin(detail.top_examples)
     worklist = queries.feature_worklist(session, feature_id, limit=10)
-    context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist}
+    context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist,
+               "wl_tables": WORKLIST_TABLES}  # fmt: skip
     return templates.TemplateResponse(request, "feature.html", context)
 
 
 def top_positions(values: list[float], n: int = 5) -> list[int]:
-    """The ``n`` sequence positions with the highest positive values (drawn as sticks)."""
-    ranked = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:n]
+    """The ``n`` sequence positions with the highest positive values (drawn as sticks); ties go
+    to the earlier position."""
+    ranked = heapq.nlargest(n, range(len(values)), key=values.__getitem__)
     return [i for i in ranked if values[i] > 0]
 
 
@@ -213,8 +217,9 @@ def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
         detail = queries.go_term_detail(session, go_id)
     except NotFound as exc:
         return _error(request, 404, str(exc))
-    worklist = queries.go_worklist(session, detail.term.id, limit=10)
-    return templates.TemplateResponse(request, "go.html", {"d": detail, "wl": worklist})
+    worklist = queries.go_worklist(session, detail.term.id, limit=10, detailed=WORKLIST_TABLES)
+    context = {"d": detail, "wl": worklist, "wl_tables": WORKLIST_TABLES}
+    return templates.TemplateResponse(request, "go.html", context)
 
 
 @router.get("/search", response_class=HTMLResponse)
