@@ -8,6 +8,7 @@ import gzip
 from functools import lru_cache
 from pathlib import Path
 
+from fastapi import HTTPException
 from fastapi.responses import PlainTextResponse, Response
 
 from app.store.schema import Structure
@@ -22,14 +23,14 @@ def _read_structure(path: str) -> str:
 def structure_response(
     structure: Structure | None, structure_id: int, fmt: str | None = None
 ) -> Response:
-    """The file as text (cached a day by clients), or a 404 naming what is missing; ``fmt``
-    (``pdb`` / ``mmcif``), when given, must be the stored format."""
+    """The file as text (cached a day by clients), or a 404 naming what is missing, in the app's
+    error shape; ``fmt`` (``pdb`` / ``mmcif``), when given, must be the stored format."""
     if structure is None:
-        return PlainTextResponse(f"no structure with id {structure_id}", status_code=404)
+        raise HTTPException(404, f"no structure with id {structure_id}")
     if fmt is not None and structure.format != fmt:
-        return PlainTextResponse(f"structure {structure_id} is {structure.format}", status_code=404)
+        raise HTTPException(404, f"structure {structure_id} is {structure.format}, not {fmt}")
     try:
         text = _read_structure(structure.file_path)
-    except OSError:
-        return PlainTextResponse(f"structure file of {structure_id} is missing", status_code=404)
+    except OSError as exc:
+        raise HTTPException(404, f"structure file of {structure_id} is missing") from exc
     return PlainTextResponse(text, headers={"Cache-Control": "public, max-age=86400"})

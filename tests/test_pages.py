@@ -194,7 +194,9 @@ def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> Non
     assert client.get("/structures/999999.pdb").status_code == 404
     # The encode page's URL for the same file (the encode API returns it) serves the same text.
     assert client.get("/encode/structure/1").text == pdb.text
-    assert client.get("/encode/structure/999999").status_code == 404
+    missing = client.get("/encode/structure/999999")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no structure with id 999999"
     assert client.get("/features/999999").status_code == 404
     assert "Not found" in client.get("/proteins/NOPE").text
     assert client.get("/saes/999/features").status_code == 404
