@@ -4,8 +4,10 @@ Made to check that ``[run] engine = "ray"`` reproduces the local engine on a who
 demo), but it compares any two runs: two work directories (``runs/<name>``) and, optionally, the
 two stores they were published into. Per file: safetensors shards and other binaries byte for
 byte; ``.npz`` archives array by array (bit-identical, else the largest difference); JSON after
-dropping what records *when* or *how long* (timings, timestamps, durations). Per table of the
-store: every row, ordered by primary key, without timestamp and publication-token columns.
+dropping what records *when* or *how long* (timings, timestamps, durations); gzip files by what
+they hold. Per table of the store: every row, ordered by primary key, without timestamp and
+publication-token columns, paths under each run's data directory (``<data>/runs/<name>``)
+compared relative to it. What two configs set differently (an engine) shows as a difference.
 
     PYTHONPATH=. python benchmarks/compare_runs.py RUN_A RUN_B [--stores URL_A URL_B]
 
@@ -15,6 +17,7 @@ Prints one line per difference and a summary; exits 1 when anything differs.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from collections.abc import Iterator
@@ -28,7 +31,9 @@ from sqlalchemy import MetaData, create_engine, select
 VOLATILE_NAMES = {"seconds", "elapsed", "duration", "started", "finished", "time", "timestamp"}
 VOLATILE_SUFFIXES = ("_s", "_seconds", "_at", "_time", "_timestamp", "_rss", "rss_bytes")
 VOLATILE_FILES = {"timings.json"}
-VOLATILE_COLUMNS = ("created_at", "published_at", "updated_at", "token", "publication")
+# Timestamps, publication tokens, and the run's artifacts digest (it hashes each dictionary's
+# metrics.json, which records training times; the files themselves are compared without them).
+VOLATILE_COLUMNS = ("_at", "token", "artifacts_digest")
 
 
 def _volatile(key: str) -> bool:
@@ -42,6 +47,27 @@ def _strip(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
+
+
+def json_paths(a: Any, b: Any, where: str = "") -> Iterator[str]:
+    """The paths (``config.run.engine``) at which two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{where}.{key}" if where else str(key)
+            if key not in a or key not in b:
+                yield sub
+            else:
+                yield from json_paths(a[key], b[key], sub)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            yield from json_paths(x, y, f"{where}[{i}]")
+    elif a != b:
+        yield where or "(value)"
+
+
+def _paths_note(a: Any, b: Any, most: int = 4) -> str:
+    paths = list(json_paths(a, b))
+    return ", ".join(paths[:most]) + (f" (+{len(paths) - most} more)" if len(paths) > most else "")
 
 
 def _files(root: Path) -> dict[str, Path]:
@@ -81,28 +107,46 @@ def compare_dirs(a: Path, b: Path) -> Iterator[str]:
             if diff:
                 yield f"{name}: {diff}"
         elif name.endswith(".json"):
-            if _strip(json.loads(pa.read_text())) != _strip(json.loads(pb.read_text())):
-                yield f"{name}: JSON differs (beyond timings)"
+            ja, jb = (_strip(json.loads(p.read_text())) for p in (pa, pb))
+            if ja != jb:
+                yield f"{name}: JSON differs at {_paths_note(ja, jb)}"
+        elif name.endswith(".gz"):  # gzip headers carry a time: compare what they hold
+            if gzip.decompress(pa.read_bytes()) != gzip.decompress(pb.read_bytes()):
+                yield f"{name}: contents differ"
         elif pa.read_bytes() != pb.read_bytes():
             yield f"{name}: bytes differ ({pa.stat().st_size} vs {pb.stat().st_size})"
 
 
-def compare_stores(url_a: str, url_b: str) -> Iterator[str]:
-    """One message per table whose rows differ (timestamps and publication tokens left out)."""
+def _relative(value: Any, root: str) -> Any:
+    """A path under a run's data directory written relative to it (two runs live apart)."""
+    return value.replace(root, "<data>", 1) if isinstance(value, str) else value
+
+
+def compare_stores(url_a: str, url_b: str, roots: tuple[str, str]) -> Iterator[str]:
+    """One message per table whose rows differ (timestamps and publication tokens left out,
+    paths under each run's data directory ``roots`` compared relative to it)."""
     engines = create_engine(url_a), create_engine(url_b)
     metadata = MetaData()
     metadata.reflect(engines[0])
     for table in metadata.sorted_tables:
-        columns = [c for c in table.columns if not any(v in c.name for v in VOLATILE_COLUMNS)]
+        columns = [c for c in table.columns if not c.name.endswith(VOLATILE_COLUMNS)]
         query = select(*columns).order_by(*table.primary_key.columns)
         rows = []
-        for engine in engines:
+        for engine, root in zip(engines, roots, strict=True):
             with engine.connect() as conn:
-                rows.append([tuple(r) for r in conn.execute(query)])
+                rows.append([tuple(_relative(_strip(v), root) for v in r)
+                             for r in conn.execute(query)])  # fmt: skip
         if rows[0] != rows[1]:
-            differing = sum(x != y for x, y in zip(rows[0], rows[1], strict=False))
+            pairs = [(x, y) for x, y in zip(rows[0], rows[1], strict=False) if x != y]
+            where = set()
+            for x, y in pairs[:50]:
+                for col, u, v in zip(columns, x, y, strict=True):
+                    if u != v:
+                        inside = _paths_note(u, v, 2) if isinstance(u, dict) else ""
+                        where.add(f"{col.name} ({inside})" if inside else col.name)
             yield (
-                f"table {table.name}: {len(rows[0])} vs {len(rows[1])} rows, {differing} differing"
+                f"table {table.name}: {len(rows[0])} vs {len(rows[1])} rows, {len(pairs)} "
+                f"differing in {'; '.join(sorted(where)[:6])}"
             )
     for engine in engines:
         engine.dispose()
@@ -117,7 +161,9 @@ def main() -> None:
     n_files = len(_files(args.run_a))
     problems = list(compare_dirs(args.run_a, args.run_b))
     if args.stores:
-        problems += list(compare_stores(*args.stores))
+        roots = (str(args.run_a.resolve().parents[1]), str(args.run_b.resolve().parents[1]))
+        url_a, url_b = args.stores
+        problems += list(compare_stores(url_a, url_b, roots))
     for line in problems:
         print(line)
     where = " and the two stores" if args.stores else ""
