@@ -8,23 +8,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from app.settings import get_settings
-from app.store.engine import engine_for
 from app.store.publish import publish_run
 from app.store.schema import Run, Sae
+from tests.apps import app_for
 
 
 @pytest.fixture
-def client(migrated_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("PROTSAE_DATABASE_URL", migrated_engine.url.render_as_string(False))
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    with TestClient(create_app()) as test_client:
+def client(migrated_engine: Engine) -> Iterator[TestClient]:
+    with TestClient(app_for(migrated_engine.url.render_as_string(False))) as test_client:
         yield test_client
-    get_settings.cache_clear()
-    engine_for.cache_clear()
 
 
 def test_health_and_docs(client: TestClient) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from app.deps import SessionDep
+from app.deps import SessionDep, SettingsDep
 from app.findings.concepts import (
     ConceptExample,
     concept_alignments,
@@ -20,7 +20,6 @@ from app.findings.concepts import (
 from app.findings.data import published_run
 from app.findings.render import cached_findings
 from app.params import IdPath
-from app.settings import get_settings
 from app.store.schema import Feature, Run
 from app.templating import templates
 from app.worklist_queries import worklist_summaries
@@ -43,12 +42,14 @@ def latest_findings(session: SessionDep) -> Response:
 
 
 @router.get("/runs/{run_id}/findings", response_class=HTMLResponse)
-def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Response:
+def findings_page(
+    request: Request, run_id: IdPath, session: SessionDep, settings: SettingsDep
+) -> Response:
     t0 = time.perf_counter()
     run = published_run(session, run_id)
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")
-    rendered = cached_findings(session, get_settings().sqlalchemy_url, run)
+    rendered = cached_findings(session, settings.sqlalchemy_url, run)
     worklists = worklist_summaries(session, [s.id for s in run.saes])
     context = {"run": run, "rendered": rendered, "saes": run.saes, "worklists": worklists}
     response = templates.TemplateResponse(request, "findings.html", context)
@@ -57,11 +58,11 @@ def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Resp
 
 
 @router.get("/runs/{run_id}/findings/{key}.svg")
-def findings_svg(run_id: IdPath, key: str, session: SessionDep) -> Response:
+def findings_svg(run_id: IdPath, key: str, session: SessionDep, settings: SettingsDep) -> Response:
     run = published_run(session, run_id)
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")
-    for fig in cached_findings(session, get_settings().sqlalchemy_url, run).figures:
+    for fig in cached_findings(session, settings.sqlalchemy_url, run).figures:
         if fig.key == key:
             return Response(fig.svg, media_type="image/svg+xml")
     raise HTTPException(404, f"run {run_id} has no figure {key!r}")
@@ -74,13 +75,15 @@ def concepts_index(request: Request, session: SessionDep) -> Response:
 
 
 @router.get("/concepts/{name}", response_class=HTMLResponse)
-def concept_page(request: Request, name: str, session: SessionDep) -> Response:
+def concept_page(
+    request: Request, name: str, session: SessionDep, settings: SettingsDep
+) -> Response:
     t0 = time.perf_counter()
     concept = concept_by_name(session, name)
     if concept is None:
         raise HTTPException(404, f"no concept {name!r}")
     dictionaries = concept_alignments(session, concept)
-    label_file = get_settings().shared_dir / "data" / "residue_annotations" / f"{name}.tsv.gz"
+    label_file = settings.shared_dir / "data" / "residue_annotations" / f"{name}.tsv.gz"
     examples: list[tuple[str, ConceptExample, float, list[object]]] = []
     for d in dictionaries:
         best = d.best

@@ -21,13 +21,12 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from app.deps import SessionDep
+from app.deps import SessionDep, get_encoding_service, get_settings
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.lookup import feature_info, match_protein, published_saes
 from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
 from app.intervene.notation import POSITIONS_PATTERN, VARIANT_PATTERN
-from app.routes.encode import MatchOut, get_service, read_body
-from app.settings import get_settings
+from app.routes.encode import MatchOut, read_body
 from app.templating import templates
 
 if TYPE_CHECKING:
@@ -66,7 +65,9 @@ class Gate:
 def _gate(request: Request) -> Gate:
     gate = getattr(request.app.state, "intervene_gate", None)
     if gate is None:
-        gate = request.app.state.intervene_gate = Gate(get_settings().intervene_max_concurrent)
+        gate = request.app.state.intervene_gate = Gate(
+            get_settings(request).intervene_max_concurrent
+        )
     return gate
 
 
@@ -256,7 +257,7 @@ def _round(values: np.ndarray) -> list[float]:
 
 
 async def _handle(request: Request, session: Session, sae_id: int) -> DictionaryHandle:
-    service = get_service(request)
+    service = get_encoding_service(request)
     return await run_in_threadpool(service.handle, session, sae_id)
 
 
@@ -386,7 +387,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
 )  # fmt: skip
 async def steer_api(request: Request, session: SessionDep) -> SteerResponse:
-    req = _validated(SteerRequest, await read_body(request, get_settings().max_body_bytes))
+    req = _validated(SteerRequest, await read_body(request, get_settings(request).max_body_bytes))
     return await steer_request(request, session, req)
 
 
@@ -480,7 +481,9 @@ async def variants_request(
     responses=_ERRORS,
 )  # fmt: skip
 async def variants_api(request: Request, session: SessionDep) -> VariantsResponse:
-    req = _validated(VariantsRequest, await read_body(request, get_settings().max_body_bytes))
+    req = _validated(
+        VariantsRequest, await read_body(request, get_settings(request).max_body_bytes)
+    )
     return await variants_request(request, session, req)
 
 

@@ -13,13 +13,13 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from app import detail_queries, queries, render, worklist_queries
 from app.deps import HtmxDep, SessionDep
+from app.errors import page_errors, plain_text_errors
 from app.params import IdPath, OptionalIdQuery
-from app.queries import BadCursor, NotFound
 from app.read_models import (
     FeatureFilters,
     ProteinDetail,
@@ -30,20 +30,14 @@ from app.read_models import (
 from app.structure_coverage import coverage
 from app.templating import templates
 
-router = APIRouter(include_in_schema=False)
-render.register(templates.env.globals)
+# Unknown ids (404) and bad cursors (422) render the error page: app.errors.
+router = APIRouter(include_in_schema=False, dependencies=[Depends(page_errors)])
 
 SORT_LABELS: dict[str, str] = {
     "index": "Index", "density": "Density", "max_activation": "Max activation",
     "explanation_score": "Explanation score", "n_go_hits": "GO hits",
     "n_go_hits_length": "GO hits, length-adjusted",
 }  # fmt: skip
-
-
-def _error(request: Request, status: int, message: str) -> Response:
-    return templates.TemplateResponse(
-        request, "error.html", {"status": status, "message": message}, status_code=status
-    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -105,13 +99,8 @@ def feature_list(
         has_go=_flag(has_go), has_go_length=_flag(has_go_length),
         has_domain=_flag(has_domain), dead=_flag(dead),
     )  # fmt: skip
-    try:
-        sae = queries.sae_detail(session, sae_id)
-        page = queries.list_features(session, sae_id, filters, sort, order, cursor)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
-    except BadCursor as exc:
-        return _error(request, 422, str(exc))
+    sae = queries.sae_detail(session, sae_id)
+    page = queries.list_features(session, sae_id, filters, sort, order, cursor)
     shown = filters.model_dump(exclude={"density_min", "density_max"})
     shown |= {"density_min_pct": _plain(pct_min), "density_max_pct": _plain(pct_max)}
     params: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
@@ -139,21 +128,15 @@ def feature_map_page(
 ) -> Response:
     """The map canvas; its points come from ``/api/v1/saes/{id}/map`` (drawn by feature_map.js).
     ``feature``: a feature of this dictionary to ring and label on arrival."""
-    try:
-        sae = queries.sae_detail(session, sae_id)
-        n_mapped = queries.feature_map_size(session, sae_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    sae = queries.sae_detail(session, sae_id)
+    n_mapped = queries.feature_map_size(session, sae_id)
     context = {"sae": sae, "n_mapped": n_mapped, "highlight": feature}
     return templates.TemplateResponse(request, "feature_map.html", context)
 
 
 @router.get("/features/{feature_id}", response_class=HTMLResponse)
 def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> Response:
-    try:
-        detail = detail_queries.feature_detail(session, feature_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = detail_queries.feature_detail(session, feature_id)
     groups = detail_queries.top_examples_by_bin(detail.top_examples)
     worklist = worklist_queries.feature_worklist(session, feature_id, limit=10)
     context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist}
@@ -174,10 +157,7 @@ def protein_page(
     accession: str,
     feature: OptionalIdQuery = None,
 ) -> Response:
-    try:
-        detail = detail_queries.protein_detail(session, accession)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = detail_queries.protein_detail(session, accession)
     choices = [pf for group in detail.top_features for pf in group.features]
     chosen = next(
         (pf for pf in choices if pf.feature.id == feature), choices[0] if choices else None
@@ -209,10 +189,7 @@ def _paint_coverage(detail: ProteinDetail, chosen: ProteinFeatureOut | None) -> 
 
 @router.get("/go/{go_id}", response_class=HTMLResponse)
 def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
-    try:
-        detail = detail_queries.go_term_detail(session, go_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = detail_queries.go_term_detail(session, go_id)
     worklist = worklist_queries.go_worklist(session, detail.term.id, limit=10)
     return templates.TemplateResponse(request, "go.html", {"d": detail, "wl": worklist})
 
@@ -241,10 +218,7 @@ def _read_structure(path: str) -> str:
 
 
 def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Response:
-    try:
-        structure = detail_queries.structure_file(session, structure_id)
-    except NotFound as exc:
-        return PlainTextResponse(str(exc), status_code=404)
+    structure = detail_queries.structure_file(session, structure_id)
     if structure.format != fmt:
         return PlainTextResponse(f"structure {structure_id} is {structure.format}", status_code=404)
     try:
@@ -254,11 +228,11 @@ def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Respons
     return PlainTextResponse(text, headers={"Cache-Control": "public, max-age=86400"})
 
 
-@router.get("/structures/{structure_id}.pdb")
+@router.get("/structures/{structure_id}.pdb", dependencies=[Depends(plain_text_errors)])
 def structure_pdb(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "pdb")
 
 
-@router.get("/structures/{structure_id}.cif")
+@router.get("/structures/{structure_id}.cif", dependencies=[Depends(plain_text_errors)])
 def structure_cif(session: SessionDep, structure_id: IdPath) -> Response:
     return _structure_text(session, structure_id, "mmcif")
