@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from app.deps import get_session
+from app.store import migrate
+from app.store.engine import make_engine, session_factory
 from app.store.publish import publish_run
 from app.store.schema import Run, Sae
 from tests.apps import app_for
@@ -62,3 +67,68 @@ def test_static_assets_are_local(client: TestClient) -> None:
     page = client.get("/")
     assert "/static/vendor/htmx.min.js" in page.text
     assert "cdn" not in page.text.lower() and "unpkg" not in page.text.lower()
+
+
+def test_two_apps_in_one_process_serve_their_own_store_and_settings(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Each app keeps its settings and engines on ``app.state``: nothing is shared per process."""
+    other_url = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    for url in (sqlite_url, other_url):
+        migrate.upgrade(url)
+    other = make_engine(other_url)
+    run = Run(name="other-run", base_model="esm2_t4_2M_sprot14mini",
+              checkpoint_sha256="cd" * 32, layer=3, corpus="human", n_proteins=10)  # fmt: skip
+    publish_run(other, run, lambda session, run: None)
+    other.dispose()
+    first, second = app_for(sqlite_url), app_for(other_url, cache=False)
+    with TestClient(first) as a, TestClient(second) as b:
+        assert a.get("/api/v1/runs").json() == []
+        assert [r["name"] for r in b.get("/api/v1/runs").json()] == ["other-run"]
+        assert a.get("/api/v1/runs").json() == []
+        assert first.state.settings.cache and not second.state.settings.cache
+
+
+def test_a_session_override_replaces_the_store(sqlite_url: str, tmp_path: Path) -> None:
+    """``app.dependency_overrides`` swaps the store session without touching the environment."""
+    other_url = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    for url in (sqlite_url, other_url):
+        migrate.upgrade(url)
+    other = make_engine(other_url)
+    run = Run(name="overridden", base_model="esm2_t4_2M_sprot14mini",
+              checkpoint_sha256="ef" * 32, layer=3, corpus="human", n_proteins=10)  # fmt: skip
+    publish_run(other, run, lambda session, run: None)
+    application = app_for(sqlite_url)
+
+    def other_session() -> Iterator[Session]:
+        with session_factory(other)() as session:
+            yield session
+
+    application.dependency_overrides[get_session] = other_session
+    with TestClient(application) as client:
+        assert [r["name"] for r in client.get("/api/v1/runs").json()] == ["overridden"]
+    other.dispose()
+
+
+def test_not_found_answers_in_the_form_of_the_route(client: TestClient) -> None:
+    """One handler for the query layer's NotFound: the API's JSON shape, the pages' error page
+    (whatever the request accepts), plain text for structure files, a page for a browser."""
+    api = client.get("/api/v1/features/5")
+    assert api.status_code == 404
+    assert api.json() == {
+        "error": {"status": 404, "message": "no feature with id 5", "detail": None}
+    }
+    page = client.get("/features/5")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "no feature with id 5" in page.text and "<html" in page.text
+    fragment = client.get("/features/5", headers={"HX-Request": "true"})
+    assert fragment.status_code == 404 and "<html" in fragment.text
+    structure = client.get("/structures/5.pdb")
+    assert structure.status_code == 404 and structure.headers["content-type"].startswith(
+        "text/plain"
+    )
+    assert structure.text == "no structure with id 5"
+    worklist = client.get("/api/v1/features/5/worklist", headers={"Accept": "text/html"})
+    assert worklist.status_code == 404 and worklist.json()["error"]["status"] == 404
+    browser = client.get("/api/v1/go/GO:0000001", headers={"Accept": "text/html"})
+    assert browser.status_code == 404 and browser.json()["error"]["message"]
