@@ -69,19 +69,25 @@ def test_static_assets_are_local(client: TestClient) -> None:
     assert "cdn" not in page.text.lower() and "unpkg" not in page.text.lower()
 
 
+def _store_with_run(tmp_path: Path, name: str) -> str:
+    """A migrated SQLite store with one published run called ``name``; its URL."""
+    url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    run = Run(name=name, base_model="esm2_t4_2M_sprot14mini", checkpoint_sha256="cd" * 32,
+              layer=3, corpus="human", n_proteins=10)  # fmt: skip
+    publish_run(engine, run, lambda session, run: None)
+    engine.dispose()
+    return url
+
+
 def test_two_apps_in_one_process_serve_their_own_store_and_settings(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     """Each app keeps its settings and engines on ``app.state``: nothing is shared per process."""
-    other_url = f"sqlite:///{tmp_path / 'other.sqlite'}"
-    for url in (sqlite_url, other_url):
-        migrate.upgrade(url)
-    other = make_engine(other_url)
-    run = Run(name="other-run", base_model="esm2_t4_2M_sprot14mini",
-              checkpoint_sha256="cd" * 32, layer=3, corpus="human", n_proteins=10)  # fmt: skip
-    publish_run(other, run, lambda session, run: None)
-    other.dispose()
-    first, second = app_for(sqlite_url), app_for(other_url, cache=False)
+    migrate.upgrade(sqlite_url)
+    first = app_for(sqlite_url)
+    second = app_for(_store_with_run(tmp_path, "other-run"), cache=False)
     with TestClient(first) as a, TestClient(second) as b:
         assert a.get("/api/v1/runs").json() == []
         assert [r["name"] for r in b.get("/api/v1/runs").json()] == ["other-run"]
@@ -91,13 +97,8 @@ def test_two_apps_in_one_process_serve_their_own_store_and_settings(
 
 def test_a_session_override_replaces_the_store(sqlite_url: str, tmp_path: Path) -> None:
     """``app.dependency_overrides`` swaps the store session without touching the environment."""
-    other_url = f"sqlite:///{tmp_path / 'other.sqlite'}"
-    for url in (sqlite_url, other_url):
-        migrate.upgrade(url)
-    other = make_engine(other_url)
-    run = Run(name="overridden", base_model="esm2_t4_2M_sprot14mini",
-              checkpoint_sha256="ef" * 32, layer=3, corpus="human", n_proteins=10)  # fmt: skip
-    publish_run(other, run, lambda session, run: None)
+    migrate.upgrade(sqlite_url)
+    other = make_engine(_store_with_run(tmp_path, "overridden"))
     application = app_for(sqlite_url)
 
     def other_session() -> Iterator[Session]:
