@@ -137,8 +137,8 @@ class PublishedResponses:
     """ASGI middleware: validators, 304s and the response cache for the ``CACHEABLE`` routes.
 
     ``enabled=False`` keeps the validators and compression but renders every request (the
-    benchmark's cold figures). ``publication`` reads the store's publication id (the app passes
-    ``store_publication`` on its store; tests count its reads).
+    benchmark's cold figures). ``publication`` reads the store's publication id (``create_app``
+    passes ``store_publication`` on its store's publication engine).
     """
 
     def __init__(
