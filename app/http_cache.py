@@ -16,15 +16,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sqlalchemy import Engine
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.queries.publication import current_token
-from app.settings import get_settings
-from app.store.engine import make_engine
 
 # Reads of published data only: pages and the read API. Not the encoder (its answers depend on
 # the posted sequence), not exports and weights (large, streamed), not static files or
@@ -43,17 +40,9 @@ GZIP_LEVEL = 6  # zlib's default: within 2 % of level 9's size on our pages, at 
 VARY = b"Accept-Encoding, HX-Request"
 
 
-@lru_cache(maxsize=8)
-def _publication_engine(url: str) -> Engine:
-    """An engine of its own for the publication id, read on the event loop: with the request
-    engine's pool taken by request threads the loop would wait for a connection, while those
-    threads need the loop to close their sessions (a deadlock until the pool's 30 s timeout)."""
-    return make_engine(url)
-
-
-def store_publication() -> str:
-    """The configured store's publication id ("" when it has none: nothing is cached then)."""
-    engine = _publication_engine(get_settings().sqlalchemy_url)
+def store_publication(engine: Engine) -> str:
+    """The store's publication id ("" when it has none: nothing is cached then); ``engine`` is
+    one of its own (``AppStore.publication_engine``: read on the event loop)."""
     with engine.connect() as connection:
         return current_token(connection)
 
@@ -149,7 +138,8 @@ class PublishedResponses:
     """ASGI middleware: validators, 304s and the response cache for the ``CACHEABLE`` routes.
 
     ``enabled=False`` keeps the validators and compression but renders every request (the
-    benchmark's cold figures). ``publication`` is injectable so tests can count its reads.
+    benchmark's cold figures). ``publication`` reads the store's publication id (``create_app``
+    passes ``store_publication`` on its store's publication engine).
     """
 
     def __init__(
@@ -159,7 +149,7 @@ class PublishedResponses:
         enabled: bool = True,
         max_bytes: int = 128 << 20,
         max_age: int = 60,
-        publication: Callable[[], str] = store_publication,
+        publication: Callable[[], str],
     ) -> None:
         self.app = app
         self.enabled = enabled

@@ -1,8 +1,11 @@
-"""One settings object for the server, the CLI and the trainer (env prefix ``PROTSAE_``)."""
+"""One settings object for the server, the CLI and the trainer (env prefix ``PROTSAE_``).
+
+Built once where a process starts (the CLI, ``app.main``) and passed down: the web app keeps
+its own on ``app.state`` (``app.main.create_app``), so tests build apps with their own.
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -41,7 +44,6 @@ class Settings(BaseSettings):
     encode_max_wait_ms: float = Field(default=5.0, ge=0)
     encode_cache_size: int = Field(default=512, ge=0)
     intervene_max_concurrent: int = Field(default=2, ge=1)  # steering/variant requests at once
-    page_size: int = Field(default=50, ge=1, le=500)
     # Serving: worker processes, and each worker's cache of rendered pages and API bodies.
     workers: int | None = Field(default=None, ge=1, description="Default: the number of cores.")
     cache: bool = Field(default=True, description="Keep rendered responses of published runs.")
@@ -64,9 +66,3 @@ class Settings(BaseSettings):
     def ensure_data_dir(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return self.data_dir
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings (cached; tests clear the cache after changing the environment)."""
-    return Settings()

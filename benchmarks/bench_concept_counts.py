@@ -22,7 +22,7 @@ import torch
 from app.esm import embed_concatenated, load_esm
 from app.sae import load_dictionary
 from app.sae.io import read_config
-from app.settings import get_settings
+from app.settings import Settings
 from trainer.concepts.labels import read_concept, subsample
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
@@ -34,7 +34,7 @@ from trainer.concepts.metrics import (
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=settings.data_dir / "runs/demo-mini-esm2")
     parser.add_argument(

@@ -24,7 +24,7 @@ import torch
 
 from app.esm import LoadedModel, autocast_for, load_esm, token_batches
 from app.esm_window import MAX_RESIDUES
-from app.settings import get_settings
+from app.settings import Settings
 from trainer.embed import EmbedConfig, run_embed
 
 
@@ -61,7 +61,7 @@ def stage(loaded: LoadedModel, seqs: list[str], cfg: EmbedConfig) -> float:
 
 
 def main() -> None:
-    shared = get_settings().shared_dir
+    shared = Settings().shared_dir
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(shared / "models/esm2_t4_2M_sprot14mini.pt"))
     parser.add_argument("--proteins", default=str(shared / "data/proteins/human_sprot2014.tsv.gz"))

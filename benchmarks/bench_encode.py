@@ -37,7 +37,7 @@ from app.encoding.ranking import rank_features
 from app.encoding.service import DictionaryHandle, SequenceEncoding, encode_with
 from app.esm import autocast_for, forward_representations, load_esm
 from app.sae import NeuronBasis, TopKSAE
-from app.settings import get_settings
+from app.settings import Settings
 
 
 def real_sequences(shared: Path, length: int, n: int) -> list[str]:
@@ -169,13 +169,9 @@ def api_reads(shared: Path, n: int) -> None:
     start = time.perf_counter()
     info = build_store(shared, tmp / "store.sqlite")
     print(f"   (store built in {time.perf_counter() - start:.0f} s)")
-    import os
-
-    os.environ["PROTSAE_DATABASE_URL"] = info.url
-    get_settings.cache_clear()
     from app.main import create_app
 
-    app = create_app()
+    app = create_app(Settings(database_url=info.url))
     seq = real_sequences(shared, 300, 1)[0]
     requests = [
         ("GET /api/v1/runs", "GET", "/api/v1/runs", None),
@@ -202,7 +198,7 @@ def api_reads(shared: Path, n: int) -> None:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path,
                         default=settings.shared_dir / "models/esm2_t4_2M_sprot14mini.pt")  # fmt: skip

@@ -29,9 +29,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.settings import PROJECT_ROOT, get_settings
+from app.settings import PROJECT_ROOT, Settings
 from app.store.bulk import bulk_insert, reserve_ids
-from app.store.engine import engine_for, make_engine
+from app.store.engine import make_engine
 from app.store.publish import publish_run
 from app.store.schema import (
     Explanation,
@@ -199,16 +199,11 @@ def main() -> None:
         url, sae_id = args.database_url, existing_sae(args.database_url, args.sae)
     else:
         url, sae_id = build(args.shared, args.features)
-    import os
-
-    os.environ["PROTSAE_DATABASE_URL"] = url
-    get_settings.cache_clear()
-    engine_for.cache_clear()
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
-    client = TestClient(create_app())
+    client = TestClient(create_app(Settings(database_url=url)))
     engine = make_engine(url)
     with Session(engine) as session:
         # The richest feature: explained if any are (a real run without an API key has none),

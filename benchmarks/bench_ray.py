@@ -33,7 +33,7 @@ import ray
 import torch
 
 from app.esm import load_esm
-from app.settings import get_settings
+from app.settings import Settings
 from trainer.embed import EmbedConfig, run_embed
 from trainer.engines import Engine, RayConfig
 from trainer.engines.local import LocalEngine
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    shared = get_settings().shared_dir
+    shared = Settings().shared_dir
     seqs = real_proteins(shared / "data/proteins/human_sprot2014.tsv.gz", args.n_proteins,
                          args.seed, args.max_length)  # fmt: skip
     cfg = EmbedConfig(model=str(shared / "models/esm2_t4_2M_sprot14mini.pt"), layers=[3, 4],

@@ -37,7 +37,7 @@ import psutil
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.settings import PROJECT_ROOT, get_settings
+from app.settings import PROJECT_ROOT, Settings
 from app.store.engine import make_engine
 from app.store.schema import Feature, GoEnrichment, Protein, Run, Sae, TopExample
 
@@ -251,7 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database-url", default=get_settings().sqlalchemy_url)
+    parser.add_argument("--database-url", default=Settings().sqlalchemy_url)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cache", choices=["on", "off", "both"], default="both")
     parser.add_argument("--clients", type=int, default=16)

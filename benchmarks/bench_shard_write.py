@@ -29,7 +29,7 @@ from safetensors.numpy import save_file
 
 from app.esm import embed_concatenated, load_esm
 from app.esm_window import MAX_RESIDUES
-from app.settings import get_settings
+from app.settings import Settings
 from benchmarks.bench_embed import real_proteins
 from trainer.embed import pooled_sums
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--proteins", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    shared = get_settings().shared_dir
+    shared = Settings().shared_dir
     loaded = load_esm(shared / "models" / "esm2_t4_2M_sprot14mini.pt", "cpu")
     seqs = real_proteins(
         shared / "data" / "proteins" / "human_sprot2014.tsv.gz", args.proteins, 0, MAX_RESIDUES

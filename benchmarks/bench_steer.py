@@ -28,7 +28,7 @@ from app.esm import load_esm, tokenize
 from app.intervene.steer import Intervention, steer
 from app.intervene.variants import masked_log_probs, mutant_sequence, parse_variant
 from app.sae import TopKSAE, load_dictionary
-from app.settings import get_settings
+from app.settings import Settings
 from benchmarks.bench_encode import real_sequences
 
 
@@ -43,7 +43,7 @@ def median_seconds(run: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", type=Path, default=settings.shared_dir / "models/esm2_t4_2M_sprot14mini.pt"

@@ -15,7 +15,7 @@ from typing import cast
 from sqlalchemy import select
 
 from app.queries import go_alphas
-from app.settings import get_settings
+from app.settings import Settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Feature, GoEnrichment, GoTerm, Run, Sae
 from trainer.explain.labels import GoHit, GoHitLike, go_label
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--run", default=None, help="run name (default: the newest published)")
     args = parser.parse_args()
-    engine = make_engine(args.database_url or get_settings().sqlalchemy_url)
+    engine = make_engine(args.database_url or Settings().sqlalchemy_url)
     with session_factory(engine)() as session:
         runs = select(Run).where(Run.status == "published").order_by(Run.id.desc())
         if args.run:

@@ -19,12 +19,12 @@ from collections import defaultdict
 
 from sqlalchemy import create_engine, inspect, text
 
-from app.settings import get_settings
+from app.settings import Settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=get_settings().database_url)
+    parser.add_argument("--url", default=Settings().database_url)
     args = parser.parse_args()
     engine = create_engine(args.url)
     stored = "structure_id" in {c["name"] for c in inspect(engine).get_columns("top_examples")}

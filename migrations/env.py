@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.settings import get_settings
+from app.settings import Settings
 from app.store.engine import make_engine
 from app.store.schema import Base
 
@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or get_settings().sqlalchemy_url
+    return config.get_main_option("sqlalchemy.url") or Settings().sqlalchemy_url
 
 
 def run_migrations_offline() -> None:

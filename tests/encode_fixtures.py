@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 import socket
 import threading
 import time
@@ -15,8 +14,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from app.settings import get_settings
-from app.store.engine import engine_for
+from tests.apps import app_for
 
 
 def human_proteins(
@@ -33,34 +31,10 @@ def human_proteins(
     return out
 
 
-def use_store(url: str, **env: str) -> dict[str, str | None]:
-    """Point the settings at ``url`` (plus ``PROTSAE_*`` overrides); returns what to restore."""
-    values = {"PROTSAE_DATABASE_URL": url, **{f"PROTSAE_{k.upper()}": v for k, v in env.items()}}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    return old
-
-
-def restore(old: dict[str, str | None]) -> None:
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def encode_client(demo_store) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    old = use_store(demo_store.url)
-    from app.main import create_app
-
-    with TestClient(create_app()) as client:
+    with TestClient(app_for(demo_store.url)) as client:
         yield client
-    restore(old)
 
 
 def free_port(low: int = 8200, high: int = 8300) -> int:
@@ -77,12 +51,9 @@ def free_port(low: int = 8200, high: int = 8300) -> int:
 @pytest.fixture(scope="module")
 def live_server(demo_store) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app served by uvicorn in a thread on a port in 8200-8299; yields the base URL."""
-    old = use_store(demo_store.url)
-    from app.main import create_app
-
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(app_for(demo_store.url), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -94,4 +65,3 @@ def live_server(demo_store) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
-    restore(old)

@@ -23,28 +23,15 @@ from app.store.schema import (
     ProteinFeature,
     Sae,
 )
+from tests.apps import app_for
 from tests.tiny_run import TinyRun
 from trainer.aa_profile import BASIS_CORPUS, BASIS_EXAMPLES, load_profile
 
 
 @pytest.fixture(scope="module")
 def client(tiny_run: TinyRun) -> Iterator[TestClient]:
-    from app.settings import get_settings
-    from app.store.engine import engine_for
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as test_client:
-            yield test_client
-    finally:
-        mp.undo()
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+    with TestClient(app_for(tiny_run.url)) as test_client:
+        yield test_client
 
 
 def test_stored_profiles_are_the_analysis_profiles(tiny_run: TinyRun) -> None:

@@ -10,26 +10,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.settings import get_settings
 from app.store.codec import decode_values
-from app.store.engine import engine_for
 from app.store.schema import Feature, Protein, Structure, TopExample
 from app.structure_coverage import best_chain
+from tests.apps import app_for
 
 
 @pytest.fixture(scope="module")
 def client(demo_store: Any) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PROTSAE_DATABASE_URL", demo_store.url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    with TestClient(create_app()) as test_client:
+    with TestClient(app_for(demo_store.url)) as test_client:
         yield test_client
-    mp.undo()
-    get_settings.cache_clear()
-    engine_for.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 from scipy.stats import fisher_exact
 
+from tests.apps import app_for
 from tests.tiny_run import TinyRun
 from trainer.domains.families import (
     family_incidences,
@@ -119,22 +120,8 @@ def test_domain_label_only_when_strongest_beyond_length() -> None:
 
 @pytest.fixture(scope="module")
 def client(tiny_run: TinyRun) -> Iterator[TestClient]:
-    from app.settings import get_settings
-    from app.store.engine import engine_for
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as test_client:
-            yield test_client
-    finally:
-        mp.undo()
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+    with TestClient(app_for(tiny_run.url)) as test_client:
+        yield test_client
 
 
 def test_published_domains_served(client: TestClient) -> None:

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.store.codec import decode_values
 from app.store.schema import Feature, Protein, ProteinFeature
-from tests.encode_fixtures import encode_client, restore, use_store  # noqa: F401
+from tests.apps import app_for
+from tests.encode_fixtures import encode_client  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -159,28 +160,23 @@ def test_malformed_and_oversized_bodies(encode_client: TestClient) -> None:  # n
 
 
 def test_full_queue_answers_503_with_retry_after(demo_store) -> None:
-    old = use_store(demo_store.url, encode_queue_size="1", encode_cache_size="0")
-    try:
-        from app.main import create_app
+    app = app_for(demo_store.url, encode_queue_size=1, encode_cache_size=0)
+    seqs = [stored_protein(demo_store.url, a)[0] * 3 for a in demo_store.accessions[50:58]]
 
-        app = create_app()
-        seqs = [stored_protein(demo_store.url, a)[0] * 3 for a in demo_store.accessions[50:58]]
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            warm = await client.post(
+                "/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]}
+            )
+            assert warm.status_code == 200
+            return await asyncio.wait_for(asyncio.gather(*(
+                client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": [s[:1000]]})
+                for s in seqs
+            )), timeout=60)  # fmt: skip
 
-        async def main() -> list[httpx.Response]:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                warm = await client.post(
-                    "/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": ["MKV"]}
-                )
-                assert warm.status_code == 200
-                return await asyncio.wait_for(asyncio.gather(*(
-                    client.post("/api/v1/encode", json={"sae_id": demo_store.sae_id, "sequences": [s[:1000]]})
-                    for s in seqs
-                )), timeout=60)  # fmt: skip
-
-        responses = asyncio.run(main())
-    finally:
-        restore(old)
+    responses = asyncio.run(main())
+    app.state.store.dispose()
     codes = [r.status_code for r in responses]
     assert 200 in codes and 503 in codes, codes
     for response in responses:

@@ -27,7 +27,8 @@ from app.store import migrate
 from app.store.engine import make_engine
 from app.store.publish import publish_run
 from app.store.schema import Run, Sae
-from tests.encode_fixtures import human_proteins, restore, use_store
+from tests.apps import app_for
+from tests.encode_fixtures import human_proteins
 
 pytestmark = pytest.mark.slow
 LAYER = 3
@@ -87,12 +88,8 @@ def sae_client(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
               layer=LAYER, corpus="human_sprot2014 (80 proteins)", n_proteins=80)  # fmt: skip
     publish_run(engine, run, load)
     engine.dispose()
-    old = use_store(url)
-    from app.main import create_app
-
-    with TestClient(create_app()) as client:
+    with TestClient(app_for(url)) as client:
         yield client, info["sae_id"], directory, median, held_out
-    restore(old)
 
 
 def test_encode_with_a_trained_sae(sae_client) -> None:  # type: ignore[no-untyped-def]

@@ -14,9 +14,8 @@ from scipy.stats import hypergeom
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.settings import get_settings
 from app.store.schema import AnalysisSummary, Feature, GoEnrichment, GoTerm, Protein, TopExample
-from tests.encode_fixtures import restore, use_store
+from tests.apps import app_for
 
 
 def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
@@ -65,12 +64,8 @@ def export_client(
     shutil.copy(Path(demo_store.url.removeprefix("sqlite:///")), copy)
     url = f"sqlite:///{copy}"
     hit = add_real_go_hit(url, demo_store.sae_id)
-    old = use_store(url)
-    from app.main import create_app
-
-    with TestClient(create_app()) as client:
+    with TestClient(app_for(url)) as client:
         yield client, demo_store.sae_id, hit
-    restore(old)
 
 
 def test_json_and_csv_agree_with_the_store(export_client) -> None:  # type: ignore[no-untyped-def]
@@ -97,7 +92,7 @@ def test_length_verdict_follows_the_dictionarys_go_alpha(export_client) -> None:
     """A hit whose length-stratified q is 0.2 is "explained by length" at the default alpha
     (0.05), not under a GO stage run at alpha 0.25; without q_length there is no verdict."""
     client, sae_id, (index, term, _) = export_client
-    engine = create_engine(get_settings().sqlalchemy_url)
+    engine = create_engine(client.app.state.settings.sqlalchemy_url)  # the served store
 
     def verdicts() -> tuple[float, bool | None, str]:
         data = client.get(f"/api/v1/saes/{sae_id}/export.json").json()

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session
 
 from app.findings import render
 from app.findings.render import clear_cache
-from app.settings import PROJECT_ROOT, get_settings
+from app.settings import PROJECT_ROOT
 from app.store.engine import make_engine
 from app.store.publication import renew
 from app.store.schema import Concept, Feature, Structure
+from tests.apps import app_for
 from tests.findings_fixture import FindingsStore, build_findings_store
 from trainer.concepts.examples import label_index
 
@@ -39,16 +40,9 @@ def store(
 
 @pytest.fixture(scope="module")
 def client(store: FindingsStore) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PROTSAE_DATABASE_URL", store.url)
-    get_settings.cache_clear()
     clear_cache()
-    from app.main import app
-
-    with TestClient(app) as c:
+    with TestClient(app_for(store.url)) as c:
         yield c
-    mp.undo()
-    get_settings.cache_clear()
 
 
 def _figure(html: str, key: str) -> str:

@@ -25,11 +25,11 @@ from sqlalchemy.orm import Session
 
 from app.http_cache import accepts_gzip, matches
 from app.queries.publication import current_token
-from app.settings import get_settings
-from app.store.engine import engine_for, make_engine
+from app.store.engine import make_engine
 from app.store.publication import renew
 from app.store.publish import UnknownRunError, publish_run, remove_run
 from app.store.schema import Feature, Run, TopExample
+from tests.apps import app_for
 from tests.test_browser import _serve
 
 
@@ -40,22 +40,9 @@ def _copy(demo_store: Any, tmp_path: Path) -> str:
 
 
 @contextmanager
-def _client(url: str, **env: str) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PROTSAE_DATABASE_URL", url)
-    for name, value in env.items():
-        mp.setenv(name, value)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as client:
-            yield client
-    finally:
-        mp.undo()
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+def _client(url: str, **settings: Any) -> Iterator[TestClient]:
+    with TestClient(app_for(url, **settings)) as client:
+        yield client
 
 
 def _structure_feature(engine: Engine) -> int:
@@ -181,7 +168,7 @@ def test_with_the_cache_off_every_request_renders(demo_store: Any, tmp_path: Pat
     url = _copy(demo_store, tmp_path)
     engine = make_engine(url)
     feature_id = _structure_feature(engine)
-    with _client(url, PROTSAE_CACHE="false") as client:
+    with _client(url, cache=False) as client:
         first = client.get(f"/features/{feature_id}")
         _relabel(engine, feature_id, "relabelled in place")
         second = client.get(f"/features/{feature_id}")

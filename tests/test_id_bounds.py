@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from app.routes import api, encode, export, findings, pages
-from tests.encode_fixtures import restore, use_store
+from tests.apps import app_for
 
 VALUES = [2**31, 2**63, 2**64, -1]
 
@@ -53,12 +53,8 @@ def _url(path: str, name: str, where: str, value: int) -> str:
 
 @pytest.fixture(scope="module")
 def client(demo_store: Any) -> Iterator[TestClient]:
-    old = use_store(demo_store.url)
-    from app.main import create_app
-
-    with TestClient(create_app()) as test_client:
+    with TestClient(app_for(demo_store.url)) as test_client:
         yield test_client
-    restore(old)
 
 
 def test_the_enumeration_finds_the_reported_routes() -> None:

@@ -31,7 +31,8 @@ from app.intervene.variants import (
 )
 from app.sae import load_dictionary
 from app.store.schema import Sae
-from tests.encode_fixtures import human_proteins, restore, use_store
+from tests.apps import app_for
+from tests.encode_fixtures import human_proteins
 from tests.tiny_run import TinyRun
 
 pytestmark = pytest.mark.slow
@@ -190,12 +191,8 @@ def test_masked_marginals_equal_fair_esms_formula(loaded: Any, sequences: list[s
 
 @pytest.fixture(scope="module")
 def client(tiny_run: TinyRun) -> Iterator[TestClient]:
-    old = use_store(tiny_run.url)
-    from app.main import create_app
-
-    with TestClient(create_app()) as test_client:
+    with TestClient(app_for(tiny_run.url)) as test_client:
         yield test_client
-    restore(old)
 
 
 def test_steer_api_answers_per_position(

@@ -20,9 +20,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
-from app.settings import PROJECT_ROOT, get_settings
+from app.settings import PROJECT_ROOT
 from app.store.codec import decode_values
-from app.store.engine import engine_for
 from app.store.publication import renew
 from app.store.schema import (
     AnalysisSummary,
@@ -36,27 +35,19 @@ from app.store.schema import (
     Sae,
     TopExample,
 )
+from tests.apps import app_for
 
 XSS = "<script>alert('x')</script> binds zinc"
 
 
-def _client(url: str, mp: pytest.MonkeyPatch) -> TestClient:
-    mp.setenv("PROTSAE_DATABASE_URL", url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    return TestClient(create_app())
+def _client(url: str) -> TestClient:
+    return TestClient(app_for(url))
 
 
 @pytest.fixture(scope="module")
 def client(demo_store: Any) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    with _client(demo_store.url, mp) as test_client:
+    with _client(demo_store.url) as test_client:
         yield test_client
-    mp.undo()
-    get_settings.cache_clear()
-    engine_for.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +129,8 @@ def enriched(
             )
         session.commit()
     engine.dispose()
-    mp = pytest.MonkeyPatch()
-    with _client(url, mp) as test_client:
+    with _client(url) as test_client:
         yield test_client, {"feature": target, "go_id": go_id, "neighbors": fids[20:23], "url": url}
-    mp.undo()
-    get_settings.cache_clear()
-    engine_for.cache_clear()
 
 
 def test_every_page_renders(client: TestClient, demo_store: Any) -> None:
@@ -302,9 +289,8 @@ def test_length_explained_follows_each_dictionarys_go_alpha(
         session.commit()
         twin_id, strict_id, strict_name = twin.id, strict.id, strict.name
         sae_name, index = sae.name, feature.index
-    mp = pytest.MonkeyPatch()
     try:
-        with _client(url, mp) as client:
+        with _client(url) as client:
             api = client.get(f"/api/v1/features/{ids['feature']}").json()
             assert {h["go_id"]: (h["q_length"], h["length_explained"]) for h in api["go_hits"]} == {
                 ids["go_id"]: (1e-3, False),
@@ -350,9 +336,6 @@ def test_length_explained_follows_each_dictionarys_go_alpha(
             assert "length explains it" not in client.get(f"/go/{ids['go_id']}").text
     finally:
         engine.dispose()
-        mp.undo()
-        get_settings.cache_clear()
-        engine_for.cache_clear()
 
 
 def test_pages_do_not_import_torch(demo_store: Any) -> None:

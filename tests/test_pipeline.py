@@ -519,57 +519,45 @@ def test_a_config_extends_another(tmp_path: Path) -> None:
         load_config(orphan, settings)
 
 
-def test_explorer_reads_the_pipeline_store(
-    tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_explorer_reads_the_pipeline_store(tiny_run: TinyRun) -> None:
     from fastapi.testclient import TestClient
 
-    from app.settings import get_settings
-    from app.store.engine import engine_for
+    from tests.apps import app_for
 
-    monkeypatch.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as client:
-            runs = client.get("/api/v1/runs").json()
-            assert runs[0]["name"] == "tiny-test-run"
-            sae = next(s for s in runs[0]["saes"] if s["name"] == "L3-residue-topk")
-            assert client.get(f"/saes/{sae['id']}/features").status_code == 200
-            page = client.get(f"/api/v1/saes/{sae['id']}/features?sort=max_activation&order=desc")
-            top = page.json()["items"][0]
-            detail = client.get(f"/api/v1/features/{top['id']}").json()
-            assert detail["top_examples"], "the strongest feature has top examples"
-            assert {p["name"] for p in detail["go_protocols"]} == {"strict", "paper"}
-            assert "go_hits_paper" in detail
-            html = client.get(f"/features/{top['id']}").text
-            assert "Strict protocol (ours)" in html and "Seed paper's protocol" in html
-            assert "two-sided Fisher, is_a propagation" in html  # its settings, stated
-            assert client.get(f"/runs/{runs[0]['id']}/findings").status_code == 200
-            # The GO stage's length-binned permutation control, beside the feature's GO terms.
-            go = json.loads(
-                (tiny_run.pipeline.workdir / "go" / sae["name"] / "summary.json").read_text()
-            )
-            real = go["bh"]["pct_features_with_hit"]
-            shuffled = go["permutation_control"]["mean_pct_features_with_hit_bh"]
-            assert detail["go_control"] == {
-                "pct_features_with_hit": real, "pct_features_with_hit_shuffled": shuffled,
-                "n_permutations": go["permutation_control"]["n_permutations"],
-                "alpha": go["config"]["alpha"],
-                "pct_features_with_hit_length_adjusted": go["length_bh"]["pct_features_with_hit"],
-                "pct_features_with_hit_length_adjusted_shuffled": go["permutation_control"][
-                    "mean_pct_features_with_hit_length_bh"],
-                "length_driven": real > 0 and shuffled >= 0.5 * real,
-            }  # fmt: skip
-            html = client.get(f"/features/{top['id']}").text
-            assert 'id="go-control"' in html and f"{shuffled:.1f}%" in html
-            listing = client.get(f"/saes/{sae['id']}/features").text  # cautions only
-            assert ('id="go-control"' in listing) == detail["go_control"]["length_driven"]
-    finally:
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+    with TestClient(app_for(tiny_run.url)) as client:
+        runs = client.get("/api/v1/runs").json()
+        assert runs[0]["name"] == "tiny-test-run"
+        sae = next(s for s in runs[0]["saes"] if s["name"] == "L3-residue-topk")
+        assert client.get(f"/saes/{sae['id']}/features").status_code == 200
+        page = client.get(f"/api/v1/saes/{sae['id']}/features?sort=max_activation&order=desc")
+        top = page.json()["items"][0]
+        detail = client.get(f"/api/v1/features/{top['id']}").json()
+        assert detail["top_examples"], "the strongest feature has top examples"
+        assert {p["name"] for p in detail["go_protocols"]} == {"strict", "paper"}
+        assert "go_hits_paper" in detail
+        html = client.get(f"/features/{top['id']}").text
+        assert "Strict protocol (ours)" in html and "Seed paper's protocol" in html
+        assert "two-sided Fisher, is_a propagation" in html  # its settings, stated
+        assert client.get(f"/runs/{runs[0]['id']}/findings").status_code == 200
+        # The GO stage's length-binned permutation control, beside the feature's GO terms.
+        go = json.loads(
+            (tiny_run.pipeline.workdir / "go" / sae["name"] / "summary.json").read_text()
+        )
+        real = go["bh"]["pct_features_with_hit"]
+        shuffled = go["permutation_control"]["mean_pct_features_with_hit_bh"]
+        assert detail["go_control"] == {
+            "pct_features_with_hit": real, "pct_features_with_hit_shuffled": shuffled,
+            "n_permutations": go["permutation_control"]["n_permutations"],
+            "alpha": go["config"]["alpha"],
+            "pct_features_with_hit_length_adjusted": go["length_bh"]["pct_features_with_hit"],
+            "pct_features_with_hit_length_adjusted_shuffled": go["permutation_control"][
+                "mean_pct_features_with_hit_length_bh"],
+            "length_driven": real > 0 and shuffled >= 0.5 * real,
+        }  # fmt: skip
+        html = client.get(f"/features/{top['id']}").text
+        assert 'id="go-control"' in html and f"{shuffled:.1f}%" in html
+        listing = client.get(f"/saes/{sae['id']}/features").text  # cautions only
+        assert ('id="go-control"' in listing) == detail["go_control"]["length_driven"]
 
 
 def _map_neighbourhoods(xy: np.ndarray, directions: np.ndarray, k: int) -> tuple[float, float]:
@@ -584,9 +572,7 @@ def _map_neighbourhoods(xy: np.ndarray, directions: np.ndarray, k: int) -> tuple
     return float(np.take_along_axis(cos, near, axis=1).mean()), float(off_diagonal.mean())
 
 
-def test_feature_map_places_features_by_decoder_direction(
-    tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_feature_map_places_features_by_decoder_direction(tiny_run: TinyRun) -> None:
     """Analyze maps each SAE's live features (UMAP of decoder directions, seeded: a rerun gives
     the same map); map neighbours share decoder directions far above chance; dead latents and
     the neuron baseline stay off the map; publish stores it and the explorer serves it."""
@@ -594,8 +580,7 @@ def test_feature_map_places_features_by_decoder_direction(
 
     from app.client import ApiError, ProtSAEClient
     from app.sae import load_dictionary
-    from app.settings import get_settings
-    from app.store.engine import engine_for
+    from tests.apps import app_for
     from trainer.feature_map import feature_map
 
     workdir = tiny_run.pipeline.workdir
@@ -635,43 +620,34 @@ def test_feature_map_places_features_by_decoder_direction(
     np.testing.assert_allclose(as_stored, xy, rtol=1e-6)
     assert set(neuron_coords) == {None}
 
-    monkeypatch.setenv("PROTSAE_DATABASE_URL", tiny_run.url)
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as client:
-            data = client.get(f"/api/v1/saes/{saes[name].id}/map").json()
-            assert data["feature_id"] == list(mapped) and len(data["x"]) == live.sum()
-            np.testing.assert_allclose(data["x"], xy[live, 0], rtol=1e-6)
-            api = ProtSAEClient(http=client)  # scripts read the same columns
-            assert api.feature_map(saes[name].id)["x"] == data["x"]
-            assert api.get_sae(saes[name].id)["has_map"] is True  # says so before the map's 404
-            assert api.get_sae(saes["L3-residue-neurons"].id)["has_map"] is False
-            with pytest.raises(ApiError, match=r"404.*neuron baseline has no decoder directions"):
-                api.feature_map(saes["L3-residue-neurons"].id)
-            page = client.get(f"/saes/{saes[name].id}/map?feature={mapped[0]}")
-            assert page.status_code == 200 and f'data-highlight="{mapped[0]}"' in page.text
-            assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404
-            assert 'id="map-link"' in client.get(f"/saes/{saes[name].id}/features").text
-            home = client.get("/").text
-            assert f'href="/saes/{saes[name].id}/map"' in home
-            assert f'href="/saes/{saes["L3-residue-neurons"].id}/map"' not in home
-            assert 'id="on-map"' in client.get(f"/features/{mapped[0]}").text
-            # A pasted sequence's features link to the map, with their maxima in the fragment.
-            sequence = tiny_run.pipeline.corpus.sequences[0]
-            form = {"sae_id": str(saes[name].id), "text": f">mine\n{sequence}", "top_n": "5"}
-            result = client.post("/encode", data=form)
-            assert result.status_code == 200, result.text[:300]
-            encoded = json.loads(re.search(r'id="encode-data">(.*?)</script>', result.text)[1])
-            pairs = ",".join(f"{f['feature_id']}:{f['max']:.4g}"
-                             for f in encoded["results"][0]["features"])  # fmt: skip
-            link = f'href="/saes/{saes[name].id}/map#name=mine&amp;act={pairs}"'
-            assert len(encoded["results"][0]["features"]) == 5 and link in result.text
-    finally:
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+    with TestClient(app_for(tiny_run.url)) as client:
+        data = client.get(f"/api/v1/saes/{saes[name].id}/map").json()
+        assert data["feature_id"] == list(mapped) and len(data["x"]) == live.sum()
+        np.testing.assert_allclose(data["x"], xy[live, 0], rtol=1e-6)
+        api = ProtSAEClient(http=client)  # scripts read the same columns
+        assert api.feature_map(saes[name].id)["x"] == data["x"]
+        assert api.get_sae(saes[name].id)["has_map"] is True  # says so before the map's 404
+        assert api.get_sae(saes["L3-residue-neurons"].id)["has_map"] is False
+        with pytest.raises(ApiError, match=r"404.*neuron baseline has no decoder directions"):
+            api.feature_map(saes["L3-residue-neurons"].id)
+        page = client.get(f"/saes/{saes[name].id}/map?feature={mapped[0]}")
+        assert page.status_code == 200 and f'data-highlight="{mapped[0]}"' in page.text
+        assert client.get(f"/saes/{saes['L3-residue-neurons'].id}/map").status_code == 404
+        assert 'id="map-link"' in client.get(f"/saes/{saes[name].id}/features").text
+        home = client.get("/").text
+        assert f'href="/saes/{saes[name].id}/map"' in home
+        assert f'href="/saes/{saes["L3-residue-neurons"].id}/map"' not in home
+        assert 'id="on-map"' in client.get(f"/features/{mapped[0]}").text
+        # A pasted sequence's features link to the map, with their maxima in the fragment.
+        sequence = tiny_run.pipeline.corpus.sequences[0]
+        form = {"sae_id": str(saes[name].id), "text": f">mine\n{sequence}", "top_n": "5"}
+        result = client.post("/encode", data=form)
+        assert result.status_code == 200, result.text[:300]
+        encoded = json.loads(re.search(r'id="encode-data">(.*?)</script>', result.text)[1])
+        pairs = ",".join(f"{f['feature_id']}:{f['max']:.4g}"
+                         for f in encoded["results"][0]["features"])  # fmt: skip
+        link = f'href="/saes/{saes[name].id}/map#name=mine&amp;act={pairs}"'
+        assert len(encoded["results"][0]["features"]) == 5 and link in result.text
 
 
 def test_a_run_that_publishes_refuses_an_unmigrated_store_before_any_stage(
@@ -681,32 +657,27 @@ def test_a_run_that_publishes_refuses_an_unmigrated_store_before_any_stage(
     human proteome) with a SQL traceback; now the CLI says what to do before starting."""
     from typer.testing import CliRunner
 
-    from app.settings import get_settings
     from trainer.cli import cli
 
-    monkeypatch.setenv("PROTSAE_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
+    monkeypatch.setenv("PROTSAE_DATA_DIR", str(tmp_path / "data"))  # the CLI reads its settings
     url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
-    try:
-        result = CliRunner().invoke(
-            cli,
-            ["trainer", "run", str(CONFIG), "--stages", "ingest,publish", "--database-url", url],
-        )
-        assert result.exit_code == 2
-        # rich wraps the message in a box at the terminal's width: compare without the layout.
-        flat = "".join(result.output.replace("│", "").split())
-        assert "isnotmigrated:run`protsaedbupgrade`first" in flat
-        assert not (tmp_path / "data" / "runs").exists()  # not even ingest ran
-        monkeypatch.setenv("PROTSAE_DATABASE_URL", url)  # serve sets it: restored after the test
-        served = CliRunner().invoke(cli, ["serve", "--database-url", url])
-        assert served.exit_code == 2
-        assert "isnotmigrated" in "".join(served.output.replace("│", "").split())
-        migrate.upgrade(url)
-        migrate.downgrade(url, "base")  # migrated once, then emptied: still refused
-        again = CliRunner().invoke(
-            cli, ["trainer", "run", str(CONFIG), "--stages", "publish", "--database-url", url]
-        )
-        assert again.exit_code == 2
-        assert "isnotmigrated" in "".join(again.output.replace("│", "").split())
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(
+        cli,
+        ["trainer", "run", str(CONFIG), "--stages", "ingest,publish", "--database-url", url],
+    )
+    assert result.exit_code == 2
+    # rich wraps the message in a box at the terminal's width: compare without the layout.
+    flat = "".join(result.output.replace("│", "").split())
+    assert "isnotmigrated:run`protsaedbupgrade`first" in flat
+    assert not (tmp_path / "data" / "runs").exists()  # not even ingest ran
+    monkeypatch.setenv("PROTSAE_DATABASE_URL", url)  # serve sets it: restored after the test
+    served = CliRunner().invoke(cli, ["serve", "--database-url", url])
+    assert served.exit_code == 2
+    assert "isnotmigrated" in "".join(served.output.replace("│", "").split())
+    migrate.upgrade(url)
+    migrate.downgrade(url, "base")  # migrated once, then emptied: still refused
+    again = CliRunner().invoke(
+        cli, ["trainer", "run", str(CONFIG), "--stages", "publish", "--database-url", url]
+    )
+    assert again.exit_code == 2
+    assert "isnotmigrated" in "".join(again.output.replace("│", "").split())

@@ -146,9 +146,8 @@ def test_the_seed_recipe_at_full_width_end_to_end(
     ingest → publish, then the server encodes a sequence with the protein-level SAE."""
     from fastapi.testclient import TestClient
 
-    from app.settings import get_settings
+    from app.main import create_app
     from app.store import migrate
-    from app.store.engine import engine_for
     from trainer.config import load_config
     from trainer.pipeline import Pipeline
 
@@ -183,31 +182,20 @@ def test_the_seed_recipe_at_full_width_end_to_end(
     go = json.loads((pipeline.workdir / "go" / "L8-protein-topk" / "summary.json").read_text())
     assert go["config"]["namespaces"] == ["BP"] and go["config"]["methods"] == ["bonferroni"]
 
-    monkeypatch.setenv("PROTSAE_DATABASE_URL", url)
-    monkeypatch.setenv("PROTSAE_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("PROTSAE_SHARED_DIR", str(shared_dir))
-    monkeypatch.setenv("PROTSAE_DEVICE", "cpu")
-    get_settings.cache_clear()
-    engine_for.cache_clear()
-    from app.main import create_app
-
-    try:
-        with TestClient(create_app()) as client:
-            (run,) = client.get("/api/v1/runs").json()
-            saes = {s["name"]: s for s in run["saes"]}
-            protein = saes["L8-protein-topk"]
-            assert protein["n_latents"] == 20000 and protein["d_in"] == 480
-            sequence = pipeline.corpus.sequences[0]
-            response = client.post(
-                "/api/v1/encode",
-                json={"sae_id": protein["id"], "sequences": [sequence], "top_n": 100},
-            )
-            assert response.status_code == 200, response.text
-            data = response.json()
-            assert data["provenance"]["layer"] == 8 and data["level"] == "protein"
-            (result,) = data["results"]
-            assert result["length"] == len(sequence)
-            assert 0 < result["n_active_features"] <= 64
-    finally:
-        get_settings.cache_clear()
-        engine_for.cache_clear()
+    served = settings.model_copy(update={"database_url": url, "device": "cpu"})
+    with TestClient(create_app(served)) as client:
+        (run,) = client.get("/api/v1/runs").json()
+        saes = {s["name"]: s for s in run["saes"]}
+        protein = saes["L8-protein-topk"]
+        assert protein["n_latents"] == 20000 and protein["d_in"] == 480
+        sequence = pipeline.corpus.sequences[0]
+        response = client.post(
+            "/api/v1/encode",
+            json={"sae_id": protein["id"], "sequences": [sequence], "top_n": 100},
+        )
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert data["provenance"]["layer"] == 8 and data["level"] == "protein"
+        (result,) = data["results"]
+        assert result["length"] == len(sequence)
+        assert 0 < result["n_active_features"] <= 64

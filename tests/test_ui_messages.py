@@ -17,17 +17,13 @@ from app.findings.plots import LOSS_RECOVERED_FLOOR, FigureInputs, plot_sae_fide
 from app.findings.render import clear_cache
 from app.queries.findings import gather_findings
 from app.store.schema import Feature, Sae
-from tests.encode_fixtures import restore, use_store
+from tests.apps import app_for
 
 
 def _client(url: str) -> Iterator[TestClient]:
-    old = use_store(url)
     clear_cache()
-    from app.main import create_app
-
-    with TestClient(create_app()) as test_client:
+    with TestClient(app_for(url)) as test_client:
         yield test_client
-    restore(old)
     clear_cache()
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from sqlalchemy.engine import make_url
 
-from app.settings import get_settings
+from app.settings import Settings
 from app.store import migrate
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ DatabaseOption = typer.Option(
 
 
 def _url(database_url: str | None) -> str:
-    return database_url or get_settings().sqlalchemy_url
+    return database_url or Settings().sqlalchemy_url
 
 
 @db_cli.command("upgrade")
@@ -60,7 +60,7 @@ def db_upgrade(
     database_url: str | None = DatabaseOption,
 ) -> None:
     """Apply Alembic migrations up to REVISION (default: head)."""
-    get_settings().ensure_data_dir()
+    Settings().ensure_data_dir()
     url = _url(database_url)
     migrate.upgrade(url, revision)
     typer.echo(f"store at revision {migrate.current_revision(url)}")
@@ -129,11 +129,10 @@ def serve(
     """Serve the explorer and the REST API."""
     import uvicorn
 
-    settings = get_settings()
-    if database_url:
+    if database_url:  # each worker process builds its app's settings from the environment
         os.environ["PROTSAE_DATABASE_URL"] = database_url
-        get_settings.cache_clear()
-    _require_migrated(get_settings().sqlalchemy_url)
+    settings = Settings()
+    _require_migrated(settings.sqlalchemy_url)
     n_workers = workers or settings.workers or default_workers()
     if reload and n_workers > 1:
         raise typer.BadParameter("--reload runs one worker: drop --workers", param_hint="--reload")
@@ -170,7 +169,7 @@ def _pipeline(config: Path, database_url: str | None, republish: bool = False) -
     from trainer.config import ConfigError, load_config
     from trainer.pipeline import Pipeline
 
-    settings = get_settings()
+    settings = Settings()
     try:
         cfg = load_config(config, settings)
     except ConfigError as exc:

@@ -1,17 +1,17 @@
 """The versioned REST API (``/api/v1``), read half; every handler goes through the query layer.
 
-Unknown ids answer 404 and bad parameters 422, both in the one JSON error shape of ``app.main``.
+Unknown ids answer 404 and bad parameters 422, both in the one JSON error shape of ``app.errors``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 
 from app import queries
 from app.deps import SessionDep
-from app.queries import CURSOR_PATTERN, BadCursor, NotFound
+from app.queries import CURSOR_PATTERN
 from app.queries.models import (
     FeatureDetail,
     FeatureFilters,
@@ -35,10 +35,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def not_found(exc: NotFound) -> HTTPException:
-    return HTTPException(status_code=404, detail=str(exc))
-
-
 @router.get("/runs", response_model=list[RunOut], summary="Published runs and their dictionaries")
 def list_runs(session: SessionDep) -> list[RunOut]:
     return queries.run_models(session)
@@ -51,10 +47,7 @@ def list_saes(session: SessionDep) -> list[SaeSummary]:
 
 @router.get("/saes/{sae_id}", response_model=SaeDetail, responses=ERRORS, summary="One dictionary")
 def get_sae(session: SessionDep, sae_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> SaeDetail:
-    try:
-        return queries.sae_detail(session, sae_id)
-    except NotFound as exc:
-        raise not_found(exc) from exc
+    return queries.sae_detail(session, sae_id)
 
 
 @router.get(
@@ -66,10 +59,7 @@ def get_sae(session: SessionDep, sae_id: Annotated[int, Path(ge=1, le=2**31 - 1)
 def get_feature_map(
     session: SessionDep, sae_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
 ) -> FeatureMap:
-    try:
-        return queries.feature_map(session, sae_id)
-    except NotFound as exc:
-        raise not_found(exc) from exc
+    return queries.feature_map(session, sae_id)
 
 
 FloatQ = Annotated[float | None, Query(allow_inf_nan=False)]
@@ -119,12 +109,7 @@ def list_features(
         score_min=score_min, has_go=has_go, has_go_length=has_go_length, has_domain=has_domain,
         dead=dead,
     )  # fmt: skip
-    try:
-        return queries.list_features(session, sae_id, filters, sort, order, cursor, limit)
-    except NotFound as exc:
-        raise not_found(exc) from exc
-    except BadCursor as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    return queries.list_features(session, sae_id, filters, sort, order, cursor, limit)
 
 
 @router.get(
@@ -136,10 +121,7 @@ def list_features(
 def get_feature(
     session: SessionDep, feature_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
 ) -> FeatureDetail:
-    try:
-        return queries.feature_detail(session, feature_id)
-    except NotFound as exc:
-        raise not_found(exc) from exc
+    return queries.feature_detail(session, feature_id)
 
 
 @router.get(
@@ -151,10 +133,7 @@ def get_feature(
 def get_protein(
     session: SessionDep, accession: Annotated[str, Path(min_length=1, max_length=64)]
 ) -> ProteinDetail:
-    try:
-        return queries.protein_detail(session, accession)
-    except NotFound as exc:
-        raise not_found(exc) from exc
+    return queries.protein_detail(session, accession)
 
 
 @router.get(
@@ -167,10 +146,7 @@ def get_go_term(
     session: SessionDep,
     go_id: Annotated[str, Path(pattern=r"^GO:\d{7}$", examples=["GO:0003677"])],
 ) -> GoTermDetail:
-    try:
-        return queries.go_term_detail(session, go_id)
-    except NotFound as exc:
-        raise not_found(exc) from exc
+    return queries.go_term_detail(session, go_id)
 
 
 @router.get(

@@ -8,7 +8,7 @@ a full queue answers 503 with ``Retry-After``.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
@@ -19,11 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from app.deps import HtmxDep, SessionDep
-from app.esm_window import MAX_RESIDUES
-
-if TYPE_CHECKING:  # torch loads only when a sequence is encoded, never for the other pages
-    from app.encoding.service import EncodingService
+from app.deps import HtmxDep, SessionDep, get_encoding_service, get_settings
 from app.encoding.batcher import QueueFull
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.validation import (
@@ -32,6 +28,7 @@ from app.encoding.validation import (
     parse_sequence_list,
     parse_sequences,
 )
+from app.esm_window import MAX_RESIDUES
 from app.queries import (
     EncodeResponse,
     FeatureHit,
@@ -42,7 +39,7 @@ from app.queries import (
     published_sae_choices,
     stored_structure,
 )
-from app.settings import get_settings
+from app.settings import Settings
 from app.structure_files import structure_response
 from app.templating import templates
 
@@ -96,16 +93,6 @@ class EncodeRequest(BaseModel):
     include_residues: bool = Field(default=True, description="Per-residue values per feature")
 
 
-def get_service(request: Request) -> EncodingService:
-    """The process's encoding service (models stay warm on ``app.state``)."""
-    service = getattr(request.app.state, "encoding", None)
-    if service is None:
-        from app.encoding.service import EncodingService
-
-        service = request.app.state.encoding = EncodingService(get_settings())
-    return service
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) before reading it all."""
     declared = request.headers.get("content-length")
@@ -120,8 +107,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _records(req: EncodeRequest) -> list[Any]:
-    settings = get_settings()
+def _records(req: EncodeRequest, settings: Settings) -> list[Any]:
     limits = {"max_length": settings.max_sequence_length, "max_records": settings.max_fasta_records}
     if (req.sequences is None) == (req.fasta is None):
         raise EncodeInputError("give exactly one of 'sequences' or 'fasta'", 422)
@@ -133,8 +119,8 @@ def _records(req: EncodeRequest) -> list[Any]:
 async def encode_request(request: Request, session: Session, req: EncodeRequest) -> EncodeResponse:
     """Validate, encode (cache + batching queue), rank, and join labels and provenance."""
     try:
-        records = _records(req)
-        service = get_service(request)
+        records = _records(req, get_settings(request))
+        service = get_encoding_service(request)
         handle = await run_in_threadpool(service.handle, session, req.sae_id)
         encodings = await service.encode(handle, [r.sequence for r in records])
     except EncodeInputError as exc:
@@ -210,7 +196,7 @@ _REQUEST_SCHEMA = EncodeRequest.model_json_schema()
     },
 )
 async def encode_api(request: Request, session: SessionDep) -> EncodeResponse:
-    body = await read_body(request, get_settings().max_body_bytes)
+    body = await read_body(request, get_settings(request).max_body_bytes)
     try:
         req = EncodeRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -228,7 +214,7 @@ def encode_page(request: Request, session: SessionDep) -> Response:
 @router.post("/encode", response_class=HTMLResponse, include_in_schema=False)
 async def encode_form(request: Request, session: SessionDep, htmx: HtmxDep) -> Response:
     """The page's form (urlencoded): the same encoding as the API, rendered server-side."""
-    body = await read_body(request, get_settings().max_body_bytes)
+    body = await read_body(request, get_settings(request).max_body_bytes)
     form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     ctx: dict[str, Any] = {"saes": published_sae_choices(session), "form": form, "result": None}
     status = 200

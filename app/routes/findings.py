@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.deps import SessionDep
+from app.deps import SessionDep, SettingsDep
 from app.findings.render import cached_findings
 from app.params import IdPath
 from app.queries import (
@@ -19,7 +19,6 @@ from app.queries import (
     published_run,
     worklist_summaries,
 )
-from app.settings import get_settings
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -35,12 +34,14 @@ def latest_findings(session: SessionDep) -> Response:
 
 
 @router.get("/runs/{run_id}/findings", response_class=HTMLResponse)
-def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Response:
+def findings_page(
+    request: Request, run_id: IdPath, session: SessionDep, settings: SettingsDep
+) -> Response:
     t0 = time.perf_counter()
     run = published_run(session, run_id)
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")
-    rendered = cached_findings(session, get_settings().sqlalchemy_url, run)
+    rendered = cached_findings(session, settings.sqlalchemy_url, run)
     worklists = worklist_summaries(session, [s.id for s in run.saes])
     context = {"run": run, "rendered": rendered, "saes": run.saes, "worklists": worklists}
     response = templates.TemplateResponse(request, "findings.html", context)
@@ -49,11 +50,11 @@ def findings_page(request: Request, run_id: IdPath, session: SessionDep) -> Resp
 
 
 @router.get("/runs/{run_id}/findings/{key}.svg")
-def findings_svg(run_id: IdPath, key: str, session: SessionDep) -> Response:
+def findings_svg(run_id: IdPath, key: str, session: SessionDep, settings: SettingsDep) -> Response:
     run = published_run(session, run_id)
     if run is None:
         raise HTTPException(404, f"no published run {run_id}")
-    for fig in cached_findings(session, get_settings().sqlalchemy_url, run).figures:
+    for fig in cached_findings(session, settings.sqlalchemy_url, run).figures:
         if fig.key == key:
             return Response(fig.svg, media_type="image/svg+xml")
     raise HTTPException(404, f"run {run_id} has no figure {key!r}")

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from app.deps import SessionDep
+from app.deps import SessionDep, get_encoding_service, get_settings
 from app.encoding.errors import EncodingUnavailable, UnknownSae
 from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
 from app.esm_window import MAX_RESIDUES
@@ -39,8 +39,7 @@ from app.queries import (
     match_protein,
     published_sae_choices,
 )
-from app.routes.encode import get_service, read_body
-from app.settings import get_settings
+from app.routes.encode import read_body
 from app.templating import templates
 
 if TYPE_CHECKING:
@@ -78,7 +77,9 @@ class Gate:
 def _gate(request: Request) -> Gate:
     gate = getattr(request.app.state, "intervene_gate", None)
     if gate is None:
-        gate = request.app.state.intervene_gate = Gate(get_settings().intervene_max_concurrent)
+        gate = request.app.state.intervene_gate = Gate(
+            get_settings(request).intervene_max_concurrent
+        )
     return gate
 
 
@@ -177,7 +178,7 @@ def _round(values: np.ndarray) -> list[float]:
 
 
 async def _handle(request: Request, session: Session, sae_id: int) -> DictionaryHandle:
-    service = get_service(request)
+    service = get_encoding_service(request)
     return await run_in_threadpool(service.handle, session, sae_id)
 
 
@@ -307,7 +308,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
 )  # fmt: skip
 async def steer_api(request: Request, session: SessionDep) -> SteerResponse:
-    req = _validated(SteerRequest, await read_body(request, get_settings().max_body_bytes))
+    req = _validated(SteerRequest, await read_body(request, get_settings(request).max_body_bytes))
     return await steer_request(request, session, req)
 
 
@@ -401,7 +402,9 @@ async def variants_request(
     responses=_ERRORS,
 )  # fmt: skip
 async def variants_api(request: Request, session: SessionDep) -> VariantsResponse:
-    req = _validated(VariantsRequest, await read_body(request, get_settings().max_body_bytes))
+    req = _validated(
+        VariantsRequest, await read_body(request, get_settings(request).max_body_bytes)
+    )
     return await variants_request(request, session, req)
 
 

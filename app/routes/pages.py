@@ -11,13 +11,13 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app import queries, render
 from app.deps import HtmxDep, SessionDep
+from app.errors import page_errors
 from app.params import IdPath, OptionalIdQuery
-from app.queries import BadCursor, NotFound
 from app.queries.models import (
     FeatureFilters,
     ProteinDetail,
@@ -29,21 +29,15 @@ from app.structure_coverage import coverage
 from app.structure_files import structure_response
 from app.templating import templates
 
-router = APIRouter(include_in_schema=False)
+# Unknown ids (404) and bad cursors (422) render the error page: app.errors.
+router = APIRouter(include_in_schema=False, dependencies=[Depends(page_errors)])
 WORKLIST_TABLES = 3  # worklists a page shows as tables of candidates; the rest, one row each
-render.register(templates.env.globals)
 
 SORT_LABELS: dict[str, str] = {
     "index": "Index", "density": "Density", "max_activation": "Max activation",
     "explanation_score": "Explanation score", "n_go_hits": "GO hits",
     "n_go_hits_length": "GO hits, length-adjusted",
 }  # fmt: skip
-
-
-def _error(request: Request, status: int, message: str) -> Response:
-    return templates.TemplateResponse(
-        request, "error.html", {"status": status, "message": message}, status_code=status
-    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -107,13 +101,8 @@ def feature_list(
         has_go=_flag(has_go), has_go_length=_flag(has_go_length),
         has_domain=_flag(has_domain), dead=_flag(dead),
     )  # fmt: skip
-    try:
-        sae = queries.sae_detail(session, sae_id)
-        page = queries.list_features(session, sae_id, filters, sort, order, cursor)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
-    except BadCursor as exc:
-        return _error(request, 422, str(exc))
+    sae = queries.sae_detail(session, sae_id)
+    page = queries.list_features(session, sae_id, filters, sort, order, cursor)
     shown = filters.model_dump(exclude={"density_min", "density_max"})
     shown |= {"density_min_pct": _plain(pct_min), "density_max_pct": _plain(pct_max)}
     params: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
@@ -141,21 +130,15 @@ def feature_map_page(
 ) -> Response:
     """The map canvas; its points come from ``/api/v1/saes/{id}/map`` (drawn by feature_map.js).
     ``feature``: a feature of this dictionary to ring and label on arrival."""
-    try:
-        sae = queries.sae_detail(session, sae_id)
-        n_mapped = queries.feature_map_size(session, sae_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    sae = queries.sae_detail(session, sae_id)
+    n_mapped = queries.feature_map_size(session, sae_id)
     context = {"sae": sae, "n_mapped": n_mapped, "highlight": feature}
     return templates.TemplateResponse(request, "feature_map.html", context)
 
 
 @router.get("/features/{feature_id}", response_class=HTMLResponse)
 def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> Response:
-    try:
-        detail = queries.feature_detail(session, feature_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = queries.feature_detail(session, feature_id)
     groups = queries.top_examples_by_bin(detail.top_examples)
     worklist = queries.feature_worklist(session, feature_id, limit=10)
     context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist,
@@ -178,10 +161,7 @@ def protein_page(
     accession: str,
     feature: OptionalIdQuery = None,
 ) -> Response:
-    try:
-        detail = queries.protein_detail(session, accession)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = queries.protein_detail(session, accession)
     choices = [pf for group in detail.top_features for pf in group.features]
     chosen = next(
         (pf for pf in choices if pf.feature.id == feature), choices[0] if choices else None
@@ -213,10 +193,7 @@ def _paint_coverage(detail: ProteinDetail, chosen: ProteinFeatureOut | None) -> 
 
 @router.get("/go/{go_id}", response_class=HTMLResponse)
 def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
-    try:
-        detail = queries.go_term_detail(session, go_id)
-    except NotFound as exc:
-        return _error(request, 404, str(exc))
+    detail = queries.go_term_detail(session, go_id)
     worklist = queries.go_worklist(session, detail.term.id, limit=10, detailed=WORKLIST_TABLES)
     context = {"d": detail, "wl": worklist, "wl_tables": WORKLIST_TABLES}
     return templates.TemplateResponse(request, "go.html", context)

@@ -6,12 +6,12 @@ import csv
 import io
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from app import queries
 from app.deps import SessionDep
-from app.queries import FeatureWorklist, GoWorklist, NotFound, TermWorklist
+from app.queries import FeatureWorklist, GoWorklist, TermWorklist
 from app.routes.api import ERRORS
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -40,10 +40,7 @@ def _csv(lists: list[TermWorklist], filename: str) -> Response:
 def feature_worklist(
     session: SessionDep, feature_id: FeatureId, limit: Limit = None
 ) -> FeatureWorklist:
-    try:
-        return queries.feature_worklist(session, feature_id, limit)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return queries.feature_worklist(session, feature_id, limit)
 
 
 @router.get(
@@ -53,10 +50,7 @@ def feature_worklist(
     summary="The feature's worklist, one candidate per row, CSV",
 )
 def feature_worklist_csv(session: SessionDep, feature_id: FeatureId) -> Response:
-    try:
-        found = queries.feature_worklist(session, feature_id)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    found = queries.feature_worklist(session, feature_id)
     return _csv(found.lists, f"feature-{feature_id}-worklist.csv")
 
 
@@ -67,10 +61,7 @@ def feature_worklist_csv(session: SessionDep, feature_id: FeatureId) -> Response
     summary="Every feature's worklist for one GO term",
 )
 def go_worklist(session: SessionDep, go_id: GoId, limit: Limit = None) -> GoWorklist:
-    try:
-        return queries.go_worklist(session, go_id, limit)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return queries.go_worklist(session, go_id, limit)
 
 
 @router.get(
@@ -80,8 +71,5 @@ def go_worklist(session: SessionDep, go_id: GoId, limit: Limit = None) -> GoWork
     summary="Every feature's worklist for one GO term, CSV",
 )
 def go_worklist_csv(session: SessionDep, go_id: GoId) -> Response:
-    try:
-        found = queries.go_worklist(session, go_id)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    found = queries.go_worklist(session, go_id)
     return _csv(found.lists, f"{go_id.replace(':', '_')}-worklist.csv")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,50 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-@lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process."""
-    return make_engine(url)
+class AppStore:
+    """One web app's connections to its store: engines made on first use (creating an app
+    touches nothing), disposed when the app shuts down.
+
+    The publication id is read on the event loop with an engine of its own: with the request
+    engine's pool taken by request threads the loop would wait for a connection, while those
+    threads need the loop to close their sessions (a deadlock until the pool's 30 s timeout).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}
+        self._sessions: sessionmaker[Session] | None = None
+
+    def _engine(self, role: str) -> Engine:
+        with self._lock:
+            engine = self._engines.get(role)
+            if engine is None:
+                engine = self._engines[role] = make_engine(self.url)
+            return engine
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of request sessions and health checks."""
+        return self._engine("requests")
+
+    @property
+    def publication_engine(self) -> Engine:
+        """The engine the response cache reads the publication id with (see above)."""
+        return self._engine("publication")
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            self._sessions = session_factory(self.engine)
+        return self._sessions
+
+    def dispose(self) -> None:
+        """Close every pooled connection; a later use opens new ones."""
+        with self._lock:
+            engines, self._engines, self._sessions = list(self._engines.values()), {}, None
+        for engine in engines:
+            engine.dispose()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
