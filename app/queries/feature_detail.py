@@ -7,16 +7,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.queries.domains import domain_control, domains_payload, feature_domain_hits
+from app.queries.domains import domain_control, feature_domain_hits
 from app.queries.errors import NotFound
 from app.queries.go import (
     feature_go_hits,
     go_alpha,
-    go_hit,
-    go_payload,
     go_protocols,
     length_control,
 )
@@ -62,9 +60,24 @@ from app.structure_coverage import best_chain
 BIN_ORDER = {"top": 0, "structure": 99}  # q1..qN sort between them by name
 
 
+# An example's columns and its protein's, read as plain rows: building ORM objects for the 30-odd
+# examples of a page (and their chains) was the largest part of the page's cost.
+_EXAMPLE_COLUMNS = (
+    TopExample.bin, TopExample.rank, TopExample.activation, TopExample.max_position,
+    TopExample.residue_values, TopExample.structure_id, TopExample.structure_share,
+    TopExample.structure_peak_covered, Protein.id, Protein.accession, Protein.name, Protein.gene,
+    Protein.organism, Protein.length, Protein.sequence,
+)  # fmt: skip
+_CHAIN_COLUMNS = (
+    Structure.id, Structure.protein_id, Structure.format, Structure.chain, Structure.source,
+    Structure.structure_type, Structure.residue_ids, Structure.sequence_positions,
+    Structure.identity, Structure.coverage,
+)  # fmt: skip
+
+
 def _shown_structure(
-    example: TopExample, values: list[float], chains: list[Structure]
-) -> tuple[Structure | None, float | None, bool | None]:
+    example: Any, values: list[float], chains: Sequence[Any]
+) -> tuple[Any, float | None, bool | None]:
     """The chain an example is shown on, its activation share and whether it resolves the peak:
     as analyze stored them, or (runs analysed before) computed here by the same rule."""
     stored = next((c for c in chains if c.id == example.structure_id), None)
@@ -77,20 +90,33 @@ def _shown_structure(
     return chains[index], found.activation_share, found.peak_covered
 
 
-def _example_chains(
-    session: Session, examples: Sequence[Row[TopExample, Protein]]
-) -> dict[int, list[Structure]]:
+def _example_chains(session: Session, examples: Sequence[Any]) -> dict[int, list[Any]]:
     """The chains the examples need, by protein: the one analyze chose where it stored it (one
     row by primary key, not every chain of the protein: a well-studied protein has dozens), and
     all of a protein's chains only for examples of runs analysed before it chose."""
-    stored = {ex.structure_id for ex, _ in examples if ex.structure_id is not None}
-    undecided = {p.id for ex, p in examples if ex.structure_id is None}
-    chains = defaultdict(list, structures_of(session, undecided))
+    stored = {ex.structure_id for ex in examples if ex.structure_id is not None}
+    # A run analysed since the choice was stored gives every example that has a chain one;
+    # only a run analysed before it (no example with a stored chain) needs every chain.
+    undecided = set() if stored else {ex.id for ex in examples}
+    chains: dict[int, list[Any]] = defaultdict(list, structures_of(session, undecided))
     if stored:
-        for chain in session.scalars(select(Structure).where(Structure.id.in_(stored))):
+        for chain in session.execute(select(*_CHAIN_COLUMNS).where(Structure.id.in_(stored))):
             if chain.protein_id not in undecided:
                 chains[chain.protein_id].append(chain)
     return chains
+
+
+def _example_out(example: Any, chains: Sequence[Any]) -> TopExampleOut:
+    values = residue_values(example.residue_values)
+    shown, share, peak = _shown_structure(example, values, chains)
+    protein = ProteinRef(id=example.id, accession=example.accession, name=example.name,
+                         gene=example.gene, organism=example.organism, length=example.length)  # fmt: skip
+    return TopExampleOut.model_construct(  # every field given, values already floats
+        bin=example.bin, rank=example.rank, activation=example.activation,
+        max_position=example.max_position, protein=protein, sequence=example.sequence,
+        values=values, structure_share=share, structure_peak_covered=peak,
+        structure=structure_out(shown, example.length) if shown is not None else None,
+    )  # fmt: skip
 
 
 def _explanation(session: Session, feature_id: int) -> ExplanationOut | None:
@@ -148,11 +174,17 @@ AA_RULE = (
 
 
 def analysis_payload(session: Session, sae_id: int) -> Any:
-    return session.scalar(
-        select(AnalysisSummary.payload).where(
-            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "analysis"
+    return summary_payloads(session, sae_id, ("analysis",)).get("analysis")
+
+
+def summary_payloads(session: Session, sae_id: int, kinds: Sequence[str]) -> dict[str, Any]:
+    """The dictionary's stage summaries of these kinds, in one query (kind -> payload)."""
+    rows = session.execute(
+        select(AnalysisSummary.kind, AnalysisSummary.payload).where(
+            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind.in_(kinds)
         )
     )
+    return {kind: payload for kind, payload in rows}
 
 
 def aa_profile(feature: Feature, analysis_summary: Any) -> AaProfileOut | None:
@@ -202,25 +234,15 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         raise NotFound(f"no feature with id {feature_id}")
     sae, run = published_sae(session, feature.sae_id)
     examples = session.execute(
-        select(TopExample, Protein)
+        select(*_EXAMPLE_COLUMNS)
         .join(Protein, TopExample.protein_id == Protein.id)
         .where(TopExample.feature_id == feature_id)
     ).all()
     chains = _example_chains(session, examples)
-    top = []
-    for ex, p in examples:
-        values = residue_values(ex.residue_values)
-        shown, share, peak = _shown_structure(ex, values, chains.get(p.id, []))
-        top.append(TopExampleOut(
-            bin=ex.bin, rank=ex.rank, activation=ex.activation, max_position=ex.max_position,
-            protein=ProteinRef.model_validate(p), sequence=p.sequence, values=values,
-            structure=structure_out(shown, p.length) if shown is not None else None,
-            structure_share=share, structure_peak_covered=peak,
-        ))  # fmt: skip
+    top = [_example_out(ex, chains.get(ex.id, [])) for ex in examples]
     top.sort(key=lambda e: (_bin_key(e.bin), e.rank))
-    hits = feature_go_hits(session, feature_id, "strict")
-    hits_paper = feature_go_hits(session, feature_id, "paper")
-    go_summary = go_payload(session, sae.id)
+    summaries = summary_payloads(session, sae.id, ("go", "analysis", "domains"))
+    go_summary = summaries.get("go")
     alpha = go_alpha(go_summary)
     neighbors = session.execute(  # the columns shown, not each neighbour's JSON statistics
         select(
@@ -243,13 +265,15 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         sae=SaeSummary.model_validate(sae),
         run_name=run.name,
         explanation=_explanation(session, feature_id),
-        go_hits=[go_hit(h, t, alpha) for h, t in hits],
-        go_hits_paper=[go_hit(h, t, alpha) for h, t in hits_paper],
+        go_hits=feature_go_hits(session, feature_id, "strict", alpha),
+        go_hits_paper=feature_go_hits(session, feature_id, "paper", alpha),
         go_protocols=go_protocols(session, {sae.id}),
         go_control=length_control(go_summary),
-        aa_profile=aa_profile(feature, analysis_payload(session, sae.id)),
+        aa_profile=aa_profile(feature, summaries.get("analysis")),
         domain_hits=feature_domain_hits(session, feature_id, alpha),
-        domain_control=domain_control(domains_payload(session, sae.id)),
+        domain_control=domain_control(
+            None if summaries.get("domains") is None else dict(summaries["domains"])
+        ),
         top_examples=top,
         neighbors=[
             NeighborOut(feature_id=fid, sae_id=sae_id, index=index, auto_label=label, cosine=cos)

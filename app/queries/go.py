@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.queries.errors import NotFound
@@ -74,8 +74,9 @@ def go_alphas(session: Session, sae_ids: Collection[int]) -> dict[int, float]:
     return {sae_id: go_alpha(payloads.get(sae_id)) for sae_id in sae_ids}
 
 
-def go_hit(hit: GoEnrichment, term: GoTerm, alpha: float) -> GoHit:
-    """``alpha``: the GO stage's significance level of the hit's dictionary."""
+def go_hit(hit: Any, term: Any, alpha: float) -> GoHit:
+    """``alpha``: the GO stage's significance level of the hit's dictionary; ``hit`` and
+    ``term`` as stored (or one row holding the columns of both)."""
     return GoHit(
         protocol=hit.protocol, depleted=hit.fold_enrichment < 1, go_id=hit.go_id, name=term.name, namespace=hit.namespace, level=term.level,
         depth=term.depth, study_hits=hit.study_hits, study_size=hit.study_size,
@@ -87,18 +88,30 @@ def go_hit(hit: GoEnrichment, term: GoTerm, alpha: float) -> GoHit:
     )  # fmt: skip
 
 
-def feature_go_hits(
-    session: Session, feature_id: int, protocol: str
-) -> Sequence[Row[GoEnrichment, GoTerm]]:
-    """A feature's hits under one protocol, strongest first (BH q under strict, p under paper)."""
+# A hit as the feature page shows it, one plain row: the hit's columns and its term's name,
+# level and depth (a row per hit rather than two ORM objects, the page's largest query).
+_HIT_COLUMNS = (
+    GoEnrichment.protocol, GoEnrichment.go_id, GoEnrichment.namespace, GoEnrichment.study_hits,
+    GoEnrichment.study_size, GoEnrichment.pop_hits, GoEnrichment.pop_size,
+    GoEnrichment.fold_enrichment, GoEnrichment.odds_ratio, GoEnrichment.p_value,
+    GoEnrichment.q_value, GoEnrichment.p_bonferroni, GoEnrichment.p_length,
+    GoEnrichment.q_length, GoEnrichment.is_most_specific, GoEnrichment.method, GoTerm.name,
+    GoTerm.level, GoTerm.depth,
+)  # fmt: skip
+
+
+def feature_go_hits(session: Session, feature_id: int, protocol: str, alpha: float) -> list[GoHit]:
+    """A feature's hits under one protocol, strongest first (BH q under strict, p under paper);
+    ``alpha``: its dictionary's GO significance level."""
     first = GoEnrichment.q_value if protocol == "strict" else GoEnrichment.p_value
-    return session.execute(
-        select(GoEnrichment, GoTerm)
+    rows = session.execute(
+        select(*_HIT_COLUMNS)
         .join(GoTerm, GoEnrichment.go_id == GoTerm.id)
         .where(GoEnrichment.feature_id == feature_id, GoEnrichment.protocol == protocol)
         .order_by(first, GoEnrichment.p_value, GoEnrichment.go_id)
         .limit(200)
     ).all()
+    return [go_hit(row, row, alpha) for row in rows]  # the row holds the term's columns too
 
 
 def go_protocols(session: Session, sae_ids: set[int]) -> list[GoProtocolOut]:
