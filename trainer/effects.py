@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.atomic_write import write_atomic
 from app.esm import MAX_RESIDUES, LoadedModel, tokenize
 from app.intervene.forward import hidden_at, logits_from
 from app.intervene.steer import AMINO_ACIDS, amino_acid_ids
 from app.sae.models import SparseDictionary
+from trainer.analysis_files import Effects, Examples
+from trainer.layout import AnalysisFiles
 from trainer.stamps import digest, is_current, write_stamp
-
-EFFECTS_FILE = "effects.npz"
-EFFECTS_STAMP = "EFFECTS_DONE"
 
 
 class EffectsConfig(BaseModel):
@@ -183,19 +183,17 @@ def run_effects(
     level: str = "residue",
 ) -> Path:
     """Write ``effects.npz`` beside the analysis (skipped when current for that analysis)."""
-    inputs = {"analysis": (analysis_dir / "DONE").read_text(), "effects": cfg.model_dump()}
+    files = AnalysisFiles(analysis_dir)
+    inputs = {"analysis": files.done.read_text(), "effects": cfg.model_dump()}
     stamp = digest({**inputs, "level": level})
-    target = analysis_dir / EFFECTS_FILE
-    if target.exists() and is_current(analysis_dir / EFFECTS_STAMP, stamp):
+    target = files.effects
+    if target.exists() and is_current(files.effects_done, stamp):
         return target
-    with np.load(analysis_dir / "examples.npz", allow_pickle=False) as archive:
-        examples = {key: archive[key] for key in archive.files}
+    examples = Examples.load(files.examples).arrays()
     arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
-    arrays["read_at"] = np.array("protein mean" if level == "protein" else "peak residue")
-    partial = analysis_dir / "effects.partial.npz"
-    np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)  # type: ignore[arg-type]
-    partial.replace(target)
+    read_at = np.array("protein mean" if level == "protein" else "peak residue")
+    Effects(**arrays, amino_acids=np.array(list(AMINO_ACIDS)), read_at=read_at).save(target)
     measured = int((arrays["n_examples"] > 0).sum())
-    (analysis_dir / "effects.json").write_text(json.dumps({"features_measured": measured}))
-    write_stamp(analysis_dir / EFFECTS_STAMP, stamp)
+    write_atomic(files.effects_summary, json.dumps({"features_measured": measured}))
+    write_stamp(files.effects_done, stamp)
     return target

@@ -16,46 +16,41 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-TIMINGS_FILE = "timings.json"
+from app.atomic_write import write_atomic
+from trainer.layout import RunLayout
 
 
 def record_timing(workdir: Path, stage: str, seconds: float) -> None:
     """Add one finished stage's wall time to ``{workdir}/timings.json`` (the last run wins)."""
-    path = workdir / TIMINGS_FILE
+    path = RunLayout(workdir).timings
     timings = json.loads(path.read_text()) if path.exists() else {}
     timings[stage] = round(seconds, 2)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=1))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(timings, indent=1))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _dictionary_names(workdir: Path) -> list[str]:
-    saes = workdir / "saes"
-    return sorted(p.name for p in saes.iterdir() if (p / "DONE").exists()) if saes.exists() else []
-
-
 def collect_summary(workdir: Path) -> dict[str, Any]:
     """Everything the stages of the run in ``workdir`` have finished, as plain JSON data."""
     if not workdir.exists():
         raise FileNotFoundError(f"{workdir}: no such run directory (has the run started?)")
-    corpus = _read(workdir / "corpus" / "manifest.json") or {}
-    embed = _read(workdir / "embeddings" / "manifest.json") or {}
+    layout = RunLayout(workdir)
+    corpus = _read(layout.corpus.manifest) or {}
+    embed = _read(layout.embeddings().manifest) or {}
     dictionaries: dict[str, dict[str, Any]] = {}
-    for name in _dictionary_names(workdir):
-        metrics = _read(workdir / "saes" / name / "metrics.json") or {}
+    for name in layout.trained():
+        metrics = _read(layout.sae(name).metrics) or {}
         row: dict[str, Any] = {
             key: metrics.get(key)
             for key in ("fve", "mse", "l0", "dead_fraction", "loss_recovered", "ce_clean",
                         "ce_spliced", "ce_zero", "n_train", "vectors_per_s", "is_control")
         }  # fmt: skip
-        analysis = _read(workdir / "analysis" / name / "summary.json")
-        if analysis is not None and (workdir / "analysis" / name / "DONE").exists():
+        analysis = _read(layout.analysis(name).summary)
+        if analysis is not None and layout.analysis(name).done.exists():
             row["analyze_s"] = analysis.get("seconds")
-        go = _read(workdir / "go" / name / "summary.json")
+        go = _read(layout.go_hits(name).summary)
         if go is not None:
             row["go_s"] = go.get("seconds")
             row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
@@ -68,17 +63,17 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
             paper = protocols.get("paper", {})
             row["go_bp_features_paper"] = paper.get("features_with_hit")
             row["go_statements"] = {name: p["statement"] for name, p in protocols.items()}
-        concepts = _read(workdir / "concepts" / name / "summary.json")
+        concepts = _read(layout.concept_results(name).summary)
         if concepts is not None:
             row["concepts_associated"] = concepts["n_concepts_associated"]
             row["concepts_evaluated"] = concepts["n_concepts_evaluated"]
             row["concept_best_f1_median"] = concepts["best_f1_distribution"]["median"]
             row["concept_best_f1_max"] = concepts["best_f1_distribution"]["max"]
         dictionaries[name] = row
-    concepts_manifest = _read(workdir / "concepts" / "manifest.json") or {}
+    concepts_manifest = _read(layout.concepts_manifest) or {}
     return {
         "run_dir": str(workdir),
-        "timings_s": _read(workdir / TIMINGS_FILE) or {},
+        "timings_s": _read(layout.timings) or {},
         "corpus": {k: corpus.get(k) for k in ("n_proteins", "n_structures_mapped")},
         "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")}
         | _shard_seconds(embed),

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from app.atomic_write import write_atomic
 from trainer.concepts.labels import Chain, ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
@@ -36,6 +37,7 @@ from trainer.concepts.metrics import (
     normalise,
 )
 from trainer.concepts.results import concept_records, dictionary_results
+from trainer.layout import RunLayout
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
 ROLES: tuple[Role, Role] = ("train", "test")
@@ -168,14 +170,16 @@ def _fingerprint(
     return {"config": config, "dictionaries": list(dictionaries), "inputs": dict(inputs or {})}
 
 
-def _load_finished(out: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    if not (out / "DONE").exists():
+def _load_finished(
+    layout: RunLayout, fingerprint: dict[str, Any]
+) -> dict[str, dict[str, Any]] | None:
+    if not layout.concepts.done.exists():
         return None
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(layout.concepts_manifest.read_text())
     if {k: manifest.get(k) for k in fingerprint} != fingerprint:
         return None
     return {
-        name: json.loads((out / name / "summary.json").read_text())
+        name: json.loads(layout.concept_results(name).summary.read_text())
         for name in fingerprint["dictionaries"]
     }
 
@@ -201,9 +205,10 @@ def run_concepts_stage(
     missing = [d for d in dictionaries if d not in encode_residues]
     if missing:
         raise ValueError(f"no encoder given for dictionary(ies) {', '.join(missing)}")
-    out = Path(workdir) / "concepts"
+    layout = RunLayout(workdir)
+    out = layout.concepts.dir
     fingerprint = _fingerprint(cfg, dictionaries, inputs)
-    finished = _load_finished(out, fingerprint)
+    finished = _load_finished(layout, fingerprint)
     if finished is not None:
         return finished
     if out.exists():
@@ -261,7 +266,7 @@ def run_concepts_stage(
             timing[d]["count_s"] += time.perf_counter() - t
 
     records = concept_records(concepts)
-    (out / "concepts.json").write_text(json.dumps(records, indent=1))
+    write_atomic(layout.concept_records, json.dumps(records, indent=1))
     summaries: dict[str, dict[str, Any]] = {}
     for d in dictionaries:
         per = counts.get(d, {})
@@ -277,7 +282,7 @@ def run_concepts_stage(
         timing[d]["residues_per_pass"] = float(n_distinct)
         timing[d]["passes"] = 1.0 + (d in needs_max)
         summaries[d] = dictionary_results(
-            out / d, d, by_concept, cfg, maxima[d], records, timing[d]
+            layout.concept_results(d), d, by_concept, cfg, maxima[d], records, timing[d]
         )
     manifest = {
         **fingerprint,
@@ -286,6 +291,6 @@ def run_concepts_stage(
         "seconds": time.perf_counter() - t0,
         "timing": timing,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    (out / "DONE").write_text("ok\n")
+    write_atomic(layout.concepts_manifest, json.dumps(manifest, indent=1))
+    write_atomic(layout.concepts.done, "ok\n")
     return summaries

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
+from app.atomic_write import write_atomic
+from trainer.analysis_files import load_columns, save_columns
 from trainer.go.later_snapshot import (
     EVIDENCE_GROUPS,
     GROUP_ORDER,
@@ -32,6 +34,7 @@ from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import GoCorpus
 from trainer.go.stage import load_activations
 from trainer.go.worklist import KS, Snapshots, build_worklists, precision_at
+from trainer.layout import RunLayout
 from trainer.stamps import digest, is_current, read_stamp, write_stamp
 
 console = Console()
@@ -67,11 +70,6 @@ def statement(cfg: WorklistConfig, alpha: float, threshold: float) -> str:
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
-
-
-def _load_hits(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as saved:
-        return {k: saved[k] for k in saved.files}
 
 
 def build_snapshots(
@@ -116,22 +114,22 @@ def run_worklist_stage(
 ) -> dict[str, dict[str, Any]]:
     """Worklists of every dictionary whose stamp changed; returns each one's summary."""
     workdir = Path(workdir)
-    out_dir = workdir / "worklist"
+    layout = RunLayout(workdir)
     inputs = {"config": json.loads(cfg.model_dump_json()), "later": _file_digest(cfg.later_go),
               "genes": [_file_digest(p) for p in cfg.gene_tables], "obo": _file_digest(obo_path),
-              "corpus": read_stamp(workdir / "corpus" / "DONE")}  # fmt: skip
-    stamps = {n: digest({**inputs, "go": read_stamp(workdir / "go" / n / "DONE")})
+              "corpus": read_stamp(layout.corpus.done)}  # fmt: skip
+    stamps = {n: digest({**inputs, "go": read_stamp(layout.go_hits(n).done)})
               for n in dictionaries}  # fmt: skip
-    todo = [n for n in dictionaries if not is_current(out_dir / n / "DONE", stamps[n])]
+    todo = [n for n in dictionaries if not is_current(layout.worklist(n).done, stamps[n])]
     summaries: dict[str, dict[str, Any]] = {}
     snapshots: Snapshots | None = None
     info: dict[str, Any] = {}
     for name in dictionaries:
         if name not in todo:
-            summaries[name] = json.loads((out_dir / name / "summary.json").read_text())
+            summaries[name] = json.loads(layout.worklist(name).summary.read_text())
             continue
         if snapshots is None:
-            ontology = load_ontology(obo_path, workdir / "go" / "cache")
+            ontology = load_ontology(obo_path, layout.go_cache)
             snapshots, info = build_snapshots(ontology, corpus, cfg)
         summaries[name] = _run_one(
             workdir, name, cfg, snapshots, info, stamps[name], len(corpus.accessions)
@@ -139,7 +137,7 @@ def run_worklist_stage(
     for name, control in (controls or {}).items():
         if name in summaries and control in summaries:
             summaries[name]["random_init_control"] = control
-    (out_dir / "summary.json").write_text(json.dumps(
+    write_atomic(layout.worklists.summary, json.dumps(
         {"dictionaries": summaries, "controls": controls or {}}, indent=2))  # fmt: skip
     print_summaries(summaries)
     return summaries
@@ -150,22 +148,19 @@ def _run_one(
     info: dict[str, Any], stamp: str, n_proteins: int,
 ) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
-    out = workdir / "worklist" / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
-    go_dir = workdir / "go" / name
-    go_summary = json.loads((go_dir / "summary.json").read_text())
+    layout = RunLayout(workdir)
+    files = layout.worklist(name)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    files.done.unlink(missing_ok=True)
+    go_files = layout.go_hits(name)
+    go_summary = json.loads(go_files.summary.read_text())
     alpha = float(go_summary["config"]["alpha"])
     threshold = float(go_summary["config"]["active_threshold"])
-    hits = _load_hits(go_dir / "hits.npz")
-    acts = sp.csc_matrix(
-        load_activations(workdir / "analysis" / name / "protein_activations.npz", n_proteins)
-    )
+    hits = load_columns(go_files.hits)
+    acts = sp.csc_matrix(load_activations(layout.analysis(name).protein_activations, n_proteins))
     candidates = build_worklists(acts, hits, snapshots, alpha=alpha, threshold=threshold,
                                  max_candidates=cfg.max_candidates)  # fmt: skip
-    tmp = out / "candidates.tmp.npz"
-    np.savez_compressed(tmp, allow_pickle=False, **candidates)
-    tmp.replace(out / "candidates.npz")
+    save_columns(files.candidates, candidates)
     summary = {
         "dictionary": name,
         "statement": statement(cfg, alpha, threshold),
@@ -179,8 +174,8 @@ def _run_one(
         **info,
         "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_stamp(out / "DONE", stamp)
+    write_atomic(files.summary, json.dumps(summary, indent=2))
+    write_stamp(files.done, stamp)
     return summary
 
 
