@@ -14,9 +14,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,14 @@ from tqdm import tqdm
 from app.atomic_write import atomic_file, write_atomic
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
+from app.stage_summaries import AnalysisSummaryDoc
 from trainer.aa_profile import AaMass, AaProfile, profile_from_tracks
 from trainer.analysis_files import Examples, FeatureMap, FeatureStats, Neighbors, ProteinTop
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.engines import Engine
 from trainer.feature_map import MapConfig, feature_map
-from trainer.layout import RunLayout
-from trainer.stamps import is_current, redo_reason, write_stamp
+from trainer.layout import AnalysisFiles, RunLayout
+from trainer.stage_driver import StageUnit, run_unit
 from trainer.structure_coverage import Chain, PairCoverage, collect
 
 FloatArray = npt.NDArray[np.float32]
@@ -669,7 +669,7 @@ def run_analyze(
     chains: dict[int, list[Chain]],
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
-    stamp: str | None = None,
+    inputs: Mapping[str, Any] | None = None,
     engine: Engine | None = None,
     sequences: Sequence[str] | None = None,
 ) -> Path:
@@ -679,23 +679,38 @@ def run_analyze(
     (``trainer.structure_coverage.chains_by_protein``).
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
     pooled-only (protein-level dictionaries); it must come from the model the store was made with.
-    ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
-    and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
+    ``inputs``: what the analysis depends on (``trainer.stage_driver``): DONE must hold their
+    stamp, and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
     encoding pass of residue-level dictionaries (default: in this process). ``sequences``
     (corpus order): with them, each feature's amino-acid profile is written too
     (``trainer.aa_profile``).
     """
     files = RunLayout(workdir).analysis(spec.name)
-    out = files.dir
-    finished = files.done.exists() if stamp is None else is_current(files.done, stamp)
-    if finished:
-        return out
-    if stamp is not None and out.exists():  # other inputs, or interrupted: no stale file stays
-        if files.done.exists():
-            print(f"analyze: {spec.name}: {redo_reason(files.done)}: analysing again")
-        shutil.rmtree(out)
+    unit = StageUnit(f"analyze: {spec.name}", files.done, dict(inputs or {}),
+                     outputs=(files.protein_activations, files.features, files.summary))  # fmt: skip
+
+    def analyze() -> None:
+        _analyze(files, module, spec, store, chains, cfg, residue_source, engine, sequences)
+
+    # Other inputs, or interrupted: the folder goes, so no stale file stays.
+    run_unit(unit, analyze, load=lambda: None, clear=files.dir)
+    return files.dir
+
+
+def _analyze(
+    files: AnalysisFiles,
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    chains: dict[int, list[Chain]],
+    cfg: AnalyzeConfig,
+    residue_source: ResidueSource | None,
+    engine: Engine | None,
+    sequences: Sequence[str] | None,
+) -> None:
+    """Every file of ``analysis/{name}/`` but its DONE (the driver writes that)."""
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
     fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
@@ -779,6 +794,5 @@ def run_analyze(
     }
     if profile is not None:
         summary["aa_profile"] = profile.summary()
+    AnalysisSummaryDoc.model_validate(summary)  # the document publish and the summary read
     write_atomic(files.summary, json.dumps(summary, indent=2))
-    write_stamp(files.done, stamp or "ok")
-    return out

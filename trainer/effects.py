@@ -36,7 +36,7 @@ from app.intervene.steer import AMINO_ACIDS, amino_acid_ids
 from app.sae.models import SparseDictionary
 from trainer.analysis_files import Effects, Examples
 from trainer.layout import AnalysisFiles
-from trainer.stamps import digest, is_current, write_stamp
+from trainer.stage_driver import StageUnit, run_unit
 
 
 class EffectsConfig(BaseModel):
@@ -184,16 +184,20 @@ def run_effects(
 ) -> Path:
     """Write ``effects.npz`` beside the analysis (skipped when current for that analysis)."""
     files = AnalysisFiles(analysis_dir)
-    inputs = {"analysis": files.done.read_text(), "effects": cfg.model_dump()}
-    stamp = digest({**inputs, "level": level})
-    target = files.effects
-    if target.exists() and is_current(files.effects_done, stamp):
-        return target
-    examples = Examples.load(files.examples).arrays()
-    arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
-    read_at = np.array("protein mean" if level == "protein" else "peak residue")
-    Effects(**arrays, amino_acids=np.array(list(AMINO_ACIDS)), read_at=read_at).save(target)
-    measured = int((arrays["n_examples"] > 0).sum())
-    write_atomic(files.effects_summary, json.dumps({"features_measured": measured}))
-    write_stamp(files.effects_done, stamp)
-    return target
+    # The analysis marker's whole text (its stamp and newline), as stamps were first made.
+    inputs = {"analysis": files.done.read_text(), "effects": cfg.model_dump(), "level": level}
+    unit = StageUnit(f"effects: {files.dir.name}", files.effects_done, inputs,
+                     outputs=(files.effects,))  # fmt: skip
+
+    def measure() -> None:
+        examples = Examples.load(files.examples).arrays()
+        arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
+        read_at = np.array("protein mean" if level == "protein" else "peak residue")
+        Effects(**arrays, amino_acids=np.array(list(AMINO_ACIDS)), read_at=read_at).save(
+            files.effects
+        )
+        measured = int((arrays["n_examples"] > 0).sum())
+        write_atomic(files.effects_summary, json.dumps({"features_measured": measured}))
+
+    run_unit(unit, measure, load=lambda: None)
+    return files.effects

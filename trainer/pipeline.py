@@ -38,6 +38,7 @@ from app.sae import (
     transcoder_predictor,
 )
 from app.settings import Settings
+from app.stage_summaries import ConceptsManifest
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
@@ -288,10 +289,10 @@ class Pipeline:
             "control_of": plan.control_of,
         }
 
-    def analysis_stamp(self, plan: DictionaryPlan) -> str:
+    def analysis_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """The analysis depends on its settings, the trained dictionary (its stamp) and the
         corpus and embeddings it encodes."""
-        return digest({
+        return {
             **self._stamp_inputs(plan),
             "analyze": self.cfg.analyze.result_inputs(),
             "outputs": ANALYSIS_OUTPUTS_VERSION,
@@ -299,7 +300,7 @@ class Pipeline:
             # Analyses from before structure examples were chosen by what their chain shows
             # (and stored with it) are made again.
             "structure_examples": "coverage",
-        })  # fmt: skip
+        }  # fmt: skip
 
     def analyze(self) -> None:
         lengths = np.array([len(s) for s in self.corpus.sequences], dtype=np.int64)
@@ -321,7 +322,7 @@ class Pipeline:
                 source = sources[plan.embeddings]
             module = self.load(plan)
             out = run_analyze(self.workdir, module, spec, store, chains,
-                              self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
+                              self.cfg.analyze, source, inputs=self.analysis_inputs(plan),
                               sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
             if measurable(module, spec.level, self.cfg.effects):
                 run_effects(out, self.model_for(plan), module, spec.layer,
@@ -466,10 +467,8 @@ class Pipeline:
             path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
             for path in self.layout.explanation_files()
         }
-        concepts = self.layout.concepts_manifest
-        fingerprint = json.loads(concepts.read_text()) if concepts.exists() else None
-        if fingerprint is not None:
-            fingerprint = {k: fingerprint.get(k) for k in ("config", "dictionaries", "inputs")}
+        manifest = ConceptsManifest.read_if_exists(self.layout.concepts_manifest)
+        fingerprint = manifest.fingerprint() if manifest is not None else None
         return digest({"dictionaries": per_dictionary, "explanations": explanations,
                        "concepts": fingerprint})  # fmt: skip
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.detail_queries import go_alpha
 from app.residue_types import ALPHABET, Dominance, is_detector
+from app.stage_summaries import AnalysisSummaryDoc, GoSummary, TrainingMetrics
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
 from app.store.publish import publish_run
@@ -135,11 +136,10 @@ class DictionaryLoader:
     def load(self, name: str, known_terms: dict[str, tuple[str, int]]) -> Sae:
         sae_files = self.layout.sae(name)
         config = json.loads(sae_files.config.read_text())
-        metrics = json.loads(sae_files.metrics.read_text())
-        analysis = self.layout.analysis(name).summary
-        if analysis.exists():  # the corpus distribution of per-protein FVE (for the server)
-            summary = json.loads(analysis.read_text())
-            metrics |= {k: summary.get(k) for k in ("fve_median", "fve_p05")}
+        metrics = TrainingMetrics.read(sae_files.metrics).dump()
+        analysis = AnalysisSummaryDoc.read_if_exists(self.layout.analysis(name).summary)
+        if analysis is not None:  # the corpus distribution of per-protein FVE (for the server)
+            metrics |= {"fve_median": analysis.fve_median, "fve_p05": analysis.fve_p05}
         self.go_hits, self.dominance, self.go_alpha = {}, {}, go_alpha(None)
         self.domain_hits = {}
         sae = self._sae_row(name, config, metrics, sae_files)
@@ -337,8 +337,9 @@ class DictionaryLoader:
         self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
     ) -> None:
         go_files = self.layout.go_hits(name)
-        go_summary = self._summary(sae, "go", go_files.summary) or {}
-        self.go_alpha = go_alpha(go_summary)
+        payload = self._summary(sae, "go", go_files.summary)
+        go_summary = GoSummary.model_validate(payload) if payload is not None else None
+        self.go_alpha = go_alpha(payload)
         self._summary(sae, "analysis", self.layout.analysis(name).summary)
         if not go_files.hits.exists():
             return
@@ -375,7 +376,7 @@ class DictionaryLoader:
         counts = np.bincount(feature_index.astype(np.int64), minlength=n_features)
         counts_length = np.zeros(n_features, dtype=np.int64)
         if has_length:  # every feature of the SAE was tested: 0, not unknown, where no hit
-            alpha = float(go_summary["config"]["alpha"])
+            alpha = self.go_alpha
             adjusted = feature_index[hits["q_length"][keep] < alpha].astype(np.int64)
             counts_length = np.bincount(adjusted, minlength=n_features)
             self.session.execute(
@@ -399,14 +400,15 @@ class DictionaryLoader:
         name: str,
         feature_ids: list[int],
         known_terms: dict[str, tuple[str, int]],
-        go_summary: dict[str, Any],
+        go_summary: GoSummary | None,
     ) -> None:
         """The GO protocols' statements and settings (GoProtocol), and the "paper" protocol's
         hits (GoEnrichment rows with protocol "paper": two-sided p, no BH, no length test)."""
-        for protocol, block in go_summary.get("protocols", {}).items():
-            figures = {k: v for k, v in block.items() if k not in ("statement", "settings")}
-            self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block["statement"],
-                                        settings=block["settings"], figures=figures))  # fmt: skip
+        for protocol, block in (go_summary.protocols if go_summary else {}).items():
+            figures = block.model_dump(mode="json", exclude_unset=True,
+                                       exclude={"statement", "settings"})  # fmt: skip
+            self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block.statement,
+                                        settings=block.settings, figures=figures))  # fmt: skip
         path = self.layout.go_hits(name).paper_hits
         if not path.exists():
             return

@@ -17,6 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from app.atomic_write import write_atomic
+from app.stage_summaries import (
+    AnalysisSummaryDoc,
+    ConceptsManifest,
+    ConceptsSummary,
+    GoSummary,
+    TrainingMetrics,
+)
 from trainer.layout import RunLayout
 
 
@@ -41,36 +48,27 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
     embed = _read(layout.embeddings().manifest) or {}
     dictionaries: dict[str, dict[str, Any]] = {}
     for name in layout.trained():
-        metrics = _read(layout.sae(name).metrics) or {}
+        trained = TrainingMetrics.read_if_exists(layout.sae(name).metrics)
+        metrics = trained.dump() if trained is not None else {}
         row: dict[str, Any] = {
             key: metrics.get(key)
             for key in ("fve", "mse", "l0", "dead_fraction", "loss_recovered", "ce_clean",
                         "ce_spliced", "ce_zero", "n_train", "vectors_per_s", "is_control")
         }  # fmt: skip
-        analysis = _read(layout.analysis(name).summary)
+        analysis = AnalysisSummaryDoc.read_if_exists(layout.analysis(name).summary)
         if analysis is not None and layout.analysis(name).done.exists():
-            row["analyze_s"] = analysis.get("seconds")
-        go = _read(layout.go_hits(name).summary)
+            row["analyze_s"] = analysis.seconds
+        go = GoSummary.read_if_exists(layout.go_hits(name).summary)
         if go is not None:
-            row["go_s"] = go.get("seconds")
-            row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
-            row["go_pct_active_features_bh"] = go["bh"].get("pct_active_features_with_hit")
-            row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
-            protocols = go.get("protocols", {})
-            strict = protocols.get("strict", {}).get("features_with_bp_hit", {})
-            row["go_bp_features_strict_bh"] = strict.get("bh")
-            row["go_bp_features_strict_bonferroni"] = strict.get("bonferroni")
-            paper = protocols.get("paper", {})
-            row["go_bp_features_paper"] = paper.get("features_with_hit")
-            row["go_statements"] = {name: p["statement"] for name, p in protocols.items()}
-        concepts = _read(layout.concept_results(name).summary)
+            row |= _go_row(go)
+        concepts = ConceptsSummary.read_if_exists(layout.concept_results(name).summary)
         if concepts is not None:
-            row["concepts_associated"] = concepts["n_concepts_associated"]
-            row["concepts_evaluated"] = concepts["n_concepts_evaluated"]
-            row["concept_best_f1_median"] = concepts["best_f1_distribution"]["median"]
-            row["concept_best_f1_max"] = concepts["best_f1_distribution"]["max"]
+            row["concepts_associated"] = concepts.n_concepts_associated
+            row["concepts_evaluated"] = concepts.n_concepts_evaluated
+            row["concept_best_f1_median"] = concepts.best_f1_distribution["median"]
+            row["concept_best_f1_max"] = concepts.best_f1_distribution["max"]
         dictionaries[name] = row
-    concepts_manifest = _read(layout.concepts_manifest) or {}
+    manifest = ConceptsManifest.read_if_exists(layout.concepts_manifest)
     return {
         "run_dir": str(workdir),
         "timings_s": _read(layout.timings) or {},
@@ -78,9 +76,27 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
         "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")}
         | _shard_seconds(embed),
         "concept_chains": {
-            k: concepts_manifest.get(k) for k in ("n_distinct_chains", "n_distinct_residues")
+            "n_distinct_chains": manifest.n_distinct_chains if manifest else None,
+            "n_distinct_residues": manifest.n_distinct_residues if manifest else None,
         },
         "dictionaries": dictionaries,
+    }
+
+
+def _go_row(go: GoSummary) -> dict[str, Any]:
+    """A dictionary's GO figures: hit rates of our protocol's corrections and the paper's."""
+    strict = go.protocols.get("strict")
+    strict_bp = (strict.features_with_bp_hit if strict else None) or {}
+    paper = go.protocols.get("paper")
+    return {
+        "go_s": go.seconds,
+        "go_pct_features_bh": go.bh.pct_features_with_hit,
+        "go_pct_active_features_bh": go.bh.pct_active_features_with_hit,
+        "go_pct_features_bonferroni": go.bonferroni.pct_features_with_hit,
+        "go_bp_features_strict_bh": strict_bp.get("bh"),
+        "go_bp_features_strict_bonferroni": strict_bp.get("bonferroni"),
+        "go_bp_features_paper": paper.features_with_hit if paper else None,
+        "go_statements": {name: p.statement for name, p in go.protocols.items()},
     }
 
 

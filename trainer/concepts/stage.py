@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from app.atomic_write import write_atomic
+from app.stage_summaries import ConceptsManifest
 from trainer.concepts.labels import Chain, ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
@@ -175,8 +176,7 @@ def _load_finished(
 ) -> dict[str, dict[str, Any]] | None:
     if not layout.concepts.done.exists():
         return None
-    manifest = json.loads(layout.concepts_manifest.read_text())
-    if {k: manifest.get(k) for k in fingerprint} != fingerprint:
+    if ConceptsManifest.read(layout.concepts_manifest).fingerprint() != fingerprint:
         return None
     return {
         name: json.loads(layout.concept_results(name).summary.read_text())
@@ -284,13 +284,13 @@ def run_concepts_stage(
         summaries[d] = dictionary_results(
             layout.concept_results(d), d, by_concept, cfg, maxima[d], records, timing[d]
         )
-    manifest = {
+    manifest = ConceptsManifest(
         **fingerprint,
-        "n_distinct_chains": sum(len(b.sequences) for b in batches),
-        "n_distinct_residues": n_distinct,
-        "seconds": time.perf_counter() - t0,
-        "timing": timing,
-    }
-    write_atomic(layout.concepts_manifest, json.dumps(manifest, indent=1))
+        n_distinct_chains=sum(len(b.sequences) for b in batches),
+        n_distinct_residues=n_distinct,
+        seconds=time.perf_counter() - t0,
+        timing=timing,
+    )
+    write_atomic(layout.concepts_manifest, manifest.to_json(indent=1))
     write_atomic(layout.concepts.done, "ok\n")
     return summaries

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,9 @@ from trainer.go.enrichment import EnrichmentResult, effect_sizes, enrich_feature
 from trainer.go.paper import PAPER_ALPHA, PaperPopulation, paper_tests
 from trainer.go.stage import GoConfig, load_activations
 from trainer.go.summary import pct
-from trainer.layout import HitFiles, RunLayout
-from trainer.stamps import digest as stamp_digest
-from trainer.stamps import is_current, read_stamp, write_stamp
+from trainer.layout import AnalysisFiles, HitFiles, RunLayout
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp
 
 DOMAIN_COLUMNS = (
     "feature_index", "accession", "source", "study_hits", "study_size", "pop_hits", "pop_size",
@@ -172,14 +173,18 @@ def run_domain_stage(
     for name in names:
         files = layout.domain_hits(name)
         analysis = layout.analysis(name)
-        stamp = stamp_digest({**inputs, "analysis": read_stamp(analysis.done)})
-        if is_current(files.done, stamp):
-            summaries[name] = json.loads(files.summary.read_text())
-            continue
-        acts = load_activations(analysis.protein_activations, len(corpus.accessions))
-        summaries[name] = _run_one(files, acts, incs, permuted, paper_pop, lengths, go)
-        summaries[name]["population"] = POPULATION
-        write_summary_and_stamp(files, summaries[name], stamp)
+        unit = StageUnit(f"domains: {name}", files.done,
+                         {**inputs, "analysis": read_stamp(analysis.done)},
+                         outputs=(files.summary, files.hits))  # fmt: skip
+
+        def test(files: HitFiles = files, analysis: AnalysisFiles = analysis) -> dict[str, Any]:
+            acts = load_activations(analysis.protein_activations, len(corpus.accessions))
+            summary = _run_one(files, acts, incs, permuted, paper_pop, lengths, go)
+            summary["population"] = POPULATION
+            write_atomic(files.summary, json.dumps(summary, indent=2))
+            return summary
+
+        summaries[name] = run_unit(unit, test, load=partial(_read_summary, files))
     for name, control in control_of.items():
         summaries[name]["random_model_control"] = {
             "dictionary": control,
@@ -191,9 +196,9 @@ def run_domain_stage(
     return summaries
 
 
-def write_summary_and_stamp(files: HitFiles, summary: dict[str, Any], stamp: str) -> None:
-    write_atomic(files.summary, json.dumps(summary, indent=2))
-    write_stamp(files.done, stamp)
+def _read_summary(files: HitFiles) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(files.summary.read_text())
+    return summary
 
 
 def _run_one(
@@ -207,7 +212,6 @@ def _run_one(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     files.dir.mkdir(parents=True, exist_ok=True)
-    files.done.unlink(missing_ok=True)
     n_features = int(acts.shape[1])
 
     def test(incidences: dict[str, NamespaceIncidence]) -> EnrichmentResult:

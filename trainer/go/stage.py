@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.atomic_write import atomic_file, write_atomic
+from app.stage_summaries import GoSummary
 from trainer.analysis_files import save_columns
 from trainer.engines import Engine
 from trainer.engines.local import LocalEngine
@@ -61,8 +62,8 @@ from trainer.go.paper import (
 from trainer.go.protein_table import GoCorpus
 from trainer.go.summary import hit_rates, summarize
 from trainer.layout import RunLayout
-from trainer.stamps import digest as stamp_digest
-from trainer.stamps import is_current, read_stamp, write_stamp
+from trainer.stage_driver import StageUnit, needs_run
+from trainer.stamps import read_stamp
 
 Namespace = Literal["BP", "MF", "CC"]
 Method = Literal["fdr_bh", "bonferroni", "length_bh"]
@@ -200,7 +201,7 @@ class _Job:
     ontology: Ontology
     cfg: GoConfig
     resolve_counts: dict[str, Any]
-    stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
+    stamps: dict[str, StageUnit]  # per dictionary: what its DONE stamps (trainer.stage_driver)
     paper: PaperPopulation | None  # the seed paper's population; None: protocol not run
     # Per process (each worker holds its own copy of the job): the dictionary it read last.
     activations: _ActivationCache = field(default_factory=lambda: _ActivationCache())
@@ -299,8 +300,8 @@ class _Job:
             )
             save_hits(files.paper_hits, paper)
         save_hits(files.hits, result)
-        write_atomic(files.summary, json.dumps(summary, indent=2))
-        write_stamp(files.done, self.stamps[name])
+        write_atomic(files.summary, GoSummary.model_validate(summary).to_json())
+        self.stamps[name].mark_done()
         return summary
 
 
@@ -465,17 +466,19 @@ def run_go_stage(
     # A dictionary's tests depend on the GO settings, its analysis and the corpus.
     corpus_stamp = read_stamp(layout.corpus.done)
     stamps = {
-        name: stamp_digest({"go": digest, "corpus": corpus_stamp,
-                            "analysis": read_stamp(layout.analysis(name).done)})
+        name: StageUnit(f"go: {name}", layout.go_hits(name).done,
+                        {"go": digest, "corpus": corpus_stamp,
+                         "analysis": read_stamp(layout.analysis(name).done)},
+                        outputs=(layout.go_hits(name).summary, layout.go_hits(name).hits))
         for name in names
     }  # fmt: skip
     summaries: dict[str, dict[str, Any]] = {}
     todo = []
-    for name in names:
-        if is_current(layout.go_hits(name).done, stamps[name]):
-            summaries[name] = json.loads(layout.go_hits(name).summary.read_text())
-        else:
+    for name in names:  # the driver's skip/redo, per dictionary; units are its feature ranges
+        if needs_run(stamps[name]):
             todo.append(name)
+        else:
+            summaries[name] = json.loads(layout.go_hits(name).summary.read_text())
     lengths = np.array([len(seq) for seq in corpus.sequences])
     permuted = [
         permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
@@ -514,20 +517,26 @@ def run_go_stage(
     if failed is not None:
         raise failed
     for name, control in control_of.items():
-        summaries[name]["random_model_control"] = {
-            "dictionary": control,
-            "pct_features_with_hit_bh": summaries[control]["bh"]["pct_features_with_hit"],
-            "pct_features_with_hit_bonferroni": summaries[control]["bonferroni"][
-                "pct_features_with_hit"
-            ],
-            "pct_features_with_hit_length_bh": summaries[control]
-            .get("length_bh", {})
-            .get("pct_features_with_hit"),
-        }
-        write_atomic(layout.go_hits(name).summary, json.dumps(summaries[name], indent=2))
+        summaries[name]["random_model_control"] = random_model_control(
+            control, GoSummary.model_validate(summaries[control])
+        )
+        document = GoSummary.model_validate(summaries[name])
+        write_atomic(layout.go_hits(name).summary, document.to_json())
     write_atomic(layout.go.done, json.dumps({"config": digest, "dictionaries": names}) + "\n")
     print_summaries(summaries, cfg.alpha)
     return summaries
+
+
+def random_model_control(control: str, summary: GoSummary) -> dict[str, Any]:
+    """The random-init control's hit rates, recorded beside the dictionary it controls."""
+    return {
+        "dictionary": control,
+        "pct_features_with_hit_bh": summary.bh.pct_features_with_hit,
+        "pct_features_with_hit_bonferroni": summary.bonferroni.pct_features_with_hit,
+        "pct_features_with_hit_length_bh": (
+            summary.length_bh.pct_features_with_hit if summary.length_bh else None
+        ),
+    }
 
 
 def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
@@ -539,19 +548,19 @@ def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
     for col in ("dictionary", "features", "BH", "Bonf.", "length-adj. BH", "perm. BH",
                 "perm. length-adj.", "random-model BH", "paper protocol (BP)"):  # fmt: skip
         table.add_column(col, justify="left" if col == "dictionary" else "right")
-    for name, s in summaries.items():
-        perm = s.get("permutation_control", {})
-        rnd = s.get("random_model_control", {})
-        paper = s.get("protocols", {}).get("paper", {})
+    for name, payload in summaries.items():
+        s = GoSummary.model_validate(payload)
+        perm, rnd = s.permutation_control, s.random_model_control
+        paper = s.protocols.get("paper")
         table.add_row(
-            name, str(s["n_features"]),
-            f"{s['bh']['pct_features_with_hit']:.1f}",
-            f"{s['bonferroni']['pct_features_with_hit']:.1f}",
-            _fmt(s.get("length_bh", {}).get("pct_features_with_hit")),
-            _fmt(perm.get("mean_pct_features_with_hit_bh")),
-            _fmt(perm.get("mean_pct_features_with_hit_length_bh")),
-            _fmt(rnd.get("pct_features_with_hit_bh")),
-            _fmt(paper.get("pct_features_with_hit")),
+            name, str(s.n_features),
+            f"{s.bh.pct_features_with_hit:.1f}",
+            f"{s.bonferroni.pct_features_with_hit:.1f}",
+            _fmt(s.length_bh.pct_features_with_hit if s.length_bh else None),
+            _fmt(perm.mean_pct_features_with_hit_bh if perm else None),
+            _fmt(perm.mean_pct_features_with_hit_length_bh if perm else None),
+            _fmt(rnd.pct_features_with_hit_bh if rnd else None),
+            _fmt(paper.pct_features_with_hit if paper else None),
         )  # fmt: skip
     Console().print(table)
 
