@@ -14,6 +14,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
+Number = int | float  # a figure keeps the type it was written with (3 stays 3, not 3.0)
+
 
 class Document(BaseModel):
     """A stage's JSON document: known fields typed, the rest kept."""
@@ -29,21 +31,30 @@ class Document(BaseModel):
         return cls.read(path) if Path(path).exists() else None
 
     def dump(self) -> dict[str, Any]:
-        """The document as plain JSON data (the keys that were set, none invented)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The document as plain JSON data (the keys that were set, none invented; numbers as they
+        were read, NaN included)."""
+        return self.model_dump(exclude_unset=True)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.dump(), indent=indent)
 
 
+class CorpusManifest(Document):
+    """``corpus/manifest.json``: what ingest selected and mapped (``trainer.ingest``)."""
+
+    config_hash: str
+    n_proteins: int
+    n_structures_mapped: int
+
+
 class TrainingMetrics(Document):
     """``saes/{name}/metrics.json``: fidelity of a trained dictionary (and loss recovered)."""
 
-    fve: float | None = None
-    mse: float | None = None
-    l0: float | None = None
-    dead_fraction: float | None = None
-    loss_recovered: float | None = None
+    fve: Number | None = None
+    mse: Number | None = None
+    l0: Number | None = None
+    dead_fraction: Number | None = None
+    loss_recovered: Number | None = None
     is_control: bool = False
     control_of: str | None = None
 
@@ -51,19 +62,19 @@ class TrainingMetrics(Document):
 class AnalysisSummaryDoc(Document):
     """``analysis/{name}/summary.json``: corpus-wide figures of one dictionary's analysis."""
 
-    fve_median: float | None = None
-    fve_p05: float | None = None
+    fve_median: Number | None = None
+    fve_p05: Number | None = None
     n_proteins: int
     n_latents: int
-    seconds: float | None = None
+    seconds: Number | None = None
 
 
 class HitRate(Document):
     """Features with >= 1 significant term under one correction (``trainer.go.summary``)."""
 
     features_with_hit: int | None = None
-    pct_features_with_hit: float
-    pct_active_features_with_hit: float | None = None
+    pct_features_with_hit: Number
+    pct_active_features_with_hit: Number | None = None
 
 
 class GoProtocolDoc(Document):
@@ -73,22 +84,22 @@ class GoProtocolDoc(Document):
     settings: dict[str, Any]
     features_with_bp_hit: dict[str, int] | None = None
     features_with_hit: int | None = None
-    pct_features_with_hit: float | None = None
+    pct_features_with_hit: Number | None = None
 
 
 class GoConfigDoc(Document):
-    alpha: float
-    active_threshold: float = 0.0
+    alpha: Number
+    active_threshold: Number = 0.0
 
 
 class PermutationControl(Document):
-    mean_pct_features_with_hit_bh: float | None = None
-    mean_pct_features_with_hit_length_bh: float | None = None
+    mean_pct_features_with_hit_bh: Number | None = None
+    mean_pct_features_with_hit_length_bh: Number | None = None
 
 
 class RandomModelControl(Document):
     dictionary: str
-    pct_features_with_hit_bh: float | None = None
+    pct_features_with_hit_bh: Number | None = None
 
 
 class GoSummary(Document):
@@ -99,7 +110,7 @@ class GoSummary(Document):
     bonferroni: HitRate
     length_bh: HitRate | None = None
     config: GoConfigDoc | None = None
-    seconds: float | None = None
+    seconds: Number | None = None
     permutation_control: PermutationControl | None = None
     random_model_control: RandomModelControl | None = None
     protocols: dict[str, GoProtocolDoc] = {}
@@ -125,3 +136,40 @@ class ConceptsManifest(Document):
     def fingerprint(self) -> dict[str, Any]:
         """What decides whether the stage is current (and the published digest hashes)."""
         return {"config": self.config, "dictionaries": self.dictionaries, "inputs": self.inputs}
+
+
+class EmbedShard(Document):
+    file: str
+    n_proteins: int
+    n_residues: int
+    done: bool
+    forward_s: Number | None = None  # seconds of its forward passes
+    write_s: Number | None = None  # of its pooling and writing (a background thread)
+    wait_s: Number | None = None  # the forward loop waiting for that writer
+
+
+class EmbedManifest(Document):
+    """``embeddings/manifest.json``: what the shards hold and which are written (``trainer.embed``)."""
+
+    model: dict[str, str]  # name, sha256
+    layers: list[int]
+    residue_layers: list[int] | None = None  # absent: every layer (manifests from before)
+    d_model: int
+    dtype: str
+    n_proteins: int
+    n_residues: int
+    corpus_sha256: str
+    shards: list[EmbedShard]
+    done: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        """What work made from these embeddings depends on (its stamps digest it)."""
+        return {"model": self.model, "corpus_sha256": self.corpus_sha256, "dtype": self.dtype}
+
+    def shard_seconds(self) -> dict[str, float]:
+        """Seconds the stage spent in forward passes, in pooling and writing, and waiting for
+        the writer, summed over the shards: where its time went."""
+        return {
+            key: round(sum(getattr(s, key) or 0.0 for s in self.shards), 2)
+            for key in ("forward_s", "write_s", "wait_s")
+        }

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from app.atomic_write import atomic_path, write_atomic
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
+from app.stage_summaries import EmbedManifest
 from trainer.layout import EmbeddingFiles, RunLayout
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ def plan_shards(lengths: np.ndarray, shard_max_residues: int) -> list[np.ndarray
     return shards
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    EmbedManifest.model_validate(data)  # the document the pipeline and the summary read back
     write_atomic(path, json.dumps(data, indent=1))
 
 
@@ -332,7 +334,7 @@ def run_embed(
             return old  # already finished: leave the directory untouched
     for stale in files.interrupted_shards():
         stale.unlink()  # a shard interrupted while being written
-    _write_json_atomic(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
     job = ShardJob(loaded, sequences, shards, [s["file"] for s in manifest["shards"]], out_dir,
@@ -352,12 +354,12 @@ def run_embed(
                 if value is not None:
                     shard[key] = round(value, 3)
             shard["done"] = True
-            _write_json_atomic(manifest_path, manifest)
+            _write_manifest(manifest_path, manifest)
     missing = [s["file"] for s in manifest["shards"] if not s["done"]]
     if missing:
         raise RuntimeError(f"{out_dir}: the {engine.name} engine did not write {missing[:5]}")
     manifest["done"] = True
-    _write_json_atomic(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
     return manifest
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.atomic_write import write_atomic
+from app.stage_summaries import CorpusManifest
 from trainer.corpus import (
     Corpus,
     attach_go,
@@ -150,6 +151,7 @@ def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
         "n_structures_mapped": len(mappings),
         "structure_counts": dict(sorted(counts.items())),
     }
+    CorpusManifest.model_validate(manifest)  # the document the summary reads back
     write_atomic(files.manifest, json.dumps(manifest, indent=2))
     write_atomic(done, digest)
     return corpus

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -38,7 +37,7 @@ from app.sae import (
     transcoder_predictor,
 )
 from app.settings import Settings
-from app.stage_summaries import ConceptsManifest
+from app.stage_summaries import ConceptsManifest, EmbedManifest
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
@@ -282,10 +281,10 @@ class Pipeline:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and
         the embeddings it reads (model, corpus fingerprint, precision). Read from the manifest
         alone: an ``EmbeddingStore`` would open every shard."""
-        manifest = json.loads(self.layout.embeddings(plan.embeddings).manifest.read_text())
+        manifest = EmbedManifest.read(self.layout.embeddings(plan.embeddings).manifest)
         return {
             "corpus": read_stamp(self.layout.corpus.done),
-            "embeddings": {k: manifest.get(k) for k in ("model", "corpus_sha256", "dtype")},
+            "embeddings": manifest.identity(),
             "control_of": plan.control_of,
         }
 

@@ -405,7 +405,7 @@ class DictionaryLoader:
         """The GO protocols' statements and settings (GoProtocol), and the "paper" protocol's
         hits (GoEnrichment rows with protocol "paper": two-sided p, no BH, no length test)."""
         for protocol, block in (go_summary.protocols if go_summary else {}).items():
-            figures = block.model_dump(mode="json", exclude_unset=True,
+            figures = block.model_dump(exclude_unset=True,
                                        exclude={"statement", "settings"})  # fmt: skip
             self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block.statement,
                                         settings=block.settings, figures=figures))  # fmt: skip

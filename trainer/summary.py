@@ -21,6 +21,8 @@ from app.stage_summaries import (
     AnalysisSummaryDoc,
     ConceptsManifest,
     ConceptsSummary,
+    CorpusManifest,
+    EmbedManifest,
     GoSummary,
     TrainingMetrics,
 )
@@ -29,14 +31,18 @@ from trainer.layout import RunLayout
 
 def record_timing(workdir: Path, stage: str, seconds: float) -> None:
     """Add one finished stage's wall time to ``{workdir}/timings.json`` (the last run wins)."""
-    path = RunLayout(workdir).timings
-    timings = json.loads(path.read_text()) if path.exists() else {}
+    layout = RunLayout(workdir)
+    timings = read_timings(layout)
     timings[stage] = round(seconds, 2)
+    path = layout.timings
     write_atomic(path, json.dumps(timings, indent=1))
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def read_timings(layout: RunLayout) -> dict[str, float]:
+    """Seconds per stage of the run's latest invocations (``timings.json``; none yet: empty)."""
+    path = layout.timings
+    timings: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    return timings
 
 
 def collect_summary(workdir: Path) -> dict[str, Any]:
@@ -44,8 +50,8 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
     if not workdir.exists():
         raise FileNotFoundError(f"{workdir}: no such run directory (has the run started?)")
     layout = RunLayout(workdir)
-    corpus = _read(layout.corpus.manifest) or {}
-    embed = _read(layout.embeddings().manifest) or {}
+    corpus = CorpusManifest.read_if_exists(layout.corpus.manifest)
+    embed = EmbedManifest.read_if_exists(layout.embeddings().manifest)
     dictionaries: dict[str, dict[str, Any]] = {}
     for name in layout.trained():
         trained = TrainingMetrics.read_if_exists(layout.sae(name).metrics)
@@ -71,10 +77,12 @@ def collect_summary(workdir: Path) -> dict[str, Any]:
     manifest = ConceptsManifest.read_if_exists(layout.concepts_manifest)
     return {
         "run_dir": str(workdir),
-        "timings_s": _read(layout.timings) or {},
-        "corpus": {k: corpus.get(k) for k in ("n_proteins", "n_structures_mapped")},
-        "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")}
-        | _shard_seconds(embed),
+        "timings_s": read_timings(layout),
+        "corpus": {
+            "n_proteins": corpus.n_proteins if corpus else None,
+            "n_structures_mapped": corpus.n_structures_mapped if corpus else None,
+        },
+        "embeddings": _embeddings(embed),
         "concept_chains": {
             "n_distinct_chains": manifest.n_distinct_chains if manifest else None,
             "n_distinct_residues": manifest.n_distinct_residues if manifest else None,
@@ -100,14 +108,16 @@ def _go_row(go: GoSummary) -> dict[str, Any]:
     }
 
 
-def _shard_seconds(manifest: dict[str, Any]) -> dict[str, float]:
-    """Seconds the embed stage spent in forward passes, in pooling and writing shards (a
-    background thread), and waiting for that writer: where its time went."""
-    shards = manifest.get("shards", [])
+def _embeddings(manifest: EmbedManifest | None) -> dict[str, Any]:
+    if manifest is None:
+        keys = ("layers", "n_proteins", "n_residues", "model", "forward_s", "write_s", "wait_s")
+        return dict.fromkeys(keys[:4]) | dict.fromkeys(keys[4:], 0.0)
     return {
-        key: round(sum(float(s.get(key, 0.0)) for s in shards), 2)
-        for key in ("forward_s", "write_s", "wait_s")
-    }
+        "layers": manifest.layers,
+        "n_proteins": manifest.n_proteins,
+        "n_residues": manifest.n_residues,
+        "model": manifest.model,
+    } | manifest.shard_seconds()
 
 
 def _fmt(value: Any, spec: str) -> str:
