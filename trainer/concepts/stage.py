@@ -18,7 +18,6 @@ dictionaries inner, so encoders that share a base model can share its forward pa
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from trainer.concepts.metrics import (
 )
 from trainer.concepts.results import concept_records, dictionary_results
 from trainer.layout import RunLayout
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
 ROLES: tuple[Role, Role] = ("train", "test")
@@ -171,17 +172,19 @@ def _fingerprint(
     return {"config": config, "dictionaries": list(dictionaries), "inputs": dict(inputs or {})}
 
 
-def _load_finished(
-    layout: RunLayout, fingerprint: dict[str, Any]
-) -> dict[str, dict[str, Any]] | None:
-    if not layout.concepts.done.exists():
-        return None
-    if ConceptsManifest.read(layout.concepts_manifest).fingerprint() != fingerprint:
-        return None
+def _load_finished(layout: RunLayout, dictionaries: list[str]) -> dict[str, dict[str, Any]]:
     return {
-        name: json.loads(layout.concept_results(name).summary.read_text())
-        for name in fingerprint["dictionaries"]
+        name: json.loads(layout.concept_results(name).summary.read_text()) for name in dictionaries
     }
+
+
+def _stamp_older_stage(unit: StageUnit, layout: RunLayout, fingerprint: dict[str, Any]) -> None:
+    """A stage finished before stamps (DONE "ok") whose manifest holds these very inputs is
+    current: its marker gets the stamp instead of the stage running again."""
+    if read_stamp(unit.done) != "ok" or not layout.concepts_manifest.exists():
+        return
+    if ConceptsManifest.read(layout.concepts_manifest).fingerprint() == fingerprint:
+        unit.mark_done()
 
 
 def run_concepts_stage(
@@ -206,14 +209,31 @@ def run_concepts_stage(
     if missing:
         raise ValueError(f"no encoder given for dictionary(ies) {', '.join(missing)}")
     layout = RunLayout(workdir)
-    out = layout.concepts.dir
     fingerprint = _fingerprint(cfg, dictionaries, inputs)
-    finished = _load_finished(layout, fingerprint)
-    if finished is not None:
-        return finished
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    outputs = [layout.concepts_manifest, layout.concept_records]
+    outputs += [layout.concept_results(d).summary for d in dictionaries]
+    unit = StageUnit("concepts", layout.concepts.done, fingerprint, outputs=outputs)
+    _stamp_older_stage(unit, layout, fingerprint)
+
+    def align() -> dict[str, dict[str, Any]]:
+        return _align(layout, cfg, encode_residues, dictionaries, feature_max,
+                      structure_concepts, fingerprint)  # fmt: skip
+
+    return run_unit(unit, align, load=lambda: _load_finished(layout, dictionaries),
+                    clear=layout.concepts.dir)  # fmt: skip
+
+
+def _align(
+    layout: RunLayout,
+    cfg: ConceptsConfig,
+    encode_residues: Mapping[str, Encoder],
+    dictionaries: list[str],
+    feature_max: Mapping[str, np.ndarray] | None,
+    structure_concepts: Callable[[], list[ConceptSet]] | None,
+    fingerprint: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Both passes over the labelled chains, and every file of ``concepts/`` but its DONE."""
+    layout.concepts.dir.mkdir(parents=True)
 
     t0 = time.perf_counter()
     concepts = load_concepts(
@@ -292,5 +312,4 @@ def run_concepts_stage(
         timing=timing,
     )
     write_atomic(layout.concepts_manifest, manifest.to_json(indent=1))
-    write_atomic(layout.concepts.done, "ok\n")
     return summaries
