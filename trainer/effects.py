@@ -30,7 +30,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.atomic_write import write_atomic
-from app.esm import MAX_RESIDUES, LoadedModel, tokenize
+from app.esm import LoadedModel, tokenize
+from app.esm_window import MAX_RESIDUES
 from app.intervene.forward import hidden_at, logits_from
 from app.intervene.steer import AMINO_ACIDS, amino_acid_ids
 from app.sae.models import SparseDictionary

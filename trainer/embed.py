@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from app.atomic_write import atomic_path, write_atomic
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
+from app.esm_window import MAX_RESIDUES
 from app.stage_summaries import EmbedManifest
 from trainer.layout import EmbeddingFiles, RunLayout
 
@@ -78,7 +79,9 @@ class EmbedConfig(BaseModel):
         "the model's weights, ~3x faster on the CPU) or 'fair-esm' (its own modules, bit for "
         "bit); the two agree up to float rounding.",
     )
-    window_stride: int = Field(default=511, ge=1, description="Stride of windows over >1022 aa.")
+    window_stride: int = Field(
+        default=511, ge=1, description=f"Stride of windows over >{MAX_RESIDUES} aa."
+    )
 
 
 class EmbeddingMismatchError(RuntimeError):

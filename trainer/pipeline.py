@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
 
 from app.atomic_write import write_atomic
 from app.esm import LoadedModel, load_esm, random_init_copy
+from app.queries import published_run_named
 from app.sae import (
     Dictionary,
     Provenance,
@@ -275,7 +275,7 @@ class Pipeline:
                 return digest({**inputs, "spec": spec.model_dump(mode="json")})
 
             run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
-                      device=self.cfg.train.device, stamp=stamp)  # fmt: skip
+                      device=self.cfg.run.device, stamp=stamp)  # fmt: skip
 
     def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and
@@ -481,9 +481,7 @@ class Pipeline:
         artifacts = self.artifacts_digest()
         try:
             with session_factory(engine)() as session:
-                existing = session.scalar(
-                    select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
-                )
+                existing = published_run_named(session, self.cfg.run.name)
                 unchanged = (config, artifacts)
                 if (
                     existing is not None

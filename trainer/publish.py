@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import scipy.sparse as sp
 from rich.console import Console
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from app.detail_queries import go_alpha
+from app.queries import go_alpha
+from app.queries.stored import stored_concept_ids, stored_go_term_ids
 from app.residue_types import ALPHABET, Dominance, is_detector
 from app.stage_summaries import AnalysisSummaryDoc, GoSummary, TrainingMetrics
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
@@ -53,6 +53,7 @@ from trainer.analysis_files import (
     ProteinTop,
     load_columns,
 )
+from trainer.concepts.examples import label_files, store_concept_examples
 from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import DomainHit, GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
@@ -84,7 +85,7 @@ def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]
     path = RunLayout(workdir).go_terms
     if not path.exists():
         return {}
-    known = set(session.scalars(select(GoTerm.id)).all())
+    known = stored_go_term_ids(session)
     info: dict[str, tuple[str, int]] = {}
     rows = []
     with path.open(newline="") as handle:
@@ -154,6 +155,14 @@ class DictionaryLoader:
         self._explanations(sae, name, feature_ids)
         self._concepts(sae, name, feature_ids)
         return sae
+
+    def load_findings(
+        self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
+    ) -> None:
+        """Only the GO hits and concept alignments of ``name``'s files, onto its existing
+        ``Sae`` and ``Feature`` rows (the explorer's tests add findings to a published run)."""
+        self._go(sae, name, feature_ids, known_terms)
+        self._concepts(sae, name, feature_ids)
 
     def _sae_row(
         self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_files: SaeFiles
@@ -511,7 +520,7 @@ class DictionaryLoader:
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         c_files = self.layout.concept_results(name)
-        self._summary(sae, "concepts", c_files.summary)
+        summary = self._summary(sae, "concepts", c_files.summary)
         path = c_files.alignments
         if not path.exists():
             return
@@ -527,6 +536,11 @@ class DictionaryLoader:
             columns[key] = al[key][known].astype(float).tolist()
         self.n_rows += bulk_insert_columns(self.session, ConceptAlignment, columns,
                                            {"sae_id": sae.id})  # fmt: skip
+        if summary is not None:  # the page's labelled examples, from the stage's label files
+            concepts_cfg = (self.run.config or {}).get("concepts") or {}
+            files = label_files(concepts_cfg.get("label_dir"), _concept_records(self.workdir))
+            self.n_rows += store_concept_examples(self.session, sae.id, summary, feature_ids,
+                                                  concept_ids, files)  # fmt: skip
 
 
 def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict[str, list[Any]]:
@@ -555,24 +569,28 @@ def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict
     return columns
 
 
-def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
-    existing = {c.name: c.id for c in session.scalars(select(Concept)).all()}
+def _concept_records(workdir: Path) -> list[dict[str, Any]]:
+    """The concepts stage's ``concepts.json`` (none where the stage did not run)."""
     path = RunLayout(workdir).concept_records
-    if path.exists():
-        for rec in json.loads(path.read_text()):
-            if rec["name"] in existing:
-                continue
-            concept = Concept(
-                name=rec["name"],
-                description=rec.get("description"),
-                source=rec.get("source"),
-                n_chains=int(rec.get("n_chains", 0)),
-                n_residues=int(rec.get("n_residues", 0)),
-                n_positive=int(rec.get("n_positive", 0)),
-            )
-            session.add(concept)
-            session.flush()
-            existing[concept.name] = concept.id
+    return list(json.loads(path.read_text())) if path.exists() else []
+
+
+def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
+    existing = stored_concept_ids(session)
+    for rec in _concept_records(workdir):
+        if rec["name"] in existing:
+            continue
+        concept = Concept(
+            name=rec["name"],
+            description=rec.get("description"),
+            source=rec.get("source"),
+            n_chains=int(rec.get("n_chains", 0)),
+            n_residues=int(rec.get("n_residues", 0)),
+            n_positive=int(rec.get("n_positive", 0)),
+        )
+        session.add(concept)
+        session.flush()
+        existing[concept.name] = concept.id
     return existing
 
 
@@ -604,8 +622,3 @@ def publish(
 
     run.n_proteins = len(corpus.accessions)
     return publish_run(engine, run, load, replace=replace)
-
-
-def protein_activation_matrix(workdir: Path, name: str) -> sp.csr_matrix:
-    """The analyze stage's per-protein activations of one dictionary."""
-    return sp.load_npz(RunLayout(workdir).analysis(name).protein_activations).tocsr()

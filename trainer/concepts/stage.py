@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from app.atomic_write import write_atomic
+from app.esm_window import MAX_RESIDUES
 from app.stage_summaries import ConceptsManifest
 from trainer.concepts.labels import Chain, ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
@@ -55,7 +56,7 @@ class ConceptsConfig(BaseModel):
     )
     thresholds: tuple[float, ...] = INTERPLM_THRESHOLDS
     seed: int = 0
-    max_length: int = Field(1022, ge=1, description="longer chains are dropped")
+    max_length: int = Field(MAX_RESIDUES, ge=1, description="longer chains are dropped")
     batch_residues: int = Field(4096, ge=1, description="padded residues per encoder call")
     cache_gib: float = Field(
         4.0, ge=0, description="language-model representations kept between the two passes"

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app.atomic_write import write_atomic
+from app.esm_window import MAX_RESIDUES
 from trainer.concepts.labels import Chain, ConceptSet, Role
 from trainer.dssp import BURIED_BELOW, DsspError, DsspResidue, mkdssp_path, run_dssp
 from trainer.structures import StructureMapping
@@ -184,7 +185,7 @@ def structure_concepts(
     max_proteins: int | None,
     chains_per_protein: int,
     seed: int,
-    max_length: int = 1022,
+    max_length: int = MAX_RESIDUES,
 ) -> list[ConceptSet]:
     """The five DSSP concepts over the chosen proteins that have a mapped structure chain."""
     chosen = choose_proteins(
