@@ -39,8 +39,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from app.atomic_write import atomic_path, write_atomic
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
 from app.esm_window import MAX_RESIDUES
+from app.stage_summaries import EmbedManifest
+from trainer.layout import EmbeddingFiles, RunLayout
 
 if TYPE_CHECKING:
     from trainer.engines import Engine
@@ -116,10 +119,9 @@ def plan_shards(lengths: np.ndarray, shard_max_residues: int) -> list[np.ndarray
     return shards
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    EmbedManifest.model_validate(data)  # the document the pipeline and the summary read back
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
@@ -179,10 +181,9 @@ def _write_shard(
             tensors[f"layer{layer}.residue"] = residue
         means = pooled_sums(residue, offsets) / lengths
         tensors[f"layer{layer}.pooled"] = means.astype(cfg.dtype)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"model_sha256": model_sha256})
-    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"model_sha256": model_sha256})
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
 
 
 def _complete_shard(
@@ -278,7 +279,8 @@ def run_embed(
         raise ValueError(f"residue_layers {extra} are not among the embedded layers {layers}")
     if not sequences:
         raise ValueError("no sequences to embed")
-    out_dir = workdir / subdir
+    files = RunLayout(workdir).embeddings(subdir)
+    out_dir = files.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     shards = plan_shards(lengths, cfg.shard_max_residues)
@@ -306,7 +308,7 @@ def run_embed(
     for k, idx in enumerate(shards):
         manifest["shards"].append(
             {
-                "file": f"shard_{k:05d}.safetensors",
+                "file": files.shard(k),
                 "sorted_range": [position, position + len(idx)],
                 "n_proteins": len(idx),
                 "n_residues": int(lengths[idx].sum()),
@@ -314,7 +316,7 @@ def run_embed(
             }
         )
         position += len(idx)
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = files.manifest
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         kept = old.get("residue_layers", old.get("layers"))
@@ -333,9 +335,9 @@ def run_embed(
             )
         if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
             return old  # already finished: leave the directory untouched
-    for stale in out_dir.glob("shard_*.safetensors.tmp"):
+    for stale in files.interrupted_shards():
         stale.unlink()  # a shard interrupted while being written
-    _write_json_atomic(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
     job = ShardJob(loaded, sequences, shards, [s["file"] for s in manifest["shards"]], out_dir,
@@ -355,12 +357,12 @@ def run_embed(
                 if value is not None:
                     shard[key] = round(value, 3)
             shard["done"] = True
-            _write_json_atomic(manifest_path, manifest)
+            _write_manifest(manifest_path, manifest)
     missing = [s["file"] for s in manifest["shards"] if not s["done"]]
     if missing:
         raise RuntimeError(f"{out_dir}: the {engine.name} engine did not write {missing[:5]}")
     manifest["done"] = True
-    _write_json_atomic(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
     return manifest
 
 
@@ -408,7 +410,7 @@ class EmbeddingStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        path = self.directory / "manifest.json"
+        path = EmbeddingFiles(self.directory).manifest
         if not path.exists():
             raise FileNotFoundError(f"{path}: no embeddings here (run the embed stage)")
         self.manifest: dict[str, Any] = json.loads(path.read_text())
