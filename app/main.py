@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +29,10 @@ from app.store.engine import AppStore
 
 @asynccontextmanager
 async def lifespan(application: FastAPI) -> AsyncIterator[None]:
-    """At shutdown: stop the encoding queue if it ran, close the store's connections."""
+    """At start: bound the threads that run this worker's synchronous routes. At shutdown: stop
+    the encoding queue if it ran, close the store's connections."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = application.state.settings.request_threads
     yield
     service = getattr(application.state, "encoding", None)
     if service is not None:

@@ -132,3 +132,16 @@ def test_not_found_answers_in_the_form_of_the_route(client: TestClient) -> None:
     assert worklist.status_code == 404 and worklist.json()["error"]["status"] == 404
     browser = client.get("/api/v1/go/GO:0000001", headers={"Accept": "text/html"})
     assert browser.status_code == 404 and browser.json()["error"]["message"]
+
+
+def test_the_worker_runs_synchronous_routes_on_its_bounded_threads(sqlite_url: str) -> None:
+    """``request_threads`` bounds the threads that run this worker's pages (CPU-bound Python:
+    more threads only share the interpreter lock), set when the app starts."""
+    import anyio.to_thread
+
+    migrate.upgrade(sqlite_url)
+    with TestClient(app_for(sqlite_url, request_threads=3)) as client:
+        assert client.get("/").status_code == 200
+        assert client.portal is not None
+        tokens = client.portal.call(lambda: anyio.to_thread.current_default_thread_limiter())
+        assert tokens.total_tokens == 3
