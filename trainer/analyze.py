@@ -490,16 +490,21 @@ def _batch_residues(
 ) -> Iterator[np.ndarray]:
     """float32 [sum of lengths, d] per batch: its proteins' residues back to back.
 
-    From the shards; for a pooled-only layer from ``source``, asked for several batches at once
-    (≤ ``fetch_residues`` residues) so the language model runs on large batches.
+    From the shards; for a pooled-only layer, or proteins outside a stored residue sample, from
+    ``source``, asked for several batches at once (≤ ``fetch_residues`` residues) so the
+    language model runs on large batches (and a replayed batch serves all its proteins).
     """
-    if source is None or store.has_residues(layer):
-        for batch in batches:  # outside a stored residue sample: from ``source``
-            yield store.residues_of(layer, batch, source)
+    if source is None or (store.has_residues(layer) and not store.residue_sampled):
+        for batch in batches:
+            yield np.concatenate([store.residues(layer, p) for p in batch])
         return
     sizes = [int(store.lengths[batch].sum()) for batch in batches]
     for start, stop in _groups(sizes, fetch_residues):
-        stacked = source(layer, [p for batch in batches[start:stop] for p in batch])
+        group = [p for batch in batches[start:stop] for p in batch]
+        if store.has_residues(layer):  # a residue sample: the stored ones from the shards
+            stacked = store.residues_of(layer, group, source)
+        else:
+            stacked = source(layer, group)
         yield from np.split(stacked, np.cumsum(sizes[start:stop])[:-1])
 
 

@@ -295,7 +295,7 @@ class ShardJob:
     def write(self, k: int, offsets: np.ndarray, stacked: dict[int, np.ndarray]) -> None:
         """Pool and write shard ``k`` atomically (the file lands by rename)."""
         _write_shard(offsets, stacked, self.shards[k], self.residue_layers, self.cfg,
-                     self.loaded.sha256, self.path(k), self.stored(k))  # fmt: skip
+                     self.loaded.sha256, self.path(k), stored=self.stored(k))  # fmt: skip
 
     def complete(self, k: int) -> bool:
         """Whether shard ``k``'s file is already on disk as this plan writes it."""
