@@ -245,8 +245,8 @@ def test_the_pipeline_samples_with_the_run_seed_and_trains_on_the_sample(
 ) -> None:
     """The tiny run's config on 40 proteins with ``residue_proteins = 6``: embed draws the
     sample with ``[run] seed``; the residue dictionary's data is the stored residues (fewer
-    than its steps want: said in the log); its stamps follow the sample; analyze gets the
-    replayed residues for the proteins outside it."""
+    than its steps want: said in the log); its stamps follow the sample (a protein-level
+    one's do not); analyze gets the replayed residues for the proteins outside it."""
     from app.settings import Settings
     from tests.tiny_run import CONFIG
     from trainer.config import TrainerConfig, load_config
@@ -273,6 +273,8 @@ def test_the_pipeline_samples_with_the_run_seed_and_trains_on_the_sample(
     embeddings = pipeline._stamp_inputs(plan)["embeddings"]
     assert embeddings.pop("residue_sample") == store.manifest["residue_sample"]
     assert embeddings == {k: store.manifest[k] for k in ("model", "corpus_sha256", "dtype")}
+    protein_level = next(p for p in pipeline.plans() if p.spec.name == "L3-protein-topk")
+    assert pipeline._stamp_inputs(protein_level)["embeddings"] == embeddings
     replayed = pipeline._replayed(plan, store)
     outside = int(np.flatnonzero(~store.residue_stored)[0])
     assert replayed(3, [outside]).shape == (int(store.lengths[outside]), 192)

@@ -293,7 +293,9 @@ class Pipeline:
         alone: an ``EmbeddingStore`` would open every shard."""
         manifest = json.loads((self.workdir / plan.embeddings / "manifest.json").read_text())
         embeddings = {k: manifest.get(k) for k in ("model", "corpus_sha256", "dtype")}
-        if manifest.get("residue_sample") is not None:  # residues to train on: the sample's
+        if manifest.get("residue_sample") is not None and plan.spec.level == "residue":
+            # A residue-level dictionary trains on the sample's residues (protein-level ones
+            # read pooled vectors, and analysis recomputes the rest exactly: no change).
             embeddings["residue_sample"] = manifest["residue_sample"]
         return {
             "corpus": read_stamp(self.workdir / "corpus" / "DONE"),
