@@ -18,8 +18,8 @@ the sample, not the corpus; ``trainer.residue_replay`` recomputes the others' re
 which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
 A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more
 layers than asked is reused as it is), embeds again when the residue sample changed and refuses
-a manifest made by another model, layer set, residue layer set or corpus. :class:`EmbeddingStore` reads the result (see
-docs/pipeline.md).
+a manifest made by another model, layer set, residue layer set or corpus.
+:class:`EmbeddingStore` reads the result (see docs/pipeline.md).
 """
 
 from __future__ import annotations
