@@ -278,3 +278,14 @@ def test_the_pipeline_samples_with_the_run_seed_and_trains_on_the_sample(
     replayed = pipeline._replayed(plan, store)
     outside = int(np.flatnonzero(~store.residue_stored)[0])
     assert replayed(3, [outside]).shape == (int(store.lengths[outside]), 192)
+
+
+def test_a_sample_of_no_proteins_is_a_config_error(shared_dir: Path, tmp_path: Path) -> None:
+    from app.settings import Settings
+    from tests.tiny_run import CONFIG
+    from trainer.config import ConfigError, load_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(f'extends = "{CONFIG}"\n\n[embed]\nresidue_proteins = 0\n')
+    with pytest.raises(ConfigError, match=r"embed\.residue_proteins: .*greater than or equal to 1"):
+        load_config(path, Settings(data_dir=tmp_path, shared_dir=shared_dir))
