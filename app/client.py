@@ -17,6 +17,8 @@ from typing import Any, TypedDict
 
 import httpx
 
+from app.render import level, level_rgb
+
 
 class ApiError(RuntimeError):
     """The API answered with its error shape; ``status`` and ``message`` come from it."""
@@ -27,6 +29,9 @@ class ApiError(RuntimeError):
         self.message = message
 
 
+# The TypedDicts below mirror the API's response models (``app.queries.models.encode``) for type
+# checkers in a notebook: a client parses JSON, it does not validate it again; tests/test_client.py
+# checks that every key here is a field of the model it mirrors.
 class FeatureHit(TypedDict):
     index: int
     feature_id: int | None
@@ -64,9 +69,11 @@ class EncodeResult(TypedDict):
 
 
 def activation_colour(value: float, top: float) -> str:
-    """White (0) to red (``top``) as ``#rrggbb``."""
-    t = min(max(value / top, 0.0), 1.0) if top > 0 else 0.0
-    return f"#ff{round(255 - 180 * t):02x}{round(255 - 200 * t):02x}"
+    """The site's residue colour (``app.render``'s steps) of ``value`` on a scale whose full
+    colour is ``top``, as ``#rrggbb``: white at 0, red for positive, blue for negative values."""
+    step = level(value, top)
+    r, g, b = level_rgb(step, negative=value < 0) if step else (255, 255, 255)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 class ProtSAEClient:

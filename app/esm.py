@@ -39,7 +39,8 @@ from esm.model.esm2 import ESM2
 from esm.modules import TransformerLayer, gelu
 from esm.multihead_attention import MultiheadAttention
 
-MAX_RESIDUES = 1022  # ESM2 was trained on crops of 1,022 residues (+ BOS/EOS = 1,024 tokens)
+from app.esm_window import MAX_RESIDUES
+
 Attention = Literal["fused", "fair-esm"]
 ATTENTION_MODES: tuple[Attention, ...] = ("fused", "fair-esm")
 _VALID_TOKENS = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.queries.publication import current_token
 from app.settings import get_settings
 from app.store.engine import make_engine
 
@@ -40,7 +41,6 @@ COMPRESSIBLE = ("text/", "application/json", "image/svg+xml", "application/javas
 MIN_COMPRESS_BYTES = 500
 GZIP_LEVEL = 6  # zlib's default: within 2 % of level 9's size on our pages, at a third of the time
 VARY = b"Accept-Encoding, HX-Request"
-_PUBLICATION_SQL = text("SELECT token FROM publication WHERE id = 1")
 
 
 @lru_cache(maxsize=8)
@@ -55,7 +55,7 @@ def store_publication() -> str:
     """The configured store's publication id ("" when it has none: nothing is cached then)."""
     engine = _publication_engine(get_settings().sqlalchemy_url)
     with engine.connect() as connection:
-        return str(connection.execute(_PUBLICATION_SQL).scalar_one_or_none() or "")
+        return current_token(connection)
 
 
 @dataclass(slots=True)

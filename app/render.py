@@ -18,6 +18,9 @@ from markupsafe import Markup, escape
 from app.store.codec import encode_values
 
 LEVELS = 9  # colour steps of the residue scale (class s1..s9; n1..n9 for negative values)
+POSITIVE = (179, 38, 30)  # the full colour of a positive value (red)
+NEGATIVE = (11, 87, 208)  # of a negative one (blue)
+WHITE_TEXT_FROM = 6  # steps this dark or darker carry white letters
 
 
 def level(value: float, scale: float) -> int:
@@ -25,6 +28,30 @@ def level(value: float, scale: float) -> int:
     if scale <= 0 or value == 0 or math.isnan(value):
         return 0
     return max(1, min(LEVELS, math.ceil(abs(value) / scale * LEVELS)))
+
+
+def level_rgb(step: int, negative: bool = False) -> tuple[int, int, int]:
+    """The colour of step 1..LEVELS: white blended towards the full colour by step / LEVELS."""
+    full = NEGATIVE if negative else POSITIVE
+    r, g, b = (round(255 + (x - 255) * step / LEVELS) for x in full)
+    return r, g, b
+
+
+def colour_scale_css() -> Markup:
+    """The residue classes s1..s9 / n1..n9, so pages, tracks and legends shade by this rule."""
+    rules = []
+    for step in range(1, LEVELS + 1):
+        text = ";color:#fff" if step >= WHITE_TEXT_FROM else ""
+        for prefix, negative in (("s", False), ("n", True)):
+            rgb = ",".join(map(str, level_rgb(step, negative)))
+            rules.append(f".{prefix}{step}{{background:rgb({rgb}){text}}}")
+    return Markup("\n".join(rules))
+
+
+def colour_scale_json() -> str:
+    """The same rule for the scripts (``data-colour-scale`` on ``<body>``): static/js/explorer.js
+    shades structures and the encode, steering and variant pages' tracks with it."""
+    return json.dumps({"levels": LEVELS, "positive": POSITIVE, "negative": NEGATIVE})
 
 
 def _fmt(value: float) -> str:
@@ -42,23 +69,33 @@ def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
     """A structure's residue -> sequence-position map as JSON runs ``[first id, first position,
     length]``: ids counting up by one alongside positions (or unmapped, -1, throughout). An id
     that is not a plain integer ('52A') is a run of its own. A chain numbered like its sequence
-    is one run instead of two arrays of its length; static/js/explorer.js expands them."""
-    runs: list[list[int | str]] = []
-    prev_num: int | None = None
-    prev_pos = -1
-    for rid, pos in zip(residue_ids, positions, strict=True):
-        num = _plain_int(rid)
-        follows = (pos == -1 and prev_pos == -1) or (prev_pos != -1 and pos == prev_pos + 1)
-        if runs and num is not None and prev_num is not None and num == prev_num + 1 and follows:
-            runs[-1][2] = int(runs[-1][2]) + 1
-        else:
-            runs.append([rid if num is None else num, pos, 1])
-        prev_num, prev_pos = num, pos
+    is one run instead of two arrays of its length; static/js/explorer.js expands them.
+    Vectorised: a chain of a thousand residues costs a few numpy passes, not a Python loop."""
+    n = len(residue_ids)
+    if n == 0:
+        return "[]"
+    nums = [_plain_int(rid) for rid in residue_ids]
+    plain = np.array([v is not None for v in nums])
+    num = np.array([0 if v is None else v for v in nums], dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.shape != (n,):
+        raise ValueError(f"{n} residue ids but {pos.size} sequence positions")
+    prev_pos = pos[:-1]
+    follows = ((pos[1:] == -1) & (prev_pos == -1)) | ((prev_pos != -1) & (pos[1:] == prev_pos + 1))
+    joins = plain[1:] & plain[:-1] & (num[1:] == num[:-1] + 1) & follows
+    starts = np.concatenate([[0], np.flatnonzero(~joins) + 1])
+    lengths = np.diff(np.concatenate([starts, [n]]))
+    runs = [
+        [nums[i] if nums[i] is not None else residue_ids[i], int(pos[i]), int(length)]
+        for i, length in zip(starts.tolist(), lengths.tolist(), strict=True)
+    ]
     return json.dumps(runs, separators=(",", ":"))
 
 
 def _plain_int(text: str) -> int | None:
     """``int(text)`` when it writes back as the same text, else None ('52A', '007')."""
+    if text.isascii() and text.isdigit() and (text[0] != "0" or text == "0"):  # common, cheap
+        return int(text)
     try:
         value = int(text)
     except ValueError:
@@ -179,5 +216,6 @@ def register(env_globals: dict[str, object]) -> None:
         residue_track=residue_track, legend=legend, sparkline=sparkline, histogram=histogram,
         packed_values=packed_values, residue_runs=residue_runs,
         tojson_compact=lambda x: json.dumps(x, separators=(",", ":")),
-        coverage_note=coverage_note, residue_ranges=residue_ranges,
+        coverage_note=coverage_note, residue_ranges=residue_ranges, level=level,
+        colour_scale_css=colour_scale_css, colour_scale_json=colour_scale_json,
     )  # fmt: skip

@@ -31,9 +31,12 @@ class Coverage:
 
 
 def resolved_positions(sequence_positions: Sequence[int], length: int) -> np.ndarray:
-    """Sorted, distinct 0-based sequence positions a chain resolves (inside ``length``)."""
+    """Sorted, distinct 0-based sequence positions a chain resolves (inside ``length``): marked
+    on a mask of the protein, which costs O(length) where sorting them would cost more."""
     positions = np.asarray(sequence_positions, dtype=np.int64)
-    return np.unique(positions[(positions >= 0) & (positions < length)])
+    mask = np.zeros(max(length, 0), dtype=bool)
+    mask[positions[(positions >= 0) & (positions < length)]] = True
+    return np.flatnonzero(mask)
 
 
 def coverage(
@@ -69,9 +72,8 @@ def best_chain(
     return best
 
 
-def covered_ranges(sequence_positions: Sequence[int], length: int) -> list[tuple[int, int]]:
-    """The runs of consecutive sequence positions the chain resolves, 1-based and inclusive."""
-    resolved = resolved_positions(sequence_positions, length)
+def ranges_of(resolved: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of consecutive values in sorted distinct ``resolved``, 1-based and inclusive."""
     if resolved.size == 0:
         return []
     breaks = np.flatnonzero(np.diff(resolved) > 1)

@@ -10,7 +10,6 @@ pass per batch shared by all layers) and prints, per layer, the concepts whose b
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 import torch
 
 from app.settings import PROJECT_ROOT
+from app.stage_summaries import ConceptsManifest
 from trainer.concepts import ConceptsConfig, run_concepts_stage
 from trainer.concepts.neurons import EsmNeurons
+from trainer.layout import RunLayout
 
 SHARED = PROJECT_ROOT.parent / "shared"
 
@@ -48,11 +49,11 @@ def main() -> None:
     t0 = time.perf_counter()
     summaries = run_concepts_stage(workdir, cfg, encode_residues=encoders, dictionaries=names)
     wall = time.perf_counter() - t0
-    manifest = json.loads((workdir / "concepts/manifest.json").read_text())
-    n_res = manifest["n_distinct_residues"]
+    manifest = ConceptsManifest.read(RunLayout(workdir).concepts_manifest)
+    n_res = manifest.n_distinct_residues
     print(f"workdir {workdir}")
     print(
-        f"{manifest['n_distinct_chains']} distinct chains, {n_res} residues; "
+        f"{manifest.n_distinct_chains} distinct chains, {n_res} residues; "
         f"wall {wall:.1f} s for {len(names)} dictionaries x 2 passes"
     )
     forward = 0.0

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from app.esm import LoadedModel, autocast_for, load_esm, token_batches
+from app.esm_window import MAX_RESIDUES
 from app.settings import get_settings
 from trainer.embed import EmbedConfig, run_embed
 
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(shared / "models/esm2_t4_2M_sprot14mini.pt"))
     parser.add_argument("--proteins", default=str(shared / "data/proteins/human_sprot2014.tsv.gz"))
     parser.add_argument("--n-proteins", type=int, default=300)
-    parser.add_argument("--max-len", type=int, default=1022)
+    parser.add_argument("--max-len", type=int, default=MAX_RESIDUES)
     parser.add_argument("--tokens", type=int, default=8192, help="max tokens per batch")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)

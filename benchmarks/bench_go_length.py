@@ -39,6 +39,7 @@ from trainer.go.stratified import (
     support_width,
 )
 from trainer.go.summary import hit_rates
+from trainer.layout import RunLayout
 
 
 def screen_check(
@@ -100,16 +101,15 @@ def main() -> None:
     args = ap.parse_args()
     cfg = GoConfig(obo_path=args.obo, min_term_size=args.min_term_size)
     corpus = load_corpus(args.workdir)
-    ontology = load_ontology(cfg.obo_path, args.workdir / "go" / "cache")
+    layout = RunLayout(args.workdir)
+    ontology = load_ontology(cfg.obo_path, layout.go_cache)
     incidences, _ = build_incidences(ontology, corpus, cfg)
     lengths = np.array([len(s) for s in corpus.sequences])
     shuffled = permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed)
     rng = np.random.default_rng(0)
     print(f"{args.workdir}: {len(corpus.accessions):,} proteins, {cfg.length_bins} length strata")
     for name in args.dictionary:
-        acts = load_activations(
-            args.workdir / "analysis" / name / "protein_activations.npz", len(corpus.accessions)
-        )
+        acts = load_activations(layout.analysis(name).protein_activations, len(corpus.accessions))
         fisher_s, _ = timed_enrich(acts, incidences, ontology, lengths, cfg, False)
         both_s, real = timed_enrich(acts, incidences, ontology, lengths, cfg, True)
         _, null = timed_enrich(acts, shuffled, ontology, lengths, cfg, True)

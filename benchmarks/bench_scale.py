@@ -35,6 +35,7 @@ from typing import Any
 
 from app.settings import PROJECT_ROOT
 from tests.esm_checkpoints import write_random_checkpoint
+from trainer.layout import RunLayout
 
 MODEL = "esm2_t12_35M_UR50D"
 SHARED = Path(os.environ.get("PROTSAE_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
@@ -91,7 +92,8 @@ def run_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str,
     config = args.root / f"scale-{n}.toml"
     config.write_text(_config(n, args))
     env = {**env, "PROTSAE_DATA_DIR": str(data)}
-    workdir = data / "runs" / f"scale-{n}"
+    layout = RunLayout.of_run(data, f"scale-{n}")
+    workdir = layout.workdir
     out: dict[str, Any] = {"n_proteins": n, "stages": {}}
     for stage in args.stages:
         seconds, cpu, rss = _run_stage(stage, config, env, args.root / f"{n}-{stage}.log")
@@ -99,7 +101,7 @@ def run_size(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str,
                                 "disk_bytes": _du([workdir / p for p in OUTPUTS[stage]])}  # fmt: skip
         print(f"  {n:>6} {stage:<8} {seconds:8.1f} s  {cpu:8.1f} CPU s  {rss / 2**20:8.0f} MiB",
               flush=True)  # fmt: skip
-    manifest = json.loads((workdir / "embeddings" / "manifest.json").read_text())
+    manifest = json.loads(layout.embeddings().manifest.read_text())
     out["n_proteins"] = manifest["n_proteins"]
     out["n_residues"] = manifest["n_residues"]
     out["residue_layers"] = manifest["residue_layers"]

@@ -15,7 +15,8 @@ and the feature API. The load generator shares the machine's cores with the serv
 
 Prints one table per (workers, cache) and each worker's resident memory after the run. "CPU ms"
 is the server's CPU time per request (all its processes): on a shared machine req/s follows the
-load of others, while CPU ms per request is what the server itself spends.
+load of others, while CPU ms per request is what the server itself spends; with the load
+generator's own CPU per request ("client ms") they give the capacity of the cores.
 """
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ class Result:
     wire_bytes: float
     errors: int
     cpu_ms: float  # the server's CPU time (all its processes) per request: what contention hides
+    client_cpu_ms: float  # the load generator's own CPU time per request (it shares the cores)
 
     @property
     def rps(self) -> float:
         return self.n / self.seconds if self.seconds else 0.0
+
+    def capacity(self, cores: int) -> float:
+        """Requests per second the cores could serve with nothing else on them: every core busy
+        with the server or the load generator, at the CPU each spent per request in this run."""
+        per_request = self.cpu_ms + self.client_cpu_ms
+        return 1000 * cores / per_request if per_request else 0.0
 
 
 def pick_routes(url: str, base: str) -> list[tuple[str, str]]:
@@ -118,6 +126,7 @@ async def drive(
         for _ in range(2):  # warm-up: connections, the cache, the database's pages
             await asyncio.gather(*(client.get(path) for _ in range(clients)))
         cpu_start = cpu()
+        client_start = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
         issued = 0
@@ -140,11 +149,13 @@ async def drive(
         await asyncio.gather(*(one_client() for _ in range(clients)))
         elapsed = time.perf_counter() - start
         cpu_spent = cpu() - cpu_start
+        client_spent = time.process_time() - client_start
     latencies.sort()
     return Result(
         name, path, len(latencies), elapsed,
         1000 * statistics.median(latencies), 1000 * latencies[int(0.95 * (len(latencies) - 1))],
         wire / max(len(latencies), 1), errors, 1000 * cpu_spent / max(len(latencies), 1),
+        1000 * client_spent / max(len(latencies), 1),
     )  # fmt: skip
 
 
@@ -222,12 +233,18 @@ def encode_in_every_worker(url: str, base: str, workers: int) -> str:
 
 def report(results: list[Result], health: float, title: str) -> None:
     print(f"\n{title}   (/healthz {health:.0f} req/s, mean of before and after)")
+    cores = os.cpu_count() or 1
     print(f"{'route':<18}{'req/s':>8}{'× healthz':>11}{'p50 ms':>9}{'p95 ms':>9}{'CPU ms':>8}"
-          f"{'KiB/resp':>10}{'n':>7}  path")  # fmt: skip
+          f"{'client ms':>10}{'capacity':>10}{'KiB/resp':>10}{'n':>7}  path")  # fmt: skip
     for r in results:
         err = f"  {r.errors} errors" if r.errors else ""
         print(f"{r.name:<18}{r.rps:>8.0f}{r.rps / health:>11.2f}{r.p50_ms:>9.1f}{r.p95_ms:>9.1f}{r.cpu_ms:>8.2f}"
+              f"{r.client_cpu_ms:>10.2f}{r.capacity(cores):>10.0f}"
               f"{r.wire_bytes / 1024:>10.1f}{r.n:>7}  {r.path}{err}")  # fmt: skip
+    print(
+        f"CPU ms: the server's CPU per request (all workers); client ms: the load generator's; "
+        f"capacity: {cores} cores' req/s at those costs with nothing else running"
+    )
 
 
 def main() -> None:

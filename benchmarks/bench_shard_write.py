@@ -28,6 +28,7 @@ import torch
 from safetensors.numpy import save_file
 
 from app.esm import embed_concatenated, load_esm
+from app.esm_window import MAX_RESIDUES
 from app.settings import get_settings
 from benchmarks.bench_embed import real_proteins
 from trainer.embed import pooled_sums
@@ -53,7 +54,7 @@ def main() -> None:
     shared = get_settings().shared_dir
     loaded = load_esm(shared / "models" / "esm2_t4_2M_sprot14mini.pt", "cpu")
     seqs = real_proteins(
-        shared / "data" / "proteins" / "human_sprot2014.tsv.gz", args.proteins, 0, 1022
+        shared / "data" / "proteins" / "human_sprot2014.tsv.gz", args.proteins, 0, MAX_RESIDUES
     )
     offsets, stacked = embed_concatenated(loaded, seqs, [3], dtype=np.float16)
     lengths = np.diff(offsets)

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from app.esm_window import MAX_RESIDUES
+
 MINI_MODEL = Path("../shared/models/esm2_t4_2M_sprot14mini.pt")
 
 
@@ -21,7 +23,7 @@ def pooled_neurons(
     sequences: Sequence[str],
     model_path: Path = MINI_MODEL,
     layers: Sequence[int] = (1, 2, 3, 4),
-    max_len: int = 1022,
+    max_len: int = MAX_RESIDUES,
     max_tokens: int = 8192,
     random_init_seed: int | None = None,
     device: str = "cpu",

@@ -14,7 +14,7 @@ from typing import cast
 
 from sqlalchemy import select
 
-from app.detail_queries import go_alphas
+from app.queries import go_alphas
 from app.settings import get_settings
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Feature, GoEnrichment, GoTerm, Run, Sae

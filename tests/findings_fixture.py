@@ -6,9 +6,11 @@ On a copy of the ``demo_store`` run (mini ESM2 layer-3 neurons, 120 human protei
   kind ``topk``), with its real fidelity against the signed layer (FVE, L0, dead fraction),
   feature statistics and top examples;
 - GO (``tests/go_real``) of both dictionaries over the proteins' real BP annotations, with a
-  protein-shuffled permutation control, loaded through ``trainer.publish``'s loader;
-- the concepts stage (``trainer.concepts``) on real label files for both dictionaries, loaded
-  through the same loader.
+  protein-shuffled permutation control, written as the GO stage writes it;
+- the concepts stage (``trainer.concepts``) on real label files for both dictionaries;
+
+GO hits and concept alignments reach the store through ``trainer.publish.DictionaryLoader``
+(the publisher's own loader), not through rows built here.
 """
 
 from __future__ import annotations
@@ -27,11 +29,7 @@ from app.store.bulk import bulk_insert, reserve_ids
 from app.store.codec import encode_values
 from app.store.engine import make_engine
 from app.store.schema import (
-    AnalysisSummary,
-    Concept,
-    ConceptAlignment,
     Feature,
-    GoEnrichment,
     GoTerm,
     Protein,
     Run,
@@ -41,6 +39,7 @@ from app.store.schema import (
 from tests.go_real import enrich_columns, go_levels, significant_hits, summarize
 from trainer.concepts import ConceptsConfig, run_concepts_stage
 from trainer.concepts.neurons import EsmNeurons
+from trainer.publish import DictionaryLoader
 
 LAYER = 3
 TOP_K = 16
@@ -105,73 +104,6 @@ def _insert_top16(session: Session, run: Run, residues: list[np.ndarray]) -> Sae
     return sae
 
 
-# The three loaders below do what trainer/publish.py's DictionaryLoader does with these files
-# (that module is not importable until the ingest/corpus stages land on this branch).
-
-
-def _load_go(session: Session, workdir: Path, sae: Sae, fids: list[int], known: set[str]) -> None:
-    go_dir = workdir / "go" / sae.name
-    payload = json.loads((go_dir / "summary.json").read_text())
-    session.add(AnalysisSummary(sae_id=sae.id, kind="go", payload=payload))
-    hits = np.load(go_dir / "hits.npz")
-    counts = np.zeros(len(fids), dtype=np.int64)
-    rows = []
-    for i in range(len(hits["feature_index"])):
-        if str(hits["go_id"][i]) not in known:
-            continue
-        f = int(hits["feature_index"][i])
-        counts[f] += 1
-        odds = float(hits["odds_ratio"][i])
-        rows.append({
-            "sae_id": sae.id, "feature_id": fids[f], "go_id": str(hits["go_id"][i]),
-            "namespace": str(hits["namespace"][i]), "study_hits": int(hits["study_hits"][i]),
-            "study_size": int(hits["study_size"][i]), "pop_hits": int(hits["pop_hits"][i]),
-            "pop_size": int(hits["pop_size"][i]), "odds_ratio": odds if np.isfinite(odds) else None,
-            "fold_enrichment": float(hits["fold_enrichment"][i]),
-            "p_value": float(hits["p_value"][i]), "q_value": float(hits["q_value"][i]),
-            "p_bonferroni": float(hits["p_bonferroni"][i]), "method": "hypergeom",
-            "is_most_specific": bool(hits["is_most_specific"][i]),
-        })  # fmt: skip
-    bulk_insert(session, GoEnrichment, rows)
-    for f in np.flatnonzero(counts):
-        session.execute(
-            Feature.__table__.update()
-            .where(Feature.__table__.c.id == fids[int(f)])
-            .values(n_go_hits=int(counts[f]))
-        )
-
-
-def _load_concepts(session: Session, workdir: Path) -> dict[str, int]:
-    ids = {}
-    for rec in json.loads((workdir / "concepts" / "concepts.json").read_text()):
-        concept = Concept(
-            name=rec["name"], description=rec.get("description"), source=rec.get("source"),
-            n_chains=int(rec["n_chains"]), n_residues=int(rec["n_residues"]),
-            n_positive=int(rec["n_positive"]),
-        )  # fmt: skip
-        session.add(concept)
-        session.flush()
-        ids[concept.name] = concept.id
-    return ids
-
-
-def _load_alignments(
-    session: Session, workdir: Path, sae: Sae, fids: list[int], concept_ids: dict[str, int]
-) -> None:
-    c_dir = workdir / "concepts" / sae.name
-    payload = json.loads((c_dir / "summary.json").read_text())
-    session.add(AnalysisSummary(sae_id=sae.id, kind="concepts", payload=payload))
-    al = np.load(c_dir / "alignments.npz", allow_pickle=False)
-    bulk_insert(session, ConceptAlignment, [
-        {"sae_id": sae.id, "feature_id": fids[int(al["feature_index"][i])],
-         "concept_id": concept_ids[str(al["concept"][i])], "threshold": float(al["threshold"][i]),
-         "precision": float(al["precision"][i]), "recall": float(al["recall"][i]),
-         "f1": float(al["f1"][i]), "site_recall": float(al["site_recall"][i]),
-         "split": str(al["split"][i])}
-        for i in range(len(al["feature_index"]))
-    ])  # fmt: skip
-
-
 def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> FindingsStore:
     torch.set_num_threads(1)
     db = workdir / "findings.sqlite"
@@ -195,7 +127,6 @@ def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> Findings
         levels = go_levels(shared / "data/go/go-basic.obo.gz")
         annotations = [set((p.go_bp or "").split(";")) - {""} for p in proteins]
         perm = np.random.default_rng(0).permutation(len(annotations))
-        known = set(session.scalars(select(GoTerm.id)))
         for name, acts in pooled.items():
             cols = enrich_columns(acts, annotations)
             summary = summarize(cols, acts.shape[1], levels)
@@ -231,7 +162,11 @@ def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> Findings
             },
             dictionaries=list(pooled),
         )
-        concept_ids = _load_concepts(session, workdir)
+        # GO and concept files loaded by the publisher's own loader; the run's config names the
+        # concepts' label files, as a trainer run's does (publish reads its labelled examples)
+        run.config = {**(run.config or {}), "concepts": {"label_dir": str(cfg.label_dir)}}
+        terms = {t.id: (t.name, t.depth) for t in session.scalars(select(GoTerm))}
+        loader = DictionaryLoader(session, workdir, run, [p.id for p in proteins])
         for name in pooled:
             sae = saes[name]
             fids = list(
@@ -239,8 +174,7 @@ def build_findings_store(shared: Path, demo_url: str, workdir: Path) -> Findings
                     select(Feature.id).where(Feature.sae_id == sae.id).order_by(Feature.index)
                 )
             )
-            _load_go(session, workdir, sae, fids, known)
-            _load_alignments(session, workdir, sae, fids, concept_ids)
+            loader.load_findings(sae, name, fids, terms)
         go = {n: json.loads((workdir / "go" / n / "summary.json").read_text()) for n in pooled}
         info = FindingsStore(
             url, run.id, run.name, {n: s.id for n, s in saes.items()}, CONCEPTS,

@@ -100,3 +100,22 @@ def test_read_api_and_show_feature_by_accession(live_server: str, demo_store) ->
         assert one["feature"]["index"] == features[0]["index"]
         view = api.show_feature(one, accession)  # the detail dict carries its SAE
     assert "addModel(" in view.startjs + view.endjs and "ATOM" in view.startjs + view.endjs
+
+
+def test_client_types_mirror_the_api_models() -> None:
+    """The client's TypedDicts name only fields the API's response models have (no drift)."""
+    from app import client
+    from app.queries import models
+
+    pairs = ((client.FeatureHit, models.FeatureHit), (client.StructureRef, models.StructureRef),
+             (client.SequenceResult, models.SequenceResult),
+             (client.EncodeResult, models.EncodeResponse))  # fmt: skip
+    for mirror, model in pairs:
+        missing = set(mirror.__annotations__) - set(model.model_fields)
+        assert not missing, f"{mirror.__name__} names {missing}, which {model.__name__} lacks"
+
+
+def test_activation_colour_is_the_sites_scale() -> None:
+    assert activation_colour(0.0, 1.0) == "#ffffff"
+    assert activation_colour(1.0, 1.0) == "#b3261e"  # app.render.POSITIVE, full step
+    assert activation_colour(-1.0, 1.0) == "#0b57d0"  # NEGATIVE

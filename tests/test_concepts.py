@@ -37,6 +37,7 @@ from trainer.concepts.metrics import (
     normalise,
 )
 from trainer.concepts.neurons import Encoder, EsmNeurons
+from trainer.stamps import read_stamp
 
 LABELS = Path("data/residue_annotations")
 MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
@@ -330,6 +331,12 @@ def test_stage_end_to_end_on_neurons(label_dir: Path, neurons: EsmNeurons, tmp_p
         tmp_path, cfg, encode_residues=dict.fromkeys(names, refuse), dictionaries=names
     )
     assert again == summaries
+    # Finished by a trainer from before stamps (DONE "ok", same manifest): stamped, not redone.
+    (out / "DONE").write_text("ok\n")
+    again = run_concepts_stage(
+        tmp_path, cfg, encode_residues=dict.fromkeys(names, refuse), dictionaries=names
+    )
+    assert again == summaries and read_stamp(out / "DONE") not in (None, "ok")
 
 
 def test_stage_refuses_misshapen_activations(label_dir: Path, tmp_path: Path) -> None:

@@ -14,13 +14,14 @@ from fastapi.testclient import TestClient
 from scipy.stats import fisher_exact
 
 from tests.tiny_run import TinyRun
+from trainer.analysis_files import load_columns
 from trainer.domains.families import (
     family_incidences,
     protein_families,
     read_gene_families,
     read_protein_genes,
 )
-from trainer.domains.stage import DomainConfig, load_columns, run_domain_stage
+from trainer.domains.stage import DomainConfig, run_domain_stage
 from trainer.explain.labels import DomainHit, GoHit, feature_label
 from trainer.go.protein_table import read_protein_table
 from trainer.go.stage import GoConfig

@@ -25,7 +25,7 @@ from trainer.config import TrainerConfig
 from trainer.embed import EmbedConfig, run_embed
 from trainer.engines import RayConfig, start_engine
 from trainer.engines.local import LocalEngine
-from trainer.engines.ray import RayEngine
+from trainer.engines.ray import RayEngine, start_local_instance
 from trainer.pipeline import RANDOM_SUBDIR, Pipeline
 
 TIMINGS = ("forward_s", "write_s", "wait_s")  # seconds: the only manifest fields that may differ
@@ -35,8 +35,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
-    """A local Ray instance with 2 CPUs for this module (the engines join it, never stop it)."""
-    ray.init(num_cpus=2, include_dashboard=False)
+    """A local Ray instance with 2 CPUs for this module (the engines join it, never stop it),
+    started as the engine starts one."""
+    start_local_instance(2)
     try:
         yield
     finally:
@@ -78,6 +79,15 @@ def _assert_same_embeddings(a: Path, b: Path) -> None:
     old, new = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
     assert _without_timings(old) == _without_timings(new)
     assert new["done"] and all(s["done"] for s in new["shards"])
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_ray_workers_run_at_the_trainers_priority(ray_instance: None) -> None:
+    """Ray's default niceness for workers (15) would starve the embed actors on a busy machine."""
+    assert ray.get(ray.remote(_niceness).remote()) == os.nice(0)
 
 
 def test_ray_embed_writes_the_local_engines_files(

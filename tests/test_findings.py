@@ -17,13 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.findings import render
-from app.findings.concepts import label_index
 from app.findings.render import clear_cache
 from app.settings import PROJECT_ROOT, get_settings
 from app.store.engine import make_engine
 from app.store.publication import renew
 from app.store.schema import Concept, Feature, Structure
 from tests.findings_fixture import FindingsStore, build_findings_store
+from trainer.concepts.examples import label_index
 
 FIGURES = ("fidelity", "go_hit_rates", "go_levels", "go_fold", "concepts")
 

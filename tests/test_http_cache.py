@@ -24,9 +24,10 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from app.http_cache import accepts_gzip, matches
+from app.queries.publication import current_token
 from app.settings import get_settings
 from app.store.engine import engine_for, make_engine
-from app.store.publication import current_token, renew
+from app.store.publication import renew
 from app.store.publish import UnknownRunError, publish_run, remove_run
 from app.store.schema import Feature, Run, TopExample
 from tests.test_browser import _serve

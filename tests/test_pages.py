@@ -6,6 +6,7 @@ Tests that add rows (explanations, GO hits, neighbours) work on a private copy o
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import shutil
 import subprocess
@@ -191,6 +192,11 @@ def test_structure_file_and_unknowns(client: TestClient, demo_store: Any) -> Non
     assert pdb.status_code == 200 and "ATOM" in pdb.text
     assert client.get("/structures/1.cif").status_code == 404
     assert client.get("/structures/999999.pdb").status_code == 404
+    # The encode page's URL for the same file (the encode API returns it) serves the same text.
+    assert client.get("/encode/structure/1").text == pdb.text
+    missing = client.get("/encode/structure/999999")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no structure with id 999999"
     assert client.get("/features/999999").status_code == 404
     assert "Not found" in client.get("/proteins/NOPE").text
     assert client.get("/saes/999/features").status_code == 404
@@ -404,7 +410,7 @@ def test_score_sort_pages_through_scored_then_unscored(
 
 def test_a_dictionary_is_length_driven_when_shuffled_annotations_keep_half_its_hits() -> None:
     """The full corpus's GO hit rates (BH) and their length-binned permutation controls."""
-    from app.detail_queries import length_driven
+    from app.queries import length_driven
 
     assert length_driven(94.2, 94.1)  # residue-level TopK SAE
     assert length_driven(49.7, 48.7)  # residue-level transcoder
@@ -499,3 +505,30 @@ def test_residue_runs_expand_to_the_stored_mapping(demo_store: Any) -> None:
     engine.dispose()
     odd = json.loads(residue_runs(["1", "2", "2A", "3", "007", "8"], [0, 1, -1, -1, 5, 6]))
     assert odd == [[1, 0, 2], ["2A", -1, 1], [3, -1, 1], ["007", 5, 1], [8, 6, 1]]
+
+
+def test_feature_list_page_has_the_apis_filters(client: TestClient, demo_store: Any) -> None:
+    """Every filter of ``GET /api/v1/saes/{id}/features`` is a field of the page's form, and the
+    page finds what the API finds (here the upper bound on max activation)."""
+    from app.routes.api import list_features as api_list_features
+
+    page = client.get(f"/saes/{demo_store.sae_id}/features").text
+    api_filters = set(inspect.signature(api_list_features).parameters) - {
+        "session",
+        "sae_id",
+        "sort",
+        "order",
+        "cursor",
+        "limit",
+        "density_min",
+        "density_max",
+    }  # the page's density bounds are in percent: density_min_pct / density_max_pct
+    for name in sorted(api_filters | {"density_min_pct", "density_max_pct"}):
+        assert f'name="{name}"' in page, f"the feature list page lacks the API's filter {name}"
+    base = f"/api/v1/saes/{demo_store.sae_id}/features"
+    values = sorted(f["max_activation"] for f in client.get(f"{base}?limit=500").json()["items"])
+    bound = values[len(values) // 2]
+    total = client.get(f"{base}?max_activation_max={bound}").json()["total"]
+    assert 0 < total < len(values)
+    listed = client.get(f"/saes/{demo_store.sae_id}/features?max_activation_max={bound}").text
+    assert f"{total} features match" in listed

@@ -25,6 +25,7 @@ from app.store.engine import make_engine, session_factory
 from app.store.schema import (
     AnalysisSummary,
     ConceptAlignment,
+    ConceptExample,
     Explanation,
     Feature,
     FeatureNeighbor,
@@ -272,6 +273,16 @@ def test_go_explanations_concepts_landed(tiny_run: TinyRun) -> None:
         n_expl = session.scalar(select(func.count()).select_from(Explanation))
         assert n_expl and n_expl > 0
         assert session.scalar(select(func.count()).select_from(ConceptAlignment)) > 0
+        # The Concept page's examples, chosen at publish: labels laid on the protein's sequence.
+        examples = session.execute(
+            select(ConceptExample, Protein.sequence).join(
+                Protein, Protein.id == ConceptExample.protein_id
+            )
+        ).all()
+        assert examples  # the tiny run has labelled chains among its proteins
+        for example, sequence in examples:
+            assert len(example.labels) == len(sequence) and "1" in example.labels
+            assert set(example.labels) <= {"0", "1", "-"}
     engine.dispose()
 
 

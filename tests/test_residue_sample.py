@@ -22,7 +22,6 @@ from tests.conftest import MINI_MODEL
 from tests.realdata import human_proteins
 from trainer.analyze import AnalyzeConfig, Spec, residue_tracks, run_analyze
 from trainer.embed import (
-    RESIDUE_SAMPLE_FILE,
     EmbedConfig,
     EmbeddingStore,
     ResiduesNotStoredError,
@@ -30,6 +29,7 @@ from trainer.embed import (
     run_embed,
 )
 from trainer.feature_map import MapConfig
+from trainer.layout import EmbeddingFiles
 from trainer.residue_replay import ReplayedResidues
 from trainer.structure_coverage import chains_by_protein
 
@@ -93,7 +93,7 @@ def test_the_sample_is_seeded_and_bounded(
     assert not np.array_equal(chosen, choose_residue_proteins(len(corpus), SAMPLE, SEED + 1))
     assert choose_residue_proteins(len(corpus), len(corpus), SEED) is None  # all: no sample
     assert np.array_equal(np.flatnonzero(sampled.residue_stored), chosen)
-    assert np.array_equal(np.load(sampled.directory / RESIDUE_SAMPLE_FILE), chosen)
+    assert np.array_equal(np.load(EmbeddingFiles(sampled.directory).residue_proteins), chosen)
     record = sampled.manifest["residue_sample"]
     stored = int(sampled.lengths[chosen].sum())
     assert record["proteins"] == SAMPLE and record["seed"] == SEED
@@ -236,7 +236,9 @@ def test_changing_the_sample_embeds_again(
     everything = run_embed(workdir, corpus, _config(shared_dir), residue_seed=SEED + 1)
     assert everything["residue_sample"] is None
     store = EmbeddingStore(workdir / "embeddings")
-    assert store.residue_stored.all() and not (store.directory / RESIDUE_SAMPLE_FILE).exists()
+    assert (
+        store.residue_stored.all() and not EmbeddingFiles(store.directory).residue_proteins.exists()
+    )
     assert store.n_stored_residues == int(store.lengths.sum())
 
 

@@ -52,7 +52,7 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     """0001 -> 0002 adds the nullable length-test columns, 0003 the feature map's coordinates,
     0004 the amino-acid profile, 0005 the features' LM effects, 0006 the GO protocols, 0007 the
     top examples' structure coverage, 0008 the worklists, 0009 the publication token, 0010 the
-    domain-family enrichment; each downgrade removes what its revision added."""
+    domain-family enrichment, 0011 the concept examples; each downgrade removes what its revision added."""
 
     def columns(table: str) -> set[str]:
         engine = make_engine(store_url)
@@ -66,9 +66,12 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert (
-        migrate.current_revision(store_url) == migrate.head_revision() == "0010_domain_enrichment"
-    )
+    assert migrate.current_revision(store_url) == migrate.head_revision() == "0011_concept_examples"
+    assert {"feature_id", "protein_id", "labels", "via"} <= columns("concept_examples")
+    migrate.downgrade(store_url, "0010_domain_enrichment")
+    engine = make_engine(store_url)
+    assert "concept_examples" not in inspect(engine).get_table_names()
+    engine.dispose()
     domain_columns = {"n_domain_hits", "n_domain_hits_length", "top_domain", "top_domain_source"}
     assert domain_columns <= columns("features")
     assert {"accession", "source", "protocol"} <= columns("domain_enrichments")

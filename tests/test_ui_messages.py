@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.findings.data import gather_findings
 from app.findings.plots import LOSS_RECOVERED_FLOOR, FigureInputs, plot_sae_fidelity
 from app.findings.render import clear_cache
+from app.queries.findings import gather_findings
 from app.store.schema import Feature, Sae
 from tests.encode_fixtures import restore, use_store
 

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from app.atomic_write import atomic_file
 from app.residue_types import ALPHABET, N_TYPES, residue_codes
 
 BASIS_CORPUS = "corpus"  # residue level: every residue the feature fires on
@@ -44,9 +45,10 @@ class AaProfile:
         )
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, shares=self.shares(), mass=self.mass,
-                            n_residues=self.n_residues, background=self.background,
-                            basis=np.array(self.basis), alphabet=np.array(ALPHABET))  # fmt: skip
+        with atomic_file(path) as handle:
+            np.savez_compressed(handle, shares=self.shares(), mass=self.mass,
+                                n_residues=self.n_residues, background=self.background,
+                                basis=np.array(self.basis), alphabet=np.array(ALPHABET))  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """What the analysis summary records of the profiles (the page shows the background)."""

@@ -14,9 +14,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,17 @@ from pydantic import BaseModel, Field
 from torch import Tensor
 from tqdm import tqdm
 
+from app.atomic_write import atomic_file, write_atomic
 from app.esm import resolve_device
 from app.sae import Dictionary, SparseDictionary
+from app.stage_summaries import AnalysisSummaryDoc
 from trainer.aa_profile import AaMass, AaProfile, profile_from_tracks
+from trainer.analysis_files import Examples, FeatureMap, FeatureStats, Neighbors, ProteinTop
 from trainer.embed import EmbeddingStore, ResidueSource
 from trainer.engines import Engine
 from trainer.feature_map import MapConfig, feature_map
-from trainer.stamps import is_current, redo_reason, write_stamp
+from trainer.layout import AnalysisFiles, RunLayout
+from trainer.stage_driver import StageUnit, run_unit
 from trainer.structure_coverage import Chain, PairCoverage, collect
 
 FloatArray = npt.NDArray[np.float32]
@@ -675,7 +678,7 @@ def run_analyze(
     chains: dict[int, list[Chain]],
     cfg: AnalyzeConfig,
     residue_source: ResidueSource | None = None,
-    stamp: str | None = None,
+    inputs: Mapping[str, Any] | None = None,
     engine: Engine | None = None,
     sequences: Sequence[str] | None = None,
 ) -> Path:
@@ -687,22 +690,38 @@ def run_analyze(
     pooled-only (protein-level dictionaries), and every residue the store does not hold when its
     residue layers store a sample of the proteins (``trainer.residue_replay``); it must come from
     the model the store was made with.
-    ``stamp``: a digest of the inputs (``trainer.stamps``); with it, DONE must hold that stamp,
-    and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
+    ``inputs``: what the analysis depends on (``trainer.stage_driver``): DONE must hold their
+    stamp, and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
     encoding pass of residue-level dictionaries (default: in this process). ``sequences``
     (corpus order): with them, each feature's amino-acid profile is written too
     (``trainer.aa_profile``).
     """
-    out = workdir / "analysis" / spec.name
-    finished = (out / "DONE").exists() if stamp is None else is_current(out / "DONE", stamp)
-    if finished:
-        return out
-    if stamp is not None and out.exists():  # other inputs, or interrupted: no stale file stays
-        if (out / "DONE").exists():
-            print(f"analyze: {spec.name}: {redo_reason(out / 'DONE')}: analysing again")
-        shutil.rmtree(out)
+    files = RunLayout(workdir).analysis(spec.name)
+    unit = StageUnit(f"analyze: {spec.name}", files.done, dict(inputs or {}),
+                     outputs=(files.protein_activations, files.features, files.summary))  # fmt: skip
+
+    def analyze() -> None:
+        _analyze(files, module, spec, store, chains, cfg, residue_source, engine, sequences)
+
+    # Other inputs, or interrupted: the folder goes, so no stale file stays.
+    run_unit(unit, analyze, load=lambda: None, clear=files.dir)
+    return files.dir
+
+
+def _analyze(
+    files: AnalysisFiles,
+    module: Dictionary,
+    spec: Spec,
+    store: EmbeddingStore,
+    chains: dict[int, list[Chain]],
+    cfg: AnalyzeConfig,
+    residue_source: ResidueSource | None,
+    engine: Engine | None,
+    sequences: Sequence[str] | None,
+) -> None:
+    """Every file of ``analysis/{name}/`` but its DONE (the driver writes that)."""
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     module = module.to(resolve_device(cfg.device)).eval()
     one_pass = spec.level == "residue" and _has_fve(module)
     fve = np.full(store.n_proteins, np.nan, dtype=np.float32) if one_pass else None
@@ -712,9 +731,10 @@ def run_analyze(
     acts, residue_active, n_residues = protein_activations(
         module, spec, store, cfg, fve, engine, residue_mass, residue_source
     )
-    sp.save_npz(out / "protein_activations.npz", acts)
+    with atomic_file(files.protein_activations) as handle:
+        sp.save_npz(handle, acts)
     stats = feature_stats(acts, cfg, residue_active, float(n_residues[0]))
-    np.savez_compressed(out / "features.npz", **stats)
+    FeatureStats(**stats).save(files.features)
 
     covered = structure_coverage(module, spec, store, acts, chains, cfg, residue_source)
     examples = select_examples(acts, covered, cfg)
@@ -740,11 +760,10 @@ def run_analyze(
         pairs = ((f, p) for f, p, *_ in examples)
         profile = profile_from_tracks(values, pairs, sequences, module.n_latents)
     if profile is not None:
-        profile.save(out / "aa_profile.npz")
+        profile.save(files.aa_profile)
     ex_offsets, ex_values = _pack(values[(f, p)] for f, p, *_ in examples)
     max_position = np.array([int(np.argmax(values[(f, p)])) for f, p, *_ in examples], np.int64)
-    np.savez_compressed(
-        out / "examples.npz",
+    Examples(
         feature=np.array([e[0] for e in examples], np.int64),
         protein=np.array([e[1] for e in examples], np.int64),
         bin=np.array([e[2] for e in examples], dtype="U16"),
@@ -754,24 +773,23 @@ def run_analyze(
         offsets=ex_offsets,
         values=ex_values,
         **_example_structures(examples, covered),
-    )
+    ).save(files.examples)
     empty = np.zeros(0, dtype=np.float32)
     pt_offsets, pt_values = _pack(values.get((f, p), empty) for p, f, *_ in top_rows)
-    np.savez_compressed(
-        out / "protein_top.npz",
+    ProteinTop(
         protein=np.array([t[0] for t in top_rows], np.int64),
         feature=np.array([t[1] for t in top_rows], np.int64),
         rank=np.array([t[2] for t in top_rows], np.int64),
         activation=np.array([t[3] for t in top_rows], np.float32),
         offsets=pt_offsets,
         values=pt_values,
-    )
+    ).save(files.protein_top)
     nb_idx, nb_cos = decoder_neighbors(module, cfg.n_neighbors)
-    np.savez_compressed(out / "neighbors.npz", indices=nb_idx, cosines=nb_cos)
+    Neighbors(indices=nb_idx, cosines=nb_cos).save(files.neighbors)
     if cfg.map.enabled and module.kind != "neurons":  # the basis has no geometry to map
         directions = module.decoder_directions().float().cpu().numpy()
         xy = feature_map(directions, ~stats["is_dead"], cfg.map, cfg.seed)
-        np.savez_compressed(out / "feature_map.npz", xy=xy)
+        FeatureMap(xy=xy).save(files.feature_map)
     if not one_pass:
         fve = per_protein_fve(module, spec, store, cfg)
     summary = {
@@ -787,6 +805,5 @@ def run_analyze(
     }
     if profile is not None:
         summary["aa_profile"] = profile.summary()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_stamp(out / "DONE", stamp or "ok")
-    return out
+    AnalysisSummaryDoc.model_validate(summary)  # the document publish and the summary read
+    write_atomic(files.summary, json.dumps(summary, indent=2))

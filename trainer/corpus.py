@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from app.atomic_write import atomic_file
+from trainer.layout import RunLayout
 from trainer.seqfiles import GafAnnotations, fasta_records, read_gaf
 from trainer.validate import IngestError, check_sequence, open_text, parse_go_ids, where
 
@@ -182,16 +184,11 @@ SAVED_COLUMNS = (
 )  # fmt: skip
 
 
-def corpus_path(workdir: Path) -> Path:
-    return Path(workdir) / "corpus" / "proteins.tsv.gz"
-
-
 def save_corpus(workdir: Path, corpus: Corpus) -> Path:
     """Write ``corpus/proteins.tsv.gz`` (atomically: a temporary file renamed into place)."""
-    path = corpus_path(workdir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", newline="", compresslevel=3) as handle:
+    path = RunLayout(workdir).corpus.proteins
+    with atomic_file(path) as raw, gzip.open(raw, "wt", encoding="utf-8", newline="",
+                                             compresslevel=3) as handle:  # fmt: skip
         writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
         writer.writerow(SAVED_COLUMNS)
         for i, acc in enumerate(corpus.accessions):
@@ -212,13 +209,12 @@ def save_corpus(workdir: Path, corpus: Corpus) -> Path:
                     corpus.sequences[i],
                 ]
             )
-    tmp.replace(path)
     return path
 
 
 def load_corpus(workdir: Path) -> Corpus:
     """Read back what ``save_corpus`` wrote, in the same order."""
-    path = corpus_path(workdir)
+    path = RunLayout(workdir).corpus.proteins
     corpus = Corpus()
     with open_text(path) as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)

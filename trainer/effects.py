@@ -29,14 +29,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.esm import MAX_RESIDUES, LoadedModel, tokenize
+from app.atomic_write import write_atomic
+from app.esm import LoadedModel, tokenize
+from app.esm_window import MAX_RESIDUES
 from app.intervene.forward import hidden_at, logits_from
 from app.intervene.steer import AMINO_ACIDS, amino_acid_ids
 from app.sae.models import SparseDictionary
-from trainer.stamps import digest, is_current, write_stamp
-
-EFFECTS_FILE = "effects.npz"
-EFFECTS_STAMP = "EFFECTS_DONE"
+from trainer.analysis_files import Effects, Examples
+from trainer.layout import AnalysisFiles
+from trainer.stage_driver import StageUnit, run_unit
 
 
 class EffectsConfig(BaseModel):
@@ -183,19 +184,21 @@ def run_effects(
     level: str = "residue",
 ) -> Path:
     """Write ``effects.npz`` beside the analysis (skipped when current for that analysis)."""
-    inputs = {"analysis": (analysis_dir / "DONE").read_text(), "effects": cfg.model_dump()}
-    stamp = digest({**inputs, "level": level})
-    target = analysis_dir / EFFECTS_FILE
-    if target.exists() and is_current(analysis_dir / EFFECTS_STAMP, stamp):
-        return target
-    with np.load(analysis_dir / "examples.npz", allow_pickle=False) as archive:
-        examples = {key: archive[key] for key in archive.files}
-    arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
-    arrays["read_at"] = np.array("protein mean" if level == "protein" else "peak residue")
-    partial = analysis_dir / "effects.partial.npz"
-    np.savez_compressed(partial, amino_acids=np.array(list(AMINO_ACIDS)), **arrays)  # type: ignore[arg-type]
-    partial.replace(target)
-    measured = int((arrays["n_examples"] > 0).sum())
-    (analysis_dir / "effects.json").write_text(json.dumps({"features_measured": measured}))
-    write_stamp(analysis_dir / EFFECTS_STAMP, stamp)
-    return target
+    files = AnalysisFiles(analysis_dir)
+    # The analysis marker's whole text (its stamp and newline), as stamps were first made.
+    inputs = {"analysis": files.done.read_text(), "effects": cfg.model_dump(), "level": level}
+    unit = StageUnit(f"effects: {files.dir.name}", files.effects_done, inputs,
+                     outputs=(files.effects,))  # fmt: skip
+
+    def measure() -> None:
+        examples = Examples.load(files.examples).arrays()
+        arrays = measure_effects(loaded, module.eval(), layer, sequences, examples, cfg, level)
+        read_at = np.array("protein mean" if level == "protein" else "peak residue")
+        Effects(**arrays, amino_acids=np.array(list(AMINO_ACIDS)), read_at=read_at).save(
+            files.effects
+        )
+        measured = int((arrays["n_examples"] > 0).sum())
+        write_atomic(files.effects_summary, json.dumps({"features_measured": measured}))
+
+    run_unit(unit, measure, load=lambda: None)
+    return files.effects

@@ -42,7 +42,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from app.atomic_write import atomic_file, atomic_path, write_atomic
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
+from app.esm_window import MAX_RESIDUES
+from app.stage_summaries import EmbedManifest
+from trainer.layout import EmbeddingFiles, RunLayout
 
 if TYPE_CHECKING:
     from trainer.engines import Engine
@@ -78,7 +82,9 @@ class EmbedConfig(BaseModel):
         "the model's weights, ~3x faster on the CPU) or 'fair-esm' (its own modules, bit for "
         "bit); the two agree up to float rounding.",
     )
-    window_stride: int = Field(default=511, ge=1, description="Stride of windows over >1022 aa.")
+    window_stride: int = Field(
+        default=511, ge=1, description=f"Stride of windows over >{MAX_RESIDUES} aa."
+    )
     residue_proteins: int | None = Field(
         default=None,
         ge=1,
@@ -140,10 +146,9 @@ def plan_shards(lengths: np.ndarray, shard_max_residues: int) -> list[np.ndarray
     return shards
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    EmbedManifest.model_validate(data)  # the document the pipeline and the summary read back
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
@@ -211,10 +216,9 @@ def _write_shard(
             tensors[f"layer{layer}.residue"] = residue if rows is None else residue[rows]
         means = pooled_sums(residue, offsets) / lengths
         tensors[f"layer{layer}.pooled"] = means.astype(cfg.dtype)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"model_sha256": model_sha256})
-    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"model_sha256": model_sha256})
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; the server may run as another user
 
 
 def _complete_shard(
@@ -333,7 +337,8 @@ def run_embed(
         raise ValueError(f"residue_layers {extra} are not among the embedded layers {layers}")
     if not sequences:
         raise ValueError("no sequences to embed")
-    out_dir = workdir / subdir
+    files = RunLayout(workdir).embeddings(subdir)
+    out_dir = files.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     shards = plan_shards(lengths, cfg.shard_max_residues)
@@ -359,7 +364,7 @@ def run_embed(
             "window_stride": cfg.window_stride,
         },
         "config": cfg.model_dump(),
-        "residue_sample": _sample_record(cfg, residue_seed, chosen, lengths),
+        "residue_sample": _sample_record(cfg, residue_seed, chosen, lengths, files),
         "shards": [],
         "done": False,
     }
@@ -367,7 +372,7 @@ def run_embed(
     for k, idx in enumerate(shards):
         manifest["shards"].append(
             {
-                "file": f"shard_{k:05d}.safetensors",
+                "file": files.shard(k),
                 "sorted_range": [position, position + len(idx)],
                 "n_proteins": len(idx),
                 "n_residues": int(lengths[idx].sum()),
@@ -375,7 +380,7 @@ def run_embed(
             }
         )
         position += len(idx)
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = files.manifest
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if old is not None and old.get("residue_sample") != manifest["residue_sample"]:
         _check_same({**old, "residue_layers": residue_layers}, manifest, manifest_path)
@@ -401,10 +406,10 @@ def run_embed(
             )  # fmt: skip
         if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
             return old  # already finished: leave the directory untouched
-    for stale in out_dir.glob("shard_*.safetensors.tmp"):
+    for stale in files.interrupted_shards():
         stale.unlink()  # a shard interrupted while being written
-    _write_sample_file(out_dir, chosen)
-    _write_json_atomic(manifest_path, manifest)
+    _write_sample_file(files.residue_proteins, chosen)
+    _write_manifest(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
     job = ShardJob(loaded, sequences, shards, [s["file"] for s in manifest["shards"]], out_dir,
@@ -424,20 +429,21 @@ def run_embed(
                 if value is not None:
                     shard[key] = round(value, 3)
             shard["done"] = True
-            _write_json_atomic(manifest_path, manifest)
+            _write_manifest(manifest_path, manifest)
     missing = [s["file"] for s in manifest["shards"] if not s["done"]]
     if missing:
         raise RuntimeError(f"{out_dir}: the {engine.name} engine did not write {missing[:5]}")
     manifest["done"] = True
-    _write_json_atomic(manifest_path, manifest)
+    _write_manifest(manifest_path, manifest)
     return manifest
 
 
-RESIDUE_SAMPLE_FILE = "residue_proteins.npy"
-
-
 def _sample_record(
-    cfg: EmbedConfig, seed: int, chosen: np.ndarray | None, lengths: np.ndarray
+    cfg: EmbedConfig,
+    seed: int,
+    chosen: np.ndarray | None,
+    lengths: np.ndarray,
+    files: EmbeddingFiles,
 ) -> dict[str, Any] | None:
     """The manifest's ``residue_sample``: what was asked, what it chose (None: every protein).
     Part of the directory's identity: another sample embeds again."""
@@ -447,7 +453,7 @@ def _sample_record(
         "proteins": cfg.residue_proteins,
         "seed": seed,
         "n_residues": int(lengths[chosen].sum()),
-        "file": RESIDUE_SAMPLE_FILE,
+        "file": files.residue_proteins.name,
         "sha256": hashlib.sha256(chosen.astype("<i8").tobytes()).hexdigest(),
     }
 
@@ -458,16 +464,14 @@ def _sample_text(record: dict[str, Any] | None) -> str:
     return f"{record['proteins']} proteins, seed {record['seed']}"
 
 
-def _write_sample_file(out_dir: Path, chosen: np.ndarray | None) -> None:
+def _write_sample_file(path: Path, chosen: np.ndarray | None) -> None:
     """``residue_proteins.npy``: the sorted corpus rows whose residues the shards store (absent
     when every protein's are)."""
-    path = out_dir / RESIDUE_SAMPLE_FILE
     if chosen is None:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name("residue_proteins.tmp.npy")
-    np.save(tmp, chosen.astype(np.int64))
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        np.save(handle, chosen.astype(np.int64))
 
 
 def embed_shards_locally(
@@ -514,7 +518,7 @@ class EmbeddingStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        path = self.directory / "manifest.json"
+        path = EmbeddingFiles(self.directory).manifest
         if not path.exists():
             raise FileNotFoundError(f"{path}: no embeddings here (run the embed stage)")
         self.manifest: dict[str, Any] = json.loads(path.read_text())

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.atomic_write import write_atomic
+from app.stage_summaries import CorpusManifest
 from trainer.corpus import (
     Corpus,
     attach_go,
@@ -29,6 +31,7 @@ from trainer.corpus import (
     save_corpus,
 )
 from trainer.ingest_store import insert_structures, store_rows, structure_rows, upsert_proteins
+from trainer.layout import RunLayout
 from trainer.seqfiles import read_gaf
 from trainer.structure_map import MappingRules, map_table_structures
 from trainer.structures import (
@@ -105,22 +108,18 @@ class IngestConfig(BaseModel):
         return n >= self.min_length and (self.max_length is None or n <= self.max_length)
 
 
-def corpus_dir(workdir: Path) -> Path:
-    return Path(workdir) / "corpus"
-
-
 def load_structure_mappings(workdir: Path) -> list[StructureMapping]:
-    return load_structures(corpus_dir(workdir) / "structures.json")
+    return load_structures(RunLayout(workdir).corpus.structures)
 
 
 def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
     """Build (or, when DONE holds this config's hash, load) the corpus and its structure map."""
-    out = corpus_dir(workdir)
-    done = out / "DONE"
+    files = RunLayout(workdir).corpus
+    done = files.done
     digest = cfg.config_hash()
     if done.exists() and done.read_text().strip() == digest:
         return load_corpus(workdir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)
 
     table = read_structure_table(cfg.structures_table) if cfg.structures_table else []
@@ -142,7 +141,7 @@ def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
     mappings += map_user_structures(corpus, cfg, counts)
 
     save_corpus(workdir, corpus)
-    save_structures(out / "structures.json", mappings)
+    save_structures(files.structures, mappings)
     manifest = {
         "config_hash": digest,
         "config": json.loads(cfg.model_dump_json()),
@@ -152,8 +151,9 @@ def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
         "n_structures_mapped": len(mappings),
         "structure_counts": dict(sorted(counts.items())),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    done.write_text(digest)
+    CorpusManifest.model_validate(manifest)  # the document the summary reads back
+    write_atomic(files.manifest, json.dumps(manifest, indent=2))
+    write_atomic(done, digest)
     return corpus
 
 

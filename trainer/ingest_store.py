@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from app.queries.stored import stored_protein_ids, stored_structure_ids
 from app.store.bulk import bulk_insert, reserve_ids
 from app.store.schema import Protein, Structure
 from trainer.corpus import Corpus
 from trainer.structures import StructureMapping
-
-_LOOKUP_CHUNK = 900  # stays under SQLite's bound-parameter limit on old builds
 
 
 def _go(ids: set[str]) -> str | None:
@@ -68,19 +66,9 @@ def structure_rows(
     ]
 
 
-def _chunks(items: Sequence[Any], size: int = _LOOKUP_CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def upsert_proteins(session: Session, corpus: Corpus) -> dict[str, int]:
     """Insert the corpus proteins the store lacks; return ``{accession: protein id}`` for all."""
-    ids: dict[str, int] = {}
-    for chunk in _chunks(corpus.accessions):
-        rows = session.execute(
-            select(Protein.accession, Protein.id).where(Protein.accession.in_(chunk))
-        )
-        ids.update({acc: pid for acc, pid in rows})
+    ids = stored_protein_ids(session, corpus.accessions)
     missing = [row for row in store_rows(corpus) if row["accession"] not in ids]
     new_ids = reserve_ids(session, Protein, len(missing))
     for row, pid in zip(missing, new_ids, strict=True):
@@ -94,16 +82,7 @@ def _stored_structures(
     session: Session, structures: Sequence[StructureMapping]
 ) -> dict[tuple[str, str], int]:
     """``{(file_path, chain): structure id}`` of the chains the store already holds."""
-    present: dict[tuple[str, str], int] = {}
-    keys = sorted({(s.file_path, s.chain) for s in structures})
-    for chunk in _chunks(keys, _LOOKUP_CHUNK // 2):
-        rows = session.execute(
-            select(Structure.file_path, Structure.chain, Structure.id).where(
-                tuple_(Structure.file_path, Structure.chain).in_(chunk)
-            )
-        )
-        present.update({(path, chain): sid for path, chain, sid in rows})
-    return present
+    return stored_structure_ids(session, sorted({(s.file_path, s.chain) for s in structures}))
 
 
 def insert_structures(

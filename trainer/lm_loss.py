@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from app.esm import LoadedModel, autocast_for, check_sequences, iter_token_batches
+from app.esm_window import MAX_RESIDUES
 
 Replace = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,7 +95,7 @@ def masked_lm_loss(
     source_layer: int | None = None,
     mask_fraction: float = 0.15,
     seed: int = 0,
-    max_len: int = 1022,
+    max_len: int = MAX_RESIDUES,
     max_tokens_per_batch: int = 8192,
 ) -> float:
     """Mean cross-entropy (nats) over masked residues, with layer ``layer`` replaced by ``replace``.

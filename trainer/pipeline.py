@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
 
+from app.atomic_write import write_atomic
 from app.esm import LoadedModel, load_esm, random_init_copy
+from app.queries import published_run_named
 from app.sae import (
     Dictionary,
     Provenance,
@@ -37,6 +37,7 @@ from app.sae import (
     transcoder_predictor,
 )
 from app.settings import Settings
+from app.stage_summaries import ConceptsManifest, EmbedManifest
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
@@ -44,10 +45,11 @@ from trainer.analyze import Spec, residue_values, run_analyze
 from trainer.concepts.labels import ConceptSet
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
-from trainer.effects import EFFECTS_STAMP, measurable, run_effects
+from trainer.effects import measurable, run_effects
 from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
 from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
+from trainer.layout import RunLayout
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
 from trainer.residue_replay import ReplayedResidues
 from trainer.stamps import digest, read_stamp
@@ -86,7 +88,8 @@ class Pipeline:
     ):
         self.cfg = cfg
         self.settings = settings
-        self.workdir = settings.data_dir / "runs" / cfg.run.name
+        self.layout = RunLayout.of_run(settings.data_dir, cfg.run.name)
+        self.workdir = self.layout.workdir
         self.database_url = database_url or settings.sqlalchemy_url
         self.republish = republish
         self.timings: dict[str, float] = {}
@@ -150,7 +153,7 @@ class Pipeline:
         return plans
 
     def store(self, subdir: str) -> EmbeddingStore:
-        return EmbeddingStore(self.workdir / subdir)
+        return EmbeddingStore(self.layout.embeddings(subdir).dir)
 
     def embed_layers(self) -> list[int]:
         layers = {s.layer for s in self.cfg.saes} | set(self.cfg.neurons.layers)
@@ -174,7 +177,7 @@ class Pipeline:
         return self.random_model if plan.is_control else self.model
 
     def load(self, plan: DictionaryPlan) -> Dictionary:
-        return load_dictionary(self.workdir / "saes" / plan.spec.name)
+        return load_dictionary(self.layout.sae(plan.spec.name).dir)
 
     # -- stages -------------------------------------------------------------------------------
     def ingest(self) -> None:
@@ -285,36 +288,36 @@ class Pipeline:
                 return digest({**inputs, "spec": spec.model_dump(mode="json")})
 
             run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
-                      device=self.cfg.train.device, stamp=stamp)  # fmt: skip
+                      device=self.cfg.run.device, stamp=stamp)  # fmt: skip
 
     def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and
         the embeddings it reads (model, corpus fingerprint, precision). Read from the manifest
         alone: an ``EmbeddingStore`` would open every shard."""
-        manifest = json.loads((self.workdir / plan.embeddings / "manifest.json").read_text())
-        embeddings = {k: manifest.get(k) for k in ("model", "corpus_sha256", "dtype")}
-        if manifest.get("residue_sample") is not None and plan.spec.level == "residue":
+        manifest = EmbedManifest.read(self.layout.embeddings(plan.embeddings).manifest)
+        embeddings = manifest.identity()
+        if manifest.residue_sample is not None and plan.spec.level == "residue":
             # A residue-level dictionary trains on the sample's residues (protein-level ones
             # read pooled vectors, and analysis recomputes the rest exactly: no change).
-            embeddings["residue_sample"] = manifest["residue_sample"]
+            embeddings["residue_sample"] = manifest.residue_sample
         return {
-            "corpus": read_stamp(self.workdir / "corpus" / "DONE"),
+            "corpus": read_stamp(self.layout.corpus.done),
             "embeddings": embeddings,
             "control_of": plan.control_of,
         }
 
-    def analysis_stamp(self, plan: DictionaryPlan) -> str:
+    def analysis_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """The analysis depends on its settings, the trained dictionary (its stamp) and the
         corpus and embeddings it encodes."""
-        return digest({
+        return {
             **self._stamp_inputs(plan),
             "analyze": self.cfg.analyze.result_inputs(),
             "outputs": ANALYSIS_OUTPUTS_VERSION,
-            "dictionary": read_stamp(self.workdir / "saes" / plan.spec.name / "DONE"),
+            "dictionary": read_stamp(self.layout.sae(plan.spec.name).done),
             # Analyses from before structure examples were chosen by what their chain shows
             # (and stored with it) are made again.
             "structure_examples": "coverage",
-        })  # fmt: skip
+        }  # fmt: skip
 
     def analyze(self) -> None:
         lengths = np.array([len(s) for s in self.corpus.sequences], dtype=np.int64)
@@ -338,7 +341,7 @@ class Pipeline:
                 source = self._replayed(plan, store)
             module = self.load(plan)
             out = run_analyze(self.workdir, module, spec, store, chains,
-                              self.cfg.analyze, source, stamp=self.analysis_stamp(plan),
+                              self.cfg.analyze, source, inputs=self.analysis_inputs(plan),
                               sequences=self.corpus.sequences, engine=self.engine)  # fmt: skip
             if measurable(module, spec.level, self.cfg.effects):
                 run_effects(out, self.model_for(plan), module, spec.layer,
@@ -411,7 +414,7 @@ class Pipeline:
         """Names of every GO id the prompts may show (alt ids resolved to their main term)."""
         from trainer.go.ontology import load_ontology
 
-        ontology = load_ontology(self.cfg.go.obo_path, self.workdir / "go" / "cache")
+        ontology = load_ontology(self.cfg.go.obo_path, self.layout.go_cache)
         names = {go_id: term.name for go_id, term in ontology.terms.items()}
         names.update({alt: names[main] for alt, main in ontology.alt_to_main.items()})
         return names
@@ -431,9 +434,9 @@ class Pipeline:
             encoders[plan.spec.name] = shared.encoder(
                 model, plan.spec.layer, self.load(plan).encode
             )
-        inputs = {name: read_stamp(self.workdir / "saes" / name / "DONE") for name in encoders}
+        inputs = {name: read_stamp(self.layout.sae(name).done) for name in encoders}
         if self.cfg.concepts.structures:
-            inputs["corpus"] = read_stamp(self.workdir / "corpus" / "DONE")
+            inputs["corpus"] = read_stamp(self.layout.corpus.done)
         run_concepts_stage(self.workdir, self.cfg.concepts, encode_residues=encoders,
                            dictionaries=list(encoders), inputs=inputs,
                            structure_concepts=self._structure_concepts)  # fmt: skip
@@ -450,7 +453,7 @@ class Pipeline:
         corpus = load_corpus(self.workdir)
         mappings = load_structure_mappings(self.workdir)
         return structure_concepts(
-            mappings, corpus.accessions, corpus.sequences, self.workdir / "dssp",
+            mappings, corpus.accessions, corpus.sequences, self.layout.dssp,
             test_fraction=cfg.structure_test_fraction,
             max_proteins=cfg.structure_max_proteins_per_split,
             chains_per_protein=cfg.structure_chains_per_protein, seed=cfg.seed,
@@ -466,27 +469,30 @@ class Pipeline:
         per_dictionary: dict[str, dict[str, str | None]] = {}
         for plan in self.plans():
             name = plan.spec.name
+            layout = self.layout
             entry = {
-                stage: read_stamp(self.workdir / stage / name / "DONE")
-                for stage in ("saes", "analysis", "go", "domains", "worklist")
-            }
+                stage: read_stamp(files.done)
+                for stage, files in (
+                    ("saes", layout.sae(name)), ("analysis", layout.analysis(name)),
+                    ("go", layout.go_hits(name)), ("domains", layout.domain_hits(name)),
+                    ("worklist", layout.worklist(name)),
+                )
+            }  # fmt: skip
             # What each feature makes the model predict: its own stamp beside the analysis.
-            entry["effects"] = read_stamp(self.workdir / "analysis" / name / EFFECTS_STAMP)
+            entry["effects"] = read_stamp(layout.analysis(name).effects_done)
             # Rewritten by every training (with its timing), kilobytes: weights of real ESM2
             # dictionaries reach GB and would be read again at every publish.
-            metrics = self.workdir / "saes" / name / "metrics.json"
+            metrics = layout.sae(name).metrics
             entry["metrics"] = (
                 hashlib.sha256(metrics.read_bytes()).hexdigest() if metrics.exists() else None
             )
             per_dictionary[name] = entry
         explanations = {
             path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(self.workdir.glob("explain/*/explanations.jsonl"))
+            for path in self.layout.explanation_files()
         }
-        concepts = self.workdir / "concepts" / "manifest.json"
-        fingerprint = json.loads(concepts.read_text()) if concepts.exists() else None
-        if fingerprint is not None:
-            fingerprint = {k: fingerprint.get(k) for k in ("config", "dictionaries", "inputs")}
+        manifest = ConceptsManifest.read_if_exists(self.layout.concepts_manifest)
+        fingerprint = manifest.fingerprint() if manifest is not None else None
         return digest({"dictionaries": per_dictionary, "explanations": explanations,
                        "concepts": fingerprint})  # fmt: skip
 
@@ -500,9 +506,7 @@ class Pipeline:
         artifacts = self.artifacts_digest()
         try:
             with session_factory(engine)() as session:
-                existing = session.scalar(
-                    select(Run).where(Run.name == self.cfg.run.name, Run.status == "published")
-                )
+                existing = published_run_named(session, self.cfg.run.name)
                 unchanged = (config, artifacts)
                 if (
                     existing is not None
@@ -532,9 +536,7 @@ class Pipeline:
     def run(self, stages: list[str] | None = None) -> int | None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # The exact parameters of this invocation, beside what it makes (benchmarks read it).
-        config = self.workdir / "config.json"
-        config.with_suffix(".tmp").write_text(self.cfg.model_dump_json(indent=1))
-        os.replace(config.with_suffix(".tmp"), config)
+        write_atomic(self.layout.config, self.cfg.model_dump_json(indent=1))
         if self.cfg.run.torch_threads:
             torch.set_num_threads(self.cfg.run.torch_threads)
         run_id = None

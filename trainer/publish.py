@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import scipy.sparse as sp
 from rich.console import Console
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from app.detail_queries import go_alpha
+from app.queries import go_alpha
+from app.queries.stored import stored_concept_ids, stored_go_term_ids
 from app.residue_types import ALPHABET, Dominance, is_detector
+from app.stage_summaries import AnalysisSummaryDoc, GoSummary, TrainingMetrics
 from app.store.bulk import bulk_insert, bulk_insert_columns, reserve_ids
 from app.store.codec import encode_values
 from app.store.publish import publish_run
@@ -43,21 +44,26 @@ from app.store.schema import (
     TopExample,
 )
 from trainer.aa_profile import BASIS_CORPUS, AaProfile, load_profile
+from trainer.analysis_files import (
+    Effects,
+    Examples,
+    FeatureMap,
+    FeatureStats,
+    Neighbors,
+    ProteinTop,
+    load_columns,
+)
+from trainer.concepts.examples import label_files, store_concept_examples
 from trainer.corpus import Corpus, load_corpus
 from trainer.explain.labels import DomainHit, GoHit, GoHitLike, auto_labels
 from trainer.explain.store_load import load_auto_labels, load_explanations
 from trainer.ingest import insert_structures, load_structure_mappings, upsert_proteins
 from trainer.ingest_store import structure_ids
+from trainer.layout import RunLayout, SaeFiles
 from trainer.worklist_publish import load_worklist
 
 console = Console()
 AA_COLUMNS = ("aa_profile", "aa_n_residues", "aa_top", "aa_top_share", "aa_detector")
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, read once (indexing an NpzFile re-reads the member each time)."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
 
 
 def _lookup(ids: list[int], indices: np.ndarray) -> list[int]:
@@ -76,10 +82,10 @@ def _blobs(values: np.ndarray, offsets: np.ndarray) -> list[bytes | None]:
 
 def _load_go_terms(session: Session, workdir: Path) -> dict[str, tuple[str, int]]:
     """Insert the GO terms the run uses that the store lacks; return id -> (name, depth)."""
-    path = workdir / "go" / "terms.tsv"
+    path = RunLayout(workdir).go_terms
     if not path.exists():
         return {}
-    known = set(session.scalars(select(GoTerm.id)).all())
+    known = stored_go_term_ids(session)
     info: dict[str, tuple[str, int]] = {}
     rows = []
     with path.open(newline="") as handle:
@@ -117,6 +123,7 @@ class DictionaryLoader:
     ):
         self.session = session
         self.workdir = workdir
+        self.layout = RunLayout(workdir)
         self.run = run
         self.protein_ids = protein_ids
         self.structure_ids = structure_ids or []  # store id per structures.json row
@@ -128,16 +135,15 @@ class DictionaryLoader:
         self.n_rows = 0  # bulk-inserted rows so far (progress on a proteome-sized run)
 
     def load(self, name: str, known_terms: dict[str, tuple[str, int]]) -> Sae:
-        sae_dir = self.workdir / "saes" / name
-        config = json.loads((sae_dir / "config.json").read_text())
-        metrics = json.loads((sae_dir / "metrics.json").read_text())
-        analysis = self.workdir / "analysis" / name / "summary.json"
-        if analysis.exists():  # the corpus distribution of per-protein FVE (for the server)
-            summary = json.loads(analysis.read_text())
-            metrics |= {k: summary.get(k) for k in ("fve_median", "fve_p05")}
+        sae_files = self.layout.sae(name)
+        config = json.loads(sae_files.config.read_text())
+        metrics = TrainingMetrics.read(sae_files.metrics).dump()
+        analysis = AnalysisSummaryDoc.read_if_exists(self.layout.analysis(name).summary)
+        if analysis is not None:  # the corpus distribution of per-protein FVE (for the server)
+            metrics |= {"fve_median": analysis.fve_median, "fve_p05": analysis.fve_p05}
         self.go_hits, self.dominance, self.go_alpha = {}, {}, go_alpha(None)
         self.domain_hits = {}
-        sae = self._sae_row(name, config, metrics, sae_dir)
+        sae = self._sae_row(name, config, metrics, sae_files)
         feature_ids = self._features(sae, name)
         self._examples(name, feature_ids)
         self._protein_top(sae, name, feature_ids)
@@ -150,13 +156,21 @@ class DictionaryLoader:
         self._concepts(sae, name, feature_ids)
         return sae
 
+    def load_findings(
+        self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
+    ) -> None:
+        """Only the GO hits and concept alignments of ``name``'s files, onto its existing
+        ``Sae`` and ``Feature`` rows (the explorer's tests add findings to a published run)."""
+        self._go(sae, name, feature_ids, known_terms)
+        self._concepts(sae, name, feature_ids)
+
     def _sae_row(
-        self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_dir: Path
+        self, name: str, config: dict[str, Any], metrics: dict[str, Any], sae_files: SaeFiles
     ) -> Sae:
         provenance = config["provenance"]
         dictionary = config["dictionary"]
         training = config.get("training", {})
-        weights = sae_dir / "sae.safetensors"
+        weights = sae_files.weights
         kind = str(training.get("kind", dictionary.get("kind")))
         sae = Sae(
             run_id=self.run.id,
@@ -186,23 +200,23 @@ class DictionaryLoader:
         return sae
 
     def _features(self, sae: Sae, name: str) -> list[int]:
-        stats = _load_npz(self.workdir / "analysis" / name / "features.npz")
-        n = len(stats["n_active"])
+        stats = FeatureStats.load(self.layout.analysis(name).features)
+        n = len(stats.n_active)
         ids = reserve_ids(self.session, Feature, n)
         # Residue level: the fraction of residues a feature fires on; protein level: of proteins.
-        density = stats["residue_density"] if sae.level == "residue" else stats["density"]
+        density = stats.residue_density if sae.level == "residue" else stats.density
         columns = {
             "id": ids,
             "index": list(range(n)),
             "density": density.astype(float).tolist(),
-            "n_active": stats["n_active"].astype(np.int64).tolist(),
-            "max_activation": stats["max_activation"].astype(float).tolist(),
-            "mean_activation": stats["mean_activation"].astype(float).tolist(),
+            "n_active": stats.n_active.astype(np.int64).tolist(),
+            "max_activation": stats.max_activation.astype(float).tolist(),
+            "mean_activation": stats.mean_activation.astype(float).tolist(),
             "hist_edges": [
-                [round(x, 5) for x in edges] for edges in stats["hist_edges"].astype(float).tolist()
+                [round(x, 5) for x in edges] for edges in stats.hist_edges.astype(float).tolist()
             ],
-            "hist_counts": stats["hist_counts"].astype(np.int64).tolist(),
-            "is_dead": stats["is_dead"].astype(bool).tolist(),
+            "hist_counts": stats.hist_counts.astype(np.int64).tolist(),
+            "is_dead": stats.is_dead.astype(bool).tolist(),
             **self._map_columns(name, n),
             **self._aa_columns(name, n),
             "lm_effect": self._effect_column(name, n),
@@ -216,7 +230,7 @@ class DictionaryLoader:
     def _aa_columns(self, name: str, n: int) -> dict[str, list[Any]]:
         """The amino-acid profile columns (None throughout where the analysis has none), and
         each profiled feature's dominant type for its label (``self.dominance``)."""
-        profile = load_profile(self.workdir / "analysis" / name / "aa_profile.npz")
+        profile = load_profile(self.layout.analysis(name).aa_profile)
         if profile is None:
             return {key: [None] * n for key in AA_COLUMNS}
         if profile.mass.shape[0] != n:
@@ -228,33 +242,33 @@ class DictionaryLoader:
 
     def _effect_column(self, name: str, n: int) -> list[dict[str, Any] | None]:
         """Per latent, what it makes the model predict (``trainer.effects``), or None."""
-        path = self.workdir / "analysis" / name / "effects.npz"
+        path = self.layout.analysis(name).effects
         if not path.exists():
             return [None] * n
-        eff = _load_npz(path)
-        if eff["mean"].shape[0] != n:
-            raise ValueError(f"{path}: effects of {eff['mean'].shape[0]} latents for {n}")
+        eff = Effects.load(path)
+        if eff.mean.shape[0] != n:
+            raise ValueError(f"{path}: effects of {eff.mean.shape[0]} latents for {n}")
         column: list[dict[str, Any] | None] = []
         for f in range(n):
-            if eff["n_examples"][f] == 0:
+            if eff.n_examples[f] == 0:
                 column.append(None)
                 continue
             column.append({
-                "mean": [round(float(v), 4) for v in eff["mean"][f]],
-                "std": [round(float(v), 4) for v in eff["std"][f]],
-                "n_examples": int(eff["n_examples"][f]),
-                "activation": round(float(eff["activation"][f]), 4),
-                "read_at": str(eff["read_at"]) if "read_at" in eff else "peak residue",
+                "mean": [round(float(v), 4) for v in eff.mean[f]],
+                "std": [round(float(v), 4) for v in eff.std[f]],
+                "n_examples": int(eff.n_examples[f]),
+                "activation": round(float(eff.activation[f]), 4),
+                "read_at": str(eff.read_at) if eff.read_at is not None else "peak residue",
             })  # fmt: skip
         return column
 
     def _map_columns(self, name: str, n: int) -> dict[str, list[float | None]]:
         """Feature-map coordinates (None where a latent is off the map, or the analysis made no
         map: the neuron baseline, runs analysed before the map existed)."""
-        path = self.workdir / "analysis" / name / "feature_map.npz"
+        path = self.layout.analysis(name).feature_map
         if not path.exists():
             return {"map_x": [None] * n, "map_y": [None] * n}
-        xy = _load_npz(path)["xy"].astype(float)
+        xy = FeatureMap.load(path).xy.astype(float)
         if xy.shape != (n, 2):
             raise ValueError(f"{path}: map of shape {xy.shape} for {n} features")
         x, y = (
@@ -264,30 +278,30 @@ class DictionaryLoader:
         return {"map_x": x, "map_y": y}
 
     def _examples(self, name: str, feature_ids: list[int]) -> None:
-        ex = _load_npz(self.workdir / "analysis" / name / "examples.npz")
+        ex = Examples.load(self.layout.analysis(name).examples)
         columns = {
-            "feature_id": _lookup(feature_ids, ex["feature"]),
-            "protein_id": _lookup(self.protein_ids, ex["protein"]),
-            "bin": ex["bin"].tolist(),
-            "rank": ex["rank"].tolist(),
-            "activation": ex["activation"].astype(float).tolist(),
-            "max_position": ex["max_position"].tolist(),
-            "residue_values": _blobs(ex["values"], ex["offsets"]),
+            "feature_id": _lookup(feature_ids, ex.feature),
+            "protein_id": _lookup(self.protein_ids, ex.protein),
+            "bin": ex.bin.tolist(),
+            "rank": ex.rank.tolist(),
+            "activation": ex.activation.astype(float).tolist(),
+            "max_position": ex.max_position.tolist(),
+            "residue_values": _blobs(ex.values, ex.offsets),
             **self._example_structures(ex),
         }
         self.n_rows += bulk_insert_columns(self.session, TopExample, columns)
 
-    def _example_structures(self, ex: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    def _example_structures(self, ex: Examples) -> dict[str, list[Any]]:
         """Each example's best chain (store id), its activation share and whether it resolves
         the peak; None where the protein has no chain or the analysis predates them."""
-        n = len(ex["feature"])
-        if "structure" not in ex:
+        n = len(ex.feature)
+        if ex.structure is None or ex.structure_share is None or ex.structure_peak_covered is None:
             return dict.fromkeys(("structure_id", "structure_share", "structure_peak_covered"),
                                  [None] * n)  # fmt: skip
-        rows = ex["structure"].astype(np.int64).tolist()
+        rows = ex.structure.astype(np.int64).tolist()
         has = [r >= 0 for r in rows]
-        share = ex["structure_share"].astype(float).tolist()
-        peak = ex["structure_peak_covered"].astype(bool).tolist()
+        share = ex.structure_share.astype(float).tolist()
+        peak = ex.structure_peak_covered.astype(bool).tolist()
         return {
             "structure_id": [self.structure_ids[r] if h else None
                              for r, h in zip(rows, has, strict=True)],
@@ -297,20 +311,20 @@ class DictionaryLoader:
         }  # fmt: skip
 
     def _protein_top(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
-        pt = _load_npz(self.workdir / "analysis" / name / "protein_top.npz")
+        pt = ProteinTop.load(self.layout.analysis(name).protein_top)
         columns = {
-            "protein_id": _lookup(self.protein_ids, pt["protein"]),
-            "feature_id": _lookup(feature_ids, pt["feature"]),
-            "rank": pt["rank"].tolist(),
-            "activation": pt["activation"].astype(float).tolist(),
-            "residue_values": _blobs(pt["values"], pt["offsets"]),
+            "protein_id": _lookup(self.protein_ids, pt.protein),
+            "feature_id": _lookup(feature_ids, pt.feature),
+            "rank": pt.rank.tolist(),
+            "activation": pt.activation.astype(float).tolist(),
+            "residue_values": _blobs(pt.values, pt.offsets),
         }
         self.n_rows += bulk_insert_columns(self.session, ProteinFeature, columns,
                                            {"sae_id": sae.id})  # fmt: skip
 
     def _neighbors(self, name: str, feature_ids: list[int]) -> None:
-        nb = _load_npz(self.workdir / "analysis" / name / "neighbors.npz")
-        idx, cos = nb["indices"], nb["cosines"]
+        nb = Neighbors.load(self.layout.analysis(name).neighbors)
+        idx, cos = nb.indices, nb.cosines
         n, width = idx.shape
         columns = {
             "feature_id": _lookup(feature_ids, np.repeat(np.arange(n), width)),
@@ -331,13 +345,14 @@ class DictionaryLoader:
     def _go(
         self, sae: Sae, name: str, feature_ids: list[int], known_terms: dict[str, tuple[str, int]]
     ) -> None:
-        go_dir = self.workdir / "go" / name
-        go_summary = self._summary(sae, "go", go_dir / "summary.json") or {}
-        self.go_alpha = go_alpha(go_summary)
-        self._summary(sae, "analysis", self.workdir / "analysis" / name / "summary.json")
-        if not (go_dir / "hits.npz").exists():
+        go_files = self.layout.go_hits(name)
+        payload = self._summary(sae, "go", go_files.summary)
+        go_summary = GoSummary.model_validate(payload) if payload is not None else None
+        self.go_alpha = go_alpha(payload)
+        self._summary(sae, "analysis", self.layout.analysis(name).summary)
+        if not go_files.hits.exists():
             return
-        hits = _load_npz(go_dir / "hits.npz")
+        hits = load_columns(go_files.hits)
         go_ids = hits["go_id"].astype(str).tolist()
         keep = np.array([g in known_terms for g in go_ids], dtype=bool)
         names = ("namespace", "study_hits", "study_size", "pop_hits", "pop_size",
@@ -370,7 +385,7 @@ class DictionaryLoader:
         counts = np.bincount(feature_index.astype(np.int64), minlength=n_features)
         counts_length = np.zeros(n_features, dtype=np.int64)
         if has_length:  # every feature of the SAE was tested: 0, not unknown, where no hit
-            alpha = float(go_summary["config"]["alpha"])
+            alpha = self.go_alpha
             adjusted = feature_index[hits["q_length"][keep] < alpha].astype(np.int64)
             counts_length = np.bincount(adjusted, minlength=n_features)
             self.session.execute(
@@ -394,18 +409,19 @@ class DictionaryLoader:
         name: str,
         feature_ids: list[int],
         known_terms: dict[str, tuple[str, int]],
-        go_summary: dict[str, Any],
+        go_summary: GoSummary | None,
     ) -> None:
         """The GO protocols' statements and settings (GoProtocol), and the "paper" protocol's
         hits (GoEnrichment rows with protocol "paper": two-sided p, no BH, no length test)."""
-        for protocol, block in go_summary.get("protocols", {}).items():
-            figures = {k: v for k, v in block.items() if k not in ("statement", "settings")}
-            self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block["statement"],
-                                        settings=block["settings"], figures=figures))  # fmt: skip
-        path = self.workdir / "go" / name / "paper_hits.npz"
+        for protocol, block in (go_summary.protocols if go_summary else {}).items():
+            figures = block.model_dump(exclude_unset=True,
+                                       exclude={"statement", "settings"})  # fmt: skip
+            self.session.add(GoProtocol(sae_id=sae.id, name=protocol, statement=block.statement,
+                                        settings=block.settings, figures=figures))  # fmt: skip
+        path = self.layout.go_hits(name).paper_hits
         if not path.exists():
             return
-        hits = _load_npz(path)
+        hits = load_columns(path)
         go_ids = hits["go_id"].astype(str).tolist()
         keep = np.array([g in known_terms for g in go_ids], dtype=bool)
         names = ("namespace", "study_hits", "study_size", "pop_hits", "pop_size",
@@ -436,19 +452,19 @@ class DictionaryLoader:
     def _domains(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
         """Pfam / PROSITE hits of both protocols (``trainer.domains``), each feature's counts
         and top family, and the hits the offline label may use (``self.domain_hits``)."""
-        out = self.workdir / "domains" / name
-        summary = self._summary(sae, "domains", out / "summary.json")
-        if summary is None or not (out / "hits.npz").exists():
+        files = self.layout.domain_hits(name)
+        summary = self._summary(sae, "domains", files.summary)
+        if summary is None or not files.hits.exists():
             return
         alpha = float(summary.get("alpha", self.go_alpha))
         n_features = len(feature_ids)
         counts = np.zeros(n_features, np.int64)
         counts_length = np.zeros(n_features, np.int64)
         top: dict[int, tuple[float, float, str, str]] = {}
-        for protocol, file in (("strict", "hits.npz"), ("paper", "paper_hits.npz")):
-            if not (out / file).exists():
+        for protocol, file in (("strict", files.hits), ("paper", files.paper_hits)):
+            if not file.exists():
                 continue
-            hits = _load_npz(out / file)
+            hits = load_columns(file)
             n = int(hits["p_value"].size)
             col: dict[str, list[Any]] = {
                 key: hits[key].tolist() if key in hits else [None] * n
@@ -503,13 +519,13 @@ class DictionaryLoader:
         load_auto_labels(self.session, labels, by_index)
 
     def _concepts(self, sae: Sae, name: str, feature_ids: list[int]) -> None:
-        c_dir = self.workdir / "concepts" / name
-        self._summary(sae, "concepts", c_dir / "summary.json")
-        path = c_dir / "alignments.npz"
+        c_files = self.layout.concept_results(name)
+        summary = self._summary(sae, "concepts", c_files.summary)
+        path = c_files.alignments
         if not path.exists():
             return
         concept_ids = _concept_ids(self.session, self.workdir)
-        al = _load_npz(path)
+        al = load_columns(path)
         known = np.array([str(c) in concept_ids for c in al["concept"]], dtype=bool)
         columns: dict[str, list[Any]] = {
             "feature_id": _lookup(feature_ids, al["feature_index"][known]),
@@ -520,6 +536,11 @@ class DictionaryLoader:
             columns[key] = al[key][known].astype(float).tolist()
         self.n_rows += bulk_insert_columns(self.session, ConceptAlignment, columns,
                                            {"sae_id": sae.id})  # fmt: skip
+        if summary is not None:  # the page's labelled examples, from the stage's label files
+            concepts_cfg = (self.run.config or {}).get("concepts") or {}
+            files = label_files(concepts_cfg.get("label_dir"), _concept_records(self.workdir))
+            self.n_rows += store_concept_examples(self.session, sae.id, summary, feature_ids,
+                                                  concept_ids, files)  # fmt: skip
 
 
 def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict[str, list[Any]]:
@@ -548,24 +569,28 @@ def profile_columns(profile: AaProfile, dominance: dict[int, Dominance]) -> dict
     return columns
 
 
+def _concept_records(workdir: Path) -> list[dict[str, Any]]:
+    """The concepts stage's ``concepts.json`` (none where the stage did not run)."""
+    path = RunLayout(workdir).concept_records
+    return list(json.loads(path.read_text())) if path.exists() else []
+
+
 def _concept_ids(session: Session, workdir: Path) -> dict[str, int]:
-    existing = {c.name: c.id for c in session.scalars(select(Concept)).all()}
-    path = workdir / "concepts" / "concepts.json"
-    if path.exists():
-        for rec in json.loads(path.read_text()):
-            if rec["name"] in existing:
-                continue
-            concept = Concept(
-                name=rec["name"],
-                description=rec.get("description"),
-                source=rec.get("source"),
-                n_chains=int(rec.get("n_chains", 0)),
-                n_residues=int(rec.get("n_residues", 0)),
-                n_positive=int(rec.get("n_positive", 0)),
-            )
-            session.add(concept)
-            session.flush()
-            existing[concept.name] = concept.id
+    existing = stored_concept_ids(session)
+    for rec in _concept_records(workdir):
+        if rec["name"] in existing:
+            continue
+        concept = Concept(
+            name=rec["name"],
+            description=rec.get("description"),
+            source=rec.get("source"),
+            n_chains=int(rec.get("n_chains", 0)),
+            n_residues=int(rec.get("n_residues", 0)),
+            n_positive=int(rec.get("n_positive", 0)),
+        )
+        session.add(concept)
+        session.flush()
+        existing[concept.name] = concept.id
     return existing
 
 
@@ -597,8 +622,3 @@ def publish(
 
     run.n_proteins = len(corpus.accessions)
     return publish_run(engine, run, load, replace=replace)
-
-
-def protein_activation_matrix(workdir: Path, name: str) -> sp.csr_matrix:
-    """The analyze stage's per-protein activations of one dictionary."""
-    return sp.load_npz(workdir / "analysis" / name / "protein_activations.npz").tocsr()

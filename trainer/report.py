@@ -10,13 +10,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.findings.data import gather_findings
 from app.findings.render import FigureOut, render_findings
+from app.queries import gather_findings, published_run_named
 from app.store.engine import make_engine
-from app.store.schema import Run
 
 
 def _figure_html(fig: FigureOut, base_url: str) -> str:
@@ -37,9 +35,7 @@ def write_report(database_url: str, run_name: str, out: Path, base_url: str = ""
     engine = make_engine(database_url)
     try:
         with Session(engine) as session:
-            run = session.scalars(
-                select(Run).where(Run.name == run_name, Run.status == "published")
-            ).one_or_none()
+            run = published_run_named(session, run_name)
             if run is None:
                 raise LookupError(f"no published run named {run_name!r} in {database_url}")
             found = gather_findings(session, run.id)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from app.atomic_write import write_atomic
 
 
 def digest(payload: Any) -> str:
@@ -43,6 +44,4 @@ def redo_reason(done: Path) -> str:
 
 def write_stamp(done: Path, stamp: str) -> None:
     """Write the marker atomically: a crash leaves the old marker or the new one, never half."""
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(stamp + "\n")
-    os.replace(tmp, done)
+    write_atomic(done, stamp + "\n")

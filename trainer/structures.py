@@ -20,6 +20,7 @@ from Bio.Data.PDBData import protein_letters_3to1
 from Bio.PDB import MMCIFParser, PDBParser
 from Bio.PDB.Structure import Structure
 
+from app.atomic_write import write_atomic
 from trainer.validate import IngestError, where
 
 STANDARD_3TO1 = {k.upper(): v for k, v in protein_letters_3to1.items()}
@@ -276,9 +277,7 @@ def _table_chain(row: dict[str, str], line: int, path: Path) -> TableChain:
 
 
 def save_structures(path: Path, mappings: list[StructureMapping]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(m) for m in mappings], separators=(",", ":")))
-    tmp.replace(path)
+    write_atomic(path, json.dumps([asdict(m) for m in mappings], separators=(",", ":")))
 
 
 def load_structures(path: Path) -> list[StructureMapping]:

@@ -16,87 +16,108 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-TIMINGS_FILE = "timings.json"
+from app.atomic_write import write_atomic
+from app.stage_summaries import (
+    AnalysisSummaryDoc,
+    ConceptsManifest,
+    ConceptsSummary,
+    CorpusManifest,
+    EmbedManifest,
+    GoSummary,
+    TrainingMetrics,
+)
+from trainer.layout import RunLayout
 
 
 def record_timing(workdir: Path, stage: str, seconds: float) -> None:
     """Add one finished stage's wall time to ``{workdir}/timings.json`` (the last run wins)."""
-    path = workdir / TIMINGS_FILE
-    timings = json.loads(path.read_text()) if path.exists() else {}
+    layout = RunLayout(workdir)
+    timings = read_timings(layout)
     timings[stage] = round(seconds, 2)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=1))
-    tmp.replace(path)
+    path = layout.timings
+    write_atomic(path, json.dumps(timings, indent=1))
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _dictionary_names(workdir: Path) -> list[str]:
-    saes = workdir / "saes"
-    return sorted(p.name for p in saes.iterdir() if (p / "DONE").exists()) if saes.exists() else []
+def read_timings(layout: RunLayout) -> dict[str, float]:
+    """Seconds per stage of the run's latest invocations (``timings.json``; none yet: empty)."""
+    path = layout.timings
+    timings: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+    return timings
 
 
 def collect_summary(workdir: Path) -> dict[str, Any]:
     """Everything the stages of the run in ``workdir`` have finished, as plain JSON data."""
     if not workdir.exists():
         raise FileNotFoundError(f"{workdir}: no such run directory (has the run started?)")
-    corpus = _read(workdir / "corpus" / "manifest.json") or {}
-    embed = _read(workdir / "embeddings" / "manifest.json") or {}
+    layout = RunLayout(workdir)
+    corpus = CorpusManifest.read_if_exists(layout.corpus.manifest)
+    embed = EmbedManifest.read_if_exists(layout.embeddings().manifest)
     dictionaries: dict[str, dict[str, Any]] = {}
-    for name in _dictionary_names(workdir):
-        metrics = _read(workdir / "saes" / name / "metrics.json") or {}
+    for name in layout.trained():
+        trained = TrainingMetrics.read_if_exists(layout.sae(name).metrics)
+        metrics = trained.dump() if trained is not None else {}
         row: dict[str, Any] = {
             key: metrics.get(key)
             for key in ("fve", "mse", "l0", "dead_fraction", "loss_recovered", "ce_clean",
                         "ce_spliced", "ce_zero", "n_train", "vectors_per_s", "is_control")
         }  # fmt: skip
-        analysis = _read(workdir / "analysis" / name / "summary.json")
-        if analysis is not None and (workdir / "analysis" / name / "DONE").exists():
-            row["analyze_s"] = analysis.get("seconds")
-        go = _read(workdir / "go" / name / "summary.json")
+        analysis = AnalysisSummaryDoc.read_if_exists(layout.analysis(name).summary)
+        if analysis is not None and layout.analysis(name).done.exists():
+            row["analyze_s"] = analysis.seconds
+        go = GoSummary.read_if_exists(layout.go_hits(name).summary)
         if go is not None:
-            row["go_s"] = go.get("seconds")
-            row["go_pct_features_bh"] = go["bh"]["pct_features_with_hit"]
-            row["go_pct_active_features_bh"] = go["bh"].get("pct_active_features_with_hit")
-            row["go_pct_features_bonferroni"] = go["bonferroni"]["pct_features_with_hit"]
-            protocols = go.get("protocols", {})
-            strict = protocols.get("strict", {}).get("features_with_bp_hit", {})
-            row["go_bp_features_strict_bh"] = strict.get("bh")
-            row["go_bp_features_strict_bonferroni"] = strict.get("bonferroni")
-            paper = protocols.get("paper", {})
-            row["go_bp_features_paper"] = paper.get("features_with_hit")
-            row["go_statements"] = {name: p["statement"] for name, p in protocols.items()}
-        concepts = _read(workdir / "concepts" / name / "summary.json")
+            row |= _go_row(go)
+        concepts = ConceptsSummary.read_if_exists(layout.concept_results(name).summary)
         if concepts is not None:
-            row["concepts_associated"] = concepts["n_concepts_associated"]
-            row["concepts_evaluated"] = concepts["n_concepts_evaluated"]
-            row["concept_best_f1_median"] = concepts["best_f1_distribution"]["median"]
-            row["concept_best_f1_max"] = concepts["best_f1_distribution"]["max"]
+            row["concepts_associated"] = concepts.n_concepts_associated
+            row["concepts_evaluated"] = concepts.n_concepts_evaluated
+            row["concept_best_f1_median"] = concepts.best_f1_distribution["median"]
+            row["concept_best_f1_max"] = concepts.best_f1_distribution["max"]
         dictionaries[name] = row
-    concepts_manifest = _read(workdir / "concepts" / "manifest.json") or {}
+    manifest = ConceptsManifest.read_if_exists(layout.concepts_manifest)
     return {
         "run_dir": str(workdir),
-        "timings_s": _read(workdir / TIMINGS_FILE) or {},
-        "corpus": {k: corpus.get(k) for k in ("n_proteins", "n_structures_mapped")},
-        "embeddings": {k: embed.get(k) for k in ("layers", "n_proteins", "n_residues", "model")}
-        | _shard_seconds(embed),
+        "timings_s": read_timings(layout),
+        "corpus": {
+            "n_proteins": corpus.n_proteins if corpus else None,
+            "n_structures_mapped": corpus.n_structures_mapped if corpus else None,
+        },
+        "embeddings": _embeddings(embed),
         "concept_chains": {
-            k: concepts_manifest.get(k) for k in ("n_distinct_chains", "n_distinct_residues")
+            "n_distinct_chains": manifest.n_distinct_chains if manifest else None,
+            "n_distinct_residues": manifest.n_distinct_residues if manifest else None,
         },
         "dictionaries": dictionaries,
     }
 
 
-def _shard_seconds(manifest: dict[str, Any]) -> dict[str, float]:
-    """Seconds the embed stage spent in forward passes, in pooling and writing shards (a
-    background thread), and waiting for that writer: where its time went."""
-    shards = manifest.get("shards", [])
+def _go_row(go: GoSummary) -> dict[str, Any]:
+    """A dictionary's GO figures: hit rates of our protocol's corrections and the paper's."""
+    strict = go.protocols.get("strict")
+    strict_bp = (strict.features_with_bp_hit if strict else None) or {}
+    paper = go.protocols.get("paper")
     return {
-        key: round(sum(float(s.get(key, 0.0)) for s in shards), 2)
-        for key in ("forward_s", "write_s", "wait_s")
+        "go_s": go.seconds,
+        "go_pct_features_bh": go.bh.pct_features_with_hit,
+        "go_pct_active_features_bh": go.bh.pct_active_features_with_hit,
+        "go_pct_features_bonferroni": go.bonferroni.pct_features_with_hit,
+        "go_bp_features_strict_bh": strict_bp.get("bh"),
+        "go_bp_features_strict_bonferroni": strict_bp.get("bonferroni"),
+        "go_bp_features_paper": paper.features_with_hit if paper else None,
+        "go_statements": {name: p.statement for name, p in go.protocols.items()},
     }
+
+
+def _embeddings(manifest: EmbedManifest | None) -> dict[str, Any]:
+    if manifest is None:
+        keys = ("layers", "n_proteins", "n_residues", "model", "forward_s", "write_s", "wait_s")
+        return dict.fromkeys(keys[:4]) | dict.fromkeys(keys[4:], 0.0)
+    return {
+        "layers": manifest.layers,
+        "n_proteins": manifest.n_proteins,
+        "n_residues": manifest.n_residues,
+        "model": manifest.model,
+    } | manifest.shard_seconds()
 
 
 def _fmt(value: Any, spec: str) -> str:

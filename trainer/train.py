@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pydantic import BaseModel, model_validator
 from torch import Tensor
 from tqdm import tqdm
 
+from app.atomic_write import atomic_path, write_atomic
 from app.esm import resolve_device
 from app.sae import (
     BatchTopKSAE,
@@ -39,6 +39,7 @@ from app.sae import (
     save_dictionary,
 )
 from app.sae.models import BatchTopK
+from trainer.layout import RunLayout
 from trainer.stamps import is_current, read_stamp, redo_reason, write_stamp
 
 Array = Tensor | np.ndarray
@@ -352,9 +353,8 @@ class _TrainState:
             "best_step": self.best_step,
             "best_state": self.best_state,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+        with atomic_path(path) as tmp:  # a crash mid-write leaves the previous checkpoint intact
+            torch.save(blob, tmp)
 
     def restore(
         self, path: Path, spec: SaeSpec, module: SparseDictionary, opt: torch.optim.Optimizer
@@ -407,22 +407,23 @@ def run_train(
     """
     results: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        out = Path(workdir) / "saes" / spec.name
+        files = RunLayout(workdir).sae(spec.name)
+        out = files.dir
         want = stamp(spec) if stamp is not None else None
-        finished = (out / "DONE").exists() if want is None else is_current(out / "DONE", want)
+        finished = files.done.exists() if want is None else is_current(files.done, want)
         if finished:
-            results[spec.name] = json.loads((out / "metrics.json").read_text())
+            results[spec.name] = json.loads(files.metrics.read_text())
             continue
         if want is not None:
-            if out.exists() and read_stamp(out / "INPUTS") != want:
-                if (out / "DONE").exists():
-                    print(f"train: {spec.name}: {redo_reason(out / 'DONE')}: training again")
+            if out.exists() and read_stamp(files.inputs) != want:
+                if files.done.exists():
+                    print(f"train: {spec.name}: {redo_reason(files.done)}: training again")
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
-            write_stamp(out / "INPUTS", want)
+            write_stamp(files.inputs, want)
         data = get_data(spec)
         module, metrics = train_dictionary(
-            spec, *data, checkpoint_dir=out / "checkpoint", progress=progress, device=device
+            spec, *data, checkpoint_dir=files.checkpoint, progress=progress, device=device
         )
         provenance = dataclasses.replace(
             provenance_base,
@@ -435,8 +436,8 @@ def run_train(
         if extra_metrics is not None:
             metrics |= extra_metrics(spec, module)
         save_dictionary(module, out, provenance, config=spec.model_dump())
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        write_stamp(out / "DONE", want or "ok")
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        write_atomic(files.metrics, json.dumps(metrics, indent=2, sort_keys=True))
+        write_stamp(files.done, want or "ok")
+        shutil.rmtree(files.checkpoint, ignore_errors=True)
         results[spec.name] = metrics
     return results

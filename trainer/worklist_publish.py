@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.store.bulk import bulk_insert_columns
 from app.store.schema import AnalysisSummary, GoWorklistCandidate, Sae
+from trainer.analysis_files import load_columns
 from trainer.go.later_snapshot import GROUP_ORDER
+from trainer.layout import RunLayout
 
 CONFIRMED_NAMES: list[str | None] = [None, *GROUP_ORDER]  # code 0 = not gained
 
@@ -25,13 +27,12 @@ def load_worklist(
     known_terms: set[str],
 ) -> int:
     """Insert the candidates and the summary (kind ``worklist``); returns rows inserted."""
-    out = Path(workdir) / "worklist" / name
-    if not (out / "DONE").exists() or not (out / "candidates.npz").exists():
+    files = RunLayout(workdir).worklist(name)
+    if not files.done.exists() or not files.candidates.exists():
         return 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads(files.summary.read_text())
     session.add(AnalysisSummary(sae_id=sae.id, kind="worklist", payload=summary))
-    with np.load(out / "candidates.npz", allow_pickle=False) as saved:
-        cols = {k: saved[k] for k in saved.files}
+    cols = load_columns(files.candidates)
     go_ids = cols["go_id"].astype(str)
     keep = np.array([g in known_terms for g in go_ids.tolist()], dtype=bool)
     columns = {

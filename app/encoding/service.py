@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.encoding.batcher import MicroBatcher
@@ -31,9 +30,9 @@ from app.encoding.models import (
     load_dictionary_for,
     load_esm_for_run,
 )
+from app.queries.encoding import encoding_dictionary
 from app.sae import sequence_fve
 from app.settings import Settings
-from app.store.schema import Feature, Run, Sae
 
 OOD_MARGIN = 0.2  # warn when FVE falls this far below the training median (or below its p05)
 
@@ -187,20 +186,14 @@ class EncodingService:
         with self._load_lock:
             if sae_id in self._handles:
                 return self._handles[sae_id]
-            sae = session.get(Sae, sae_id)
-            if sae is None or sae.run.status != "published":
+            found = encoding_dictionary(session, sae_id)
+            if found is None:
                 raise UnknownSae(f"no published SAE with id {sae_id}")
-            run: Run = sae.run
+            sae, run, density = found
             esm_key = (run.base_model, run.checkpoint_sha256)
             if esm_key not in self._esm:
                 self._esm[esm_key] = load_esm_for_run(run, self.settings)
             esm = self._esm[esm_key]
-            density = np.zeros(sae.n_latents, dtype=np.float32)
-            rows = session.execute(
-                select(Feature.index, Feature.density).where(Feature.sae_id == sae_id)
-            ).all()
-            for index, value in rows:
-                density[index] = value
             metrics = sae.metrics or {}
             median = metrics.get("fve_median", metrics.get("fve_per_sequence_median", sae.fve))
             floor = metrics.get("fve_p05")

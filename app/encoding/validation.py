@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.esm_window import MAX_RESIDUES
+
 # ESM's alphabet: the 20 standard amino acids plus X (unknown), B/Z (ambiguous), U (Sec), O (Pyl).
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
-MODEL_WINDOW = 1022  # ESM2 residues per forward pass (1,024 tokens with BOS/EOS)
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -93,7 +94,7 @@ def parse_sequences(
     *,
     max_length: int,
     max_records: int,
-    window: int = MODEL_WINDOW,
+    window: int = MAX_RESIDUES,
 ) -> list[SequenceRecord]:
     """Parse one bare sequence or a FASTA with several records into cleaned records.
 
@@ -134,7 +135,7 @@ def parse_sequences(
 
 
 def parse_sequence_list(
-    sequences: list[str], *, max_length: int, max_records: int, window: int = MODEL_WINDOW
+    sequences: list[str], *, max_length: int, max_records: int, window: int = MAX_RESIDUES
 ) -> list[SequenceRecord]:
     """Several bare sequences (the JSON API's ``sequences`` list); each may also be a FASTA."""
     if not sequences:

@@ -1,7 +1,7 @@
 """Findings figures: matplotlib (Agg) plots of a run's summaries, returned as SVG text.
 
 The server renders these on the Findings page (``app.findings.render``) and ``protsae trainer
-report`` writes them to a folder; both feed them the dicts ``app.findings.data`` reads from the
+report`` writes them to a folder; both feed them the dicts ``app.queries.findings`` reads from the
 store.
 
 Every ``plot_*`` takes the summaries a stage wrote plus ``FigureInputs`` (run, model, corpus),

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.findings import plots
-from app.findings.data import RunFindings, gather_findings
+from app.queries.findings import RunFindings, gather_findings
 from app.store.schema import Run
 
 
@@ -53,6 +53,11 @@ _CACHE: dict[tuple[str, int, str], RenderedFindings] = {}
 _LOCK = threading.Lock()
 
 
+def _inputs(f: RunFindings, corpus: str) -> plots.FigureInputs:
+    """What every figure of the run states it was computed from."""
+    return plots.FigureInputs(f.run.name, f.run.base_model, corpus)
+
+
 def corpus_text(run: Run) -> str:
     """The run's corpus and its size, without repeating a count the corpus name already has."""
     n = f"{run.n_proteins} proteins"
@@ -69,7 +74,7 @@ def _dict_links(f: RunFindings, names: list[str]) -> list[Link]:
 
 def _fidelity(f: RunFindings) -> FigureOut:
     corpus = f"{corpus_text(f.run)}; {len(f.fidelity)} dictionaries"
-    svg = plots.plot_sae_fidelity(f.fidelity, f.inputs(corpus), link=f.feature_url)
+    svg = plots.plot_sae_fidelity(f.fidelity, _inputs(f, corpus), link=f.feature_url)
     names = [m["dictionary"] for m in f.fidelity]
     gaps = [
         f"{m['dictionary']} {gap:.3g} ({m.get('ablation', 'layer zeroed')})"
@@ -121,7 +126,7 @@ def _go_figures(f: RunFindings) -> list[FigureOut]:
     corpus = f"{f.run.n_proteins} proteins; {len(own)} dictionaries: " + ", ".join(
         f"{n} × {size} features" for size, n in sorted(sizes.items(), reverse=True)
     )
-    inputs = f.inputs(corpus)
+    inputs = _inputs(f, corpus)
     caption = _go_caption(f)
     links = tuple(_go_links(f) + _dict_links(f, [g["dictionary"] for g in own]))
     out = [
@@ -156,7 +161,7 @@ def _go_figures(f: RunFindings) -> list[FigureOut]:
 def _explanations(f: RunFindings) -> FigureOut:
     sizes = ", ".join(f"{e['dictionary']} {len(e['pearson_r'])} scored" for e in f.explanations)
     svg = plots.plot_explanation_r(
-        f.explanations, f.inputs(f"{f.run.n_proteins} proteins; {sizes}")
+        f.explanations, _inputs(f, f"{f.run.n_proteins} proteins; {sizes}")
     )
     links = [
         Link(
@@ -182,7 +187,7 @@ def _concepts(f: RunFindings) -> FigureOut:
     corpus = f"{n_concepts} concepts, chains {_fmt_sizes(chains)}"
     svg = plots.plot_concept_f1(
         f.concepts,
-        f.inputs(corpus),
+        _inputs(f, corpus),
         associated_f1=float(first.get("associated_f1", 0.5)),
         link=f.feature_url,
     )

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.esm import MAX_RESIDUES, LoadedModel, check_sequences, tokenize
+from app.esm import LoadedModel, check_sequences, tokenize
+from app.esm_window import MAX_RESIDUES
 from app.intervene.forward import hidden_at, logits_from
 from app.sae.models import SparseDictionary
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from app import detail_queries, queries
+from app import queries
 from app.deps import SessionDep
 from app.queries import CURSOR_PATTERN, BadCursor, NotFound
-from app.read_models import (
+from app.queries.models import (
     FeatureDetail,
     FeatureFilters,
     FeatureMap,
@@ -137,7 +137,7 @@ def get_feature(
     session: SessionDep, feature_id: Annotated[int, Path(ge=1, le=2**31 - 1)]
 ) -> FeatureDetail:
     try:
-        return detail_queries.feature_detail(session, feature_id)
+        return queries.feature_detail(session, feature_id)
     except NotFound as exc:
         raise not_found(exc) from exc
 
@@ -152,7 +152,7 @@ def get_protein(
     session: SessionDep, accession: Annotated[str, Path(min_length=1, max_length=64)]
 ) -> ProteinDetail:
     try:
-        return detail_queries.protein_detail(session, accession)
+        return queries.protein_detail(session, accession)
     except NotFound as exc:
         raise not_found(exc) from exc
 
@@ -168,7 +168,7 @@ def get_go_term(
     go_id: Annotated[str, Path(pattern=r"^GO:\d{7}$", examples=["GO:0003677"])],
 ) -> GoTermDetail:
     try:
-        return detail_queries.go_term_detail(session, go_id)
+        return queries.go_term_detail(session, go_id)
     except NotFound as exc:
         raise not_found(exc) from exc
 

@@ -7,10 +7,7 @@ a full queue answers 503 with ``Retry-After``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs
 
@@ -18,25 +15,35 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.deps import HtmxDep, SessionDep
+from app.esm_window import MAX_RESIDUES
 
 if TYPE_CHECKING:  # torch loads only when a sequence is encoded, never for the other pages
     from app.encoding.service import EncodingService
 from app.encoding.batcher import QueueFull
 from app.encoding.errors import EncodingUnavailable, UnknownSae
-from app.encoding.lookup import feature_info, match_protein, published_saes
 from app.encoding.validation import (
     SEQUENCE_TEXT_PATTERN,
     EncodeInputError,
     parse_sequence_list,
     parse_sequences,
 )
+from app.queries import (
+    EncodeResponse,
+    FeatureHit,
+    Quality,
+    SequenceResult,
+    feature_info,
+    match_protein,
+    published_sae_choices,
+    stored_structure,
+)
 from app.settings import get_settings
-from app.store.schema import Structure
+from app.structure_files import structure_response
 from app.templating import templates
 
 router = APIRouter(tags=["encode"])
@@ -87,65 +94,6 @@ class EncodeRequest(BaseModel):
     hide_dense: bool = Field(default=False, description="Drop features denser than dense_threshold")
     dense_threshold: float = Field(default=0.5, gt=0, le=1)
     include_residues: bool = Field(default=True, description="Per-residue values per feature")
-
-
-class FeatureHit(BaseModel):
-    index: int
-    feature_id: int | None
-    label: str | None
-    explanation: str | None
-    explanation_score: float | None
-    density: float
-    max: float
-    mean: float
-    n_active_residues: int
-    max_position: int | None
-    values: list[float] | None
-
-
-class Quality(BaseModel):
-    fve: float | None
-    training_median_fve: float | None
-    warning: str | None
-    note: str | None
-
-
-class StructureOut(BaseModel):
-    structure_id: int
-    chain: str
-    format: str
-    url: str
-    residue_ids: list[str]
-    sequence_positions: list[int]
-
-
-class MatchOut(BaseModel):
-    protein_id: int
-    accession: str
-    name: str | None
-    structures: list[StructureOut]
-
-
-class SequenceResult(BaseModel):
-    id: str
-    sequence: str
-    length: int
-    sha256: str
-    windowed: bool
-    notes: list[str]
-    n_active_features: int
-    n_hidden_dense: int
-    features: list[FeatureHit]
-    quality: Quality
-    match: MatchOut | None
-
-
-class EncodeResponse(BaseModel):
-    sae_id: int
-    level: str
-    rank_by: str
-    provenance: dict[str, Any]
-    results: list[SequenceResult]
 
 
 def get_service(request: Request) -> EncodingService:
@@ -212,7 +160,7 @@ async def encode_request(request: Request, session: Session, req: EncodeRequest)
         notes = []
         if record.windowed:
             notes.append(
-                f"{record.length} residues exceed the model's window of 1022: embedded in "
+                f"{record.length} residues exceed the model's window of {MAX_RESIDUES}: embedded in "
                 "windows and stitched (each residue from the window where it is most central)"
             )
         features = []
@@ -233,7 +181,7 @@ async def encode_request(request: Request, session: Session, req: EncodeRequest)
             windowed=record.windowed, notes=notes, n_active_features=ranking.n_active,
             n_hidden_dense=ranking.n_hidden_dense, features=features,
             quality=Quality(**service.quality(handle, enc.fve)),
-            match=MatchOut(**asdict(match)) if match else None,
+            match=match,
         ))  # fmt: skip
     return EncodeResponse(
         sae_id=handle.sae_id, level=handle.level, rank_by=req.rank_by,
@@ -272,7 +220,7 @@ async def encode_api(request: Request, session: SessionDep) -> EncodeResponse:
 
 @router.get("/encode", response_class=HTMLResponse, include_in_schema=False)
 def encode_page(request: Request, session: SessionDep) -> Response:
-    ctx: dict[str, Any] = {"saes": published_saes(session), "form": {}, "result": None}
+    ctx: dict[str, Any] = {"saes": published_sae_choices(session), "form": {}, "result": None}
     ctx["error"] = None
     return templates.TemplateResponse(request, "encode.html", ctx)
 
@@ -282,7 +230,7 @@ async def encode_form(request: Request, session: SessionDep, htmx: HtmxDep) -> R
     """The page's form (urlencoded): the same encoding as the API, rendered server-side."""
     body = await read_body(request, get_settings().max_body_bytes)
     form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-    ctx: dict[str, Any] = {"saes": published_saes(session), "form": form, "result": None}
+    ctx: dict[str, Any] = {"saes": published_sae_choices(session), "form": form, "result": None}
     status = 200
     try:
         req = EncodeRequest(
@@ -311,12 +259,4 @@ def structure_file(
     structure_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], session: SessionDep
 ) -> Response:
     """A stored structure's coordinates as text, for the 3D view (paths come from the store)."""
-    structure = session.get(Structure, structure_id)
-    if structure is None:
-        raise HTTPException(404, f"no structure with id {structure_id}")
-    path = Path(structure.file_path)
-    if not path.is_file():
-        raise HTTPException(404, f"structure file missing on this server: {path.name}")
-    raw = path.read_bytes()
-    text = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    return PlainTextResponse(text.decode("utf-8", "replace"))
+    return structure_response(stored_structure(session, structure_id), structure_id)

@@ -6,24 +6,21 @@ import time
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 
 from app.deps import SessionDep
-from app.findings.concepts import (
-    ConceptExample,
-    concept_alignments,
-    concept_by_name,
-    concept_example,
-    concept_index,
-    track_rows,
-)
-from app.findings.data import published_run
 from app.findings.render import cached_findings
 from app.params import IdPath
+from app.queries import (
+    concept_alignments,
+    concept_by_name,
+    concept_examples,
+    concept_index,
+    newest_published_run_id,
+    published_run,
+    worklist_summaries,
+)
 from app.settings import get_settings
-from app.store.schema import Feature, Run
 from app.templating import templates
-from app.worklist_queries import worklist_summaries
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,12 +28,7 @@ router = APIRouter(include_in_schema=False)
 @router.get("/findings")
 def latest_findings(session: SessionDep) -> Response:
     """The newest published run's Findings page."""
-    run_id = session.scalars(
-        select(Run.id)
-        .where(Run.status == "published")
-        .order_by(Run.published_at.desc(), Run.id.desc())
-        .limit(1)
-    ).first()
+    run_id = newest_published_run_id(session)
     if run_id is None:
         raise HTTPException(404, "the store holds no published run")
     return RedirectResponse(f"/runs/{run_id}/findings", status_code=303)
@@ -80,17 +72,7 @@ def concept_page(request: Request, name: str, session: SessionDep) -> Response:
     if concept is None:
         raise HTTPException(404, f"no concept {name!r}")
     dictionaries = concept_alignments(session, concept)
-    label_file = get_settings().shared_dir / "data" / "residue_annotations" / f"{name}.tsv.gz"
-    examples: list[tuple[str, ConceptExample, float, list[object]]] = []
-    for d in dictionaries:
-        best = d.best
-        if best is None:
-            continue
-        ex = concept_example(session, label_file, best.feature_id)
-        if ex is None:
-            continue
-        scale = session.get(Feature, best.feature_id).max_activation or 1.0  # type: ignore[union-attr]
-        examples.append((d.sae.name, ex, best.threshold * scale, list(track_rows(ex, scale))))
+    examples = concept_examples(session, concept, dictionaries)
     response = templates.TemplateResponse(
         request,
         "concept.html",
@@ -98,7 +80,6 @@ def concept_page(request: Request, name: str, session: SessionDep) -> Response:
             "concept": concept,
             "dictionaries": dictionaries,
             "examples": examples,
-            "label_file": label_file.name,
         },
     )
     response.headers["Server-Timing"] = f"page;dur={1000 * (time.perf_counter() - t0):.1f}"

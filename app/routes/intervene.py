@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -23,10 +22,24 @@ from sqlalchemy.orm import Session
 
 from app.deps import SessionDep
 from app.encoding.errors import EncodingUnavailable, UnknownSae
-from app.encoding.lookup import feature_info, match_protein, published_saes
 from app.encoding.validation import SEQUENCE_TEXT_PATTERN, EncodeInputError, parse_sequences
+from app.esm_window import MAX_RESIDUES
 from app.intervene.notation import POSITIONS_PATTERN, VARIANT_PATTERN
-from app.routes.encode import MatchOut, get_service, read_body
+from app.queries import (
+    FeatureChangeOut,
+    FeatureRef,
+    MaskedOut,
+    SteeredPosition,
+    SteerResponse,
+    Substitute,
+    SubstitutionScore,
+    VariantOut,
+    VariantsResponse,
+    feature_info,
+    match_protein,
+    published_sae_choices,
+)
+from app.routes.encode import get_service, read_body
 from app.settings import get_settings
 from app.templating import templates
 
@@ -34,7 +47,6 @@ if TYPE_CHECKING:
     from app.encoding.service import DictionaryHandle
 
 router = APIRouter(tags=["intervene"])
-MAX_RESIDUES = 1022  # one forward pass of ESM2 (app.esm.MAX_RESIDUES; torch-free here)
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
@@ -111,51 +123,6 @@ class SteerRequest(BaseModel):
     top_substitutions: int = Field(default=3, ge=1, le=19)
 
 
-class Substitute(BaseModel):
-    amino_acid: str
-    delta_log_p: float
-    p_after: float
-
-
-class SteeredPosition(BaseModel):
-    position: int = Field(description="1-based")
-    residue: str
-    log_p_before: list[float] = Field(description="20 values, order of `amino_acids`")
-    log_p_after: list[float]
-    argmax_before: str
-    argmax_after: str
-    top_substitutions: list[Substitute] = Field(description="Largest Δ log p first")
-    feature_before: list[float] | None = Field(
-        description="Residue level: each intervened feature here before, in request order"
-    )
-    feature_after: list[float] | None = Field(
-        description="Residue level: the same features re-encoded from the steered stream"
-    )
-
-
-class MaskedOut(BaseModel):
-    position: int
-    log_p_before: list[float]
-    log_p_after: list[float]
-
-
-class SteerResponse(BaseModel):
-    sae_id: int
-    level: str
-    layer: int
-    sequence: str
-    amino_acids: str
-    steered_sequence: str = Field(description="The argmax amino acid at every position, steered")
-    changed_positions: list[int] = Field(description="1-based: argmax differs from unsteered")
-    pooled_before: list[float] | None = Field(description="Protein level: each feature's code")
-    pooled_after: list[float] | None
-    positions: list[SteeredPosition]
-    masked: list[MaskedOut]
-    match: MatchOut | None
-    note: str
-    provenance: dict[str, Any]
-
-
 class VariantsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -168,52 +135,6 @@ class VariantsRequest(BaseModel):
         min_length=1, max_length=100, description="e.g. 'A123V', 'A123V:G130S', 'del45_50'"
     )
     top_features: int = Field(default=5, ge=1, le=50)
-
-
-class SubstitutionScore(BaseModel):
-    position: int
-    wild_type: str
-    mutant: str
-    log_p_wild_type: float
-    log_p_mutant: float
-    score: float
-
-
-class FeatureRef(BaseModel):
-    index: int
-    feature_id: int | None
-    label: str | None
-
-
-class FeatureChangeOut(FeatureRef):
-    before: float
-    after: float
-    delta: float
-    track: list[float | None] = Field(
-        description="Mutant − wild type per wild-type position (null where deleted)"
-    )
-
-
-class VariantOut(BaseModel):
-    name: str
-    mutant_length: int
-    score: float | None = Field(description="Σ masked-marginal log p(mut) − log p(wt)")
-    score_note: str | None
-    substitutions: list[SubstitutionScore]
-    gained: list[FeatureRef]
-    lost: list[FeatureRef]
-    top_changes: list[FeatureChangeOut]
-
-
-class VariantsResponse(BaseModel):
-    sae_id: int
-    level: str
-    layer: int
-    sequence: str
-    variants: list[VariantOut]
-    match: MatchOut | None
-    note: str
-    provenance: dict[str, Any]
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -357,7 +278,7 @@ def _steer_response(
         positions=positions,
         masked=[MaskedOut(position=p + 1, log_p_before=_round(b), log_p_after=_round(a))
                 for p, (b, a) in sorted(result.masked.items())],
-        match=MatchOut(**asdict(match)) if match else None,
+        match=match,
         note=STEER_NOTE, provenance=handle.provenance,
     )  # fmt: skip
 
@@ -467,7 +388,7 @@ async def variants_request(
     return VariantsResponse(
         sae_id=handle.sae_id, level=handle.level, layer=handle.layer, sequence=sequence,
         variants=outs, note=VARIANT_NOTE, provenance=handle.provenance,
-        match=MatchOut(**asdict(match)) if match else None,
+        match=match,
     )  # fmt: skip
 
 
@@ -491,7 +412,7 @@ async def variants_api(request: Request, session: SessionDep) -> VariantsRespons
 def steer_page(request: Request, session: SessionDep) -> Response:
     """The steering page; query parameters prefill it (``sae_id``, ``feature``, ``sequence``)."""
     form = {k: v for k, v in request.query_params.items() if k in {"sae_id", "feature", "sequence"}}
-    saes = [s for s in published_saes(session) if s["kind"] not in {"neurons", "transcoder"}]
+    saes = [s for s in published_sae_choices(session) if s["kind"] not in {"neurons", "transcoder"}]
     return templates.TemplateResponse(request, "steer.html", {"saes": saes, "form": form})
 
 
@@ -499,5 +420,5 @@ def steer_page(request: Request, session: SessionDep) -> Response:
 def variants_page(request: Request, session: SessionDep) -> Response:
     form = {k: v for k, v in request.query_params.items() if k in {"sae_id", "sequence"}}
     return templates.TemplateResponse(
-        request, "variants.html", {"saes": published_saes(session), "form": form}
+        request, "variants.html", {"saes": published_sae_choices(session), "form": form}
     )

@@ -6,21 +6,19 @@ list or the protein page's paint panel gets only the named block of the same tem
 
 from __future__ import annotations
 
-import gzip
-from functools import lru_cache
-from pathlib import Path
+import heapq
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
-from app import detail_queries, queries, render, worklist_queries
+from app import queries, render
 from app.deps import HtmxDep, SessionDep
 from app.params import IdPath, OptionalIdQuery
 from app.queries import BadCursor, NotFound
-from app.read_models import (
+from app.queries.models import (
     FeatureFilters,
     ProteinDetail,
     ProteinFeatureOut,
@@ -28,9 +26,11 @@ from app.read_models import (
     SortOrder,
 )
 from app.structure_coverage import coverage
+from app.structure_files import structure_response
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
+WORKLIST_TABLES = 3  # worklists a page shows as tables of candidates; the rest, one row each
 render.register(templates.env.globals)
 
 SORT_LABELS: dict[str, str] = {
@@ -87,6 +87,7 @@ def feature_list(
     density_min_pct: str | None = None,
     density_max_pct: str | None = None,
     max_activation_min: str | None = None,
+    max_activation_max: str | None = None,
     score_min: str | None = None,
     has_go: str | None = None,
     has_go_length: str | None = None,
@@ -101,7 +102,8 @@ def feature_list(
     pct_min, pct_max = _number(density_min_pct), _number(density_max_pct)
     filters = FeatureFilters(
         q=q or None, density_min=_fraction(pct_min), density_max=_fraction(pct_max),
-        max_activation_min=_number(max_activation_min), score_min=_number(score_min),
+        max_activation_min=_number(max_activation_min),
+        max_activation_max=_number(max_activation_max), score_min=_number(score_min),
         has_go=_flag(has_go), has_go_length=_flag(has_go_length),
         has_domain=_flag(has_domain), dead=_flag(dead),
     )  # fmt: skip
@@ -128,7 +130,7 @@ def feature_list(
     }  # fmt: skip
     block = "results" if htmx else None
     if block is None:  # the whole page: the dictionary's GO length caution under its title
-        context["go_control"] = detail_queries.go_length_control(session, sae_id)
+        context["go_control"] = queries.go_length_control(session, sae_id)
         context["has_map"] = sae.has_map
     return templates.TemplateResponse(request, "features.html", context, block_name=block)
 
@@ -151,18 +153,20 @@ def feature_map_page(
 @router.get("/features/{feature_id}", response_class=HTMLResponse)
 def feature_page(request: Request, session: SessionDep, feature_id: IdPath) -> Response:
     try:
-        detail = detail_queries.feature_detail(session, feature_id)
+        detail = queries.feature_detail(session, feature_id)
     except NotFound as exc:
         return _error(request, 404, str(exc))
-    groups = detail_queries.top_examples_by_bin(detail.top_examples)
-    worklist = worklist_queries.feature_worklist(session, feature_id, limit=10)
-    context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist}
+    groups = queries.top_examples_by_bin(detail.top_examples)
+    worklist = queries.feature_worklist(session, feature_id, limit=10)
+    context = {"d": detail, "groups": groups, "top_positions": top_positions, "wl": worklist,
+               "wl_tables": WORKLIST_TABLES}  # fmt: skip
     return templates.TemplateResponse(request, "feature.html", context)
 
 
 def top_positions(values: list[float], n: int = 5) -> list[int]:
-    """The ``n`` sequence positions with the highest positive values (drawn as sticks)."""
-    ranked = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:n]
+    """The ``n`` sequence positions with the highest positive values (drawn as sticks); ties go
+    to the earlier position."""
+    ranked = heapq.nlargest(n, range(len(values)), key=values.__getitem__)
     return [i for i in ranked if values[i] > 0]
 
 
@@ -175,7 +179,7 @@ def protein_page(
     feature: OptionalIdQuery = None,
 ) -> Response:
     try:
-        detail = detail_queries.protein_detail(session, accession)
+        detail = queries.protein_detail(session, accession)
     except NotFound as exc:
         return _error(request, 404, str(exc))
     choices = [pf for group in detail.top_features for pf in group.features]
@@ -210,11 +214,12 @@ def _paint_coverage(detail: ProteinDetail, chosen: ProteinFeatureOut | None) -> 
 @router.get("/go/{go_id}", response_class=HTMLResponse)
 def go_page(request: Request, session: SessionDep, go_id: str) -> Response:
     try:
-        detail = detail_queries.go_term_detail(session, go_id)
+        detail = queries.go_term_detail(session, go_id)
     except NotFound as exc:
         return _error(request, 404, str(exc))
-    worklist = worklist_queries.go_worklist(session, detail.term.id, limit=10)
-    return templates.TemplateResponse(request, "go.html", {"d": detail, "wl": worklist})
+    worklist = queries.go_worklist(session, detail.term.id, limit=10, detailed=WORKLIST_TABLES)
+    context = {"d": detail, "wl": worklist, "wl_tables": WORKLIST_TABLES}
+    return templates.TemplateResponse(request, "go.html", context)
 
 
 @router.get("/search", response_class=HTMLResponse)
@@ -231,27 +236,8 @@ def search_page(
     )
 
 
-@lru_cache(maxsize=256)
-def _read_structure(path: str) -> str:
-    file = Path(path)
-    if file.suffix == ".gz":
-        with gzip.open(file, "rt") as handle:
-            return handle.read()
-    return file.read_text()
-
-
 def _structure_text(session: SessionDep, structure_id: int, fmt: str) -> Response:
-    try:
-        structure = detail_queries.structure_file(session, structure_id)
-    except NotFound as exc:
-        return PlainTextResponse(str(exc), status_code=404)
-    if structure.format != fmt:
-        return PlainTextResponse(f"structure {structure_id} is {structure.format}", status_code=404)
-    try:
-        text = _read_structure(structure.file_path)
-    except OSError:
-        return PlainTextResponse(f"structure file of {structure_id} is missing", status_code=404)
-    return PlainTextResponse(text, headers={"Cache-Control": "public, max-age=86400"})
+    return structure_response(queries.stored_structure(session, structure_id), structure_id, fmt)
 
 
 @router.get("/structures/{structure_id}.pdb")

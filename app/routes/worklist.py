@@ -9,11 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
-from app import worklist_queries
+from app import queries
 from app.deps import SessionDep
-from app.queries import NotFound
+from app.queries import FeatureWorklist, GoWorklist, NotFound, TermWorklist
 from app.routes.api import ERRORS
-from app.worklist_queries import FeatureWorklist, GoWorklist, TermWorklist
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
@@ -26,8 +25,8 @@ CSV_RESPONSE = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, 
 def _csv(lists: list[TermWorklist], filename: str) -> Response:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(worklist_queries.CSV_COLUMNS)
-    writer.writerows(worklist_queries.csv_rows(lists))
+    writer.writerow(queries.CSV_COLUMNS)
+    writer.writerows(queries.csv_rows(lists))
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
 
@@ -42,7 +41,7 @@ def feature_worklist(
     session: SessionDep, feature_id: FeatureId, limit: Limit = None
 ) -> FeatureWorklist:
     try:
-        return worklist_queries.feature_worklist(session, feature_id, limit)
+        return queries.feature_worklist(session, feature_id, limit)
     except NotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
 
@@ -55,7 +54,7 @@ def feature_worklist(
 )
 def feature_worklist_csv(session: SessionDep, feature_id: FeatureId) -> Response:
     try:
-        found = worklist_queries.feature_worklist(session, feature_id)
+        found = queries.feature_worklist(session, feature_id)
     except NotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return _csv(found.lists, f"feature-{feature_id}-worklist.csv")
@@ -69,7 +68,7 @@ def feature_worklist_csv(session: SessionDep, feature_id: FeatureId) -> Response
 )
 def go_worklist(session: SessionDep, go_id: GoId, limit: Limit = None) -> GoWorklist:
     try:
-        return worklist_queries.go_worklist(session, go_id, limit)
+        return queries.go_worklist(session, go_id, limit)
     except NotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
 
@@ -82,7 +81,7 @@ def go_worklist(session: SessionDep, go_id: GoId, limit: Limit = None) -> GoWork
 )
 def go_worklist_csv(session: SessionDep, go_id: GoId) -> Response:
     try:
-        found = worklist_queries.go_worklist(session, go_id)
+        found = queries.go_worklist(session, go_id)
     except NotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return _csv(found.lists, f"{go_id.replace(':', '_')}-worklist.csv")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.atomic_write import atomic_path, write_atomic
 from app.sae.models import (
     BatchTopKSAE,
     ReluL1SAE,
@@ -113,9 +113,8 @@ def save_dictionary(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
-    tmp = directory / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, directory / WEIGHTS)
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     document = {
         "format": FORMAT,
         "dictionary": module.config(),
@@ -123,9 +122,7 @@ def save_dictionary(
         "training": config or {},
         "weights_sha256": sha256_file(directory / WEIGHTS),
     }
-    tmp = directory / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(tmp, directory / CONFIG)
+    write_atomic(directory / CONFIG, json.dumps(document, indent=2, sort_keys=True))
     return directory
 
 

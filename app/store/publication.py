@@ -11,18 +11,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from app.store.schema import Publication
 
 ROW_ID = 1
-_READ = select(Publication.token).where(Publication.id == ROW_ID)
-
-
-def current_token(connection: Connection | Session) -> str:
-    """The publication id now ("" on a store whose row is missing: then nothing is cached)."""
-    return connection.execute(_READ).scalar_one_or_none() or ""
 
 
 def renew(session: Session) -> str:

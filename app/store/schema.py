@@ -486,6 +486,29 @@ class ConceptAlignment(Base):
     split: Mapped[str] = mapped_column(String(32), default="test")
 
 
+class ConceptExample(Base):
+    """A protein that a dictionary's train-chosen feature for a concept fires on, with the
+    concept's labels laid on its sequence: stored at publish time (``trainer.concepts.examples``)
+    so the Concept page reads only the store, never the label files."""
+
+    __tablename__ = "concept_examples"
+    __table_args__ = (UniqueConstraint("concept_id", "feature_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    concept_id: Mapped[int] = mapped_column(ForeignKey("concepts.id", ondelete="CASCADE"))
+    protein_id: Mapped[int] = mapped_column(ForeignKey("proteins.id", ondelete="CASCADE"))
+    structure_id: Mapped[int | None] = mapped_column(
+        ForeignKey("structures.id", ondelete="SET NULL"), nullable=True
+    )
+    pdb_chain: Mapped[str] = mapped_column(String(64))  # the labelled chain laid on the protein
+    via: Mapped[str] = mapped_column(Text)  # how: through a structure chain, or verbatim
+    # One character per protein residue: "1" labelled, "0" not, "-" no labelled residue maps here.
+    labels: Mapped[str] = mapped_column(Text)
+    label_file: Mapped[str] = mapped_column(String(200))  # the labels' file (provenance)
+
+
 class AnalysisSummary(Base):
     """A stage's summary figures for one dictionary (GO hit rates, explanation comparison, ...)."""
 

@@ -8,11 +8,7 @@
   let uploaded = null; // {text, format}
   const viewers = {};
 
-  function colour(v, top) {
-    const t = Math.max(0, Math.min(1, top > 0 ? v / top : 0));
-    const g = Math.round(255 - 180 * t), b = Math.round(255 - 200 * t);
-    return "rgb(255," + g + "," + b + ")";
-  }
+  const colour = window.protsae.colour; // the site's one colour rule (static/js/explorer.js)
 
   function paintSequence(si, feature) {
     const spans = document.querySelectorAll("#seq-" + si + " span");

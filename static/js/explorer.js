@@ -12,10 +12,11 @@
  */
 (function () {
   "use strict";
-  var LEVELS = 9;
-  var RED = [179, 38, 30], BLUE = [11, 87, 208], UNMAPPED = "#c8ccd2";
+  /* The one colour rule (app/render.py: level, level_rgb), handed over by base.html. */
+  var SCALE = JSON.parse(document.body.dataset.colourScale);
+  var LEVELS = SCALE.levels, RED = SCALE.positive, BLUE = SCALE.negative, UNMAPPED = "#c8ccd2";
 
-  /* Same 9 steps as the residue tracks' CSS classes s1..s9 / n1..n9. */
+  /* Same steps as the residue tracks' classes s1..s9 / n1..n9 (app/render.colour_scale_css). */
   function colour(v, scale) {
     if (v === null || v === undefined || isNaN(v)) return UNMAPPED;
     var step = level(v, scale);

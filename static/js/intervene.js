@@ -4,12 +4,8 @@
 (function () {
   "use strict";
 
-  function diverging(v, scale) {
-    // blue (negative) - white - red (positive); |v| >= scale is full colour
-    const t = Math.max(-1, Math.min(1, scale > 0 ? v / scale : 0));
-    if (t >= 0) return "rgb(255," + Math.round(255 - 200 * t) + "," + Math.round(255 - 210 * t) + ")";
-    return "rgb(" + Math.round(255 + 210 * t) + "," + Math.round(255 + 150 * t) + ",255)";
-  }
+  // blue (negative) - white - red (positive); |v| >= scale is full colour: the site's one rule
+  const diverging = window.protsae.colour;
 
   function showError(message) {
     const el = document.getElementById("form-error");

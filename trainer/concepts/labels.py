@@ -31,6 +31,8 @@ from typing import Literal
 
 import numpy as np
 
+from app.esm_window import MAX_RESIDUES
+
 Role = Literal["train", "test"]
 REQUIRED_COLUMNS = ("pdb_chain", "sequence", "labels", "split")
 
@@ -174,7 +176,7 @@ class _Merged:
     splits: set[str]
 
 
-def read_concept(path: Path, *, max_length: int = 1022) -> ConceptSet:
+def read_concept(path: Path, *, max_length: int = MAX_RESIDUES) -> ConceptSet:
     """Read, check, split and deduplicate one label file (all chains, no subsampling)."""
     name = path.name.removesuffix(".gz").removesuffix(".tsv")
     description, source = KNOWN_CONCEPTS.get(name, (name, str(path)))
@@ -239,7 +241,7 @@ def subsample(concept: ConceptSet, max_chains: int | None, seed: int) -> Concept
 
 
 def load_concepts(
-    paths: list[Path], *, max_chains: int | None, seed: int, max_length: int = 1022
+    paths: list[Path], *, max_chains: int | None, seed: int, max_length: int = MAX_RESIDUES
 ) -> list[ConceptSet]:
     """Every label file as a concept, checked, split, deduplicated and subsampled."""
     return [

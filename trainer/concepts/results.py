@@ -10,13 +10,15 @@ features is kept (on the demo it picked, for gpsite_ZN, a feature with train F1 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.atomic_write import write_atomic
+from trainer.analysis_files import save_columns
 from trainer.concepts.labels import ConceptSet, segment_starts
 from trainer.concepts.metrics import METRIC_NAMES, ConceptCounts, choose_thresholds
+from trainer.layout import ConceptFiles
 
 if TYPE_CHECKING:
     from trainer.concepts.stage import ConceptsConfig
@@ -66,7 +68,7 @@ def _f1_everywhere(counts: ConceptCounts) -> float:
 
 
 def dictionary_results(
-    out: Path,
+    files: ConceptFiles,
     name: str,
     by_concept: list[tuple[str, ConceptCounts, ConceptCounts]],
     cfg: ConceptsConfig,
@@ -74,8 +76,7 @@ def dictionary_results(
     records: list[dict[str, Any]],
     timing: dict[str, float],
 ) -> dict[str, Any]:
-    """Write ``{out}/alignments.npz`` and ``{out}/summary.json``; return the summary."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``concepts/{name}/alignments.npz`` and its ``summary.json``; return the summary."""
     columns: dict[str, list[np.ndarray]] = {
         k: [] for k in ("feature_index", "concept", "threshold", "split", *METRIC_NAMES)
     }
@@ -113,7 +114,7 @@ def dictionary_results(
     arrays = {
         k: np.concatenate(v) if v else np.zeros(0, dtype=np.float32) for k, v in columns.items()
     }
-    np.savez_compressed(out / "alignments.npz", **arrays)  # type: ignore[arg-type]
+    save_columns(files.alignments, arrays)
 
     best_f1 = np.array([b["f1_test"] for b in best], dtype=np.float64)
     associated = [
@@ -152,5 +153,5 @@ def dictionary_results(
         },
         "timing": timing,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(files.summary, json.dumps(summary, indent=1))
     return summary

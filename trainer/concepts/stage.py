@@ -18,7 +18,6 @@ dictionaries inner, so encoders that share a base model can share its forward pa
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from app.atomic_write import write_atomic
+from app.esm_window import MAX_RESIDUES
+from app.stage_summaries import ConceptsManifest
 from trainer.concepts.labels import Chain, ConceptSet, Role, load_concepts
 from trainer.concepts.metrics import (
     INTERPLM_THRESHOLDS,
@@ -36,6 +38,9 @@ from trainer.concepts.metrics import (
     normalise,
 )
 from trainer.concepts.results import concept_records, dictionary_results
+from trainer.layout import RunLayout
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
 ROLES: tuple[Role, Role] = ("train", "test")
@@ -51,7 +56,7 @@ class ConceptsConfig(BaseModel):
     )
     thresholds: tuple[float, ...] = INTERPLM_THRESHOLDS
     seed: int = 0
-    max_length: int = Field(1022, ge=1, description="longer chains are dropped")
+    max_length: int = Field(MAX_RESIDUES, ge=1, description="longer chains are dropped")
     batch_residues: int = Field(4096, ge=1, description="padded residues per encoder call")
     cache_gib: float = Field(
         4.0, ge=0, description="language-model representations kept between the two passes"
@@ -168,16 +173,19 @@ def _fingerprint(
     return {"config": config, "dictionaries": list(dictionaries), "inputs": dict(inputs or {})}
 
 
-def _load_finished(out: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    if not (out / "DONE").exists():
-        return None
-    manifest = json.loads((out / "manifest.json").read_text())
-    if {k: manifest.get(k) for k in fingerprint} != fingerprint:
-        return None
+def _load_finished(layout: RunLayout, dictionaries: list[str]) -> dict[str, dict[str, Any]]:
     return {
-        name: json.loads((out / name / "summary.json").read_text())
-        for name in fingerprint["dictionaries"]
+        name: json.loads(layout.concept_results(name).summary.read_text()) for name in dictionaries
     }
+
+
+def _stamp_older_stage(unit: StageUnit, layout: RunLayout, fingerprint: dict[str, Any]) -> None:
+    """A stage finished before stamps (DONE "ok") whose manifest holds these very inputs is
+    current: its marker gets the stamp instead of the stage running again."""
+    if read_stamp(unit.done) != "ok" or not layout.concepts_manifest.exists():
+        return
+    if ConceptsManifest.read(layout.concepts_manifest).fingerprint() == fingerprint:
+        unit.mark_done()
 
 
 def run_concepts_stage(
@@ -201,14 +209,32 @@ def run_concepts_stage(
     missing = [d for d in dictionaries if d not in encode_residues]
     if missing:
         raise ValueError(f"no encoder given for dictionary(ies) {', '.join(missing)}")
-    out = Path(workdir) / "concepts"
+    layout = RunLayout(workdir)
     fingerprint = _fingerprint(cfg, dictionaries, inputs)
-    finished = _load_finished(out, fingerprint)
-    if finished is not None:
-        return finished
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    outputs = [layout.concepts_manifest, layout.concept_records]
+    outputs += [layout.concept_results(d).summary for d in dictionaries]
+    unit = StageUnit("concepts", layout.concepts.done, fingerprint, outputs=outputs)
+    _stamp_older_stage(unit, layout, fingerprint)
+
+    def align() -> dict[str, dict[str, Any]]:
+        return _align(layout, cfg, encode_residues, dictionaries, feature_max,
+                      structure_concepts, fingerprint)  # fmt: skip
+
+    return run_unit(unit, align, load=lambda: _load_finished(layout, dictionaries),
+                    clear=layout.concepts.dir)  # fmt: skip
+
+
+def _align(
+    layout: RunLayout,
+    cfg: ConceptsConfig,
+    encode_residues: Mapping[str, Encoder],
+    dictionaries: list[str],
+    feature_max: Mapping[str, np.ndarray] | None,
+    structure_concepts: Callable[[], list[ConceptSet]] | None,
+    fingerprint: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Both passes over the labelled chains, and every file of ``concepts/`` but its DONE."""
+    layout.concepts.dir.mkdir(parents=True)
 
     t0 = time.perf_counter()
     concepts = load_concepts(
@@ -261,7 +287,7 @@ def run_concepts_stage(
             timing[d]["count_s"] += time.perf_counter() - t
 
     records = concept_records(concepts)
-    (out / "concepts.json").write_text(json.dumps(records, indent=1))
+    write_atomic(layout.concept_records, json.dumps(records, indent=1))
     summaries: dict[str, dict[str, Any]] = {}
     for d in dictionaries:
         per = counts.get(d, {})
@@ -277,15 +303,14 @@ def run_concepts_stage(
         timing[d]["residues_per_pass"] = float(n_distinct)
         timing[d]["passes"] = 1.0 + (d in needs_max)
         summaries[d] = dictionary_results(
-            out / d, d, by_concept, cfg, maxima[d], records, timing[d]
+            layout.concept_results(d), d, by_concept, cfg, maxima[d], records, timing[d]
         )
-    manifest = {
+    manifest = ConceptsManifest(
         **fingerprint,
-        "n_distinct_chains": sum(len(b.sequences) for b in batches),
-        "n_distinct_residues": n_distinct,
-        "seconds": time.perf_counter() - t0,
-        "timing": timing,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    (out / "DONE").write_text("ok\n")
+        n_distinct_chains=sum(len(b.sequences) for b in batches),
+        n_distinct_residues=n_distinct,
+        seconds=time.perf_counter() - t0,
+        timing=timing,
+    )
+    write_atomic(layout.concepts_manifest, manifest.to_json(indent=1))
     return summaries

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.atomic_write import write_atomic
+from app.esm_window import MAX_RESIDUES
 from trainer.concepts.labels import Chain, ConceptSet, Role
 from trainer.dssp import BURIED_BELOW, DsspError, DsspResidue, mkdssp_path, run_dssp
 from trainer.structures import StructureMapping
@@ -61,10 +63,7 @@ def chain_dssp(mapping: StructureMapping, cache: Path) -> list[DsspResidue]:
     if path.exists():
         return [DsspResidue(**r) for r in json.loads(path.read_text())]
     residues = run_dssp(mapping.file_path, mapping.chain)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in residues]))
-    tmp.replace(path)
+    write_atomic(path, json.dumps([asdict(r) for r in residues]))
     return residues
 
 
@@ -186,7 +185,7 @@ def structure_concepts(
     max_proteins: int | None,
     chains_per_protein: int,
     seed: int,
-    max_length: int = 1022,
+    max_length: int = MAX_RESIDUES,
 ) -> list[ConceptSet]:
     """The five DSSP concepts over the chosen proteins that have a mapped structure chain."""
     chosen = choose_proteins(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
+from app.atomic_write import atomic_file, write_atomic
+from trainer.analysis_files import save_columns
 from trainer.domains.families import (
     SOURCES,
     family_incidences,
@@ -40,8 +43,9 @@ from trainer.go.enrichment import EnrichmentResult, effect_sizes, enrich_feature
 from trainer.go.paper import PAPER_ALPHA, PaperPopulation, paper_tests
 from trainer.go.stage import GoConfig, load_activations
 from trainer.go.summary import pct
-from trainer.stamps import digest as stamp_digest
-from trainer.stamps import is_current, read_stamp, write_stamp
+from trainer.layout import AnalysisFiles, HitFiles, RunLayout
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp
 
 DOMAIN_COLUMNS = (
     "feature_index", "accession", "source", "study_hits", "study_size", "pop_hits", "pop_size",
@@ -110,19 +114,12 @@ def paper_columns(tests: dict[str, np.ndarray], pop: PaperPopulation) -> dict[st
     return {k: v[order] for k, v in cols.items()}
 
 
-def save_columns(path: Path, cols: dict[str, np.ndarray]) -> None:
+def save_hit_columns(path: Path, cols: dict[str, np.ndarray]) -> None:
     """Plain arrays (loads without pickle), written atomically."""
     out = dict(cols)
     out["accession"] = out["accession"].astype("U16")
     out["source"] = out["source"].astype("U8")
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, allow_pickle=False, **out)
-    tmp.replace(path)
-
-
-def load_columns(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as saved:
-        return {k: saved[k] for k in saved.files}
+    save_columns(path, out)
 
 
 def paper_population(incs: dict[str, NamespaceIncidence]) -> PaperPopulation:
@@ -161,47 +158,51 @@ def run_domain_stage(
     incs = {s: inc.restrict_terms(inc.term_sizes() >= cfg.min_family_size)
             for s, inc in every.items()}  # fmt: skip
     lengths = np.array([len(s) for s in corpus.sequences])
-    out_dir = workdir / "domains"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_families(out_dir / "families.tsv", every, cfg.min_family_size)
+    layout = RunLayout(workdir)
+    layout.domains.dir.mkdir(parents=True, exist_ok=True)
+    _write_families(layout.domain_families, every, cfg.min_family_size)
     inputs = {
         "domains": json.loads(cfg.model_dump_json(exclude={"families_path", "proteins_path"})),
         "files": [_file_digest(cfg.families_path), _file_digest(cfg.proteins_path)],
-        "go": go.digest(), "corpus": read_stamp(workdir / "corpus" / "DONE"),
+        "go": go.digest(), "corpus": read_stamp(layout.corpus.done),
     }  # fmt: skip
     permuted = [permuted_incidences(incs, lengths, go.length_bins, go.seed + i)
                 for i in range(go.n_permutations)]  # fmt: skip
     paper_pop = paper_population(every) if cfg.paper_protocol else None
     summaries: dict[str, dict[str, Any]] = {}
     for name in names:
-        done = out_dir / name / "DONE"
-        analysis = workdir / "analysis" / name
-        stamp = stamp_digest({**inputs, "analysis": read_stamp(analysis / "DONE")})
-        if is_current(done, stamp):
-            summaries[name] = json.loads((out_dir / name / "summary.json").read_text())
-            continue
-        acts = load_activations(analysis / "protein_activations.npz", len(corpus.accessions))
-        summaries[name] = _run_one(out_dir / name, acts, incs, permuted, paper_pop, lengths, go)
-        summaries[name]["population"] = POPULATION
-        write_summary_and_stamp(out_dir / name, summaries[name], stamp)
+        files = layout.domain_hits(name)
+        analysis = layout.analysis(name)
+        unit = StageUnit(f"domains: {name}", files.done,
+                         {**inputs, "analysis": read_stamp(analysis.done)},
+                         outputs=(files.summary, files.hits))  # fmt: skip
+
+        def test(files: HitFiles = files, analysis: AnalysisFiles = analysis) -> dict[str, Any]:
+            acts = load_activations(analysis.protein_activations, len(corpus.accessions))
+            summary = _run_one(files, acts, incs, permuted, paper_pop, lengths, go)
+            summary["population"] = POPULATION
+            write_atomic(files.summary, json.dumps(summary, indent=2))
+            return summary
+
+        summaries[name] = run_unit(unit, test, load=partial(_read_summary, files))
     for name, control in control_of.items():
         summaries[name]["random_model_control"] = {
             "dictionary": control,
             **{f"pct_features_with_hit_{k}": summaries[control].get(k, {}).get(
                 "pct_features_with_hit") for k in ("bh", "bonferroni", "length_bh")},
         }  # fmt: skip
-        (out_dir / name / "summary.json").write_text(json.dumps(summaries[name], indent=2))
-    (out_dir / "DONE").write_text(json.dumps({"dictionaries": names}) + "\n")
+        write_atomic(layout.domain_hits(name).summary, json.dumps(summaries[name], indent=2))
+    write_atomic(layout.domains.done, json.dumps({"dictionaries": names}) + "\n")
     return summaries
 
 
-def write_summary_and_stamp(out: Path, summary: dict[str, Any], stamp: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_stamp(out / "DONE", stamp)
+def _read_summary(files: HitFiles) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(files.summary.read_text())
+    return summary
 
 
 def _run_one(
-    out: Path,
+    files: HitFiles,
     acts: Any,
     incs: dict[str, NamespaceIncidence],
     permuted: list[dict[str, NamespaceIncidence]],
@@ -210,8 +211,7 @@ def _run_one(
     go: GoConfig,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     n_features = int(acts.shape[1])
 
     def test(incidences: dict[str, NamespaceIncidence]) -> EnrichmentResult:
@@ -227,7 +227,7 @@ def _run_one(
 
     result = test(incs)
     cols = strict_columns(result)
-    save_columns(out / "hits.npz", cols)
+    save_hit_columns(files.hits, cols)
     perms = [strict_columns(test(p)) for p in permuted]
     summary: dict[str, Any] = {
         "n_features": n_features,
@@ -243,10 +243,10 @@ def _run_one(
                              for p in perms],
         },
     }  # fmt: skip
-    (out / "paper_hits.npz").unlink(missing_ok=True)
+    files.paper_hits.unlink(missing_ok=True)
     if paper_pop is not None:
         paper = paper_columns(paper_tests(acts, paper_pop, alpha=PAPER_ALPHA), paper_pop)
-        save_columns(out / "paper_hits.npz", paper)
+        save_hit_columns(files.paper_hits, paper)
         sig = paper["p_bonferroni"] < PAPER_ALPHA
         summary["paper"] = {
             "population_size": paper_pop.size,
@@ -262,7 +262,7 @@ def _run_one(
 
 def _write_families(path: Path, incs: dict[str, NamespaceIncidence], min_size: int) -> None:
     """domains/families.tsv: every family present among the human proteins, with its size."""
-    with open(path, "w") as handle:
+    with atomic_file(path, "w") as handle:
         handle.write("accession\tsource\thuman_proteins\ttested_strict\n")
         for source, inc in incs.items():
             for acc, size in zip(inc.term_ids, inc.term_sizes(), strict=True):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 import anthropic
 
+from app.atomic_write import write_atomic
 from trainer.explain.costs import CostMeter, Usage
 from trainer.explain.prompts import MalformedReply
 
@@ -115,11 +115,7 @@ class ResponseCache:
         return record
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False))
-        tmp.replace(p)
+        write_atomic(self.path(key), json.dumps(record, ensure_ascii=False))
 
 
 def tool_input(message: Any, tool_name: str) -> dict[str, Any]:

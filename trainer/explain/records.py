@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -175,10 +173,3 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "frac_p_lt_0_05_positive_r": n_sig / len(scored) if scored else None,
         "n_p_lt_0_05_positive_r": n_sig,
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

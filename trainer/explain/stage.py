@@ -22,13 +22,15 @@ from pydantic import BaseModel, Field
 from scipy import sparse
 from tqdm import tqdm
 
+from app.atomic_write import write_atomic
 from app.sae.io import read_provenance
 from trainer.explain.batches import run_batch
 from trainer.explain.client import ClaudeClient, Outcome
 from trainer.explain.costs import BudgetExceeded, CostMeter, model_prices
 from trainer.explain.prompts import CorpusLike
-from trainer.explain.records import FeatureJob, finish_record, summarise, write_atomic
+from trainer.explain.records import FeatureJob, finish_record, summarise
 from trainer.explain.sampling import BinSpec, sample_features
+from trainer.layout import RunLayout
 
 log = logging.getLogger(__name__)
 ResidueValues = Callable[[str, int, int], np.ndarray]
@@ -75,14 +77,14 @@ def _load_corpus(workdir: Path) -> CorpusLike:
 
 def _level(workdir: Path, name: str) -> str:
     """protein | residue, from the saved dictionary's provenance (``config.json``)."""
-    folder = workdir / "saes" / name
-    if (folder / "config.json").exists():
-        return read_provenance(folder).level
+    files = RunLayout(workdir).sae(name)
+    if files.config.exists():
+        return read_provenance(files.dir).level
     return "protein"
 
 
 def _load_matrix(workdir: Path, name: str, n_proteins: int) -> sparse.csc_matrix:
-    path = workdir / "analysis" / name / "protein_activations.npz"
+    path = RunLayout(workdir).analysis(name).protein_activations
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (run the analyze stage for {name!r} first)")
     mat = sparse.load_npz(path)
@@ -179,6 +181,7 @@ def run_explain_stage(
     ``ANTHROPIC_API_KEY`` the stage logs why and returns ``{"status": "skipped"}``.
     """
     workdir = Path(workdir)
+    layout = RunLayout(workdir)
     api_key = os.environ.get("ANTHROPIC_API_KEY")
     if not api_key:
         msg = "ANTHROPIC_API_KEY is not set: skipping the explain stage (the rest still runs)"
@@ -188,7 +191,7 @@ def run_explain_stage(
     meter = CostMeter(cfg.prices(), cfg.budget_usd)
     client = ClaudeClient(
         api_key,
-        workdir / "explain" / "cache",
+        layout.explain_cache,
         meter,
         base_url=base_url,
         max_retries=cfg.max_retries,
@@ -202,8 +205,8 @@ def run_explain_stage(
     stats: dict[str, dict[str, Any]] = {}
     budget_hit: str | None = None
     for name in names:
-        out_dir = workdir / "explain" / name
-        (out_dir / "DONE").unlink(missing_ok=True)
+        files = layout.explanations(name)
+        files.done.unlink(missing_ok=True)
         mat = _load_matrix(workdir, name, len(corpus.accessions))
         level = _level(workdir, name)
         samples = sample_features(mat, cfg.n_features, cfg.bins, cfg.seed)
@@ -217,14 +220,14 @@ def run_explain_stage(
             for s in samples
             if s.skip_reason is None
         ]
-        runner = _Runner(client, cfg, out_dir / "batches")
+        runner = _Runner(client, cfg, files.batches)
         if budget_hit is None:
             runner.run(jobs, name)
             budget_hit = runner.budget_hit
         by_feature = {j.feature: j for j in jobs}
         records = [finish_record(s, by_feature.get(s.feature), cfg.model) for s in samples]
         stats[name] = summarise(records)
-        write_atomic(out_dir / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        write_atomic(files.explanations, "".join(json.dumps(r) + "\n" for r in records))
         summary = {
             "dictionary": name,
             "level": level,
@@ -232,19 +235,19 @@ def run_explain_stage(
             "config": cfg.model_dump(),
             **stats[name],
         }
-        write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+        write_atomic(files.summary, json.dumps(summary, indent=2))
         if budget_hit is None:
-            (out_dir / "DONE").write_text("ok\n")
+            write_atomic(files.done, "ok\n")
     comparison = {
         name: {"features": stats[name], "neurons": stats.get(neurons) if neurons else None}
         for name in dictionaries
     }
     for name in dictionaries:
-        path = workdir / "explain" / name / "summary.json"
+        path = layout.explanations(name).summary
         summary = json.loads(path.read_text())
         summary["comparison"] = comparison[name]
         write_atomic(path, json.dumps(summary, indent=2))
-    write_atomic(workdir / "explain" / "comparison.json", json.dumps(comparison, indent=2))
+    write_atomic(layout.explain_comparison, json.dumps(comparison, indent=2))
     return {
         "status": "partial" if budget_hit else "done",
         "reason": budget_hit,

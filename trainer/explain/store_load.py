@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.store.bulk import bulk_insert, reserve_ids
 from app.store.schema import AnalysisSummary, Explanation, ExplanationScore, Feature
 from trainer.explain.labels import AutoLabel
+from trainer.layout import RunLayout
 
 DETAIL_KEYS = ("explain_rows", "explain_activations", "test_accessions", "test_rows", "actual")
 
@@ -28,8 +29,8 @@ def load_explanations(
     session: Session, workdir: Path, name: str, sae_id: int, feature_ids: Mapping[int, int]
 ) -> int:
     """Insert ``explain/{name}/`` for SAE ``sae_id``; ``feature_ids``: latent index -> Feature.id."""
-    out = Path(workdir) / "explain" / name
-    path = out / "explanations.jsonl"
+    files = RunLayout(workdir).explanations(name)
+    path = files.explanations
     if not path.exists():
         return 0
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -73,7 +74,7 @@ def load_explanations(
                 .where(Feature.id == feature_ids[r["feature_index"]])
                 .values(explanation_score=r["pearson_r"] if r["pearson_r"] is not None else 0.0)
             )
-    summary = out / "summary.json"
+    summary = files.summary
     if summary.exists():
         session.add(
             AnalysisSummary(

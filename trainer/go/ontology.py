@@ -8,7 +8,6 @@ cache directory. Obsolete terms are loaded too (``load_obsolete=True``) so that 
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 
 from goatools.godag.go_tasks import get_go2ancestors
 from goatools.obo_parser import GODag, GOTerm
+
+from app.atomic_write import atomic_file
 
 NAMESPACES = {"biological_process": "BP", "molecular_function": "MF", "cellular_component": "CC"}
 # Edges followed when propagating annotations to ancestors (is_a is always followed).
@@ -34,10 +35,8 @@ def plain_obo(path: Path, cache_dir: Path) -> Path:
     target = cache_dir / path.stem
     if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
         return target
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+    with gzip.open(path, "rb") as src, atomic_file(target) as dst:
         shutil.copyfileobj(src, dst)
-    tmp.replace(target)
     return target
 
 

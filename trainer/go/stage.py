@@ -23,7 +23,7 @@ import json
 import os
 import time
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,9 @@ from pydantic import BaseModel, Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
+from app.atomic_write import atomic_file, write_atomic
+from app.stage_summaries import GoSummary
+from trainer.analysis_files import save_columns
 from trainer.engines import Engine
 from trainer.engines.local import LocalEngine
 from trainer.go.annotations import (
@@ -58,8 +61,9 @@ from trainer.go.paper import (
 )
 from trainer.go.protein_table import GoCorpus
 from trainer.go.summary import hit_rates, summarize
-from trainer.stamps import digest as stamp_digest
-from trainer.stamps import is_current, read_stamp, write_stamp
+from trainer.layout import RunLayout
+from trainer.stage_driver import StageUnit, needs_run
+from trainer.stamps import read_stamp
 
 Namespace = Literal["BP", "MF", "CC"]
 Method = Literal["fdr_bh", "bonferroni", "length_bh"]
@@ -147,8 +151,7 @@ def build_incidences(
 
 def write_terms(path: Path, ontology: Ontology, term_ids: set[str]) -> None:
     """go/terms.tsv: every term tested in any namespace, by either protocol."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with atomic_file(path, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
         out.writerow(["id", "name", "namespace", "depth", "level", "definition", "parents"])
         for go_id in sorted(term_ids):
@@ -165,9 +168,7 @@ def save_hits(path: Path, result: EnrichmentResult | dict[str, np.ndarray]) -> N
     cols = dict(result.columns if isinstance(result, EnrichmentResult) else result)
     cols["go_id"] = cols["go_id"].astype("U10")
     cols["namespace"] = cols["namespace"].astype("U2")
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, allow_pickle=False, **cols)
-    tmp.replace(path)
+    save_columns(path, cols)
 
 
 def n_features_of(path: Path) -> int:
@@ -192,7 +193,7 @@ class _Unit:
 class _Job:
     """Everything the enrichment reads; a dictionary's outputs go to ``go/{name}/``."""
 
-    workdir: Path
+    layout: RunLayout
     corpus: GoCorpus
     incidences: dict[str, NamespaceIncidence]
     permuted: list[dict[str, NamespaceIncidence]]  # the permutation control's, shared
@@ -200,16 +201,19 @@ class _Job:
     ontology: Ontology
     cfg: GoConfig
     resolve_counts: dict[str, Any]
-    stamps: dict[str, str]  # per dictionary: the stamp its DONE gets (trainer.stamps)
+    stamps: dict[str, StageUnit]  # per dictionary: what its DONE stamps (trainer.stage_driver)
     paper: PaperPopulation | None  # the seed paper's population; None: protocol not run
+    # Per process (each worker holds its own copy of the job): the dictionary it read last.
+    activations: _ActivationCache = field(default_factory=lambda: _ActivationCache())
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for another engine's workers) without the ontology: units never read it,
-        only :meth:`finish` does, in the driver (and its term graph is too deep to pickle)."""
-        return {**self.__dict__, "ontology": None}
+        only :meth:`finish` does, in the driver (and its term graph is too deep to pickle);
+        and with an empty activation cache (the worker fills its own)."""
+        return {**self.__dict__, "ontology": None, "activations": _ActivationCache()}
 
     def activations_path(self, name: str) -> Path:
-        return self.workdir / "analysis" / name / "protein_activations.npz"
+        return self.layout.analysis(name).protein_activations
 
     def units(self, name: str) -> list[_Unit]:
         n = n_features_of(self.activations_path(name))
@@ -223,7 +227,7 @@ class _Job:
     def run_unit(self, unit: _Unit) -> tuple[PartialEnrichment, _PaperPart | None, float]:
         started = time.perf_counter()
         incs = self.incidences if unit.variant < 0 else self.permuted[unit.variant]
-        acts = _cached_activations(self.activations_path(unit.name), len(self.corpus.accessions))
+        acts = self.activations.get(self.activations_path(unit.name), len(self.corpus.accessions))
         part = enrich_features(
             acts, incs, features=unit.features, threshold=self.cfg.active_threshold,
             alpha=self.cfg.alpha, block_size=self.cfg.block_size, lengths=self.lengths,
@@ -255,10 +259,9 @@ class _Job:
         """Merge a dictionary's partial results, summarise them with the permutation control and
         write go/{name}/ (DONE last). ``seconds``: compute time summed over its units."""
         started = time.perf_counter()
-        out = self.workdir / "go" / name
-        done = out / "DONE"
-        out.mkdir(parents=True, exist_ok=True)
-        done.unlink(missing_ok=True)
+        files = self.layout.go_hits(name)
+        files.dir.mkdir(parents=True, exist_ok=True)
+        files.done.unlink(missing_ok=True)
         result = self.finish(self.incidences, parts[-1], n_features)
         summary = summarize(result, self.ontology, self.cfg.alpha)
         cfg = self.cfg
@@ -289,16 +292,16 @@ class _Job:
             seconds=round(seconds + time.perf_counter() - started, 2),
         )
         summary["protocols"] = {"strict": strict_protocol(cfg, result, summary)}
-        (out / "paper_hits.npz").unlink(missing_ok=True)
+        files.paper_hits.unlink(missing_ok=True)
         if self.paper is not None:
             paper = finish_paper([p.tests for p in paper_parts], self.paper, self.ontology)
             summary["protocols"]["paper"] = paper_summary(
                 paper, self.paper, n_features, sum(p.n_tested for p in paper_parts)
             )
-            save_hits(out / "paper_hits.npz", paper)
-        save_hits(out / "hits.npz", result)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_stamp(done, self.stamps[name])
+            save_hits(files.paper_hits, paper)
+        save_hits(files.hits, result)
+        write_atomic(files.summary, GoSummary.model_validate(summary).to_json())
+        self.stamps[name].mark_done()
         return summary
 
 
@@ -354,19 +357,25 @@ def strict_protocol(
 
 
 _FileKey = tuple[Path, int, int]  # path, size, modification time (ns)
-_ACTIVATIONS: dict[_FileKey, sp.csc_matrix] = {}  # per process: the dictionary it read last
 
 
-def _cached_activations(path: Path, n_proteins: int) -> sp.csc_matrix:
-    """The activations of ``path`` as columns (units slice features), loaded once per process
-    while its units follow each other (units come dictionary by dictionary). Keyed by the file's
-    size and modification time too: an analysis made again in this process is read again."""
-    info = path.stat()
-    key = (path, info.st_size, info.st_mtime_ns)
-    if key not in _ACTIVATIONS:
-        _ACTIVATIONS.clear()
-        _ACTIVATIONS[key] = sp.csc_matrix(load_activations(path, n_proteins))
-    return _ACTIVATIONS[key]
+class _ActivationCache:
+    """The activations a worker read last, as columns (units slice features): loaded once while
+    its units follow each other (units come dictionary by dictionary). Keyed by the file's size
+    and modification time too: an analysis made again in this process is read again."""
+
+    def __init__(self) -> None:
+        self.key: _FileKey | None = None
+        self.matrix: sp.csc_matrix | None = None
+
+    def get(self, path: Path, n_proteins: int) -> sp.csc_matrix:
+        info = path.stat()
+        key = (path, info.st_size, info.st_mtime_ns)
+        if key != self.key or self.matrix is None:
+            self.matrix = None  # the previous dictionary's matrix goes before the next loads
+            self.matrix = sp.csc_matrix(load_activations(path, n_proteins))
+            self.key = key
+        return self.matrix
 
 
 class _Collector:
@@ -443,37 +452,39 @@ def run_go_stage(
     control_of = dict(control_of or {})
     names = list(dict.fromkeys([*dictionaries, *control_of.values()]))
     corpus = corpus if corpus is not None else _load_corpus(workdir)
-    ontology = load_ontology(cfg.obo_path, cfg.cache_dir or workdir / "go" / "cache")
+    layout = RunLayout(workdir)
+    ontology = load_ontology(cfg.obo_path, cfg.cache_dir or layout.go_cache)
     incidences, resolve_counts = build_incidences(ontology, corpus, cfg)
     paper = (
         paper_population(ontology, corpus.go_bp, corpus.organisms, len(corpus.accessions))
         if cfg.paper_protocol
         else None
     )
-    go_dir = workdir / "go"
     tested = {t for i in incidences.values() for t in i.term_ids}
-    write_terms(go_dir / "terms.tsv", ontology, tested | set(paper.term_ids if paper else ()))
+    write_terms(layout.go_terms, ontology, tested | set(paper.term_ids if paper else ()))
     digest = cfg.digest()
     # A dictionary's tests depend on the GO settings, its analysis and the corpus.
-    corpus_stamp = read_stamp(workdir / "corpus" / "DONE")
+    corpus_stamp = read_stamp(layout.corpus.done)
     stamps = {
-        name: stamp_digest({"go": digest, "corpus": corpus_stamp,
-                            "analysis": read_stamp(workdir / "analysis" / name / "DONE")})
+        name: StageUnit(f"go: {name}", layout.go_hits(name).done,
+                        {"go": digest, "corpus": corpus_stamp,
+                         "analysis": read_stamp(layout.analysis(name).done)},
+                        outputs=(layout.go_hits(name).summary, layout.go_hits(name).hits))
         for name in names
     }  # fmt: skip
     summaries: dict[str, dict[str, Any]] = {}
     todo = []
-    for name in names:
-        if is_current(go_dir / name / "DONE", stamps[name]):
-            summaries[name] = json.loads((go_dir / name / "summary.json").read_text())
-        else:
+    for name in names:  # the driver's skip/redo, per dictionary; units are its feature ranges
+        if needs_run(stamps[name]):
             todo.append(name)
+        else:
+            summaries[name] = json.loads(layout.go_hits(name).summary.read_text())
     lengths = np.array([len(seq) for seq in corpus.sequences])
     permuted = [
         permuted_incidences(incidences, lengths, cfg.length_bins, cfg.seed + i)
         for i in range(cfg.n_permutations)
     ]
-    job = _Job(workdir, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts,
+    job = _Job(layout, corpus, incidences, permuted, lengths, ontology, cfg, resolve_counts,
                stamps, paper)  # fmt: skip
     units: list[_Unit] = []
     for name in todo:
@@ -506,20 +517,26 @@ def run_go_stage(
     if failed is not None:
         raise failed
     for name, control in control_of.items():
-        summaries[name]["random_model_control"] = {
-            "dictionary": control,
-            "pct_features_with_hit_bh": summaries[control]["bh"]["pct_features_with_hit"],
-            "pct_features_with_hit_bonferroni": summaries[control]["bonferroni"][
-                "pct_features_with_hit"
-            ],
-            "pct_features_with_hit_length_bh": summaries[control]
-            .get("length_bh", {})
-            .get("pct_features_with_hit"),
-        }
-        (go_dir / name / "summary.json").write_text(json.dumps(summaries[name], indent=2))
-    (go_dir / "DONE").write_text(json.dumps({"config": digest, "dictionaries": names}) + "\n")
+        summaries[name]["random_model_control"] = random_model_control(
+            control, GoSummary.model_validate(summaries[control])
+        )
+        document = GoSummary.model_validate(summaries[name])
+        write_atomic(layout.go_hits(name).summary, document.to_json())
+    write_atomic(layout.go.done, json.dumps({"config": digest, "dictionaries": names}) + "\n")
     print_summaries(summaries, cfg.alpha)
     return summaries
+
+
+def random_model_control(control: str, summary: GoSummary) -> dict[str, Any]:
+    """The random-init control's hit rates, recorded beside the dictionary it controls."""
+    return {
+        "dictionary": control,
+        "pct_features_with_hit_bh": summary.bh.pct_features_with_hit,
+        "pct_features_with_hit_bonferroni": summary.bonferroni.pct_features_with_hit,
+        "pct_features_with_hit_length_bh": (
+            summary.length_bh.pct_features_with_hit if summary.length_bh else None
+        ),
+    }
 
 
 def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
@@ -531,19 +548,19 @@ def print_summaries(summaries: dict[str, dict[str, Any]], alpha: float) -> None:
     for col in ("dictionary", "features", "BH", "Bonf.", "length-adj. BH", "perm. BH",
                 "perm. length-adj.", "random-model BH", "paper protocol (BP)"):  # fmt: skip
         table.add_column(col, justify="left" if col == "dictionary" else "right")
-    for name, s in summaries.items():
-        perm = s.get("permutation_control", {})
-        rnd = s.get("random_model_control", {})
-        paper = s.get("protocols", {}).get("paper", {})
+    for name, payload in summaries.items():
+        s = GoSummary.model_validate(payload)
+        perm, rnd = s.permutation_control, s.random_model_control
+        paper = s.protocols.get("paper")
         table.add_row(
-            name, str(s["n_features"]),
-            f"{s['bh']['pct_features_with_hit']:.1f}",
-            f"{s['bonferroni']['pct_features_with_hit']:.1f}",
-            _fmt(s.get("length_bh", {}).get("pct_features_with_hit")),
-            _fmt(perm.get("mean_pct_features_with_hit_bh")),
-            _fmt(perm.get("mean_pct_features_with_hit_length_bh")),
-            _fmt(rnd.get("pct_features_with_hit_bh")),
-            _fmt(paper.get("pct_features_with_hit")),
+            name, str(s.n_features),
+            f"{s.bh.pct_features_with_hit:.1f}",
+            f"{s.bonferroni.pct_features_with_hit:.1f}",
+            _fmt(s.length_bh.pct_features_with_hit if s.length_bh else None),
+            _fmt(perm.mean_pct_features_with_hit_bh if perm else None),
+            _fmt(perm.mean_pct_features_with_hit_length_bh if perm else None),
+            _fmt(rnd.pct_features_with_hit_bh if rnd else None),
+            _fmt(paper.pct_features_with_hit if paper else None),
         )  # fmt: skip
     Console().print(table)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
+from app.atomic_write import write_atomic
+from app.stage_summaries import GoSummary
+from trainer.analysis_files import load_columns, save_columns
 from trainer.go.later_snapshot import (
     EVIDENCE_GROUPS,
     GROUP_ORDER,
@@ -32,7 +36,9 @@ from trainer.go.ontology import Ontology, load_ontology
 from trainer.go.protein_table import GoCorpus
 from trainer.go.stage import load_activations
 from trainer.go.worklist import KS, Snapshots, build_worklists, precision_at
-from trainer.stamps import digest, is_current, read_stamp, write_stamp
+from trainer.layout import RunLayout, WorklistFiles
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp
 
 console = Console()
 
@@ -67,11 +73,6 @@ def statement(cfg: WorklistConfig, alpha: float, threshold: float) -> str:
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
-
-
-def _load_hits(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as saved:
-        return {k: saved[k] for k in saved.files}
 
 
 def build_snapshots(
@@ -116,56 +117,59 @@ def run_worklist_stage(
 ) -> dict[str, dict[str, Any]]:
     """Worklists of every dictionary whose stamp changed; returns each one's summary."""
     workdir = Path(workdir)
-    out_dir = workdir / "worklist"
+    layout = RunLayout(workdir)
     inputs = {"config": json.loads(cfg.model_dump_json()), "later": _file_digest(cfg.later_go),
               "genes": [_file_digest(p) for p in cfg.gene_tables], "obo": _file_digest(obo_path),
-              "corpus": read_stamp(workdir / "corpus" / "DONE")}  # fmt: skip
-    stamps = {n: digest({**inputs, "go": read_stamp(workdir / "go" / n / "DONE")})
-              for n in dictionaries}  # fmt: skip
-    todo = [n for n in dictionaries if not is_current(out_dir / n / "DONE", stamps[n])]
+              "corpus": read_stamp(layout.corpus.done)}  # fmt: skip
     summaries: dict[str, dict[str, Any]] = {}
-    snapshots: Snapshots | None = None
-    info: dict[str, Any] = {}
+    built: list[tuple[Snapshots, dict[str, Any]]] = []  # the snapshots, once a worklist needs them
+
+    def snapshots() -> tuple[Snapshots, dict[str, Any]]:
+        if not built:
+            built.append(build_snapshots(load_ontology(obo_path, layout.go_cache), corpus, cfg))
+        return built[0]
+
     for name in dictionaries:
-        if name not in todo:
-            summaries[name] = json.loads((out_dir / name / "summary.json").read_text())
-            continue
-        if snapshots is None:
-            ontology = load_ontology(obo_path, workdir / "go" / "cache")
-            snapshots, info = build_snapshots(ontology, corpus, cfg)
-        summaries[name] = _run_one(
-            workdir, name, cfg, snapshots, info, stamps[name], len(corpus.accessions)
-        )
+        files = layout.worklist(name)
+        unit = StageUnit(f"worklist: {name}", files.done,
+                         {**inputs, "go": read_stamp(layout.go_hits(name).done)},
+                         outputs=(files.summary, files.candidates))  # fmt: skip
+
+        def make(name: str = name) -> dict[str, Any]:
+            return _run_one(layout, name, cfg, *snapshots(), len(corpus.accessions))
+
+        summaries[name] = run_unit(unit, make, load=partial(_read_summary, files))
     for name, control in (controls or {}).items():
         if name in summaries and control in summaries:
             summaries[name]["random_init_control"] = control
-    (out_dir / "summary.json").write_text(json.dumps(
+    write_atomic(layout.worklists.summary, json.dumps(
         {"dictionaries": summaries, "controls": controls or {}}, indent=2))  # fmt: skip
     print_summaries(summaries)
     return summaries
 
 
+def _read_summary(files: WorklistFiles) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(files.summary.read_text())
+    return summary
+
+
 def _run_one(
-    workdir: Path, name: str, cfg: WorklistConfig, snapshots: Snapshots,
-    info: dict[str, Any], stamp: str, n_proteins: int,
+    layout: RunLayout, name: str, cfg: WorklistConfig, snapshots: Snapshots,
+    info: dict[str, Any], n_proteins: int,
 ) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
-    out = workdir / "worklist" / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
-    go_dir = workdir / "go" / name
-    go_summary = json.loads((go_dir / "summary.json").read_text())
-    alpha = float(go_summary["config"]["alpha"])
-    threshold = float(go_summary["config"]["active_threshold"])
-    hits = _load_hits(go_dir / "hits.npz")
-    acts = sp.csc_matrix(
-        load_activations(workdir / "analysis" / name / "protein_activations.npz", n_proteins)
-    )
+    files = layout.worklist(name)
+    files.dir.mkdir(parents=True, exist_ok=True)
+    go_files = layout.go_hits(name)
+    go_config = GoSummary.read(go_files.summary).config
+    if go_config is None:
+        raise ValueError(f"{go_files.summary}: no GO config recorded (run the GO stage again)")
+    alpha, threshold = go_config.alpha, go_config.active_threshold
+    hits = load_columns(go_files.hits)
+    acts = sp.csc_matrix(load_activations(layout.analysis(name).protein_activations, n_proteins))
     candidates = build_worklists(acts, hits, snapshots, alpha=alpha, threshold=threshold,
                                  max_candidates=cfg.max_candidates)  # fmt: skip
-    tmp = out / "candidates.tmp.npz"
-    np.savez_compressed(tmp, allow_pickle=False, **candidates)
-    tmp.replace(out / "candidates.npz")
+    save_columns(files.candidates, candidates)
     summary = {
         "dictionary": name,
         "statement": statement(cfg, alpha, threshold),
@@ -179,8 +183,7 @@ def _run_one(
         **info,
         "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_stamp(out / "DONE", stamp)
+    write_atomic(files.summary, json.dumps(summary, indent=2))
     return summary
 
 

@@ -5,33 +5,29 @@ of published runs only; the train-chosen best feature per dictionary comes from 
 stage's summary (``AnalysisSummary`` kind ``concepts``). Features are chosen and ranked by their
 train F1 only; test F1 is what is reported, beside the fire-everywhere baseline's test F1.
 
-The store keeps no per-residue labels, so the example reads the concept's label file
-(``{shared}/data/residue_annotations/{name}.tsv.gz``: ``pdb_chain``, ``sequence``, 0/1
-``labels``, ``split``) and lays it on a protein the feature fires on: through one of the
-protein's structure chains whose sequence is a labelled chain (then ``sequence_positions`` map
-labels onto the protein), or a labelled chain found verbatim in the protein's sequence.
+The labelled example is the one the publisher chose and stored (``ConceptExample``: the
+concept's labels laid on a protein the feature fires on, see ``trainer.concepts.examples``);
+the page reads only the store, never the label files.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
 
-from app.findings.data import dictionary_kind
+from app.queries.findings import dictionary_kind
+from app.queries.scope import published
 from app.store.codec import decode_values
 from app.store.schema import (
     AnalysisSummary,
     Concept,
     ConceptAlignment,
+    ConceptExample,
     Feature,
     Protein,
     Run,
@@ -39,8 +35,6 @@ from app.store.schema import (
     Structure,
     TopExample,
 )
-
-MIN_SUBSTRING = 20  # shorter labelled chains are too likely to match by chance
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ def concept_index(session: Session) -> list[ConceptIndexRow]:
         select(Sae, AnalysisSummary.payload)
         .join(Run, Run.id == Sae.run_id)
         .join(AnalysisSummary, AnalysisSummary.sae_id == Sae.id)
-        .where(Run.status == "published", AnalysisSummary.kind == "concepts")
+        .where(published(), AnalysisSummary.kind == "concepts")
         .order_by(Run.id.desc(), Sae.id)
     ).all()
     chosen: dict[str, tuple[Sae, dict[str, Any]]] = {}
@@ -151,7 +145,7 @@ def concept_alignments(
         select(Sae, Run)
         .join(Run, Run.id == Sae.run_id)
         .where(
-            Run.status == "published",
+            published(),
             Sae.id.in_(
                 select(ConceptAlignment.sae_id).where(ConceptAlignment.concept_id == concept.id)
             ),
@@ -202,29 +196,30 @@ def concept_alignments(
     return out
 
 
-@lru_cache(maxsize=64)
-def label_index(path: Path) -> dict[str, tuple[str, str]]:
-    """Labelled sequence -> (pdb_chain, 0/1 labels OR-merged over identical sequences)."""
-    out: dict[str, tuple[str, str]] = {}
-    with gzip.open(path, "rt", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        for line, rec in enumerate(reader, start=2):
-            seq, labels = rec["sequence"], rec["labels"]
-            if len(seq) != len(labels) or set(labels) - {"0", "1"}:
-                raise ValueError(
-                    f"{path}, line {line} ({rec['pdb_chain']}): labels must be a 0/1 string "
-                    f"as long as the sequence ({len(labels)} labels, {len(seq)} residues)"
-                )
-            if seq in out:
-                merged = "".join(max(a, b) for a, b in zip(out[seq][1], labels, strict=True))
-                out[seq] = (out[seq][0], merged)
-            else:
-                out[seq] = (rec["pdb_chain"], labels)
-    return out
+def example_candidates(
+    session: Session, feature_id: int, max_proteins: int
+) -> list[tuple[Protein, int]]:
+    """The first ``max_proteins`` distinct proteins of the feature's stored examples, strongest
+    first, with their structures loaded, each with its number of residue values (the publisher
+    lays a concept's labels on them: ``trainer.concepts.examples``)."""
+    rows = session.execute(
+        select(TopExample.protein_id, func.length(TopExample.residue_values))
+        .where(TopExample.feature_id == feature_id, TopExample.residue_values.is_not(None))
+        .order_by(TopExample.activation.desc())
+    ).all()
+    sizes: dict[int, int] = {}
+    for pid, n_bytes in rows:
+        sizes.setdefault(pid, int(n_bytes) // 2)  # float16: two bytes a residue
+    chosen = list(sizes)[:max_proteins]
+    proteins = session.scalars(
+        select(Protein).where(Protein.id.in_(chosen)).options(selectinload(Protein.structures))
+    ).all()
+    by_id = {p.id: p for p in proteins}
+    return [(by_id[pid], sizes[pid]) for pid in chosen if pid in by_id]
 
 
 @dataclass
-class ConceptExample:
+class LabelledExample:
     """A protein the feature fires on, with the concept's labels laid on its sequence."""
 
     feature_id: int
@@ -234,6 +229,7 @@ class ConceptExample:
     pdb_chain: str
     structure: Structure | None
     via: str
+    label_file: str
 
     @property
     def n_labelled(self) -> int:
@@ -243,62 +239,56 @@ class ConceptExample:
         return int(((self.labels == 1) & (self.activations > cut)).sum())
 
 
-def _lay_labels(
-    protein: Protein, index: dict[str, tuple[str, str]]
-) -> tuple[npt.NDArray[np.int8], str, Structure | None, str] | None:
-    n = len(protein.sequence)
-    for st in protein.structures:
-        if st.chain_sequence in index:
-            chain, labels = index[st.chain_sequence]
-            out = np.full(n, -1, dtype=np.int8)
-            for lab, pos in zip(labels, st.sequence_positions, strict=False):
-                if 0 <= pos < n:
-                    out[pos] = int(lab)
-            return out, chain, st, f"structure chain {st.chain} ({st.source or st.file_path})"
-    for seq, (chain, labels) in index.items():
-        start = protein.sequence.find(seq) if len(seq) >= MIN_SUBSTRING else -1
-        if start >= 0:
-            out = np.full(n, -1, dtype=np.int8)
-            out[start : start + len(seq)] = np.frombuffer(labels.encode(), np.uint8) - ord("0")
-            return out, chain, None, f"labelled chain at residues {start + 1}–{start + len(seq)}"
-    return None
+_LABEL_CODES = {"1": 1, "0": 0}
 
 
-def concept_example(
-    session: Session, label_file: Path, feature_id: int, max_proteins: int = 40
-) -> ConceptExample | None:
-    """The protein, among those the feature's stored examples cover, with the most labelled
-    residues (ties: the stronger activation); None when no labelled chain maps onto any."""
-    if not label_file.exists():
+def concept_example(session: Session, concept: Concept, feature_id: int) -> LabelledExample | None:
+    """The example the publisher stored for this concept and feature, with the feature's
+    activations on that protein; None when none was stored."""
+    stored = session.scalar(
+        select(ConceptExample).where(
+            ConceptExample.concept_id == concept.id, ConceptExample.feature_id == feature_id
+        )
+    )
+    if stored is None:
         return None
-    index = label_index(label_file)
-    examples = session.execute(
-        select(TopExample.protein_id, TopExample.residue_values)
-        .where(TopExample.feature_id == feature_id, TopExample.residue_values.is_not(None))
+    blob = session.scalar(
+        select(TopExample.residue_values)
+        .where(TopExample.feature_id == feature_id, TopExample.protein_id == stored.protein_id,
+               TopExample.residue_values.is_not(None))
         .order_by(TopExample.activation.desc())
-    ).all()
-    seen: dict[int, bytes | None] = {}
-    for pid, blob in examples:
-        seen.setdefault(pid, blob)
-    best: ConceptExample | None = None
-    for pid in list(seen)[:max_proteins]:
-        protein = session.get(Protein, pid)
-        if protein is None:
+        .limit(1)
+    )  # fmt: skip
+    protein = session.get(Protein, stored.protein_id)
+    if blob is None or protein is None:
+        return None
+    labels = np.array([_LABEL_CODES.get(c, -1) for c in stored.labels], dtype=np.int8)
+    structure = session.get(Structure, stored.structure_id) if stored.structure_id else None
+    return LabelledExample(feature_id, protein, decode_values(blob), labels, stored.pdb_chain,
+                           structure, stored.via, stored.label_file)  # fmt: skip
+
+
+def concept_examples(
+    session: Session, concept: Concept, dictionaries: list[DictionaryAlignments]
+) -> list[tuple[str, LabelledExample, float, list[object]]]:
+    """Per dictionary with a best feature and a stored example: (dictionary name, example, the
+    feature's cut in activation units, the example's track rows scaled by its max activation)."""
+    examples: list[tuple[str, LabelledExample, float, list[object]]] = []
+    for d in dictionaries:
+        best = d.best
+        if best is None:
             continue
-        laid = _lay_labels(protein, index)
-        if laid is None or not (laid[0] == 1).any():
+        ex = concept_example(session, concept, best.feature_id)
+        if ex is None:
             continue
-        acts = decode_values(seen[pid])
-        if len(acts) != len(protein.sequence):
-            continue
-        ex = ConceptExample(feature_id, protein, acts, laid[0], laid[1], laid[2], laid[3])
-        if best is None or ex.n_labelled > best.n_labelled:
-            best = ex
-    return best
+        scale = session.scalar(select(Feature.max_activation).where(Feature.id == best.feature_id))
+        scale = scale or 1.0
+        examples.append((d.sae.name, ex, best.threshold * scale, list(track_rows(ex, scale))))
+    return examples
 
 
 def track_rows(
-    ex: ConceptExample, scale: float, width: int = 60
+    ex: LabelledExample, scale: float, width: int = 60
 ) -> list[tuple[int, list[tuple[str, float, int]]]]:
     """Rows of ``width`` residues: (1-based start, [(residue, activation / scale, label)])."""
     norm = np.clip(ex.activations / scale, 0.0, 1.0) if scale > 0 else ex.activations * 0

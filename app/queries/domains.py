@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.read_models import DomainControl, DomainHitOut
+from app.queries.go import length_explained
+from app.queries.models import DomainControl, DomainHitOut
 from app.store.schema import AnalysisSummary, DomainEnrichment
 
 PROTOCOL_ORDER = {"strict": 0, "paper": 1}
@@ -34,7 +35,8 @@ def domain_hit(row: DomainEnrichment, alpha: float) -> DomainHitOut:
         protocol=row.protocol, study_hits=row.study_hits, study_size=row.study_size,
         pop_hits=row.pop_hits, pop_size=row.pop_size, fold_enrichment=row.fold_enrichment,
         p_value=row.p_value, q_value=q, p_bonferroni=row.p_bonferroni, q_length=ql,
-        length_explained=q is not None and q < alpha and ql is not None and ql >= alpha,
+        # a family hit is length-explained only where it is a hit (q < alpha) at all
+        length_explained=q is not None and q < alpha and bool(length_explained(ql, alpha)),
     )  # fmt: skip
 
 

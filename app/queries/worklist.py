@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.queries import NotFound
+from app.queries.errors import NotFound
 from app.store.schema import (
     AnalysisSummary,
     Feature,
@@ -98,63 +98,86 @@ def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, dict[s
     return {row.sae_id: dict(row.payload) for row in rows}
 
 
-def _lists(session: Session, where: Any, limit: int | None) -> list[TermWorklist]:
-    rows = session.execute(
-        select(GoWorklistCandidate, Protein, Feature, Sae, GoTerm)
-        .join(Protein, Protein.id == GoWorklistCandidate.protein_id)
-        .join(Feature, Feature.id == GoWorklistCandidate.feature_id)
-        .join(Sae, Sae.id == GoWorklistCandidate.sae_id)
-        .join(GoTerm, GoTerm.id == GoWorklistCandidate.go_id)
+def _lists(
+    session: Session, where: Any, limit: int | None, detailed: int | None = None
+) -> list[TermWorklist]:
+    """The (feature, term) lists matching ``where`` (a condition on GoWorklistCandidate), each
+    with its counts and its first ``limit`` candidates by rank; with ``detailed``, only the
+    first that many lists get candidates (a page shows those and counts the rest). Counted and
+    cut in SQL, reading only the columns shown: a broad term has tens of thousands of
+    candidates."""
+    cand = GoWorklistCandidate
+    counts = (
+        select(
+            cand.feature_id,
+            cand.go_id,
+            cand.sae_id,
+            func.count().label("n"),
+            func.count(cand.confirmed).label("n_confirmed"),
+        )
         .where(where)
-        .order_by(Sae.id, Feature.index, GoWorklistCandidate.go_id, GoWorklistCandidate.rank)
-    ).all()
+        .group_by(cand.feature_id, cand.go_id, cand.sae_id)
+        .subquery()
+    )  # fmt: skip  (counted before the joins: one row per list, not per candidate)
+    heads = session.execute(
+        select(counts.c.feature_id, counts.c.go_id, Sae.id, Sae.name, Sae.is_control,
+               Feature.index, GoTerm.name, GoTerm.namespace, counts.c.n, counts.c.n_confirmed)
+        .join(Feature, Feature.id == counts.c.feature_id)
+        .join(Sae, Sae.id == counts.c.sae_id)
+        .join(GoTerm, GoTerm.id == counts.c.go_id)
+        .order_by(Sae.id, Feature.index, counts.c.go_id)
+    ).all()  # fmt: skip
     lists: dict[tuple[int, str], TermWorklist] = {}
-    for cand, protein, feature, sae, term in rows:
-        key = (feature.id, term.id)
-        if key not in lists:
-            lists[key] = TermWorklist(
-                sae_id=sae.id, sae_name=sae.name, is_control=sae.is_control,
-                feature_id=feature.id, feature_index=feature.index, go_id=term.id,
-                go_name=term.name, namespace=term.namespace, evidence=None,
-                n_candidates=0, n_confirmed=0, candidates=[],
-            )  # fmt: skip
-        item = lists[key]
-        item.n_candidates += 1
-        item.n_confirmed += cand.confirmed is not None
-        if limit is None or len(item.candidates) < limit:
-            item.candidates.append(
-                WorklistCandidate(
-                    rank=cand.rank,
-                    accession=protein.accession,
-                    protein_name=protein.name,
-                    gene=protein.gene,
-                    length=protein.length,
-                    activation=cand.activation,
-                    confirmed=cand.confirmed,
-                    baseline_rate=cand.baseline_rate,
-                )
-            )
+    for fid, go_id, sae_id, sae_name, control, index, name, namespace, n, confirmed in heads:
+        lists[(fid, go_id)] = TermWorklist(
+            sae_id=sae_id, sae_name=sae_name, is_control=control, feature_id=fid,
+            feature_index=index, go_id=go_id, go_name=name, namespace=namespace, evidence=None,
+            n_candidates=n, n_confirmed=confirmed, candidates=[],
+        )  # fmt: skip
+    if detailed is not None:
+        keys = list(lists)[:detailed]
+        where = or_(*(and_(cand.feature_id == f, cand.go_id == g) for f, g in keys), false())
+    shown = select(cand.id).where(where)
+    if limit is not None:
+        nth = func.row_number().over(partition_by=(cand.feature_id, cand.go_id), order_by=cand.rank)
+        ranked = select(cand.id, nth.label("nth")).where(where).subquery()
+        shown = select(ranked.c.id).where(ranked.c.nth <= limit)
+    rows = session.execute(
+        select(cand.feature_id, cand.go_id, cand.rank, Protein.accession, Protein.name,
+               Protein.gene, Protein.length, cand.activation, cand.confirmed, cand.baseline_rate)
+        .join(Protein, Protein.id == cand.protein_id)
+        .where(cand.id.in_(shown))
+        .order_by(cand.feature_id, cand.go_id, cand.rank)
+    ).all()  # fmt: skip
+    for row in rows:
+        lists[(row[0], row[1])].candidates.append(WorklistCandidate(
+            rank=row.rank, accession=row.accession, protein_name=row.name, gene=row.gene,
+            length=row.length, activation=row.activation, confirmed=row.confirmed,
+            baseline_rate=row.baseline_rate,
+        ))  # fmt: skip
     _attach_evidence(session, list(lists.values()))
     return list(lists.values())
 
 
 def _attach_evidence(session: Session, lists: list[TermWorklist]) -> None:
-    features = {item.feature_id for item in lists}
-    if not features:
+    """Each list's GO hit (strict protocol): the hits of these features on these terms only."""
+    if not lists:
         return
-    hits = session.scalars(
-        select(GoEnrichment).where(
-            GoEnrichment.feature_id.in_(features), GoEnrichment.protocol == "strict"
-        )
-    )
-    by_key = {(h.feature_id, h.go_id): h for h in hits}
+    hit = GoEnrichment
+    found = session.execute(
+        select(hit.feature_id, hit.go_id, hit.study_hits, hit.study_size, hit.fold_enrichment,
+               hit.q_value, hit.q_length)
+        .where(hit.feature_id.in_({item.feature_id for item in lists}),
+               hit.go_id.in_({item.go_id for item in lists}), hit.protocol == "strict")
+    ).all()  # fmt: skip
+    by_key = {(fid, go_id): rest for fid, go_id, *rest in found}
     for item in lists:
-        hit = by_key.get((item.feature_id, item.go_id))
-        if hit is not None:
+        evidence = by_key.get((item.feature_id, item.go_id))
+        if evidence is not None:
+            shared, size, fold, q, q_length = evidence
             item.evidence = WorklistEvidence(
-                shared=hit.study_hits, study_size=hit.study_size,
-                fold_enrichment=hit.fold_enrichment, q_value=hit.q_value, q_length=hit.q_length,
-            )  # fmt: skip
+                shared=shared, study_size=size, fold_enrichment=fold, q_value=q, q_length=q_length
+            )
 
 
 def feature_worklist(
@@ -171,12 +194,16 @@ def feature_worklist(
                            statement=summary.get("statement"), lists=lists)  # fmt: skip
 
 
-def go_worklist(session: Session, go_id: str, limit: int | None = None) -> GoWorklist:
-    """Every feature's list for one GO term."""
+def go_worklist(
+    session: Session, go_id: str, limit: int | None = None, detailed: int | None = None
+) -> GoWorklist:
+    """Every feature's list for one GO term (``limit`` candidates per list; None: all), in
+    dictionary and feature order; with ``detailed``, candidates for the first that many lists
+    only (a page's tables; the rest are counted)."""
     term = session.get(GoTerm, go_id)
     if term is None:
         raise NotFound(f"GO term {go_id} not found")
-    lists = _lists(session, GoWorklistCandidate.go_id == go_id, limit)
+    lists = _lists(session, GoWorklistCandidate.go_id == go_id, limit, detailed)
     return GoWorklist(go_id=go_id, name=term.name, lists=lists)
 
 

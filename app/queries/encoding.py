@@ -1,13 +1,18 @@
-"""Store look-ups around an encoding: feature labels/explanations, and a stored protein match."""
+"""Store reads around an encoding: the dictionary to load, feature labels and explanations, a
+stored protein with the same sequence, and the page's dictionary choices."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from app.queries.models import MatchOut, StructureRef
+from app.queries.scope import published
 from app.store.schema import Explanation, Feature, Protein, Run, Sae
 
 
@@ -18,6 +23,24 @@ class FeatureInfo:
     explanation: str | None
     explanation_score: float | None
     is_dead: bool
+
+
+def encoding_dictionary(
+    session: Session, sae_id: int
+) -> tuple[Sae, Run, npt.NDArray[np.float32]] | None:
+    """A published dictionary, its run and each latent's density (by index); None if unknown."""
+    row = session.execute(
+        select(Sae, Run).join(Run, Sae.run_id == Run.id).where(Sae.id == sae_id, published())
+    ).first()
+    if row is None:
+        return None
+    sae, run = row[0], row[1]
+    density = np.zeros(sae.n_latents, dtype=np.float32)
+    for index, value in session.execute(
+        select(Feature.index, Feature.density).where(Feature.sae_id == sae_id)
+    ):
+        density[index] = value
+    return sae, run, density
 
 
 def feature_info(session: Session, sae_id: int, indices: list[int]) -> dict[int, FeatureInfo]:
@@ -44,26 +67,8 @@ def feature_info(session: Session, sae_id: int, indices: list[int]) -> dict[int,
     return out
 
 
-@dataclass(frozen=True)
-class StructureRef:
-    structure_id: int
-    chain: str
-    format: str
-    url: str
-    residue_ids: list[str]
-    sequence_positions: list[int]
-
-
-@dataclass(frozen=True)
-class ProteinMatch:
-    protein_id: int
-    accession: str
-    name: str | None
-    structures: list[StructureRef] = field(default_factory=list)
-
-
-def match_protein(session: Session, sequence: str) -> ProteinMatch | None:
-    """A stored protein with exactly this sequence (and its structures), if any."""
+def match_protein(session: Session, sequence: str) -> MatchOut | None:
+    """A stored protein with exactly this sequence (and its structures, best covered first)."""
     protein = session.scalars(
         select(Protein)
         .where(Protein.length == len(sequence), Protein.sequence == sequence)
@@ -73,19 +78,22 @@ def match_protein(session: Session, sequence: str) -> ProteinMatch | None:
     if protein is None:
         return None
     refs = [
-        StructureRef(s.id, s.chain, s.format, f"/encode/structure/{s.id}",
-                     [str(r) for r in s.residue_ids], [int(p) for p in s.sequence_positions])
+        StructureRef(structure_id=s.id, chain=s.chain, format=s.format,
+                     url=f"/encode/structure/{s.id}", residue_ids=[str(r) for r in s.residue_ids],
+                     sequence_positions=[int(p) for p in s.sequence_positions])
         for s in sorted(protein.structures, key=lambda s: -(s.coverage or 0.0))
     ]  # fmt: skip
-    return ProteinMatch(protein.id, protein.accession, protein.name, refs)
+    return MatchOut(
+        protein_id=protein.id, accession=protein.accession, name=protein.name, structures=refs
+    )
 
 
-def published_saes(session: Session) -> list[dict[str, Any]]:
+def published_sae_choices(session: Session) -> list[dict[str, Any]]:
     """Every dictionary of every published run, for the page's select box."""
     rows = session.execute(
         select(Sae.id, Sae.name, Sae.kind, Sae.level, Sae.layer, Run.name.label("run"))
         .join(Run, Sae.run_id == Run.id)
-        .where(Run.status == "published")
+        .where(published())
         .order_by(Run.id.desc(), Sae.id)
     ).all()
     return [dict(r._mapping) for r in rows]

@@ -571,7 +571,8 @@ class GoTermDetail(BaseModel):
     )
 
 
-class FeatureHit(BaseModel):
+# A feature found by search, with the text that matched (no docstring: it would enter the schema).
+class FeatureSearchHit(BaseModel):
     feature: FeatureSummary
     sae_name: str
     is_control: bool = Field(
@@ -582,6 +583,6 @@ class FeatureHit(BaseModel):
 
 class SearchResults(BaseModel):
     query: str
-    features: list[FeatureHit]
+    features: list[FeatureSearchHit]
     proteins: list[ProteinRef]
     go_terms: list[GoTermRef]

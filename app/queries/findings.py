@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.detail_queries import go_alpha
-from app.findings.plots import FigureInputs
+from app.queries.go import go_alpha
+from app.queries.scope import published_run
 from app.store.schema import (
     AnalysisSummary,
     Explanation,
@@ -59,21 +59,12 @@ class RunFindings:
     def sae_ids(self) -> dict[str, int]:
         return {s.name: s.id for s in self.saes}
 
-    def inputs(self, corpus: str) -> FigureInputs:
-        return FigureInputs(self.run.name, self.run.base_model, corpus)
-
     def feature_url(self, dictionary: str, index: int | None) -> str:
         """The page of a feature, or of the dictionary's feature list when ``index`` is None."""
         if index is not None and (dictionary, index) in self.feature_ids:
             return f"/features/{self.feature_ids[(dictionary, index)]}"
         name = dictionary.removesuffix(" (permuted labels)")
         return f"/saes/{self.sae_ids[name]}/features" if name in self.sae_ids else "#"
-
-
-def published_run(session: Session, run_id: int) -> Run | None:
-    return session.scalars(
-        select(Run).where(Run.id == run_id, Run.status == "published")
-    ).one_or_none()
 
 
 def _summaries(session: Session, sae_ids: list[int], kind: str) -> dict[int, Summary]:
