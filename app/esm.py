@@ -438,10 +438,12 @@ def _batch_representations(
     layers: Sequence[int],
     max_tokens_per_batch: int,
     stride: int | None,
+    wanted: frozenset[int] | None = None,
 ) -> tuple[np.ndarray, Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]]:
     """``offsets [n+1]`` and, per forward batch, (destination rows, ``{layer: kept rows}``).
 
-    The kept rows stay on the model's device; destination rows index the stacked output.
+    The kept rows stay on the model's device; destination rows index the stacked output. With
+    ``wanted``, only the batches holding a piece of a wanted sequence run (the same batches).
     """
     check_sequences(sequences)
     bad = [layer for layer in layers if not 0 <= layer <= loaded.num_layers]
@@ -461,6 +463,8 @@ def _batch_representations(
     def run() -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
         for batch in batches:
             chunk = [pieces[k] for k in batch]
+            if wanted is not None and not any(p.seq in wanted for p in chunk):
+                continue
             tokens = tokenize(loaded, [sequences[p.seq][p.start : p.end] for p in chunk])
             width = tokens.shape[1]
             # Gather the kept residues on the device (no padding, no per-row Python loop on
@@ -513,6 +517,48 @@ def embed_concatenated(
             if on_batch is not None:
                 on_batch(int(dest.size))
     return offsets, out
+
+
+def embed_selected(
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    wanted: Sequence[int] | np.ndarray,
+    *,
+    max_tokens_per_batch: int = 8192,
+    dtype: np.dtype[Any] | type = np.float32,
+    stride: int | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """:func:`embed_concatenated`'s rows of the ``wanted`` sequences alone (ascending, each once).
+
+    Each wanted sequence runs in the very forward batch (same neighbours, same padding) that
+    ``embed_concatenated(sequences)`` puts it in, so its values equal that call's bit for bit on
+    the same device; only those batches run, and memory holds the wanted rows alone.
+    """
+    chosen = np.unique(np.asarray(wanted, dtype=np.int64))
+    offsets, batches = _batch_representations(
+        loaded, sequences, layers, max_tokens_per_batch, stride, frozenset(chosen.tolist())
+    )
+    out_offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+    np.cumsum(np.diff(offsets)[chosen], out=out_offsets[1:])
+    is_wanted = np.zeros(len(sequences), dtype=bool)
+    is_wanted[chosen] = True
+    shift = np.zeros(len(sequences), dtype=np.int64)  # output row = stacked row + shift
+    shift[chosen] = out_offsets[:-1] - offsets[chosen]
+    rows = int(out_offsets[-1])
+    out = {layer: np.empty((rows, loaded.embed_dim), dtype=dtype) for layer in layers}
+    torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    with torch.inference_mode(), autocast_for(loaded.device):
+        for dest, kept in batches:
+            owner = np.searchsorted(offsets, dest, side="right") - 1
+            keep = np.flatnonzero(is_wanted[owner])
+            index = torch.from_numpy(keep).to(loaded.device)
+            target = dest[keep] + shift[owner[keep]]
+            for layer in layers:
+                out[layer][target] = (
+                    kept[layer].index_select(0, index).to(torch_dtype).cpu().numpy()
+                )
+    return out_offsets, out
 
 
 def embed_sequences(

@@ -161,6 +161,8 @@ class EmbedManifest(Document):
     corpus_sha256: str
     shards: list[EmbedShard]
     done: bool = False
+    # With ``embed.residue_proteins``: proteins, seed, n_residues, file, sha256 of the sample.
+    residue_sample: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What work made from these embeddings depends on (its stamps digest it)."""

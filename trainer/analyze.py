@@ -178,6 +178,7 @@ class _ShardPass:
     cfg: AnalyzeConfig
     with_fve: bool
     sequences: Sequence[str] | None = None  # with them, the amino-acid mass (trainer.aa_profile)
+    source: ResidueSource | None = None  # residues of proteins outside a stored residue sample
 
     def __getstate__(self) -> dict[str, Any]:
         on_cpu = _device_of(self.module).type == "cpu"
@@ -196,7 +197,7 @@ class _ShardPass:
         residue_active = torch.zeros(n_latents, dtype=torch.long, device=device)
         out = _ShardActivations([], [], [], np.zeros(0, dtype=np.int64), 0)
         batches = self.store.iter_shard_residue_batches(
-            self.spec.layer, k, self.cfg.max_residues_per_batch
+            self.spec.layer, k, self.cfg.max_residues_per_batch, self.source
         )
         mass = None if self.sequences is None else AaMass(self.sequences, n_latents, device)
         with torch.inference_mode():
@@ -233,6 +234,7 @@ def protein_activations(
     fve_out: FloatArray | None = None,
     engine: Engine | None = None,
     aa_out: AaMass | None = None,
+    residue_source: ResidueSource | None = None,
 ) -> tuple[sp.csr_matrix, npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Per-protein activations [n_proteins, n_latents] and residue-level firing counts.
 
@@ -244,6 +246,8 @@ def protein_activations(
     ``fve_out [n_proteins]`` (residue-level SAEs): filled with each protein's FVE from the same
     pass, so the shards are read and encoded once, not twice. ``aa_out`` (residue level): each
     batch's activation mass per residue type is added there, from the same pass.
+    ``residue_source``: the residues of proteins outside the store's residue sample
+    (``trainer.residue_replay``), in the same batches as stored ones.
     """
     n_latents = module.n_latents
     if spec.level == "protein":
@@ -255,7 +259,7 @@ def protein_activations(
 
         engine = LocalEngine()
     job = _ShardPass(module, spec, store, cfg, fve_out is not None,
-                     aa_out.sequences if aa_out is not None else None)  # fmt: skip
+                     aa_out.sequences if aa_out is not None else None, residue_source)  # fmt: skip
     parts: dict[int, _ShardActivations] = {}
     units = list(range(store.n_shards))
     for k, part in tqdm(engine.map_units(_ShardPass.run, job, units, gpu=True),
@@ -489,16 +493,21 @@ def _batch_residues(
 ) -> Iterator[np.ndarray]:
     """float32 [sum of lengths, d] per batch: its proteins' residues back to back.
 
-    From the shards; for a pooled-only layer from ``source``, asked for several batches at once
-    (≤ ``fetch_residues`` residues) so the language model runs on large batches.
+    From the shards; for a pooled-only layer, or proteins outside a stored residue sample, from
+    ``source``, asked for several batches at once (≤ ``fetch_residues`` residues) so the
+    language model runs on large batches (and a replayed batch serves all its proteins).
     """
-    if source is None or store.has_residues(layer):
+    if source is None or (store.has_residues(layer) and not store.residue_sampled):
         for batch in batches:
             yield np.concatenate([store.residues(layer, p) for p in batch])
         return
     sizes = [int(store.lengths[batch].sum()) for batch in batches]
     for start, stop in _groups(sizes, fetch_residues):
-        stacked = source(layer, [p for batch in batches[start:stop] for p in batch])
+        group = [p for batch in batches[start:stop] for p in batch]
+        if store.has_residues(layer):  # a residue sample: the stored ones from the shards
+            stacked = store.residues_of(layer, group, source)
+        else:
+            stacked = source(layer, group)
         yield from np.split(stacked, np.cumsum(sizes[start:stop])[:-1])
 
 
@@ -678,7 +687,9 @@ def run_analyze(
     ``chains``: the structure chains of each protein that has any
     (``trainer.structure_coverage.chains_by_protein``).
     ``residue_source`` gives the example proteins' residues when ``spec.layer`` was embedded
-    pooled-only (protein-level dictionaries); it must come from the model the store was made with.
+    pooled-only (protein-level dictionaries), and every residue the store does not hold when its
+    residue layers store a sample of the proteins (``trainer.residue_replay``); it must come from
+    the model the store was made with.
     ``inputs``: what the analysis depends on (``trainer.stage_driver``): DONE must hold their
     stamp, and an analysis of other inputs is deleted and made again. ``engine`` runs the per-shard
     encoding pass of residue-level dictionaries (default: in this process). ``sequences``
@@ -718,7 +729,7 @@ def _analyze(
     if sequences is not None and spec.level == "residue":
         residue_mass = AaMass(sequences, module.n_latents, _device_of(module))
     acts, residue_active, n_residues = protein_activations(
-        module, spec, store, cfg, fve, engine, residue_mass
+        module, spec, store, cfg, fve, engine, residue_mass, residue_source
     )
     with atomic_file(files.protein_activations) as handle:
         sp.save_npz(handle, acts)

@@ -10,13 +10,16 @@ protein). Per-residue rows are what costs disk (12 GB per layer on the full corp
 protein-level dictionaries read pooled vectors alone, so a layer used only at the protein level is
 stored pooled-only; one forward pass still serves every layer. :func:`model_residue_source`
 recomputes such a layer's residues for the proteins that need them (analyze's example tracks), as
-the embed stage would have stored them.
+the embed stage would have stored them. With ``residue_proteins`` the residue layers store a
+seeded sample of the proteins alone (their row ranges in ``residue_offsets`` [n_prot+1], zero
+length for the others; the sorted sample in ``residue_proteins.npy``), so their disk is bounded by
+the sample, not the corpus; ``trainer.residue_replay`` recomputes the others' residues exactly.
 ``manifest.json`` records the model (name, sha256), layers, residue layers, the shard plan and
 which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
 A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more
-layers than asked is reused as it is) and refuses a manifest made by another model, layer set,
-residue layer set or corpus. :class:`EmbeddingStore` reads the result (see
-docs/pipeline.md).
+layers than asked is reused as it is), embeds again when the residue sample changed and refuses
+a manifest made by another model, layer set, residue layer set or corpus.
+:class:`EmbeddingStore` reads the result (see docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from app.atomic_write import atomic_path, write_atomic
+from app.atomic_write import atomic_file, atomic_path, write_atomic
 from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
 from app.esm_window import MAX_RESIDUES
 from app.stage_summaries import EmbedManifest
@@ -82,6 +85,14 @@ class EmbedConfig(BaseModel):
     window_stride: int = Field(
         default=511, ge=1, description=f"Stride of windows over >{MAX_RESIDUES} aa."
     )
+    residue_proteins: int | None = Field(
+        default=None,
+        ge=1,
+        description="Store per-residue vectors for this many proteins only, a sample seeded by "
+        "[run] seed (pooled vectors are stored for every protein); training draws its residues "
+        "from them and analyze recomputes the other proteins' residues with the model. None "
+        "(or at least the corpus size) = every protein.",
+    )
 
 
 class EmbeddingMismatchError(RuntimeError):
@@ -102,6 +113,22 @@ def corpus_sha256(sequences: Sequence[str]) -> str:
         digest.update(seq.encode("ascii"))
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def choose_residue_proteins(n_proteins: int, count: int | None, seed: int) -> np.ndarray | None:
+    """Sorted corpus rows whose residues are stored: ``count`` drawn with ``seed`` (a function of
+    the corpus size and the seed alone, not of the shard plan); None = every protein."""
+    if count is None or count >= n_proteins:
+        return None
+    rows = np.random.default_rng(seed).choice(n_proteins, size=count, replace=False)
+    return np.sort(rows).astype(np.int64)
+
+
+def residue_offsets(offsets: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Row ranges of a shard's stored residues: ``offsets`` with unstored proteins' lengths 0."""
+    out = np.zeros_like(offsets)
+    np.cumsum(np.diff(offsets) * stored, out=out[1:])
+    return out
 
 
 def plan_shards(lengths: np.ndarray, shard_max_residues: int) -> list[np.ndarray]:
@@ -170,15 +197,23 @@ def _write_shard(
     cfg: EmbedConfig,
     model_sha256: str,
     path: Path,
+    stored: np.ndarray | None = None,
 ) -> None:
-    """Pool and write one shard atomically (host work that overlaps the next shard's forward)."""
+    """Pool and write one shard atomically (host work that overlaps the next shard's forward).
+
+    ``stored`` (bool per protein of the shard): residues of those proteins alone, their row
+    ranges in ``residue_offsets``; None = every protein's, at ``offsets``.
+    """
     layers = sorted(stacked)
     lengths = np.diff(offsets)[:, None]
     tensors: dict[str, np.ndarray] = {"offsets": offsets, "protein_index": indices.astype(np.int64)}
+    rows = None if stored is None else np.repeat(stored, lengths[:, 0])
+    if stored is not None:
+        tensors["residue_offsets"] = residue_offsets(offsets, stored)
     for layer in layers:
         residue = stacked.pop(layer)
         if layer in residue_layers:
-            tensors[f"layer{layer}.residue"] = residue
+            tensors[f"layer{layer}.residue"] = residue if rows is None else residue[rows]
         means = pooled_sums(residue, offsets) / lengths
         tensors[f"layer{layer}.pooled"] = means.astype(cfg.dtype)
     with atomic_path(path) as tmp:
@@ -187,20 +222,34 @@ def _write_shard(
 
 
 def _complete_shard(
-    path: Path, indices: np.ndarray, layers: list[int], residue_layers: list[int], sha256: str
+    path: Path,
+    indices: np.ndarray,
+    layers: list[int],
+    residue_layers: list[int],
+    sha256: str,
+    stored: np.ndarray | None = None,
 ) -> bool:
-    """Whether ``path`` is this shard as the current plan would write it: same model, proteins
-    and tensors (header and protein index only; an unreadable file is simply recomputed)."""
+    """Whether ``path`` is this shard as the current plan would write it: same model, proteins,
+    tensors and stored residues (header and index tensors only; an unreadable file is simply
+    recomputed)."""
     if not path.exists():
         return False
     expected = {"offsets", "protein_index"} | {f"layer{n}.pooled" for n in layers}
     expected |= {f"layer{n}.residue" for n in residue_layers}
+    if stored is not None:
+        expected.add("residue_offsets")
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("model_sha256") != sha256 or set(handle.keys()) != expected:
                 return False
-            return bool(np.array_equal(handle.get_tensor("protein_index"), indices))
+            if not np.array_equal(handle.get_tensor("protein_index"), indices):
+                return False
+            if stored is None:
+                return True
+            offsets = handle.get_tensor("offsets")
+            return bool(np.array_equal(handle.get_tensor("residue_offsets"),
+                                       residue_offsets(offsets, stored)))  # fmt: skip
     except (OSError, SafetensorError):  # a truncated or foreign file: recompute it
         return False
 
@@ -219,6 +268,12 @@ class ShardJob:
     layers: list[int]
     residue_layers: list[int]
     cfg: EmbedConfig
+    # Bool per corpus row: whose residues are stored (None: every protein's).
+    residue_stored: np.ndarray | None = None
+
+    def stored(self, k: int) -> np.ndarray | None:
+        """Bool per protein of shard ``k``: whose residues it stores (None: all)."""
+        return None if self.residue_stored is None else self.residue_stored[self.shards[k]]
 
     def n_residues(self, k: int) -> int:
         return sum(len(self.sequences[int(i)]) for i in self.shards[k])
@@ -244,12 +299,12 @@ class ShardJob:
     def write(self, k: int, offsets: np.ndarray, stacked: dict[int, np.ndarray]) -> None:
         """Pool and write shard ``k`` atomically (the file lands by rename)."""
         _write_shard(offsets, stacked, self.shards[k], self.residue_layers, self.cfg,
-                     self.loaded.sha256, self.path(k))  # fmt: skip
+                     self.loaded.sha256, self.path(k), stored=self.stored(k))  # fmt: skip
 
     def complete(self, k: int) -> bool:
         """Whether shard ``k``'s file is already on disk as this plan writes it."""
         return _complete_shard(self.path(k), self.shards[k], self.layers, self.residue_layers,
-                               self.loaded.sha256)  # fmt: skip
+                               self.loaded.sha256, self.stored(k))  # fmt: skip
 
 
 def run_embed(
@@ -260,11 +315,14 @@ def run_embed(
     model_override: LoadedModel | None = None,
     subdir: str = "embeddings",
     engine: Engine | None = None,
+    residue_seed: int = 0,
 ) -> dict[str, Any]:
     """Embed ``sequences`` (corpus order) into ``workdir/subdir``; resumable; returns the manifest.
 
     ``engine`` runs the shards (default: the local engine, in this process); this function alone
     writes the manifest, marking each shard done once the engine reports its file in place.
+    ``residue_seed`` draws the proteins whose residues are stored when ``cfg.residue_proteins``
+    asks for a sample (the pipeline passes ``[run] seed``); another sample embeds again.
     """
     loaded = dataclasses.replace(
         model_override or load_esm(cfg.model, cfg.device), attention=cfg.attention
@@ -284,6 +342,11 @@ def run_embed(
     out_dir.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     shards = plan_shards(lengths, cfg.shard_max_residues)
+    chosen = choose_residue_proteins(len(sequences), cfg.residue_proteins, residue_seed)
+    stored = None
+    if chosen is not None:
+        stored = np.zeros(len(sequences), dtype=bool)
+        stored[chosen] = True
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "model": {"name": loaded.name, "sha256": loaded.sha256},
@@ -301,6 +364,7 @@ def run_embed(
             "window_stride": cfg.window_stride,
         },
         "config": cfg.model_dump(),
+        "residue_sample": _sample_record(cfg, residue_seed, chosen, lengths, files),
         "shards": [],
         "done": False,
     }
@@ -317,8 +381,14 @@ def run_embed(
         )
         position += len(idx)
     manifest_path = files.manifest
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if old is not None and old.get("residue_sample") != manifest["residue_sample"]:
+        _check_same({**old, "residue_layers": residue_layers}, manifest, manifest_path)
+        print(f"embed: {out_dir}: the stored residue sample changed "
+              f"({_sample_text(old.get('residue_sample'))} -> "
+              f"{_sample_text(manifest['residue_sample'])}): embedding again")  # fmt: skip
+        old = None
+    if old is not None:
         kept = old.get("residue_layers", old.get("layers"))
         if isinstance(kept, list) and set(residue_layers) <= set(kept):
             residue_layers = manifest["residue_layers"] = kept  # more residues than asked: reuse
@@ -331,17 +401,19 @@ def run_embed(
             # A shard whose write finished after the last record (the run died during the next
             # shard's forward) is complete on disk, since files land by rename: keep it.
             new_shard["done"] = recorded or _complete_shard(
-                path, idx, layers, residue_layers, loaded.sha256
-            )
+                path, idx, layers, residue_layers, loaded.sha256,
+                None if stored is None else stored[idx],
+            )  # fmt: skip
         if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
             return old  # already finished: leave the directory untouched
     for stale in files.interrupted_shards():
         stale.unlink()  # a shard interrupted while being written
+    _write_sample_file(files.residue_proteins, chosen)
     _write_manifest(manifest_path, manifest)
 
     finished = sum(s["n_residues"] for s in manifest["shards"] if s["done"])
     job = ShardJob(loaded, sequences, shards, [s["file"] for s in manifest["shards"]], out_dir,
-                   layers, residue_layers, cfg)  # fmt: skip
+                   layers, residue_layers, cfg, stored)  # fmt: skip
     todo = [k for k, shard in enumerate(manifest["shards"]) if not shard["done"]]
     if engine is None:
         from trainer.engines.local import LocalEngine
@@ -364,6 +436,42 @@ def run_embed(
     manifest["done"] = True
     _write_manifest(manifest_path, manifest)
     return manifest
+
+
+def _sample_record(
+    cfg: EmbedConfig,
+    seed: int,
+    chosen: np.ndarray | None,
+    lengths: np.ndarray,
+    files: EmbeddingFiles,
+) -> dict[str, Any] | None:
+    """The manifest's ``residue_sample``: what was asked, what it chose (None: every protein).
+    Part of the directory's identity: another sample embeds again."""
+    if chosen is None:
+        return None
+    return {
+        "proteins": cfg.residue_proteins,
+        "seed": seed,
+        "n_residues": int(lengths[chosen].sum()),
+        "file": files.residue_proteins.name,
+        "sha256": hashlib.sha256(chosen.astype("<i8").tobytes()).hexdigest(),
+    }
+
+
+def _sample_text(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "every protein"
+    return f"{record['proteins']} proteins, seed {record['seed']}"
+
+
+def _write_sample_file(path: Path, chosen: np.ndarray | None) -> None:
+    """``residue_proteins.npy``: the sorted corpus rows whose residues the shards store (absent
+    when every protein's are)."""
+    if chosen is None:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_file(path) as handle:
+        np.save(handle, chosen.astype(np.int64))
 
 
 def embed_shards_locally(
@@ -426,18 +534,38 @@ class EmbeddingStore:
         self._row_of = np.zeros(self.n_proteins, dtype=np.int64)
         self._index: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
+        # Row ranges in the residue tensors (``offsets`` unless the shards store a sample).
+        self._residue_offsets: list[np.ndarray] = []
         self._files = [self.directory / s["file"] for s in self.manifest["shards"]]
         self._maps: dict[tuple[int, str], np.ndarray] = {}  # (shard, tensor) -> memory map
         for k, file in enumerate(self._files):
             with safe_open(str(file), framework="numpy") as handle:
                 index, offsets = handle.get_tensor("protein_index"), handle.get_tensor("offsets")
+                names = handle.keys()
+                rows = (
+                    handle.get_tensor("residue_offsets") if "residue_offsets" in names else offsets
+                )
             self._index.append(index)
             self._offsets.append(offsets)
+            self._residue_offsets.append(rows)
             self._shard_of[index] = k
             self._row_of[index] = np.arange(len(index))
             self.lengths[index] = np.diff(offsets)
         if (self._shard_of < 0).any():
             raise RuntimeError(f"{self.directory}: shards do not cover every protein")
+        self.residue_stored = np.zeros(self.n_proteins, dtype=bool)
+        for index, rows in zip(self._index, self._residue_offsets, strict=True):
+            self.residue_stored[index] = np.diff(rows) > 0
+
+    @property
+    def residue_sampled(self) -> bool:
+        """Whether the residue layers store a sample of the proteins (the rest: recompute)."""
+        return self.manifest.get("residue_sample") is not None
+
+    @property
+    def n_stored_residues(self) -> int:
+        """Residues whose vectors the residue layers store (every residue unless sampled)."""
+        return sum(int(rows[-1]) for rows in self._residue_offsets)
 
     def _name(self, layer: int, kind: str) -> str:
         if layer not in self.layers:
@@ -464,6 +592,10 @@ class EmbeddingStore:
                 out[index] = handle.get_tensor(name)
         return out
 
+    def shard_proteins(self, k: int) -> np.ndarray:
+        """Corpus rows of shard ``k``'s proteins in shard order (longest first)."""
+        return self._index[k]
+
     def location(self, i: int) -> tuple[int, int]:
         """(shard, row) of protein ``i``: sorting by it reads the shards in file order."""
         return int(self._shard_of[i]), int(self._row_of[i])
@@ -471,8 +603,14 @@ class EmbeddingStore:
     def residues(self, layer: int, i: int) -> np.ndarray:
         """float32 [len_i, d]: per-residue activations of protein ``i``."""
         name = self._name(layer, "residue")
+        if not self.residue_stored[i]:
+            raise ResiduesNotStoredError(
+                f"protein {i} is outside the residue sample of {self.directory} "
+                f"({self.manifest['residue_sample']}): recompute its residues with the model "
+                "(trainer.residue_replay.ReplayedResidues)"
+            )
         k, row = int(self._shard_of[i]), int(self._row_of[i])
-        lo, hi = int(self._offsets[k][row]), int(self._offsets[k][row + 1])
+        lo, hi = int(self._residue_offsets[k][row]), int(self._residue_offsets[k][row + 1])
         # One memory map per shard and tensor, kept: example tracks read thousands of proteins
         # one by one, and reopening the file each time doubled the cost (0.5 vs 0.23 ms each).
         rows = self._maps.get((k, name))
@@ -489,17 +627,18 @@ class EmbeddingStore:
         return len(self._files)
 
     def iter_residue_batches(
-        self, layer: int, max_residues: int
+        self, layer: int, max_residues: int, source: ResidueSource | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(protein_indices, offsets, float32 [n_res, d])`` in shard order, ≤ max_residues each.
 
-        A protein longer than ``max_residues`` comes alone in its batch.
+        A protein longer than ``max_residues`` comes alone in its batch. Proteins outside a
+        residue sample get their residues from ``source`` (the batches stay the same).
         """
         for k in range(self.n_shards):
-            yield from self.iter_shard_residue_batches(layer, k, max_residues)
+            yield from self.iter_shard_residue_batches(layer, k, max_residues, source)
 
     def iter_shard_residue_batches(
-        self, layer: int, k: int, max_residues: int
+        self, layer: int, k: int, max_residues: int, source: ResidueSource | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """:meth:`iter_residue_batches` of shard ``k`` alone (batches never span shards)."""
         name = self._name(layer, "residue")
@@ -512,12 +651,49 @@ class EmbeddingStore:
                 while stop < len(index) and offsets[stop + 1] - offsets[start] <= max_residues:
                     stop += 1
                 lo, hi = int(offsets[start]), int(offsets[stop])
-                yield (
-                    index[start:stop],
-                    offsets[start : stop + 1] - lo,
-                    data[lo:hi].astype(np.float32),
-                )
+                if self.residue_sampled:
+                    x = self._sampled_rows(layer, k, start, stop, data, source)
+                else:
+                    x = data[lo:hi].astype(np.float32)
+                yield index[start:stop], offsets[start : stop + 1] - lo, x
                 start = stop
+
+    def _sampled_rows(
+        self, layer: int, k: int, start: int, stop: int, data: Any, source: ResidueSource | None
+    ) -> np.ndarray:
+        """float32 residues of shard ``k``'s proteins ``start:stop``: the stored ones read from
+        the shard, the others from ``source``."""
+        index, offsets, rows = self._index[k], self._offsets[k], self._residue_offsets[k]
+        stored = np.diff(rows[start : stop + 1]) > 0
+        out = np.empty((int(offsets[stop] - offsets[start]), self.d_model), dtype=np.float32)
+        mask = np.repeat(stored, np.diff(offsets[start : stop + 1]))
+        if stored.any():
+            out[mask] = data[int(rows[start]) : int(rows[stop])].astype(np.float32)
+        if not stored.all():
+            missing = index[start:stop][~stored]
+            if source is None:
+                raise ResiduesNotStoredError(
+                    f"{self.directory} stores the residues of a sample of the proteins "
+                    f"({self.manifest['residue_sample']}); the others' need a residue source "
+                    "(trainer.residue_replay.ReplayedResidues)"
+                )
+            out[~mask] = source(layer, missing.tolist())
+        return out
+
+    def residues_of(
+        self, layer: int, proteins: Sequence[int], source: ResidueSource | None = None
+    ) -> np.ndarray:
+        """float32 residues of ``proteins`` back to back: stored ones from the shards, the
+        others (outside a residue sample) from ``source``, in one call."""
+        missing = [int(p) for p in proteins if not self.residue_stored[int(p)]]
+        if not missing or source is None:
+            return np.concatenate([self.residues(layer, int(p)) for p in proteins])
+        computed = source(layer, missing)
+        cuts = np.cumsum(self.lengths[missing])[:-1]
+        fresh = dict(zip(missing, np.split(computed, cuts), strict=True))
+        return np.concatenate(
+            [fresh[int(p)] if int(p) in fresh else self.residues(layer, int(p)) for p in proteins]
+        )
 
     def sample_residues(
         self, layer: int, n: int, seed: int, dtype: npt.DTypeLike = np.float32
@@ -525,14 +701,15 @@ class EmbeddingStore:
         """``[n, d]`` residues drawn uniformly without replacement, in random order.
 
         Only the drawn rows are read (a memory map per shard, rows in file order), so sampling
-        from the full corpus needs memory for the sample alone. ``dtype`` float16 keeps the
-        stored values exactly at half the memory.
+        from the full corpus needs memory for the sample alone. Draws from the stored residues:
+        with ``embed.residue_proteins``, the sampled proteins' alone. ``dtype`` float16 keeps
+        the stored values exactly at half the memory.
         """
         name = self._name(layer, "residue")
-        sizes = np.array([int(o[-1]) for o in self._offsets], dtype=np.int64)
+        sizes = np.array([int(o[-1]) for o in self._residue_offsets], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         if n > starts[-1]:
-            raise ValueError(f"asked for {n} residues, only {starts[-1]} embedded")
+            raise ValueError(f"asked for {n} residues, only {starts[-1]} stored")
         picks = np.random.default_rng(seed).choice(int(starts[-1]), size=n, replace=False)
         shard = np.searchsorted(starts, picks, side="right") - 1
         out = np.empty((n, self.d_model), dtype=dtype)

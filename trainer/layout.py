@@ -81,6 +81,12 @@ class EmbeddingFiles:
         the ``.tmp`` of trainers before it)."""
         return sorted(self.dir.glob("shard_*.safetensors.*tmp"))
 
+    @property
+    def residue_proteins(self) -> Path:
+        """The sorted corpus rows whose residues the shards store, when ``embed.residue_proteins``
+        asks for a sample (absent when every protein's are stored)."""
+        return self.dir / "residue_proteins.npy"
+
 
 @dataclass(frozen=True)
 class SaeFiles(UnitDir):

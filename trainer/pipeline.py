@@ -51,6 +51,7 @@ from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.layout import RunLayout
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
+from trainer.residue_replay import ReplayedResidues
 from trainer.stamps import digest, read_stamp
 from trainer.structure_coverage import chains_by_protein
 from trainer.summary import record_timing
@@ -188,7 +189,7 @@ class Pipeline:
             update={"layers": self.embed_layers(), "residue_layers": self.residue_layers()}
         )
         run_embed(self.workdir, self.corpus.sequences, embed_cfg, model_override=self.model,
-                  engine=self.engine)  # fmt: skip
+                  engine=self.engine, residue_seed=self.cfg.run.seed)  # fmt: skip
         if any(p.is_control for p in self.plans()):
             control_layers = sorted({p.spec.layer for p in self.plans() if p.is_control}
                                     | {p.spec.out_layer for p in self.plans()
@@ -199,7 +200,7 @@ class Pipeline:
             }
             run_embed(self.workdir, self.corpus.sequences, embed_cfg.model_copy(update=update),
                       model_override=self.random_model, subdir=RANDOM_SUBDIR,
-                      engine=self.engine)  # fmt: skip
+                      engine=self.engine, residue_seed=self.cfg.run.seed)  # fmt: skip
 
     def _data(self, plan: DictionaryPlan) -> Callable[[SaeSpec], Data]:
         def get(spec: SaeSpec) -> Data:
@@ -211,7 +212,7 @@ class Pipeline:
                     y = store.pooled(spec.out_layer) - x  # the seed paper's transcoder target
                 return x, y, None, None
             # Stored precision (float16 shards stay float16: half the memory, cast per batch).
-            n, dtype = min(self._residue_samples(spec), int(store.lengths.sum())), store.dtype
+            n, dtype = self._residue_sample_size(spec, store), store.dtype
             x = store.sample_residues(spec.layer, n, spec.seed, dtype)
             y = (store.sample_residues(spec.out_layer, n, spec.seed, dtype)
                  if spec.out_layer else None)  # fmt: skip
@@ -221,6 +222,18 @@ class Pipeline:
 
     def _residue_samples(self, spec: SaeSpec) -> int:
         return max(spec.steps * spec.batch_size // 2, 10_000)
+
+    def _residue_sample_size(self, spec: SaeSpec, store: EmbeddingStore) -> int:
+        """The residues a residue-level dictionary trains on: what its steps want, at most what
+        the store holds (with ``embed.residue_proteins``, the sampled proteins' residues)."""
+        wanted, stored = self._residue_samples(spec), store.n_stored_residues
+        if wanted > stored and store.residue_sampled:
+            message = (f"train {spec.name}: wants {wanted:,} residues, the stored residue sample "
+                       f"({store.manifest['residue_sample']['proteins']:,} proteins) holds "
+                       f"{stored:,}: training on those (raise embed.residue_proteins for more)")  # fmt: skip
+            log.warning(message)
+            console.print(message)
+        return min(wanted, stored)
 
     def _held_out(self) -> list[str]:
         """Proteins absent from the corpus, for masked-LM loss recovered."""
@@ -282,9 +295,14 @@ class Pipeline:
         the embeddings it reads (model, corpus fingerprint, precision). Read from the manifest
         alone: an ``EmbeddingStore`` would open every shard."""
         manifest = EmbedManifest.read(self.layout.embeddings(plan.embeddings).manifest)
+        embeddings = manifest.identity()
+        if manifest.residue_sample is not None and plan.spec.level == "residue":
+            # A residue-level dictionary trains on the sample's residues (protein-level ones
+            # read pooled vectors, and analysis recomputes the rest exactly: no change).
+            embeddings["residue_sample"] = manifest.residue_sample
         return {
             "corpus": read_stamp(self.layout.corpus.done),
-            "embeddings": manifest.identity(),
+            "embeddings": embeddings,
             "control_of": plan.control_of,
         }
 
@@ -319,6 +337,8 @@ class Pipeline:
                         cache_bytes=int(self.cfg.analyze.residue_cache_gib * 2**30),
                     )  # fmt: skip
                 source = sources[plan.embeddings]
+            elif store.residue_sampled:  # residues outside the stored sample, recomputed
+                source = self._replayed(plan, store)
             module = self.load(plan)
             out = run_analyze(self.workdir, module, spec, store, chains,
                               self.cfg.analyze, source, inputs=self.analysis_inputs(plan),
@@ -326,6 +346,10 @@ class Pipeline:
             if measurable(module, spec.level, self.cfg.effects):
                 run_effects(out, self.model_for(plan), module, spec.layer,
                             self.corpus.sequences, self.cfg.effects, spec.level)  # fmt: skip
+
+    def _replayed(self, plan: DictionaryPlan, store: EmbeddingStore) -> ReplayedResidues:
+        """Residues of the proteins outside ``store``'s residue sample, as embed computed them."""
+        return ReplayedResidues(store, self.model_for(plan), self.corpus.sequences)
 
     def go(self) -> None:
         from trainer.go.stage import run_go_stage
@@ -381,7 +405,8 @@ class Pipeline:
                 loaded[name] = (self.load(plan), self.store(plan.embeddings))
             module, store = loaded[name]
             spec = Spec(plan.spec.name, plan.spec.level, plan.spec.layer)
-            return residue_values(module, spec, store, row, [feature])[feature]
+            source = self._replayed(plan, store) if store.residue_sampled else None
+            return residue_values(module, spec, store, row, [feature], source)[feature]
 
         return values
 

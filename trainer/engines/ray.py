@@ -154,7 +154,8 @@ class RayEngine:
 
         shipped = on_device(job.loaded, torch.device("cpu"))
         job_ref = ray.put(ShardJob(shipped, job.sequences, job.shards, job.files, job.out_dir,
-                                   job.layers, job.residue_layers, job.cfg))  # fmt: skip
+                                   job.layers, job.residue_layers, job.cfg,
+                                   job.residue_stored))  # fmt: skip
         gpus = self.cfg.gpus_per_worker
         dataset = ray.data.from_items(
             [{"shard": int(k)} for k in todo], override_num_blocks=len(todo)
