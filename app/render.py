@@ -74,7 +74,16 @@ def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
     n = len(residue_ids)
     if n == 0:
         return "[]"
-    nums = [_plain_int(rid) for rid in residue_ids]
+    ids = np.asarray(residue_ids, dtype=str)
+    # Plain integers the cheap way (decimal digits, no leading zero), the rest ('52A', '-3') one
+    # by one; a digit that is not ASCII ('٣') does not write back as itself, so it is not plain.
+    digits = np.char.isdecimal(ids) & ((np.char.str_len(ids) == 1) | ~np.char.startswith(ids, "0"))
+    nums: list[int | None] = [None] * n
+    for i, text in zip(np.flatnonzero(digits).tolist(), ids[digits].tolist(), strict=True):
+        value = int(text)
+        nums[i] = value if str(value) == text else None
+    for i in np.flatnonzero(~digits).tolist():
+        nums[i] = _plain_int(str(ids[i]))
     plain = np.array([v is not None for v in nums])
     num = np.array([0 if v is None else v for v in nums], dtype=np.int64)
     pos = np.asarray(positions, dtype=np.int64)

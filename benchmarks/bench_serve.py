@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -159,6 +161,57 @@ async def drive(
     )  # fmt: skip
 
 
+def drive_ab(
+    base: str, name: str, path: str, clients: int, requests: int, seconds: float,
+    cpu: Callable[[], float],
+) -> Result:  # fmt: skip
+    """The same measurement with ApacheBench (``ab -k``, Debian's apache2-utils): a C load
+    generator spends a few microseconds per request, so the cores are left to the server and
+    the latencies are the server's rather than those of a Python client's event loop."""
+    url = f"{base}{path}"
+    common = ["ab", "-q", "-k", "-c", str(clients), "-H", "Accept-Encoding: gzip"]
+    subprocess.run([*common, "-n", str(2 * clients), url], capture_output=True, check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_start = cpu()
+    out = subprocess.run(
+        [*common, "-t", str(seconds), "-n", str(requests), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cpu_spent = cpu() - cpu_start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    def field(label: str) -> float:
+        match = re.search(rf"^{re.escape(label)}:\s+([\d.]+)", out, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"ab printed no {label!r}:\n{out}")
+        return float(match.group(1))
+
+    def percentile(p: int) -> float:
+        match = re.search(rf"^\s+{p}%\s+(\d+)", out, re.MULTILINE)
+        return float(match.group(1)) if match else float("nan")
+
+    n = int(field("Complete requests"))
+    failed = int(field("Failed requests"))
+    non_2xx = re.search(r"^Non-2xx responses:\s+(\d+)", out, re.MULTILINE)
+    errors = failed + (int(non_2xx.group(1)) if non_2xx else 0)
+    return Result(
+        name, path, n, field("Time taken for tests"), percentile(50), percentile(95),
+        field("Total transferred") / max(n, 1), errors, 1000 * cpu_spent / max(n, 1),
+        1000 * client / max(n, 1),
+    )  # fmt: skip
+
+
+Limits = tuple[int, int, float, Callable[[], float]]
+
+
+def measure(generator: str, base: str, name: str, path: str, limits: Limits) -> Result:
+    """One route driven by the chosen load generator."""
+    if generator == "ab":
+        return drive_ab(base, name, path, *limits)
+    return asyncio.run(drive(base, name, path, *limits))
+
+
 @contextmanager
 def server(url: str, port: int, workers: int, cache: bool) -> Iterator[tuple[str, psutil.Process]]:
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -258,6 +311,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="per route (upper bound)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per route (upper bound)")
     parser.add_argument("--port", type=int, default=8107)
+    parser.add_argument(
+        "--generator",
+        choices=["httpx", "ab"],
+        default="httpx",
+        help="the load generator: an asyncio httpx loop in this process, or ApacheBench "
+        "(apt-get install apache2-utils), which leaves the cores to the server",
+    )
     parser.add_argument("--routes", nargs="*", help="only these (e.g. 'feature API')")
     parser.add_argument(
         "--encode", action="store_true", help="then encode in each worker, and report its memory"
@@ -275,10 +335,11 @@ def main() -> None:
                     r for r in pick_routes(args.database_url, base)
                     if not args.routes or r[0] in args.routes
                 ]  # fmt: skip
-                limits = (args.clients, args.requests, args.seconds, cpu_seconds(root))
-                before = asyncio.run(drive(base, "healthz", "/healthz", *limits))
-                results = [asyncio.run(drive(base, name, path, *limits)) for name, path in routes]
-                after = asyncio.run(drive(base, "healthz", "/healthz", *limits))
+                limits: Limits = (args.clients, args.requests, args.seconds, cpu_seconds(root))
+
+                before = measure(args.generator, base, "healthz", "/healthz", limits)
+                results = [measure(args.generator, base, n, p, limits) for n, p in routes]
+                after = measure(args.generator, base, "healthz", "/healthz", limits)
                 health = (before.rps + after.rps) / 2
                 title = f"{workers} worker{'s' if workers > 1 else ''}, cache {'on (warm)' if cache else 'off (cold)'}"
                 report([before, *results, after], health, title)

@@ -488,6 +488,13 @@ def test_residue_runs_expand_to_the_stored_mapping(demo_store: Any) -> None:
     engine.dispose()
     odd = json.loads(residue_runs(["1", "2", "2A", "3", "007", "8"], [0, 1, -1, -1, 5, 6]))
     assert odd == [[1, 0, 2], ["2A", -1, 1], [3, -1, 1], ["007", 5, 1], [8, 6, 1]]
+    # digits that are not ASCII do not write back as the same text: runs of their own
+    assert json.loads(residue_runs(["7", "٨", "9", "-1", "0"], [0, 1, 2, 3, 4])) == [
+        [7, 0, 1],
+        ["٨", 1, 1],
+        [9, 2, 1],
+        [-1, 3, 2],
+    ]
 
 
 def test_feature_list_page_has_the_apis_filters(client: TestClient, demo_store: Any) -> None:
