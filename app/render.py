@@ -102,9 +102,7 @@ def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
 
 
 def _plain_int(text: str) -> int | None:
-    """``int(text)`` when it writes back as the same text, else None ('52A', '007')."""
-    if text.isascii() and text.isdigit() and (text[0] != "0" or text == "0"):  # common, cheap
-        return int(text)
+    """``int(text)`` when it writes back as the same text, else None ('52A', '007', '-0')."""
     try:
         value = int(text)
     except ValueError:
