@@ -21,7 +21,12 @@ from starlette.middleware.gzip import GZipMiddleware
 from app import templating
 from app.deps import get_store
 from app.errors import install_error_handlers
-from app.http_cache import GZIP_LEVEL, MIN_COMPRESS_BYTES, PublishedResponses, store_publication
+from app.http_cache import (
+    MIN_COMPRESS_BYTES,
+    ON_THE_FLY_GZIP_LEVEL,
+    PublishedResponses,
+    store_publication,
+)
 from app.routes import api, encode, export, findings, intervene, pages, worklist
 from app.settings import PROJECT_ROOT, Settings
 from app.store.engine import AppStore
@@ -65,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publication=lambda: store_publication(store.publication_engine),
     )
     application.add_middleware(
-        GZipMiddleware, minimum_size=MIN_COMPRESS_BYTES, compresslevel=GZIP_LEVEL
+        GZipMiddleware, minimum_size=MIN_COMPRESS_BYTES, compresslevel=ON_THE_FLY_GZIP_LEVEL
     )
     application.mount("/static", StaticFiles(directory=PROJECT_ROOT / "static"), name="static")
     application.include_router(pages.router)

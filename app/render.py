@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -74,18 +75,7 @@ def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
     n = len(residue_ids)
     if n == 0:
         return "[]"
-    ids = np.asarray(residue_ids, dtype=str)
-    # Plain integers the cheap way (decimal digits, no leading zero), the rest ('52A', '-3') one
-    # by one; a digit that is not ASCII ('٣') does not write back as itself, so it is not plain.
-    digits = np.char.isdecimal(ids) & ((np.char.str_len(ids) == 1) | ~np.char.startswith(ids, "0"))
-    nums: list[int | None] = [None] * n
-    for i, text in zip(np.flatnonzero(digits).tolist(), ids[digits].tolist(), strict=True):
-        value = int(text)
-        nums[i] = value if str(value) == text else None
-    for i in np.flatnonzero(~digits).tolist():
-        nums[i] = _plain_int(str(ids[i]))
-    plain = np.array([v is not None for v in nums])
-    num = np.array([0 if v is None else v for v in nums], dtype=np.int64)
+    num, plain = _residue_numbers(residue_ids)
     pos = np.asarray(positions, dtype=np.int64)
     if pos.shape != (n,):
         raise ValueError(f"{n} residue ids but {pos.size} sequence positions")
@@ -95,10 +85,39 @@ def residue_runs(residue_ids: Sequence[str], positions: Sequence[int]) -> str:
     starts = np.concatenate([[0], np.flatnonzero(~joins) + 1])
     lengths = np.diff(np.concatenate([starts, [n]]))
     runs = [
-        [nums[i] if nums[i] is not None else residue_ids[i], int(pos[i]), int(length)]
-        for i, length in zip(starts.tolist(), lengths.tolist(), strict=True)
-    ]
+        [number if is_plain else residue_ids[i], at, length]
+        for i, number, is_plain, at, length in zip(
+            starts.tolist(), num[starts].tolist(), plain[starts].tolist(),
+            pos[starts].tolist(), lengths.tolist(), strict=True,
+        )
+    ]  # fmt: skip
     return json.dumps(runs, separators=(",", ":"))
+
+
+# A chain numbered with plain ASCII integers only (no insertion codes, no leading zeros): the
+# common case, checked by one regex over the joined ids and parsed by numpy in one call.
+_PLAIN_IDS = re.compile(r"(?:[1-9][0-9]*|0)(?:,(?:[1-9][0-9]*|0))*")
+
+
+def _residue_numbers(residue_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each id as the integer it writes, and whether it is one ('52A', '007', '-0', '٣' are not:
+    their number reads 0)."""
+    n = len(residue_ids)
+    joined = ",".join(residue_ids)
+    if joined.count(",") == n - 1 and _PLAIN_IDS.fullmatch(joined):
+        return np.fromstring(joined, dtype=np.int64, sep=","), np.ones(n, dtype=bool)
+    ids = np.asarray(residue_ids, dtype=str)
+    # Plain integers the cheap way (decimal digits, no leading zero), the rest ('52A', '-3') one
+    # by one; a digit that is not ASCII ('٣') does not write back as itself, so it is not plain.
+    digits = np.char.isdecimal(ids) & ((np.char.str_len(ids) == 1) | ~np.char.startswith(ids, "0"))
+    nums: list[int | None] = [None] * len(residue_ids)
+    for i, text in zip(np.flatnonzero(digits).tolist(), ids[digits].tolist(), strict=True):
+        value = int(text)
+        nums[i] = value if str(value) == text else None
+    for i in np.flatnonzero(~digits).tolist():
+        nums[i] = _plain_int(str(ids[i]))
+    plain = np.array([v is not None for v in nums], dtype=bool)
+    return np.array([0 if v is None else v for v in nums], dtype=np.int64), plain
 
 
 def _plain_int(text: str) -> int | None:
@@ -110,14 +129,17 @@ def _plain_int(text: str) -> int | None:
     return value if str(value) == text else None
 
 
-def residue_track(sequence: str, values: Sequence[float], scale: float, label: str = "") -> Markup:
-    """A residue track: the sequence as text, its values packed beside it. The browser paints one
-    span per residue, shaded by value/scale (``level``'s rule), with residue, 1-based position and
-    value on hover; without scripts the plain sequence remains."""
+def residue_track(
+    sequence: str, values: Sequence[float], scale: float, label: str = "", packed: str | None = None
+) -> Markup:
+    """A residue track: the sequence as text, its values packed beside it (``packed``: already
+    packed, for a page that shows them twice). The browser paints one span per residue, shaded
+    by value/scale (``level``'s rule), with residue, 1-based position and value on hover; without
+    scripts the plain sequence remains."""
     aria = escape(label or "residue activations")
     return Markup(
         f'<p class="track" aria-label="{aria}" data-scale="{float(scale)!r}" '
-        f'data-values="{packed_values(values)}">{escape(sequence)}</p>'
+        f'data-values="{packed or packed_values(values)}">{escape(sequence)}</p>'
     )
 
 

@@ -495,6 +495,14 @@ def test_residue_runs_expand_to_the_stored_mapping(demo_store: Any) -> None:
         [9, 2, 1],
         [-1, 3, 2],
     ]
+    # the all-plain fast path and the one-by-one path agree (an id with a comma is not plain)
+    plain_ids = [*(str(k) for k in range(5, 40)), "41", "42"]
+    plain_pos = [*range(35), -1, -1]
+    assert json.loads(residue_runs(plain_ids, plain_pos)) == [[5, 0, 35], [41, -1, 2]]
+    assert json.loads(residue_runs([*plain_ids, "4A"], [*plain_pos, -1])) == [
+        [5, 0, 35], [41, -1, 2], ["4A", -1, 1],
+    ]  # fmt: skip
+    assert json.loads(residue_runs(["1", "2,3"], [0, 1])) == [[1, 0, 1], ["2,3", 1, 1]]
 
 
 def test_feature_list_page_has_the_apis_filters(client: TestClient, demo_store: Any) -> None:
