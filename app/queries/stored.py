@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Table, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.store.schema import Concept, GoTerm, Protein, Structure
+from app.store.schema import Concept, GoTerm, Protein, Run, Structure
 
 LOOKUP_CHUNK = 900  # bound parameters per IN list: under SQLite's limit on old builds
 
@@ -52,3 +52,19 @@ def stored_structure_ids(
         )
         present.update({(path, chain): sid for path, chain, sid in rows})
     return present
+
+
+def run_by_name(session: Session, name: str) -> Run | None:
+    """The run called ``name``, published or not: publish replaces or refuses it by name."""
+    return session.scalar(select(Run).where(Run.name == name))
+
+
+def run_id_by_name(session: Session, name: str) -> int | None:
+    """The id of the run called ``name``, or None: removal needs only the id."""
+    run_id = session.scalar(select(Run.id).where(Run.name == name))
+    return None if run_id is None else int(run_id)
+
+
+def max_id(session: Session, table: Table) -> int:
+    """The largest id in ``table`` (0 when empty): SQLite id reservation counts on from it."""
+    return int(session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one())

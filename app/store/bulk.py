@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import Table, insert, text
 from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON, Boolean, LargeBinary
 
+from app.queries.stored import max_id
 from app.store.schema import Base
 
 _CHUNK = 20_000
@@ -52,7 +53,7 @@ def reserve_ids(session: Session, model: type[Base] | Table, n: int) -> list[int
         return [int(r[0]) for r in rows]
     # Take SQLite's write lock first so no other writer can claim the same ids.
     session.execute(text(f"UPDATE {table.name} SET id = id WHERE 0"))
-    start = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    start = max_id(session, table)
     return list(range(int(start) + 1, int(start) + 1 + n))
 
 

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete
 from sqlalchemy.orm import Session
 
+from app.queries.stored import run_by_name, run_id_by_name
 from app.store.engine import session_factory
 from app.store.publication import renew
 from app.store.schema import Run
@@ -64,7 +65,7 @@ def publish_run(
         session_factory(engine)(bind=connection) as session,
         session.begin(),
     ):
-        existing = session.scalar(select(Run).where(Run.name == run.name))
+        existing = run_by_name(session, run.name)
         if existing is not None:
             if not replace:
                 raise RunExistsError(
@@ -91,7 +92,7 @@ def remove_run(engine: Engine, name: str) -> int:
     """Delete the run ``name`` and everything in it in one transaction, renewing the store's
     publication id so that every server's cache forgets it; return its id."""
     with session_factory(engine)() as session, session.begin():
-        run_id = session.scalar(select(Run.id).where(Run.name == name))
+        run_id = run_id_by_name(session, name)
         if run_id is None:
             raise UnknownRunError(f"no run named {name!r} in the store")
         session.execute(delete(Run).where(Run.id == run_id))
