@@ -110,7 +110,7 @@ def _residue_numbers(residue_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray
     # Plain integers the cheap way (decimal digits, no leading zero), the rest ('52A', '-3') one
     # by one; a digit that is not ASCII ('٣') does not write back as itself, so it is not plain.
     digits = np.char.isdecimal(ids) & ((np.char.str_len(ids) == 1) | ~np.char.startswith(ids, "0"))
-    nums: list[int | None] = [None] * len(residue_ids)
+    nums: list[int | None] = [None] * n
     for i, text in zip(np.flatnonzero(digits).tolist(), ids[digits].tolist(), strict=True):
         value = int(text)
         nums[i] = value if str(value) == text else None

@@ -54,7 +54,7 @@ def reserve_ids(session: Session, model: type[Base] | Table, n: int) -> list[int
     # Take SQLite's write lock first so no other writer can claim the same ids.
     session.execute(text(f"UPDATE {table.name} SET id = id WHERE 0"))
     start = max_id(session, table)
-    return list(range(int(start) + 1, int(start) + 1 + n))
+    return list(range(start + 1, start + 1 + n))
 
 
 def bulk_insert(
