@@ -19,8 +19,9 @@ from tests.apps import app_for
 
 
 def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
-    """Test feature 0's top-bin proteins against all stored proteins for their most
-    over-represented GO term (hypergeometric, one-sided), store it and label the feature."""
+    """Test the top-bin proteins of the first feature the GO stage found no hit for against
+    all stored proteins for their most over-represented GO term (hypergeometric, one-sided),
+    store it and label the feature. Returns (feature index, term, p)."""
     engine = create_engine(url)
     with Session(engine) as session:
         proteins = session.scalars(select(Protein)).all()
@@ -28,8 +29,12 @@ def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
             p.id: {g for col in (p.go_bp, p.go_mf, p.go_cc) if col for g in col.split(";")}
             for p in proteins
         }
+        with_hits = select(GoEnrichment.feature_id).where(GoEnrichment.sae_id == sae_id)
         feature = session.scalars(
-            select(Feature).where(Feature.sae_id == sae_id, Feature.index == 0)
+            select(Feature)
+            .where(Feature.sae_id == sae_id, Feature.id.not_in(with_hits))
+            .order_by(Feature.index)
+            .limit(1)
         ).one()
         study = set(session.scalars(select(TopExample.protein_id).where(
             TopExample.feature_id == feature.id, TopExample.bin == "top")))  # fmt: skip
@@ -49,11 +54,11 @@ def add_real_go_hit(url: str, sae_id: int) -> tuple[int, str, float]:
             fold_enrichment=(k / len(study)) / (n / len(terms)), p_value=p_value,
             q_value=p_value, p_bonferroni=p_value, method="hypergeom",
         ))  # fmt: skip
-        name = session.get(GoTerm, term).name  # type: ignore[union-attr]
+        name, index = session.get(GoTerm, term).name, feature.index  # type: ignore[union-attr]
         feature.auto_label, feature.auto_label_source, feature.n_go_hits = name, "go-top-term", 1
         session.commit()
     engine.dispose()
-    return 0, term, p_value
+    return index, term, p_value
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,9 @@ def export_client(
 def test_json_and_csv_agree_with_the_store(export_client) -> None:  # type: ignore[no-untyped-def]
     client, sae_id, (index, term, p_value) = export_client
     data = client.get(f"/api/v1/saes/{sae_id}/export.json").json()
-    assert data["sae_name"] == "L3-neurons" and data["checkpoint_sha256"].startswith("d4f0b41a")
+    assert data["sae_name"] == "L3-residue-neurons" and data["checkpoint_sha256"].startswith(
+        "d4f0b41a"
+    )
     features = data["features"]
     assert [f["index"] for f in features] == list(range(data["n_latents"]))
     hit = features[index]["go_hits"][0]
@@ -105,19 +112,24 @@ def test_length_verdict_follows_the_dictionarys_go_alpha(export_client) -> None:
     alpha, explained, csv_hits = verdicts()
     assert (alpha, explained) == (0.05, None) and "length" not in csv_hits
     with Session(engine) as session:
-        hit = session.scalars(select(GoEnrichment).where(GoEnrichment.sae_id == sae_id)).one()
+        hit = session.scalars(select(GoEnrichment).where(
+            GoEnrichment.sae_id == sae_id, GoEnrichment.go_id == term,
+            GoEnrichment.feature_id == select(Feature.id).where(
+                Feature.sae_id == sae_id, Feature.index == index).scalar_subquery())).one()  # fmt: skip
         hit.q_length = 0.2
         session.commit()
         alpha, explained, csv_hits = verdicts()
         assert (alpha, explained) == (0.05, True) and csv_hits.endswith(
             "|q_length=0.2|length_explained"
         )
-        session.add(AnalysisSummary(sae_id=sae_id, kind="go", payload={"config": {"alpha": 0.25}}))
+        summary = session.scalars(select(AnalysisSummary).where(
+            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go")).one()  # fmt: skip
+        published = summary.payload
+        summary.payload = {**published, "config": {**published["config"], "alpha": 0.25}}
         session.commit()
         alpha, explained, csv_hits = verdicts()
         assert (alpha, explained) == (0.25, False) and csv_hits.endswith("|q_length=0.2")
-        session.delete(session.scalars(select(AnalysisSummary).where(
-            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go")).one())  # fmt: skip
+        summary.payload = published
         hit.q_length = None
         session.commit()
     engine.dispose()

@@ -1,4 +1,4 @@
-"""The Findings and Concept pages on a real run with real GO and concept results (see
+"""The Findings and Concept pages on a trainer run with its GO and concept results (see
 tests/findings_fixture.py), the ``report`` command, and a browser screenshot."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def store(
     demo_store,
     tmp_path_factory: pytest.TempPathFactory,  # type: ignore[no-untyped-def]
 ) -> FindingsStore:
-    return build_findings_store(shared_dir, demo_store.url, tmp_path_factory.mktemp("findings"))
+    return build_findings_store(shared_dir, demo_store, tmp_path_factory.mktemp("findings"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_findings_page_figures(
         assert "120 proteins" in caption or "chains" in caption
     assert "Explanations: none scored in this run" in html
     # GO numbers on the page are the summaries' numbers
-    go = store.summaries["go"]["L3-neurons"]
+    go = store.summaries["go"]["L3-residue-neurons"]
     assert f"{go['n_features']} features, {go['n_tests']} tests" in _figure(html, "go_hit_rates")
     # Every dictionary of a run shares one population: stated once, not per dictionary.
     population = "/".join(f"{k} {v}" for k, v in go["population_size"].items())

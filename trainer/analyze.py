@@ -784,7 +784,8 @@ def _analyze(
         offsets=pt_offsets,
         values=pt_values,
     ).save(files.protein_top)
-    nb_idx, nb_cos = decoder_neighbors(module, cfg.n_neighbors)
+    # Neurons are the basis itself: every pair is orthogonal (cosine 0), so no neighbours.
+    nb_idx, nb_cos = decoder_neighbors(module, 0 if module.kind == "neurons" else cfg.n_neighbors)
     Neighbors(indices=nb_idx, cosines=nb_cos).save(files.neighbors)
     if cfg.map.enabled and module.kind != "neurons":  # the basis has no geometry to map
         directions = module.decoder_directions().float().cpu().numpy()

@@ -91,6 +91,11 @@ class NeuronsSection(BaseModel):
     """The baseline: the raw neurons of these layers, analysed like any dictionary."""
 
     layers: list[int] = Field(default_factory=list)
+    levels: list[Literal["protein", "residue"]] | None = Field(
+        default=None,
+        description="levels of each layer's baseline; default: those of the layer's SAEs "
+        "(protein when it has none)",
+    )
 
 
 class LossSection(BaseModel):

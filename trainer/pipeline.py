@@ -143,14 +143,19 @@ class Pipeline:
                     control = spec.model_copy(update={"name": spec.name + RANDOM_SUFFIX})
                     plans.append(DictionaryPlan(control, RANDOM_SUBDIR, True, spec.name))
         for layer in self.cfg.neurons.layers:
-            for level in sorted(
-                {s.level for s in self.cfg.saes if s.layer == layer} or {"protein"}
-            ):
+            for level in self._neuron_levels(layer):
                 spec = SaeSpec(name=f"L{layer}-{level}-neurons", kind="neurons",
                                level=cast(Literal["protein", "residue"], level),
                                layer=layer, expansion=1.0)  # fmt: skip
                 plans.append(DictionaryPlan(spec, "embeddings"))
         return plans
+
+    def _neuron_levels(self, layer: int) -> list[str]:
+        """The baseline's levels at ``layer``: as configured, else those of the layer's SAEs
+        (protein when it has none), so each SAE has its baseline at its own level."""
+        if self.cfg.neurons.levels is not None:
+            return sorted(set(self.cfg.neurons.levels))
+        return sorted({s.level for s in self.cfg.saes if s.layer == layer} or {"protein"})
 
     def store(self, subdir: str) -> EmbeddingStore:
         return EmbeddingStore(self.layout.embeddings(subdir).dir)
