@@ -3,7 +3,8 @@
 
 Each model names the fields its readers use; everything else a stage records (settings,
 timings, per-level tables) is kept as it is (``extra="allow"``), so a document read and written
-again is unchanged. ``dump`` writes back exactly the keys that were set.
+again is unchanged. ``dump`` writes back exactly the keys that were set, in the order they were
+given (typed fields included), so a writer moved onto a model writes the same file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 Number = int | float  # a figure keeps the type it was written with (3 stays 3, not 3.0)
 
@@ -21,10 +30,32 @@ class Document(BaseModel):
     """A stage's JSON document: known fields typed, the rest kept."""
 
     model_config = ConfigDict(extra="allow")
+    _key_order: list[str] | None = PrivateAttr(default=None)  # the keys as given, in order
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_order(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        doc = handler(data)
+        if isinstance(data, dict):
+            doc._key_order = list(data)
+        return doc
+
+    @model_serializer(mode="wrap")
+    def _in_given_order(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Typed fields otherwise come first: keep the writer's order instead."""
+        out = handler(self)
+        if not isinstance(out, dict) or self._key_order is None:
+            return out
+        return {**{k: out[k] for k in self._key_order if k in out}, **out}
 
     @classmethod
     def read(cls, path: Path) -> Self:
-        return cls.model_validate_json(Path(path).read_text())
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> Self | None:
+        """A stored summary (``AnalysisSummary.payload``) as this document; None without one."""
+        return None if payload is None else cls.model_validate(payload)
 
     @classmethod
     def read_if_exists(cls, path: Path) -> Self | None:
@@ -59,6 +90,13 @@ class TrainingMetrics(Document):
     control_of: str | None = None
 
 
+class AaProfileSummary(Document):
+    """What the analysis records of its amino-acid profiles (``trainer.aa_profile``)."""
+
+    basis: str = "corpus"  # summaries without it were made on the corpus
+    background: list[Number] | None = None  # share of the corpus's residues per type
+
+
 class AnalysisSummaryDoc(Document):
     """``analysis/{name}/summary.json``: corpus-wide figures of one dictionary's analysis."""
 
@@ -67,6 +105,7 @@ class AnalysisSummaryDoc(Document):
     n_proteins: int
     n_latents: int
     seconds: Number | None = None
+    aa_profile: AaProfileSummary | None = None  # analyses from before the profiles: none
 
 
 class HitRate(Document):
@@ -116,12 +155,59 @@ class GoSummary(Document):
     protocols: dict[str, GoProtocolDoc] = {}
 
 
+class BestForConcept(Document):
+    """A concept's feature chosen on the train chains (its test metrics are extra fields)."""
+
+    concept: str
+    feature: int
+    f1_train: Number
+    f1_test: Number
+    f1_fire_everywhere_test: Number | None = None  # the trivial predictor (absent before it)
+
+
 class ConceptsSummary(Document):
     """``concepts/{name}/summary.json``: a dictionary's alignment with the concepts."""
 
     n_concepts_associated: int
     n_concepts_evaluated: int
     best_f1_distribution: dict[str, Any]
+    best_per_concept: list[BestForConcept] = []
+
+    def best_for(self, concept: str) -> BestForConcept | None:
+        return next((b for b in self.best_per_concept if b.concept == concept), None)
+
+
+class DomainRates(Document):
+    """Features with a significant family under each correction (``domain_rates``)."""
+
+    bh: HitRate | None = None
+    bonferroni: HitRate | None = None
+    length_bh: HitRate | None = None
+
+
+class DomainPermutationControl(Document):
+    permutations: list[DomainRates] = []
+
+
+class DomainsSummary(DomainRates):
+    """``domains/{name}/summary.json``: a dictionary's Pfam / PROSITE enrichment
+    (``trainer.domains.stage``); its rates, as ``DomainRates``, are the top-level fields."""
+
+    alpha: Number | None = None
+    population_size: dict[str, int] = {}  # per source
+    families_tested: dict[str, int] = {}  # per source
+    permutation_control: DomainPermutationControl | None = None
+    random_model_control: RandomModelControl | None = None  # with the control's other rates
+
+
+class WorklistSummary(Document):
+    """``worklist/{name}/summary.json``: a dictionary's missing-annotation worklists
+    (``trainer.go.worklist_stage``); the findings page reads its figures as they are."""
+
+    statement: str
+    features_with_list: int
+    lists: int
+    precision: dict[str, Any]  # k -> precision at k (overall, by evidence, baseline) or None
 
 
 class ConceptsManifest(Document):

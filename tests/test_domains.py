@@ -4,6 +4,7 @@ published run's API, exports, list filter and search (tests/tiny_run.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import scipy.sparse as sp
 from fastapi.testclient import TestClient
 from scipy.stats import fisher_exact
 
+from app.stage_summaries import DomainsSummary
 from tests.apps import app_for
 from tests.tiny_run import TinyRun
 from trainer.analysis_files import load_columns
@@ -103,6 +105,33 @@ def test_family_detector_found_and_p_equals_scipy(human, shared_dir: Path, tmp_p
     by_length = hits["feature_index"] == 1
     assert (hits["q_length"][by_length] < 0.05).sum() <= (hits["q_value"][by_length] < 0.05).sum()
     assert summary["permutation_control"]["permutations"][0]["length_bh"]["features_with_hit"] == 0
+
+
+def test_summary_written_as_the_stage_builds_it(human, shared_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The summary goes through ``DomainsSummary`` on its way out, unchanged: the file holds the
+    stage's dictionary as plain ``json.dumps`` writes it (keys, order, figures), the control's
+    rates included, and reads back through the model byte for byte."""
+    table, _, _ = human
+    table.organisms[:] = ["Homo sapiens"] * len(table.accessions)
+    his = np.array([s.count("H") / len(s) for s in table.sequences])
+    feats = np.maximum(his - np.quantile(his, 0.9), 0)[:, None]
+    work = tmp_path / "run"
+    for name, values in (("d", feats), ("c", feats[::-1])):
+        (work / "analysis" / name).mkdir(parents=True)
+        sp.save_npz(work / "analysis" / name / "protein_activations.npz", sp.csr_matrix(values))
+    cfg = DomainConfig(families_path=shared_dir / FAMILIES, proteins_path=shared_dir / HUMAN)
+    summaries = run_domain_stage(work, cfg, GoConfig(n_permutations=1, length_bins=5),
+                                 dictionaries=["d"], control_of={"d": "c"}, corpus=table)  # fmt: skip
+    for name, summary in summaries.items():
+        path = work / "domains" / name / "summary.json"
+        assert path.read_text() == json.dumps(summary, indent=2)
+        assert DomainsSummary.read(path).to_json() == path.read_text()
+    control = summaries["d"]["random_model_control"]
+    assert control == {
+        "dictionary": "c",
+        **{f"pct_features_with_hit_{k}": summaries["c"][k]["pct_features_with_hit"]
+           for k in ("bh", "bonferroni", "length_bh")},
+    }  # fmt: skip
 
 
 def test_domain_label_only_when_strongest_beyond_length() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from app.atomic_write import atomic_file
 from app.residue_types import ALPHABET, N_TYPES, residue_codes
+from app.stage_summaries import AaProfileSummary
 
 BASIS_CORPUS = "corpus"  # residue level: every residue the feature fires on
 BASIS_EXAMPLES = "examples"  # protein level: attribution over the example proteins
@@ -50,13 +50,13 @@ class AaProfile:
                                 n_residues=self.n_residues, background=self.background,
                                 basis=np.array(self.basis), alphabet=np.array(ALPHABET))  # fmt: skip
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> AaProfileSummary:
         """What the analysis summary records of the profiles (the page shows the background)."""
-        return {
-            "basis": self.basis,
-            "alphabet": ALPHABET,
-            "background": [round(float(b), 6) for b in self.background],
-        }
+        return AaProfileSummary(
+            basis=self.basis,
+            alphabet=ALPHABET,
+            background=[round(float(b), 6) for b in self.background],
+        )
 
 
 def composition(sequences: Iterable[str]) -> npt.NDArray[np.float64]:

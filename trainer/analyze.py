@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -806,5 +805,5 @@ def _analyze(
     }
     if profile is not None:
         summary["aa_profile"] = profile.summary()
-    AnalysisSummaryDoc.model_validate(summary)  # the document publish and the summary read
-    write_atomic(files.summary, json.dumps(summary, indent=2))
+    # the document publish, the summary and the app read
+    write_atomic(files.summary, AnalysisSummaryDoc.model_validate(summary).to_json())

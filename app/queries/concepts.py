@@ -13,7 +13,6 @@ the page reads only the store, never the label files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.queries.findings import dictionary_kind
 from app.queries.scope import published
+from app.stage_summaries import BestForConcept, ConceptsSummary
 from app.store.codec import decode_values
 from app.store.schema import (
     AnalysisSummary,
@@ -95,12 +95,13 @@ def concept_index(session: Session) -> list[ConceptIndexRow]:
         .where(published(), AnalysisSummary.kind == "concepts")
         .order_by(Run.id.desc(), Sae.id)
     ).all()
-    chosen: dict[str, tuple[Sae, dict[str, Any]]] = {}
+    chosen: dict[str, tuple[Sae, BestForConcept]] = {}
     for sae, payload in summaries:
-        for b in (payload or {}).get("best_per_concept", []):
-            held = chosen.get(b["concept"])
-            if held is None or float(b["f1_train"]) > float(held[1]["f1_train"]):
-                chosen[b["concept"]] = (sae, b)
+        summary = ConceptsSummary.from_payload(payload)
+        for b in summary.best_per_concept if summary is not None else []:
+            held = chosen.get(b.concept)
+            if held is None or float(b.f1_train) > float(held[1].f1_train):
+                chosen[b.concept] = (sae, b)
     rows = []
     for concept in session.scalars(select(Concept).order_by(Concept.name)):
         if concept.name not in chosen:
@@ -108,32 +109,31 @@ def concept_index(session: Session) -> list[ConceptIndexRow]:
             continue
         sae, b = chosen[concept.name]
         feature_id = session.scalars(
-            select(Feature.id).where(Feature.sae_id == sae.id, Feature.index == int(b["feature"]))
+            select(Feature.id).where(Feature.sae_id == sae.id, Feature.index == int(b.feature))
         ).one_or_none()
         rows.append(
             ConceptIndexRow(
                 concept,
                 sae,
                 feature_id,
-                int(b["feature"]),
-                float(b["f1_train"]),
-                float(b["f1_test"]),
-                b.get("f1_fire_everywhere_test"),
+                int(b.feature),
+                float(b.f1_train),
+                float(b.f1_test),
+                b.f1_fire_everywhere_test,
             )
         )
     return rows
 
 
-def _best_entry(session: Session, sae_id: int, concept: str) -> dict[str, Any]:
-    payload = session.scalars(
-        select(AnalysisSummary.payload).where(
-            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "concepts"
-        )
-    ).one_or_none()
-    for b in (payload or {}).get("best_per_concept", []):
-        if b.get("concept") == concept:
-            return dict(b)
-    return {}
+def _best_entry(session: Session, sae_id: int, concept: str) -> BestForConcept | None:
+    summary = ConceptsSummary.from_payload(
+        session.scalars(
+            select(AnalysisSummary.payload).where(
+                AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "concepts"
+            )
+        ).one_or_none()
+    )
+    return None if summary is None else summary.best_for(concept)
 
 
 def concept_alignments(
@@ -164,7 +164,7 @@ def concept_alignments(
             ).all()
         )
         entry = _best_entry(session, sae.id, concept.name)
-        best_index = int(entry["feature"]) if "feature" in entry else None
+        best_index = int(entry.feature) if entry is not None else None
         rows = session.execute(
             select(ConceptAlignment, Feature.index, Feature.auto_label)
             .join(Feature, Feature.id == ConceptAlignment.feature_id)
@@ -191,7 +191,7 @@ def concept_alignments(
         ranked.sort(key=lambda r: (-(r.f1_train if r.f1_train is not None else -1.0), r.index))
         keep = ranked[:per_dictionary]
         keep += [r for r in ranked[per_dictionary:] if r.index == best_index]
-        baseline = entry.get("f1_fire_everywhere_test")
+        baseline = entry.f1_fire_everywhere_test if entry is not None else None
         out.append(DictionaryAlignments(run, sae, dictionary_kind(sae), keep, best_index, baseline))
     return out
 

@@ -3,13 +3,12 @@ its API and the exports (stored by ``trainer.publish`` from ``trainer.domains``)
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.queries.go import length_explained
 from app.queries.models import DomainControl, DomainHitOut
+from app.stage_summaries import DomainsSummary
 from app.store.schema import AnalysisSummary, DomainEnrichment
 
 PROTOCOL_ORDER = {"strict": 0, "paper": 1}
@@ -40,13 +39,15 @@ def domain_hit(row: DomainEnrichment, alpha: float) -> DomainHitOut:
     )  # fmt: skip
 
 
-def domains_payload(session: Session, sae_id: int) -> dict[str, Any] | None:
-    row = session.scalar(
-        select(AnalysisSummary).where(
-            AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "domains"
+def domains_payload(session: Session, sae_id: int) -> DomainsSummary | None:
+    """The dictionary's domains summary as stored (None where the run has none)."""
+    return DomainsSummary.from_payload(
+        session.scalar(
+            select(AnalysisSummary.payload).where(
+                AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "domains"
+            )
         )
     )
-    return None if row is None else dict(row.payload)
 
 
 def feature_domain_hits(session: Session, feature_id: int, alpha: float) -> list[DomainHitOut]:
@@ -60,25 +61,22 @@ def feature_domain_hits(session: Session, feature_id: int, alpha: float) -> list
     return [domain_hit(r, alpha) for r in rows]
 
 
-def domain_control(payload: dict[str, Any] | None) -> DomainControl | None:
+def domain_control(summary: DomainsSummary | None) -> DomainControl | None:
     """The dictionary's rates (BH) beside its permutation and random-init controls."""
-    if not payload or "bh" not in payload:
+    if summary is None or summary.bh is None:
         return None
-    perms = payload.get("permutation_control", {}).get("permutations", [])
-    shuffled = (
-        round(sum(p["bh"]["pct_features_with_hit"] for p in perms) / len(perms), 3)
-        if perms
-        else None
-    )
-    random_init = payload.get("random_model_control", {}).get("pct_features_with_hit_bh")
+    perms = summary.permutation_control.permutations if summary.permutation_control else []
+    rates = [p.bh.pct_features_with_hit for p in perms if p.bh is not None]
+    shuffled = round(sum(rates) / len(rates), 3) if rates else None
+    control = summary.random_model_control
     return DomainControl(
         statement=STATEMENT,
-        population_size=max(payload.get("population_size", {}).values(), default=0),
-        families_tested=payload.get("families_tested", {}),
-        pct_features_with_hit=payload["bh"]["pct_features_with_hit"],
-        pct_features_with_hit_length_adjusted=payload.get("length_bh", {}).get(
-            "pct_features_with_hit"
+        population_size=max(summary.population_size.values(), default=0),
+        families_tested=summary.families_tested,
+        pct_features_with_hit=summary.bh.pct_features_with_hit,
+        pct_features_with_hit_length_adjusted=(
+            summary.length_bh.pct_features_with_hit if summary.length_bh else None
         ),
         pct_features_with_hit_shuffled=shuffled,
-        pct_features_with_hit_random_init=random_init,
+        pct_features_with_hit_random_init=control.pct_features_with_hit_bh if control else None,
     )

@@ -85,6 +85,6 @@ def export_features(session: Session, sae: Sae) -> SaeExport:
 
 def _aa_basis(session: Session, sae: Sae) -> str | None:
     """The analysis summary's profile basis; None where the run has no profiles."""
-    payload = analysis_payload(session, sae.id)
-    info = payload.get("aa_profile") if isinstance(payload, dict) else None
-    return str(info["basis"]) if isinstance(info, dict) and "basis" in info else None
+    analysis = analysis_payload(session, sae.id)
+    info = analysis.aa_profile if analysis is not None else None
+    return info.basis if info is not None and "basis" in info.model_fields_set else None

@@ -42,6 +42,7 @@ from app.residue_types import (
     DETECTOR_SHARE,
     THREE_LETTER,
 )
+from app.stage_summaries import AnalysisSummaryDoc, DomainsSummary, Number
 from app.store.schema import (
     AnalysisSummary,
     Concept,
@@ -173,8 +174,11 @@ AA_RULE = (
 )
 
 
-def analysis_payload(session: Session, sae_id: int) -> Any:
-    return summary_payloads(session, sae_id, ("analysis",)).get("analysis")
+def analysis_payload(session: Session, sae_id: int) -> AnalysisSummaryDoc | None:
+    """The dictionary's analysis summary as stored (None where the run has none)."""
+    return AnalysisSummaryDoc.from_payload(
+        summary_payloads(session, sae_id, ("analysis",)).get("analysis")
+    )
 
 
 def summary_payloads(session: Session, sae_id: int, kinds: Sequence[str]) -> dict[str, Any]:
@@ -187,24 +191,23 @@ def summary_payloads(session: Session, sae_id: int, kinds: Sequence[str]) -> dic
     return {kind: payload for kind, payload in rows}
 
 
-def aa_profile(feature: Feature, analysis_summary: Any) -> AaProfileOut | None:
+def aa_profile(feature: Feature, analysis: AnalysisSummaryDoc | None) -> AaProfileOut | None:
     """The feature's amino-acid profile beside the corpus's composition (from the analysis
     summary); None where the run was published before profiles or the feature has no mass."""
     shares = feature.aa_profile
     if not shares or feature.aa_top is None or feature.aa_n_residues is None:
         return None
-    info = analysis_summary.get("aa_profile") if isinstance(analysis_summary, dict) else None
-    info = info if isinstance(info, dict) else {}
-    background = info.get("background")
-    if not isinstance(background, list) or len(background) != len(ALPHABET):
-        background = [None] * len(ALPHABET)
+    info = analysis.aa_profile if analysis is not None else None
+    background: list[Number | None] = [None] * len(ALPHABET)
+    if info is not None and info.background is not None and len(info.background) == len(ALPHABET):
+        background = list(info.background)
     types = [
         AaShare(letter=letter, name=THREE_LETTER[letter], share=float(share),
                 background=None if bg is None else float(bg),
                 enrichment=float(share) / bg if bg else None)
         for letter, share, bg in zip(ALPHABET, shares, background, strict=True)
     ]  # fmt: skip
-    basis = str(info.get("basis", "corpus"))
+    basis = info.basis if info is not None else "corpus"
     n = feature.aa_n_residues
     if basis == "corpus":
         meaning = (
@@ -269,11 +272,9 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
         go_hits_paper=feature_go_hits(session, feature_id, "paper", alpha),
         go_protocols=go_protocols(session, {sae.id}),
         go_control=length_control(go_summary),
-        aa_profile=aa_profile(feature, summaries.get("analysis")),
+        aa_profile=aa_profile(feature, AnalysisSummaryDoc.from_payload(summaries.get("analysis"))),
         domain_hits=feature_domain_hits(session, feature_id, alpha),
-        domain_control=domain_control(
-            None if summaries.get("domains") is None else dict(summaries["domains"])
-        ),
+        domain_control=domain_control(DomainsSummary.from_payload(summaries.get("domains"))),
         top_examples=top,
         neighbors=[
             NeighborOut(feature_id=fid, sae_id=sae_id, index=index, auto_label=label, cosine=cos)

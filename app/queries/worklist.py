@@ -14,6 +14,7 @@ from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.queries.errors import NotFound
+from app.stage_summaries import WorklistSummary
 from app.store.schema import (
     AnalysisSummary,
     Feature,
@@ -88,14 +89,14 @@ class GoWorklist(BaseModel):
     lists: list[TermWorklist]
 
 
-def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, dict[str, Any]]:
+def worklist_summaries(session: Session, sae_ids: list[int]) -> dict[int, WorklistSummary]:
     """Each dictionary's worklist summary (the trainer's ``worklist/{name}/summary.json``)."""
-    rows = session.scalars(
-        select(AnalysisSummary).where(
+    rows = session.execute(
+        select(AnalysisSummary.sae_id, AnalysisSummary.payload).where(
             AnalysisSummary.sae_id.in_(sae_ids), AnalysisSummary.kind == "worklist"
         )
     )
-    return {row.sae_id: dict(row.payload) for row in rows}
+    return {sae_id: WorklistSummary.model_validate(payload) for sae_id, payload in rows}
 
 
 def _lists(
@@ -187,11 +188,12 @@ def feature_worklist(
     feature = session.get(Feature, feature_id)
     if feature is None:
         raise NotFound(f"feature {feature_id} not found")
-    summary = worklist_summaries(session, [feature.sae_id]).get(feature.sae_id, {})
+    summary = worklist_summaries(session, [feature.sae_id]).get(feature.sae_id)
     lists = _lists(session, GoWorklistCandidate.feature_id == feature_id, limit)
     lists.sort(key=lambda t: (-(t.evidence.fold_enrichment if t.evidence else 0), t.go_id))
-    return FeatureWorklist(feature_id=feature_id, sae_id=feature.sae_id,
-                           statement=summary.get("statement"), lists=lists)  # fmt: skip
+    statement = summary.statement if summary is not None else None
+    return FeatureWorklist(feature_id=feature_id, sae_id=feature.sae_id, statement=statement,
+                           lists=lists)  # fmt: skip
 
 
 def go_worklist(

@@ -9,12 +9,12 @@ features is kept (on the demo it picked, for gpsite_ZN, a feature with train F1 
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.atomic_write import write_atomic
+from app.stage_summaries import ConceptsSummary
 from trainer.analysis_files import save_columns
 from trainer.concepts.labels import ConceptSet, segment_starts
 from trainer.concepts.metrics import METRIC_NAMES, ConceptCounts, choose_thresholds
@@ -153,5 +153,6 @@ def dictionary_results(
         },
         "timing": timing,
     }
-    write_atomic(files.summary, json.dumps(summary, indent=1))
+    # the document the run summary and the app read (the concept index, the concept page)
+    write_atomic(files.summary, ConceptsSummary.model_validate(summary).to_json(indent=1))
     return summary

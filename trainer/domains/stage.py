@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from app.atomic_write import atomic_file, write_atomic
+from app.stage_summaries import DomainsSummary
 from trainer.analysis_files import save_columns
 from trainer.domains.families import (
     SOURCES,
@@ -181,24 +182,32 @@ def run_domain_stage(
             acts = load_activations(analysis.protein_activations, len(corpus.accessions))
             summary = _run_one(files, acts, incs, permuted, paper_pop, lengths, go)
             summary["population"] = POPULATION
-            write_atomic(files.summary, json.dumps(summary, indent=2))
+            write_atomic(files.summary, DomainsSummary.model_validate(summary).to_json())
             return summary
 
         summaries[name] = run_unit(unit, test, load=partial(_read_summary, files))
     for name, control in control_of.items():
-        summaries[name]["random_model_control"] = {
-            "dictionary": control,
-            **{f"pct_features_with_hit_{k}": summaries[control].get(k, {}).get(
-                "pct_features_with_hit") for k in ("bh", "bonferroni", "length_bh")},
-        }  # fmt: skip
-        write_atomic(layout.domain_hits(name).summary, json.dumps(summaries[name], indent=2))
+        summaries[name]["random_model_control"] = random_model_control(
+            control, DomainsSummary.model_validate(summaries[control])
+        )
+        document = DomainsSummary.model_validate(summaries[name])
+        write_atomic(layout.domain_hits(name).summary, document.to_json())
     write_atomic(layout.domains.done, json.dumps({"dictionaries": names}) + "\n")
     return summaries
 
 
+def random_model_control(control: str, summary: DomainsSummary) -> dict[str, Any]:
+    """The random-init control dictionary's rates, recorded beside a trained dictionary's."""
+    rates = {"bh": summary.bh, "bonferroni": summary.bonferroni, "length_bh": summary.length_bh}
+    return {
+        "dictionary": control,
+        **{f"pct_features_with_hit_{k}": None if r is None else r.pct_features_with_hit
+           for k, r in rates.items()},
+    }  # fmt: skip
+
+
 def _read_summary(files: HitFiles) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads(files.summary.read_text())
-    return summary
+    return DomainsSummary.read(files.summary).dump()
 
 
 def _run_one(

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.atomic_write import write_atomic
-from app.stage_summaries import GoSummary
+from app.stage_summaries import GoSummary, WorklistSummary
 from trainer.analysis_files import load_columns, save_columns
 from trainer.go.later_snapshot import (
     EVIDENCE_GROUPS,
@@ -149,8 +149,7 @@ def run_worklist_stage(
 
 
 def _read_summary(files: WorklistFiles) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads(files.summary.read_text())
-    return summary
+    return WorklistSummary.read(files.summary).dump()
 
 
 def _run_one(
@@ -183,7 +182,7 @@ def _run_one(
         **info,
         "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    write_atomic(files.summary, json.dumps(summary, indent=2))
+    write_atomic(files.summary, WorklistSummary.model_validate(summary).to_json())
     return summary
 
 
