@@ -161,6 +161,7 @@ def test_run_train_writes_folders_and_skips_finished(acts: RealActivations, tmp_
         "config.json",
         "metrics.json",
         "DONE",
+        "DONE.inputs.json",  # what the stage driver recorded (trainer.stage_driver)
     }
     assert json.loads((folder / "metrics.json").read_text()) == first["t"]
     expect = Provenance(**{**base.__dict__, "layer": 3})

@@ -18,7 +18,10 @@ the sample, not the corpus; ``trainer.residue_replay`` recomputes the others' re
 which shards are finished; it is rewritten atomically after each shard and marked ``done`` last.
 A rerun keeps finished shards, redoes unfinished ones (a directory storing residues of more
 layers than asked is reused as it is), embeds again when the residue sample changed and refuses
-a manifest made by another model, layer set, residue layer set or corpus.
+a manifest made by another model, layer set, residue layer set or corpus. Whether to run, and why
+(a new directory, a changed residue sample, shards left), is decided and logged through the stage
+driver (``trainer.stage_driver.needs_run``) with the manifest as the marker: a whole-stage DONE
+stamp would make every directory embedded before it embed again, so there is none.
 :class:`EmbeddingStore` reads the result (see docs/pipeline.md).
 """
 
@@ -47,6 +50,7 @@ from app.esm import Attention, LoadedModel, embed_concatenated, load_esm
 from app.esm_window import MAX_RESIDUES
 from app.stage_summaries import EmbedManifest
 from trainer.layout import EmbeddingFiles, RunLayout
+from trainer.stage_driver import needs_run
 
 if TYPE_CHECKING:
     from trainer.engines import Engine
@@ -382,11 +386,11 @@ def run_embed(
         position += len(idx)
     manifest_path = files.manifest
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    reason: str | None = "not done yet" if old is None else None
     if old is not None and old.get("residue_sample") != manifest["residue_sample"]:
         _check_same({**old, "residue_layers": residue_layers}, manifest, manifest_path)
-        print(f"embed: {out_dir}: the stored residue sample changed "
-              f"({_sample_text(old.get('residue_sample'))} -> "
-              f"{_sample_text(manifest['residue_sample'])}): embedding again")  # fmt: skip
+        reason = (f"the stored residue sample changed ({_sample_text(old.get('residue_sample'))}"
+                  f" -> {_sample_text(manifest['residue_sample'])})")  # fmt: skip
         old = None
     if old is not None:
         kept = old.get("residue_layers", old.get("layers"))
@@ -404,8 +408,9 @@ def run_embed(
                 path, idx, layers, residue_layers, loaded.sha256,
                 None if stored is None else stored[idx],
             )  # fmt: skip
-        if old.get("done") and all(shard["done"] for shard in manifest["shards"]):
-            return old  # already finished: leave the directory untouched
+        reason = _unfinished(old, manifest)
+    if not needs_run(ManifestUnit(f"embed: {out_dir}", reason)) and old is not None:
+        return old  # already finished: leave the directory untouched
     for stale in files.interrupted_shards():
         stale.unlink()  # a shard interrupted while being written
     _write_sample_file(files.residue_proteins, chosen)
@@ -436,6 +441,30 @@ def run_embed(
     manifest["done"] = True
     _write_manifest(manifest_path, manifest)
     return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestUnit:
+    """The embed stage as the stage driver sees it (``trainer.stage_driver.Redoable``): its
+    marker is the manifest (``done`` overall and per shard, not a DONE file, so directories
+    embedded before the driver stay finished), and ``reason`` is what comparing it found."""
+
+    label: str
+    reason: str | None
+
+    def redo_reason(self) -> str | None:
+        return self.reason
+
+
+def _unfinished(old: dict[str, Any], manifest: dict[str, Any]) -> str | None:
+    """Why a directory of the same identity is not finished (None: it is)."""
+    shards = manifest["shards"]
+    left = sum(1 for shard in shards if not shard["done"])
+    if left:
+        return f"{left} of {len(shards)} shards not embedded yet (the finished ones are kept)"
+    if not old.get("done"):
+        return "every shard is written but the manifest was not marked done"
+    return None
 
 
 def _sample_record(

@@ -2,7 +2,9 @@
 
 Writes ``corpus/proteins.tsv.gz`` (row i = protein i), ``corpus/structures.json`` (chains mapped
 onto corpus proteins by alignment), ``corpus/manifest.json`` (counts, skipped chains by reason) and
-``corpus/DONE`` last, holding the config's hash: a rerun with the same config just loads.
+``corpus/DONE`` last, holding the config's hash: a rerun with the same config just loads. The
+stage driver (``trainer.stage_driver``) decides, and says why it builds again; the hash stays the
+marker's stamp (``fixed_stamp``) so corpora built before the driver are kept.
 
 Selection is deterministic for a config: proteins keep their order in the input files; with
 ``max_proteins`` the structure-bearing proteins are kept first and the rest is a seeded sample.
@@ -33,6 +35,7 @@ from trainer.corpus import (
 from trainer.ingest_store import insert_structures, store_rows, structure_rows, upsert_proteins
 from trainer.layout import RunLayout
 from trainer.seqfiles import read_gaf
+from trainer.stage_driver import StageUnit, run_unit
 from trainer.structure_map import MappingRules, map_table_structures
 from trainer.structures import (
     MIN_COVERAGE,
@@ -115,13 +118,16 @@ def load_structure_mappings(workdir: Path) -> list[StructureMapping]:
 def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
     """Build (or, when DONE holds this config's hash, load) the corpus and its structure map."""
     files = RunLayout(workdir).corpus
-    done = files.done
-    digest = cfg.config_hash()
-    if done.exists() and done.read_text().strip() == digest:
-        return load_corpus(workdir)
-    files.dir.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
+    unit = StageUnit("ingest", files.done, {"config": json.loads(cfg.model_dump_json())},
+                     outputs=(files.proteins, files.structures, files.manifest),
+                     fixed_stamp=cfg.config_hash())  # fmt: skip
+    return run_unit(unit, lambda: _build(workdir, cfg), load=lambda: load_corpus(workdir))
 
+
+def _build(workdir: Path, cfg: IngestConfig) -> Corpus:
+    """Every file of ``corpus/`` but its DONE (the driver writes that)."""
+    files = RunLayout(workdir).corpus
+    files.dir.mkdir(parents=True, exist_ok=True)
     table = read_structure_table(cfg.structures_table) if cfg.structures_table else []
     corpus, pool_accessions = select_proteins(cfg, table)
     n_from_files = len(corpus)
@@ -143,7 +149,7 @@ def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
     save_corpus(workdir, corpus)
     save_structures(files.structures, mappings)
     manifest = {
-        "config_hash": digest,
+        "config_hash": cfg.config_hash(),
         "config": json.loads(cfg.model_dump_json()),
         "n_proteins": len(corpus),
         "n_proteins_from_files": n_from_files,
@@ -153,7 +159,6 @@ def run_ingest(workdir: Path, cfg: IngestConfig) -> Corpus:
     }
     CorpusManifest.model_validate(manifest)  # the document the summary reads back
     write_atomic(files.manifest, json.dumps(manifest, indent=2))
-    write_atomic(done, digest)
     return corpus
 
 

@@ -289,11 +289,11 @@ class Pipeline:
             inputs["model"] = model.sha256
             inputs["loss"] = self.cfg.loss.model_dump(mode="json")  # loss recovered's proteins
 
-            def stamp(spec: SaeSpec, inputs: dict[str, Any] = inputs) -> str:
-                return digest({**inputs, "spec": spec.model_dump(mode="json")})
+            def with_spec(spec: SaeSpec, inputs: dict[str, Any] = inputs) -> dict[str, Any]:
+                return {**inputs, "spec": spec.model_dump(mode="json")}  # the stamp: its digest
 
             run_train(self.workdir, [plan.spec], self._data(plan), base, extra_metrics=extra,
-                      device=self.cfg.run.device, stamp=stamp)  # fmt: skip
+                      device=self.cfg.run.device, inputs=with_spec)  # fmt: skip
 
     def _stamp_inputs(self, plan: DictionaryPlan) -> dict[str, Any]:
         """What every stamp of this dictionary's work shares: the corpus (ingest's stamp) and

@@ -4,7 +4,8 @@
 decoder kept unit-norm, held-out evaluation every ``eval_every`` steps keeping the best-val-MSE
 weights, and a checkpoint (weights, optimiser, generator, dead-latent counters, best state) every
 ``checkpoint_every`` steps, so an interrupted run resumes to exactly the uninterrupted result.
-``run_train`` drives it over many specs into ``{workdir}/saes/{name}/`` with a DONE marker.
+``run_train`` drives it over many specs into ``{workdir}/saes/{name}/``, one stage-driver unit per
+dictionary (``trainer.stage_driver``: DONE written last); the checkpoint resumption stays here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +41,9 @@ from app.sae import (
     save_dictionary,
 )
 from app.sae.models import BatchTopK
-from trainer.layout import RunLayout
-from trainer.stamps import is_current, read_stamp, redo_reason, write_stamp
+from trainer.layout import RunLayout, SaeFiles
+from trainer.stage_driver import StageUnit, run_unit
+from trainer.stamps import read_stamp, write_stamp
 
 Array = Tensor | np.ndarray
 Data = tuple[Array, Array | None, Array | None, Array | None]  # x_train, y_train, x_val, y_val
@@ -394,50 +397,78 @@ def run_train(
     extra_metrics: Callable[[SaeSpec, Dictionary], dict[str, Any]] | None = None,
     progress: bool = True,
     device: str = "auto",
-    stamp: Callable[[SaeSpec], str] | None = None,
+    inputs: Callable[[SaeSpec], Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every spec into ``{workdir}/saes/{name}/`` (weights, config, metrics, DONE last).
 
     Finished dictionaries are skipped; an unfinished one resumes from its checkpoint.
     ``extra_metrics(spec, module)`` adds e.g. loss recovered (``trainer.lm_loss``) before DONE.
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
-    ``stamp(spec)``: a digest of everything the dictionary depends on (``trainer.stamps``). With
-    it, a dictionary counts as finished only when its DONE holds that stamp, and a directory
+    ``inputs(spec)``: everything the dictionary depends on (spec included); its digest is the
+    stamp (``trainer.stamps``). With it, a dictionary counts as finished only when its DONE
+    holds that stamp (the stage driver decides and says why it trains again), and a directory
     made from other inputs (weights, or a checkpoint to resume) is discarded before training.
+    Without it DONE holds "ok" and any finished dictionary is kept.
     """
     results: dict[str, dict[str, Any]] = {}
     for spec in specs:
         files = RunLayout(workdir).sae(spec.name)
-        out = files.dir
-        want = stamp(spec) if stamp is not None else None
-        finished = files.done.exists() if want is None else is_current(files.done, want)
-        if finished:
-            results[spec.name] = json.loads(files.metrics.read_text())
-            continue
-        if want is not None:
-            if out.exists() and read_stamp(files.inputs) != want:
-                if files.done.exists():
-                    print(f"train: {spec.name}: {redo_reason(files.done)}: training again")
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            write_stamp(files.inputs, want)
-        data = get_data(spec)
-        module, metrics = train_dictionary(
-            spec, *data, checkpoint_dir=files.checkpoint, progress=progress, device=device
+        unit = StageUnit(
+            f"train: {spec.name}",
+            files.done,
+            dict(inputs(spec)) if inputs is not None else {"spec": spec.model_dump(mode="json")},
+            outputs=(files.weights, files.config, files.metrics),
+            fixed_stamp=None if inputs is not None else "ok",
         )
-        provenance = dataclasses.replace(
-            provenance_base,
-            layer=spec.layer,
-            out_layer=spec.out_layer,
-            level=spec.level,
-            normalisation=module.normalisation,
-            training_data_hash=data_hash(data[0], data[1]),
-        )
-        if extra_metrics is not None:
-            metrics |= extra_metrics(spec, module)
-        save_dictionary(module, out, provenance, config=spec.model_dump())
-        write_atomic(files.metrics, json.dumps(metrics, indent=2, sort_keys=True))
-        write_stamp(files.done, want or "ok")
+        train = partial(_train_one, files, spec, get_data, provenance_base,
+                        extra_metrics=extra_metrics, progress=progress, device=device,
+                        stamp=unit.stamp if inputs is not None else None)  # fmt: skip
+        results[spec.name] = run_unit(unit, train, load=partial(_read_metrics, files))
         shutil.rmtree(files.checkpoint, ignore_errors=True)
-        results[spec.name] = metrics
     return results
+
+
+def _read_metrics(files: SaeFiles) -> dict[str, Any]:
+    metrics: dict[str, Any] = json.loads(files.metrics.read_text())
+    return metrics
+
+
+def _train_one(
+    files: SaeFiles,
+    spec: SaeSpec,
+    get_data: Callable[[SaeSpec], Data],
+    provenance_base: Provenance,
+    *,
+    extra_metrics: Callable[[SaeSpec, Dictionary], dict[str, Any]] | None,
+    progress: bool,
+    device: str,
+    stamp: str | None,
+) -> dict[str, Any]:
+    """Train (or resume) one dictionary and save it, everything but its DONE.
+
+    With ``stamp``, the folder is the unit's only when its INPUTS file holds that stamp: a
+    checkpoint made from other inputs is discarded, one from these inputs resumes.
+    """
+    out = files.dir
+    if stamp is not None:
+        if out.exists() and read_stamp(files.inputs) != stamp:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_stamp(files.inputs, stamp)
+    data = get_data(spec)
+    module, metrics = train_dictionary(
+        spec, *data, checkpoint_dir=files.checkpoint, progress=progress, device=device
+    )
+    provenance = dataclasses.replace(
+        provenance_base,
+        layer=spec.layer,
+        out_layer=spec.out_layer,
+        level=spec.level,
+        normalisation=module.normalisation,
+        training_data_hash=data_hash(data[0], data[1]),
+    )
+    if extra_metrics is not None:
+        metrics |= extra_metrics(spec, module)
+    save_dictionary(module, out, provenance, config=spec.model_dump())
+    write_atomic(files.metrics, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics

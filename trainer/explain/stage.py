@@ -5,6 +5,12 @@ Reads ``analysis/{name}/protein_activations.npz`` and the corpus; writes, per di
 failed with its reason, or pending when the budget ran out), ``explain/{name}/summary.json`` (with
 the features-vs-neurons comparison) and ``explain/{name}/DONE`` last. Requests are cached under
 ``explain/cache/`` so re-running costs nothing and resumes after an interruption.
+
+Each dictionary is a stage-driver unit (``trainer.stage_driver``): its DONE holds the stamp of the
+settings that shape its records and of the analysis it reads, so a finished dictionary is not
+run again (no request, not even a cached one) until one of those changes, and the log says which.
+A DONE from before stamps ("ok") is stamped when first seen if its summary was made with these
+settings: such explanations are kept, not paid for again.
 """
 
 from __future__ import annotations
@@ -30,10 +36,17 @@ from trainer.explain.costs import BudgetExceeded, CostMeter, model_prices
 from trainer.explain.prompts import CorpusLike
 from trainer.explain.records import FeatureJob, finish_record, summarise
 from trainer.explain.sampling import BinSpec, sample_features
-from trainer.layout import RunLayout
+from trainer.layout import ExplainFiles, RunLayout
+from trainer.stage_driver import StageUnit, needs_run
+from trainer.stamps import read_stamp
 
 log = logging.getLogger(__name__)
 ResidueValues = Callable[[str, int, int], np.ndarray]
+# Settings that change how the requests are sent or paid for, not the records: a finished
+# dictionary is kept across them.
+_NOT_RESULTS = {"concurrency", "budget_usd", "use_batches", "max_retries", "outer_retries",
+                "backoff_s", "timeout_s", "batch_poll_s", "price_input_per_mtok",
+                "price_output_per_mtok"}  # fmt: skip
 
 
 class ExplainConfig(BaseModel):
@@ -66,6 +79,35 @@ class ExplainConfig(BaseModel):
         if self.price_input_per_mtok is not None and self.price_output_per_mtok is not None:
             override = (self.price_input_per_mtok, self.price_output_per_mtok)
         return model_prices(self.model, override)
+
+    def result_inputs(self) -> dict[str, Any]:
+        """The settings a dictionary's explanations depend on (part of its stamp)."""
+        return self.model_dump(mode="json", exclude=_NOT_RESULTS)
+
+
+def _unit(layout: RunLayout, cfg: ExplainConfig, name: str) -> StageUnit:
+    """One dictionary's explanations: its settings and the analysis it reads (its stamp)."""
+    files = layout.explanations(name)
+    inputs = {"explain": cfg.result_inputs(), "analysis": read_stamp(layout.analysis(name).done)}
+    return StageUnit(f"explain: {name}", files.done, inputs,
+                     outputs=(files.explanations, files.summary))  # fmt: skip
+
+
+def _stamp_older_marker(unit: StageUnit, files: ExplainFiles, cfg: ExplainConfig) -> None:
+    """A dictionary explained before stamps (DONE "ok") whose summary records these settings
+    is current: its marker gets the stamp instead of the explanations being made again."""
+    if read_stamp(unit.done) != "ok" or not files.summary.exists():
+        return
+    try:
+        made_with = ExplainConfig.model_validate(json.loads(files.summary.read_text())["config"])
+    except (KeyError, ValueError):
+        return
+    if made_with.result_inputs() == cfg.result_inputs():
+        unit.mark_done()
+
+
+def _read_records(files: ExplainFiles) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in files.explanations.read_text().splitlines() if line]
 
 
 def _load_corpus(workdir: Path) -> CorpusLike:
@@ -206,6 +248,11 @@ def run_explain_stage(
     budget_hit: str | None = None
     for name in names:
         files = layout.explanations(name)
+        unit = _unit(layout, cfg, name)
+        _stamp_older_marker(unit, files, cfg)
+        if not needs_run(unit):
+            stats[name] = summarise(_read_records(files))
+            continue
         files.done.unlink(missing_ok=True)
         mat = _load_matrix(workdir, name, len(corpus.accessions))
         level = _level(workdir, name)
@@ -237,7 +284,7 @@ def run_explain_stage(
         }
         write_atomic(files.summary, json.dumps(summary, indent=2))
         if budget_hit is None:
-            write_atomic(files.done, "ok\n")
+            unit.mark_done()
     comparison = {
         name: {"features": stats[name], "neurons": stats.get(neurons) if neurons else None}
         for name in dictionaries
