@@ -132,7 +132,9 @@ class GoConfigDoc(Document):
 
 
 class PermutationControl(Document):
+    n_permutations: int | None = None
     mean_pct_features_with_hit_bh: Number | None = None
+    mean_pct_features_with_hit_bonferroni: Number | None = None
     mean_pct_features_with_hit_length_bh: Number | None = None
 
 

@@ -285,10 +285,10 @@ def test_length_explained_follows_each_dictionarys_go_alpha(
         )
         published = session.scalars(select(AnalysisSummary).where(
             AnalysisSummary.sae_id == sae.id, AnalysisSummary.kind == "go")).one()  # fmt: skip
-        published.payload = {**published.payload, "config": {"alpha": 0.1}}
-        session.add(
-            AnalysisSummary(sae_id=strict.id, kind="go", payload={"config": {"alpha": 5e-4}})
-        )
+        stage = published.payload  # the GO stage's summary, with its alpha changed below
+        published.payload = {**stage, "config": {**stage["config"], "alpha": 0.1}}
+        session.add(AnalysisSummary(sae_id=strict.id, kind="go",
+                                    payload={**stage, "config": {**stage["config"], "alpha": 5e-4}}))  # fmt: skip
         session.commit()
         twin_id, strict_id, strict_name = twin.id, strict.id, strict.name
         sae_name, index = sae.name, feature.index

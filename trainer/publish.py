@@ -348,7 +348,7 @@ class DictionaryLoader:
         go_files = self.layout.go_hits(name)
         payload = self._summary(sae, "go", go_files.summary)
         go_summary = GoSummary.model_validate(payload) if payload is not None else None
-        self.go_alpha = go_alpha(payload)
+        self.go_alpha = go_alpha(GoSummary.from_payload(payload))
         self._summary(sae, "analysis", self.layout.analysis(name).summary)
         if not go_files.hits.exists():
             return

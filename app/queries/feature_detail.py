@@ -42,7 +42,7 @@ from app.residue_types import (
     DETECTOR_SHARE,
     THREE_LETTER,
 )
-from app.stage_summaries import AnalysisSummaryDoc, DomainsSummary, Number
+from app.stage_summaries import AnalysisSummaryDoc, DomainsSummary, GoSummary, Number
 from app.store.schema import (
     AnalysisSummary,
     Concept,
@@ -245,7 +245,7 @@ def feature_detail(session: Session, feature_id: int) -> FeatureDetail:
     top = [_example_out(ex, chains.get(ex.id, [])) for ex in examples]
     top.sort(key=lambda e: (_bin_key(e.bin), e.rank))
     summaries = summary_payloads(session, sae.id, ("go", "analysis", "domains"))
-    go_summary = summaries.get("go")
+    go_summary = GoSummary.from_payload(summaries.get("go"))
     alpha = go_alpha(go_summary)
     neighbors = session.execute(  # the columns shown, not each neighbour's JSON statistics
         select(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.queries.go import go_alpha
 from app.queries.scope import published_run
+from app.stage_summaries import GoSummary
 from app.store.schema import (
     AnalysisSummary,
     Explanation,
@@ -100,25 +101,24 @@ def _go(session: Session, saes: list[Sae]) -> tuple[list[Summary], list[Summary]
     go: list[Summary] = []
     fold: list[Summary] = []
     for s in saes:
-        p = payloads.get(s.id)
-        if not p or "bh" not in p:
+        p = GoSummary.from_payload(payloads.get(s.id))
+        if p is None:
             continue
-        go.append({**p, "dictionary": s.name, "kind": dictionary_kind(s)})
-        perm = p.get("permutation_control") or {}
-        if perm.get("mean_pct_features_with_hit_bh") is not None:
+        go.append({**p.dump(), "dictionary": s.name, "kind": dictionary_kind(s)})
+        perm = p.permutation_control
+        if perm is not None and perm.mean_pct_features_with_hit_bh is not None:
+            adjusted = perm.mean_pct_features_with_hit_length_bh
             go.append(
                 {
                     "dictionary": f"{s.name} (permuted labels)",
                     "kind": "control",
-                    "bh": {"pct_features_with_hit": perm["mean_pct_features_with_hit_bh"]},
+                    "bh": {"pct_features_with_hit": perm.mean_pct_features_with_hit_bh},
                     "bonferroni": {
-                        "pct_features_with_hit": perm.get("mean_pct_features_with_hit_bonferroni")
-                        or 0.0
+                        "pct_features_with_hit": perm.mean_pct_features_with_hit_bonferroni or 0.0
                     },
                     **(
                         {"length_bh": {"pct_features_with_hit": adjusted}}
-                        if (adjusted := perm.get("mean_pct_features_with_hit_length_bh"))
-                        is not None
+                        if adjusted is not None
                         else {}
                     ),
                 }

@@ -19,6 +19,7 @@ from app.queries.models import (
     GoTermRef,
 )
 from app.queries.scope import FEATURE_SUMMARY, published
+from app.stage_summaries import GoSummary
 from app.store.schema import (
     GO_PROTOCOLS,
     AnalysisSummary,
@@ -44,19 +45,20 @@ def length_explained(q_length: float | None, alpha: float) -> bool | None:
     return None if q_length is None else q_length >= alpha
 
 
-def go_alpha(payload: Any) -> float:
-    """The GO stage's alpha from its summary payload (``config.alpha``); DEFAULT_ALPHA without."""
-    config = payload.get("config") if isinstance(payload, dict) else None
-    alpha = config.get("alpha") if isinstance(config, dict) else None
-    return DEFAULT_ALPHA if alpha is None else float(alpha)
+def go_alpha(summary: GoSummary | None) -> float:
+    """The GO stage's alpha from its summary (``config.alpha``); DEFAULT_ALPHA without one."""
+    return (
+        DEFAULT_ALPHA if summary is None or summary.config is None else float(summary.config.alpha)
+    )
 
 
-def go_payload(session: Session, sae_id: int) -> Any:
-    return session.scalar(
+def go_summary(session: Session, sae_id: int) -> GoSummary | None:
+    """The dictionary's GO stage summary as published; None where the stage did not run."""
+    return GoSummary.from_payload(session.scalar(
         select(AnalysisSummary.payload).where(
             AnalysisSummary.sae_id == sae_id, AnalysisSummary.kind == "go"
         )
-    )
+    ))  # fmt: skip
 
 
 def go_alphas(session: Session, sae_ids: Collection[int]) -> dict[int, float]:
@@ -71,7 +73,7 @@ def go_alphas(session: Session, sae_ids: Collection[int]) -> dict[int, float]:
             )
         )
     }
-    return {sae_id: go_alpha(payloads.get(sae_id)) for sae_id in sae_ids}
+    return {sae_id: go_alpha(GoSummary.from_payload(payloads.get(sae_id))) for sae_id in sae_ids}
 
 
 def go_hit(hit: Any, term: Any, alpha: float) -> GoHit:
@@ -128,24 +130,24 @@ def go_protocols(session: Session, sae_ids: set[int]) -> list[GoProtocolOut]:
 def go_length_control(session: Session, sae_id: int) -> GoLengthControl | None:
     """The dictionary's GO hit rate (BH) next to its length-binned permutation control's, from
     the GO stage's summary; None when the stage or its control did not run."""
-    return length_control(go_payload(session, sae_id))
+    return length_control(go_summary(session, sae_id))
 
 
-def length_control(payload: Any) -> GoLengthControl | None:
-    if not isinstance(payload, dict):
+def length_control(summary: GoSummary | None) -> GoLengthControl | None:
+    control = None if summary is None else summary.permutation_control
+    if summary is None or control is None:
         return None
-    real = (payload.get("bh") or {}).get("pct_features_with_hit")
-    control = payload.get("permutation_control") or {}
-    shuffled = control.get("mean_pct_features_with_hit_bh")
-    if real is None or shuffled is None or not control.get("n_permutations"):
+    real = summary.bh.pct_features_with_hit
+    shuffled = control.mean_pct_features_with_hit_bh
+    if shuffled is None or not control.n_permutations:
         return None
-    adjusted = (payload.get("length_bh") or {}).get("pct_features_with_hit")
-    adjusted_shuffled = control.get("mean_pct_features_with_hit_length_bh")
+    adjusted = None if summary.length_bh is None else summary.length_bh.pct_features_with_hit
+    adjusted_shuffled = control.mean_pct_features_with_hit_length_bh
     return GoLengthControl(
         pct_features_with_hit=float(real),
         pct_features_with_hit_shuffled=float(shuffled),
-        n_permutations=int(control["n_permutations"]),
-        alpha=go_alpha(payload),
+        n_permutations=int(control.n_permutations),
+        alpha=go_alpha(summary),
         pct_features_with_hit_length_adjusted=None if adjusted is None else float(adjusted),
         pct_features_with_hit_length_adjusted_shuffled=(
             None if adjusted_shuffled is None else float(adjusted_shuffled)
