@@ -66,7 +66,9 @@ def test_a_store_from_an_earlier_revision_upgrades_in_place(store_url: str) -> N
     assert not {"p_length", "q_length"} & columns("go_enrichments")
     assert not {"n_go_hits_length", "map_x", "map_y"} & columns("features")
     migrate.upgrade(store_url)
-    assert migrate.current_revision(store_url) == migrate.head_revision() == "0011_concept_examples"
+    assert (
+        migrate.current_revision(store_url) == migrate.head_revision() == "0012_worklist_term_lists"
+    )
     assert {"feature_id", "protein_id", "labels", "via"} <= columns("concept_examples")
     migrate.downgrade(store_url, "0010_domain_enrichment")
     engine = make_engine(store_url)

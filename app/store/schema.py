@@ -402,7 +402,8 @@ class GoWorklistCandidate(Base):
     __tablename__ = "go_worklist"
     __table_args__ = (
         Index("ix_go_worklist_feature", "feature_id", "go_id", "rank"),
-        Index("ix_go_worklist_term", "go_id", "sae_id"),
+        # covering the GO page's per-list counts (migration 0012)
+        Index("ix_go_worklist_term", "go_id", "feature_id", "sae_id", "confirmed"),
         Index("ix_go_worklist_sae", "sae_id"),
     )
 
