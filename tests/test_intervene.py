@@ -8,6 +8,7 @@ every bad input is a 4xx naming what is wrong."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from app.intervene.variants import (
     parse_variant,
 )
 from app.sae import load_dictionary
-from app.store.schema import Sae
+from app.store.schema import Feature, Protein, Sae, TopExample
 from tests.apps import app_for
 from tests.encode_fixtures import human_proteins
 from tests.tiny_run import TinyRun
@@ -214,6 +215,29 @@ def test_steer_api_answers_per_position(
     assert data["masked"][0]["position"] == 4
     changed = [p["position"] for p in data["positions"] if p["argmax_after"] != p["argmax_before"]]
     assert changed == data["changed_positions"]
+
+
+def test_feature_page_steers_an_example_by_accession(client: TestClient, tiny_run: TinyRun) -> None:
+    """The feature page's steer links name the example's protein (not its whole sequence, which
+    made the heaviest page 23 KB larger); /steer shows that protein's stored sequence."""
+    sae_id, _ = _sae(tiny_run, "L3-residue-topk")
+    engine = create_engine(tiny_run.url)
+    with Session(engine) as session:
+        feature, accession, sequence = session.execute(
+            select(Feature.id, Protein.accession, Protein.sequence)
+            .join(TopExample, TopExample.feature_id == Feature.id)
+            .join(Protein, Protein.id == TopExample.protein_id)
+            .where(Feature.sae_id == sae_id).limit(1)
+        ).one()  # fmt: skip
+    engine.dispose()
+    page = client.get(f"/features/{feature}").text
+    links = re.findall(r'class="steer-link" href="([^"]+)"', page)
+    assert links and all("accession=" in link and "sequence=" not in link for link in links)
+    assert f"accession={accession}" in page
+    steer = client.get(f"/steer?sae_id={sae_id}&feature=0&accession={accession}")
+    assert steer.status_code == 200 and f">{sequence}</textarea>" in steer.text
+    missing = client.get(f"/steer?sae_id={sae_id}&accession=NOPE0")
+    assert missing.status_code == 404 and "NOPE0" in missing.text
 
 
 def test_variants_api_scores_and_diffs(

@@ -82,6 +82,7 @@ from app.queries.go import (
 from app.queries.models import *  # noqa: F403  (the one schema, re-exported whole)
 from app.queries.proteins import (
     protein_detail,
+    protein_sequence,
     stored_structure,
     structure_out,
     structures_of,
@@ -198,6 +199,7 @@ __all__ = [
     "newest_published_run_id",
     "parent_ids",
     "protein_detail",
+    "protein_sequence",
     "published",
     "published_run",
     "published_run_named",

@@ -56,6 +56,16 @@ _STRUCTURE_COLUMNS = tuple(
 )
 
 
+def protein_sequence(session: Session, accession: str) -> str:
+    """A stored protein's sequence (links name the protein, not its sequence)."""
+    sequence = None
+    if "\x00" not in accession:  # cannot name a stored protein (and PostgreSQL rejects NUL)
+        sequence = session.scalar(select(Protein.sequence).where(Protein.accession == accession))
+    if sequence is None:
+        raise NotFound(f"no protein with accession {accession!r}")
+    return sequence
+
+
 def protein_detail(session: Session, accession: str, per_sae: int = 10) -> ProteinDetail:
     """A protein with its GO terms, structures and, per published SAE, its most active features."""
     if "\x00" in accession:  # cannot name a stored protein (and PostgreSQL rejects NUL)

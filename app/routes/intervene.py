@@ -37,6 +37,7 @@ from app.queries import (
     VariantsResponse,
     feature_info,
     match_protein,
+    protein_sequence,
     published_sae_choices,
 )
 from app.routes.encode import read_body
@@ -413,8 +414,12 @@ async def variants_api(request: Request, session: SessionDep) -> VariantsRespons
 
 @router.get("/steer", response_class=HTMLResponse, include_in_schema=False)
 def steer_page(request: Request, session: SessionDep) -> Response:
-    """The steering page; query parameters prefill it (``sae_id``, ``feature``, ``sequence``)."""
-    form = {k: v for k, v in request.query_params.items() if k in {"sae_id", "feature", "sequence"}}
+    """The steering page; query parameters prefill it (``sae_id``, ``feature``, and ``sequence``
+    or the ``accession`` of a stored protein, whose sequence it then shows)."""
+    params = request.query_params
+    form = {k: v for k, v in params.items() if k in {"sae_id", "feature", "sequence"}}
+    if "sequence" not in form and "accession" in params:
+        form["sequence"] = protein_sequence(session, params["accession"])
     saes = [s for s in published_sae_choices(session) if s["kind"] not in {"neurons", "transcoder"}]
     return templates.TemplateResponse(request, "steer.html", {"saes": saes, "form": form})
 
