@@ -5,8 +5,9 @@ proteins only, so disk is bounded by the sample, not the corpus. Analysis still 
 protein: :class:`ReplayedResidues` recomputes a protein's residues by running the forward batch
 the embed stage ran it in (the shard's proteins, windows and token budget, from the manifest),
 so on the same device the values equal what the shard would have stored, bit for bit, and an
-analysis over a sampled store equals one over a full store. :func:`model_residue_source` does
-the same for layers embedded pooled-only, whose residues no shard stores.
+analysis over a sampled store equals one over a full store. :func:`model_residue_source`
+recomputes the residues of layers embedded pooled-only, which no shard stores (with the embed
+stage's settings, equal to what it would have stored up to float16 rounding).
 """
 
 from __future__ import annotations
