@@ -30,7 +30,8 @@ from app.settings import get_settings
 from tests.realdata import HUMAN_TSV
 from trainer.analyze import AnalyzeConfig, Spec, run_analyze
 from trainer.corpus import read_protein_tsv
-from trainer.embed import EmbedConfig, EmbeddingStore, run_embed
+from trainer.embed import EmbedConfig, run_embed
+from trainer.embedding_store import EmbeddingStore
 from trainer.feature_map import MapConfig
 from trainer.residue_replay import ReplayedResidues
 

@@ -6,7 +6,7 @@ every layer (mean of the float16 residues, accumulated in float32) and writes a 
 This times, on one shard's worth of real activations:
 
 - pooling with numpy's ``np.add.reduceat(..., dtype=float32)`` (the old path) against
-  ``trainer.embed.pooled_sums`` (torch ``segment_reduce`` over float32 chunks), and checks they
+  ``trainer.embed_shards.pooled_sums`` (torch ``segment_reduce`` over float32 chunks), and checks they
   agree;
 - ``safetensors.numpy.save_file`` of the shard's per-residue layers.
 
@@ -31,7 +31,7 @@ from app.esm import embed_concatenated, load_esm
 from app.esm_window import MAX_RESIDUES
 from app.settings import Settings
 from benchmarks.bench_embed import real_proteins
-from trainer.embed import pooled_sums
+from trainer.embed_shards import pooled_sums
 
 
 def _best(fn: object, rounds: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.embed import EmbeddingStore
+from trainer.embedding_store import EmbeddingStore
 
 
 def spectrum(x: np.ndarray) -> tuple[float, list[float]]:

@@ -21,26 +21,14 @@ from app.sae import NeuronBasis, TopKSAE, Transcoder, sequence_fve
 from app.structure_coverage import best_chain
 from tests.realdata import human_proteins
 from trainer.aa_profile import BASIS_CORPUS, BASIS_EXAMPLES, AaMass, load_profile
-from trainer.analyze import (
-    AnalyzeConfig,
-    Spec,
-    _fve,
-    feature_stats,
-    per_protein_fve,
-    protein_activations,
-    protein_top_features,
-    residue_tracks,
-    run_analyze,
-    select_examples,
-    structure_coverage,
-)
-from trainer.embed import (
-    EmbedConfig,
-    EmbeddingStore,
-    ResiduesNotStoredError,
-    model_residue_source,
-    run_embed,
-)
+from trainer.analyze import AnalyzeConfig, Spec, run_analyze
+from trainer.embed import EmbedConfig, run_embed
+from trainer.embedding_store import EmbeddingStore, ResiduesNotStoredError
+from trainer.feature_rankings import protein_top_features
+from trainer.feature_stats import feature_stats, select_examples
+from trainer.protein_activations import _fve, per_protein_fve, protein_activations
+from trainer.residue_replay import model_residue_source
+from trainer.residue_tracks import residue_tracks, structure_coverage
 from trainer.structure_coverage import Chain, chains_by_protein
 
 MODEL = Path("models/esm2_t4_2M_sprot14mini.pt")
@@ -327,12 +315,12 @@ def test_run_analyze_writes_amino_acid_profiles(
 def test_the_weightless_neuron_basis_goes_where_it_is_moved() -> None:
     """Analyze runs a dictionary where its tensors are; the neuron baseline has no weights but
     must follow ``.to()`` like the SAEs (it ran on the CPU beside a GPU before)."""
-    from trainer.analyze import _device_of
+    from trainer.protein_activations import device_of
 
     moved = NeuronBasis(6).to("meta")
-    assert _device_of(moved).type == "meta"
+    assert device_of(moved).type == "meta"
     assert moved.decoder_directions().device.type == "meta"
-    assert _device_of(NeuronBasis(6)).type == "cpu"
+    assert device_of(NeuronBasis(6)).type == "cpu"
     assert "anchor" not in NeuronBasis(6).state_dict()
 
 

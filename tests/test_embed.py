@@ -13,15 +13,10 @@ from safetensors.numpy import load_file
 from app.esm import LoadedModel, embed_sequences, random_init_copy
 from tests.conftest import MINI_MODEL as MODEL
 from tests.realdata import human_proteins
-from trainer.embed import (
-    EmbedConfig,
-    EmbeddingMismatchError,
-    EmbeddingStore,
-    ResiduesNotStoredError,
-    model_residue_source,
-    pooled_sums,
-    run_embed,
-)
+from trainer.embed import EmbedConfig, EmbeddingMismatchError, run_embed
+from trainer.embed_shards import pooled_sums
+from trainer.embedding_store import EmbeddingStore, ResiduesNotStoredError
+from trainer.residue_replay import model_residue_source
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +202,7 @@ def test_failed_shard_write_is_not_recorded_and_resumes(
 ) -> None:
     """Shards are written by a background thread while the next one is computed: a write that
     fails surfaces in the stage, leaves its shard unrecorded, and a rerun completes it."""
-    import trainer.embed as embed_module
+    import trainer.embed_shards as embed_module
 
     real_write = embed_module._write_shard
     calls: list[Path] = []
@@ -315,7 +310,7 @@ def test_model_residue_source_cache_serves_every_pooled_only_layer(
 ) -> None:
     """With a cache, the first forward keeps all pooled-only layers: later layers and repeated
     proteins need no forward, and values equal the uncached source's on the same batch."""
-    import trainer.embed as embed_module
+    import trainer.residue_replay as embed_module
 
     part = EmbeddingStore(pooled_only)
     pooled_layers = [layer for layer in part.layers if not part.has_residues(layer)]

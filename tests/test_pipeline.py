@@ -40,7 +40,7 @@ from app.store.schema import (
 from app.structure_coverage import best_chain, coverage
 from tests.tiny_run import CONFIG, TinyRun
 from trainer.config import ConfigError, load_config
-from trainer.embed import EmbeddingStore
+from trainer.embedding_store import EmbeddingStore
 from trainer.pipeline import RANDOM_SUBDIR, Pipeline
 
 

@@ -20,17 +20,14 @@ from app.esm import LoadedModel
 from app.sae import TopKSAE
 from tests.conftest import MINI_MODEL
 from tests.realdata import human_proteins
-from trainer.analyze import AnalyzeConfig, Spec, residue_tracks, run_analyze
-from trainer.embed import (
-    EmbedConfig,
-    EmbeddingStore,
-    ResiduesNotStoredError,
-    choose_residue_proteins,
-    run_embed,
-)
+from trainer.analyze import AnalyzeConfig, Spec, run_analyze
+from trainer.embed import EmbedConfig, run_embed
+from trainer.embedding_store import EmbeddingStore, ResiduesNotStoredError
 from trainer.feature_map import MapConfig
 from trainer.layout import EmbeddingFiles
 from trainer.residue_replay import ReplayedResidues
+from trainer.residue_sample import choose_residue_proteins
+from trainer.residue_tracks import residue_tracks
 from trainer.structure_coverage import chains_by_protein
 
 SAMPLE, SEED = 8, 3

@@ -41,17 +41,19 @@ from app.stage_summaries import ConceptsManifest, EmbedManifest
 from app.store.engine import make_engine, session_factory
 from app.store.schema import Run
 from trainer.analyze import OUTPUTS_VERSION as ANALYSIS_OUTPUTS_VERSION
-from trainer.analyze import Spec, residue_values, run_analyze
+from trainer.analyze import Spec, run_analyze
 from trainer.concepts.labels import ConceptSet
 from trainer.config import TrainerConfig
 from trainer.corpus import Corpus, load_corpus, read_protein_tsv
 from trainer.effects import measurable, run_effects
-from trainer.embed import EmbeddingStore, ResidueSource, model_residue_source, run_embed
+from trainer.embed import run_embed
+from trainer.embedding_store import EmbeddingStore, ResidueSource
 from trainer.engines import Engine, start_engine
 from trainer.ingest import load_structure_mappings, run_ingest
 from trainer.layout import RunLayout
 from trainer.lm_loss import loss_recovered, transcoder_loss_recovered
-from trainer.residue_replay import ReplayedResidues
+from trainer.residue_replay import ReplayedResidues, model_residue_source
+from trainer.residue_tracks import residue_values
 from trainer.stamps import digest, read_stamp
 from trainer.structure_coverage import chains_by_protein
 from trainer.summary import record_timing

@@ -5,7 +5,9 @@ proteins only, so disk is bounded by the sample, not the corpus. Analysis still 
 protein: :class:`ReplayedResidues` recomputes a protein's residues by running the forward batch
 the embed stage ran it in (the shard's proteins, windows and token budget, from the manifest),
 so on the same device the values equal what the shard would have stored, bit for bit, and an
-analysis over a sampled store equals one over a full store.
+analysis over a sampled store equals one over a full store. :func:`model_residue_source`
+recomputes the residues of layers embedded pooled-only, which no shard stores (with the embed
+stage's settings, equal to what it would have stored up to float16 rounding).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.esm import LoadedModel, embed_selected
-from trainer.embed import EmbeddingMismatchError, EmbeddingStore, corpus_sha256
+from app.esm import LoadedModel, embed_concatenated, embed_selected
+from trainer.embed import EmbeddingMismatchError, corpus_sha256
+from trainer.embedding_store import EmbeddingStore, ResidueSource
 
 
 @dataclass
@@ -73,3 +76,71 @@ class ReplayedResidues:
             int(members[pos]): values[offsets[j] : offsets[j + 1]]
             for j, pos in enumerate(chosen.tolist())
         }
+
+
+def model_residue_source(
+    store: EmbeddingStore,
+    loaded: LoadedModel,
+    sequences: Sequence[str],
+    *,
+    cache_bytes: int = 0,
+) -> ResidueSource:
+    """Residues of any embedded layer computed with ``loaded``, as the shards would hold them.
+
+    For layers stored pooled-only: the same model (checked by sha256), corpus, windows, batch
+    size and dtype as the embed stage, so values equal the shards' up to float16 rounding of
+    batch-dependent float noise. The forward stops at the requested layer.
+
+    Several dictionaries on pooled-only layers show many of the same example proteins. With
+    ``cache_bytes`` > 0 a protein's forward keeps every pooled-only layer (in the store's
+    dtype) up to that budget, so one forward serves all those dictionaries; without, each
+    call runs only as deep as it must.
+    """
+    manifest = store.manifest
+    if loaded.sha256 != manifest["model"]["sha256"]:
+        raise EmbeddingMismatchError(
+            f"{store.directory} was embedded with model sha256 {manifest['model']['sha256']}, "
+            f"not {loaded.name} ({loaded.sha256})"
+        )
+    if corpus_sha256(sequences) != manifest["corpus_sha256"]:
+        raise EmbeddingMismatchError(f"{store.directory} was embedded from another corpus")
+    max_tokens = int(manifest["config"]["max_tokens_per_batch"])
+    stride = int(manifest["plan"]["window_stride"])
+    pooled_only = [layer for layer in store.layers if not store.has_residues(layer)]
+    cache: dict[tuple[int, int], np.ndarray] = {}  # (layer, protein) -> residues
+    used = 0
+
+    def compute(
+        layers: list[int], proteins: Sequence[int]
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        return embed_concatenated(
+            loaded,
+            [sequences[int(p)] for p in proteins],
+            layers,
+            max_tokens_per_batch=max_tokens,
+            dtype=store.dtype,
+            stride=stride,
+        )
+
+    def residues(layer: int, proteins: Sequence[int]) -> np.ndarray:
+        nonlocal used
+        if layer not in store.layers:
+            raise KeyError(f"layer {layer} was not embedded (have {store.layers})")
+        if cache_bytes <= 0:
+            return compute([layer], proteins)[1][layer].astype(np.float32)
+        missing = list(dict.fromkeys(int(p) for p in proteins if (layer, int(p)) not in cache))
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            layers = sorted({layer, *pooled_only})
+            offsets, stacked = compute(layers, missing)
+            for i, protein in enumerate(missing):
+                reps = {lay: stacked[lay][offsets[i] : offsets[i + 1]] for lay in layers}
+                fresh[protein] = reps[layer]
+                size = sum(a.nbytes for a in reps.values())
+                if used + size <= cache_bytes:
+                    cache.update({(lay, protein): a.copy() for lay, a in reps.items()})
+                    used += size
+        parts = [fresh[int(p)] if int(p) in fresh else cache[(layer, int(p))] for p in proteins]
+        return np.concatenate(parts).astype(np.float32)
+
+    return residues

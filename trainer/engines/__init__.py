@@ -9,7 +9,7 @@ unit with the same function on the same files, so results do not depend on the e
 Stages call two methods:
 
 - :meth:`Engine.embed_shards`: embed and write the given shards of a
-  :class:`~trainer.embed.ShardJob`, yielding a :class:`ShardRecord` per shard once its file is in place (any order).
+  :class:`~trainer.embed_shards.ShardJob`, yielding a :class:`ShardRecord` per shard once its file is in place (any order).
 - :meth:`Engine.map_units`: ``fn(context, unit)`` for every unit, yielding ``(unit, result)`` as
   units finish, a unit's exception as its result (the caller decides what a failure means).
 """
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from trainer.embed import ShardJob
+    from trainer.embed_shards import ShardJob
 
 EngineName = Literal["local", "ray"]
 C = TypeVar("C")

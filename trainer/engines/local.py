@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from trainer.engines import EngineName, ShardRecord
 
 if TYPE_CHECKING:
-    from trainer.embed import ShardJob
+    from trainer.embed_shards import ShardJob
 
 C = TypeVar("C")
 U = TypeVar("U")
@@ -39,7 +39,7 @@ class LocalEngine:
     def embed_shards(
         self, job: ShardJob, todo: Sequence[int], progress: Callable[[int], None]
     ) -> Iterator[ShardRecord]:
-        from trainer.embed import embed_shards_locally
+        from trainer.embed_shards import embed_shards_locally
 
         for k, forward_s, write_s, wait_s in embed_shards_locally(job, todo, progress):
             yield ShardRecord(k, forward_s, write_s, wait_s)

@@ -30,7 +30,7 @@ import ray.data
 from ray.exceptions import RayError, RayTaskError
 
 from app.esm import LoadedModel, resolve_device
-from trainer.embed import ShardJob
+from trainer.embed_shards import ShardJob
 from trainer.engines import EngineName, RayConfig, ShardRecord
 
 C = TypeVar("C")
