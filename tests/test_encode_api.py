@@ -187,7 +187,9 @@ def test_full_queue_answers_503_with_retry_after(demo_store) -> None:
 
 def test_page_paints_features(encode_client: TestClient, demo_store) -> None:  # noqa: F811
     page = encode_client.get("/encode")
-    assert page.status_code == 200 and "<textarea" in page.text and "L3-residue-neurons" in page.text
+    assert (
+        page.status_code == 200 and "<textarea" in page.text and "L3-residue-neurons" in page.text
+    )
     assert "/static/js/encode.js" in page.text and "/static/vendor/3Dmol-min.js" in page.text
     sequence, stored = stored_protein(demo_store.url, demo_store.structure_accessions[1])
     form = {"sae_id": str(demo_store.sae_id), "text": f">mine\n{sequence}", "top_n": "5"}
