@@ -52,7 +52,7 @@ def build(shared: Path, n_features: int) -> tuple[str, int]:
     DATA.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(url)
     cfg = load_config(CONFIG, settings)
-    sae = cfg.saes[0].model_copy(update={"n_latents": n_features, "expansion": None})
+    sae = cfg.saes[0].model_copy(update={"n_latents": n_features})
     run = cfg.run.model_copy(update={"name": f"{cfg.run.name}-{n_features}"})
     cfg = cfg.model_copy(update={"saes": [sae], "run": run})
     saved = {k: os.environ.get(k) for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
