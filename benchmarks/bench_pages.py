@@ -1,11 +1,14 @@
 """Page and fragment latency of the explorer against a store the size of a real run.
 
-Starts from the fixture run (real human proteins and structures, real mini-ESM2 layer-3 neuron
-activations per residue; built with tests.store_fixture if missing) and publishes beside it a run
-with an SAE of ``--features`` latents (default 10,240), 20 top examples each whose per-residue
-values are the real neuron activations tiled (feature f reuses neuron f mod 192's examples),
-explanations with scores on a third of them, GO hits, 20 decoder neighbours each, and the top 10
-features per protein — all bulk-loaded with ``app.store.bulk``. Then it times every page in
+The store is made by the trainer itself: ``benchmarks/configs/pages.toml`` (the explorer test
+fixture's 120 real human proteins with structures, the real mini ESM2 and its layer-3 neurons,
+plus one residue-level TopK SAE of ``--features`` latents, default 10,240) run through
+ingest, embed, train, analyze, GO, explain and publish, with its data directory under
+``data/bench``. Explanations and their scores come from the local fake of the Anthropic API
+(tests/fake_anthropic.py), so the pages show explanation sections as a run with an API key
+does. The work directory is kept (``data/bench/data/runs/bench-pages-N``): a rerun at the
+same size reuses every stage's output and the published store. A first build at the default
+size took 230 s on 2 shared cores (analyze with the effects readout 155 s, train 40 s). Then it times every page in
 process (server time, no network) and prints p50/p95 latency and sequential throughput.
 
     PYTHONPATH=. python benchmarks/bench_pages.py [--features 10240] [--requests 60]
@@ -19,142 +22,60 @@ a real trainer run published (e.g. configs/human-mini.toml's), on that run's dic
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.settings import PROJECT_ROOT, Settings
-from app.store.bulk import bulk_insert, reserve_ids
+from app.store import migrate
 from app.store.engine import make_engine
-from app.store.publish import publish_run
-from app.store.schema import (
-    Explanation,
-    ExplanationScore,
-    Feature,
-    FeatureNeighbor,
-    GoEnrichment,
-    GoTerm,
-    Protein,
-    ProteinFeature,
-    Run,
-    Sae,
-    TopExample,
-)
+from app.store.schema import Feature, GoEnrichment, Protein, ProteinFeature, Sae, TopExample
 
 DATA = PROJECT_ROOT / "data" / "bench"
-WORDS = ["zinc finger", "transmembrane helix", "signal peptide", "kinase domain", "coiled coil",
-         "DNA binding", "disulfide-rich", "nuclear localisation", "glycine-rich loop", "olfactory receptor"]  # fmt: skip
-
-
-def _source_store(shared: Path) -> Path:
-    path = DATA / "fixture.sqlite"
-    if not path.exists():
-        from tests.store_fixture import build_store
-
-        DATA.mkdir(parents=True, exist_ok=True)
-        build_store(shared, path)
-    return path
+CONFIG = PROJECT_ROOT / "benchmarks" / "configs" / "pages.toml"
+STAGES = ["ingest", "embed", "train", "analyze", "go", "explain", "publish"]
 
 
 def build(shared: Path, n_features: int) -> tuple[str, int]:
-    """Copy the fixture store and publish the big run into it; returns (url, big SAE id)."""
-    out = DATA / f"pages_{n_features}.sqlite"
-    url = f"sqlite:///{out}"
-    if out.exists():
-        engine = make_engine(url)
-        with Session(engine) as session:
-            sae_id = session.scalar(select(Sae.id).where(Sae.name == f"bench-{n_features}"))
-        engine.dispose()
-        if sae_id:
-            return url, int(sae_id)
-    shutil.copy(_source_store(shared), out)
+    """Run pages.toml with an SAE of ``n_features`` latents and publish it into
+    ``data/bench/pages_N.sqlite``; returns (url, the SAE's id)."""
+    from tests.fake_anthropic import FakeAnthropic
+    from trainer.config import load_config
+    from trainer.pipeline import Pipeline
+
+    settings = Settings(data_dir=DATA / "data", shared_dir=shared)
+    url = f"sqlite:///{DATA / f'pages_{n_features}.sqlite'}"
+    DATA.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(url)
+    cfg = load_config(CONFIG, settings)
+    sae = cfg.saes[0].model_copy(update={"n_latents": n_features})
+    run = cfg.run.model_copy(update={"name": f"{cfg.run.name}-{n_features}"})
+    cfg = cfg.model_copy(update={"saes": [sae], "run": run})
+    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
+    t0 = time.perf_counter()
+    try:
+        with FakeAnthropic("sk-bench-fake") as fake:
+            os.environ["ANTHROPIC_API_KEY"] = fake.api_key
+            os.environ["ANTHROPIC_BASE_URL"] = fake.base_url
+            run_id = Pipeline(cfg, settings, database_url=url).run(STAGES)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    print(f"built {url} (run {run.name}) in {time.perf_counter() - t0:.1f} s")
     engine = make_engine(url)
     with Session(engine) as session:
-        source_features = session.scalars(select(Feature).order_by(Feature.index)).all()
-        examples: dict[int, list[TopExample]] = {}
-        for ex in session.scalars(
-            select(TopExample).order_by(TopExample.feature_id, TopExample.rank)
-        ):
-            examples.setdefault(ex.feature_id, []).append(ex)
-        pf_rows = session.scalars(select(ProteinFeature)).all()
-        protein_ids = session.scalars(select(Protein.id)).all()
-        go_ids = session.scalars(select(GoTerm.id)).all()
-    rng = np.random.default_rng(0)
-    info: dict[str, int] = {}
-
-    def load(session: Session, run: Run) -> None:
-        sae = Sae(run_id=run.id, name=f"bench-{n_features}", kind="topk", level="residue", layer=3,
-                  d_in=192, n_latents=n_features, k=32, fve=0.83, l0=32.0, dead_fraction=0.01)  # fmt: skip
-        session.add(sae)
-        session.flush()
-        info["sae"] = sae.id
-        fids = reserve_ids(session, Feature, n_features)
-        feats, tops, expl, neigh, go = [], [], [], [], []
-        eids = reserve_ids(session, Explanation, n_features // 3 + 1)
-        for f, fid in enumerate(fids):
-            src = source_features[f % len(source_features)]
-            score = float(rng.uniform(-0.2, 0.9)) if f % 3 == 0 else None
-            n_go = int(rng.integers(1, 6)) if f % 4 == 0 else 0
-            feats.append({"id": fid, "sae_id": sae.id, "index": f, "density": src.density * rng.uniform(0.01, 1),
-                          "n_active": src.n_active, "max_activation": src.max_activation,
-                          "mean_activation": src.mean_activation, "hist_edges": src.hist_edges,
-                          "hist_counts": src.hist_counts, "is_dead": f % 97 == 0, "pattern_class": None,
-                          "auto_label": f"{WORDS[f % len(WORDS)]} #{f}" if score is not None else None,
-                          "auto_label_source": "claude" if score is not None else None,
-                          "explanation_score": score, "n_go_hits": n_go})  # fmt: skip
-            kept = [e for e in examples[src.id] if e.bin != "structure"][:17]
-            kept += [e for e in examples[src.id] if e.bin == "structure"][:3]
-            for e in kept:
-                tops.append({"feature_id": fid, "protein_id": e.protein_id, "bin": e.bin, "rank": e.rank,
-                             "activation": e.activation, "max_position": e.max_position,
-                             "residue_values": e.residue_values})  # fmt: skip
-            if score is not None:
-                eid = eids[f // 3]
-                expl.append({"id": eid, "feature_id": fid, "model": "claude-bench", "prompt_hash": "0" * 64,
-                             "text": f"Fires on proteins with a {WORDS[f % len(WORDS)]}; strongest near the C-terminus."})  # fmt: skip
-            for r, nb in enumerate(rng.choice(n_features, 20, replace=False)):
-                neigh.append(
-                    {
-                        "feature_id": fid,
-                        "neighbor_id": fids[int(nb)],
-                        "rank": r,
-                        "cosine": 0.9 - r * 0.02,
-                    }
-                )
-            for g in rng.choice(len(go_ids), n_go, replace=False):
-                go.append({"sae_id": sae.id, "feature_id": fid, "go_id": go_ids[int(g)], "namespace": "BP",
-                           "study_hits": 8, "study_size": 20, "pop_hits": 30, "pop_size": 120, "odds_ratio": 3.0,
-                           "fold_enrichment": 1.6, "p_value": 1e-4, "q_value": float(rng.uniform(1e-6, 0.05)),
-                           "p_bonferroni": 1e-3, "method": "hypergeom", "is_most_specific": True})  # fmt: skip
-        bulk_insert(session, Feature, feats)
-        bulk_insert(session, TopExample, tops)
-        bulk_insert(session, Explanation, expl)
-        bulk_insert(session, ExplanationScore, [{"explanation_id": e["id"], "method": "pearson", "value": 0.4,
-                                                 "p_value": 0.01, "n": 17} for e in expl])  # fmt: skip
-        bulk_insert(session, FeatureNeighbor, neigh)
-        bulk_insert(session, GoEnrichment, go)
-        by_src = {f.id: f.index for f in source_features}
-        bulk_insert(session, ProteinFeature, [
-            {"protein_id": p.protein_id, "sae_id": sae.id, "feature_id": fids[by_src[p.feature_id]],
-             "rank": p.rank, "activation": p.activation, "residue_values": p.residue_values} for p in pf_rows
-        ])  # fmt: skip
-        info["n_top"] = len(tops)
-
-    run = Run(name=f"bench-pages-{n_features}", base_model="esm2_t4_2M_sprot14mini", checkpoint_sha256="0" * 64,
-              layer=3, corpus="human_sprot2014 (fixture proteins)", n_proteins=len(protein_ids))  # fmt: skip
-    t0 = time.perf_counter()
-    publish_run(engine, run, load)
-    print(
-        f"built {out.name}: {n_features} features, {info['n_top']} top examples in {time.perf_counter() - t0:.1f} s"
-    )
+        sae_id = session.scalar(select(Sae.id).where(Sae.run_id == run_id, Sae.name == sae.name))
     engine.dispose()
-    return url, info["sae"]
+    assert sae_id is not None
+    return url, int(sae_id)
 
 
 def existing_sae(url: str, name: str) -> int:
@@ -228,6 +149,7 @@ def main() -> None:
             select(GoEnrichment.go_id).where(GoEnrichment.feature_id == fid).limit(1)
         )
         n_features = session.scalar(select(Sae.n_latents).where(Sae.id == sae_id))
+        n_examples = session.scalar(select(func.count()).where(TopExample.feature_id == fid))
         pf = session.scalar(select(ProteinFeature.feature_id).join(Protein, Protein.id == ProteinFeature.protein_id)
                             .where(Protein.accession == acc, ProteinFeature.sae_id == sae_id, ProteinFeature.rank == 3))  # fmt: skip
     engine.dispose()
@@ -264,7 +186,7 @@ def main() -> None:
             f"{base}?density_min=0.1&density_max=0.5&sort=max_activation&order=desc",
             htmx,
         ),
-        ("feature page (20 examples)", f"/features/{fid}", None),
+        (f"feature page ({n_examples} examples)", f"/features/{fid}", None),
         ("protein page", f"/proteins/{acc}", None),
         ("fragment: protein paint", f"/proteins/{acc}?feature={pf}", htmx),
         ("GO term page", f"/go/{go_id}", None),
