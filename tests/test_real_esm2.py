@@ -142,8 +142,9 @@ def test_the_seed_recipe_at_full_width_end_to_end(
     hub_cache: Path, tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """configs/seed-esm2-35m.toml's dictionaries as configured (20,000 latents on 480 dims, k 64 and
-    16) on the 35M architecture, shortened only in corpus (short human proteins) and steps:
-    ingest → publish, then the server encodes a sequence with the protein-level SAE."""
+    16) on the 35M architecture, shortened only in corpus (short human proteins), steps and
+    effects examples: ingest → publish, then the server encodes a sequence with the protein-level
+    SAE."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
@@ -165,6 +166,10 @@ def test_the_seed_recipe_at_full_width_end_to_end(
         "saes": [s.model_copy(update=short) for s in recipe.saes],
         "loss": recipe.loss.model_copy(update={"n_proteins": 4, "max_length": 80}),
         "go": recipe.go.model_copy(update={"workers": 1}),
+        # One example per feature for the effects readout (two 35M forwards each): at 3 per
+        # feature it was ~500 of the test's ~800 s on 2 busy cores; the readout's maths is
+        # tested against two steerings in tests/test_intervene.py.
+        "effects": recipe.effects.model_copy(update={"examples_per_feature": 1}),
         # The UMAP feature map (numba-compiled on first use) is left to tests/test_pipeline.py.
         "analyze": recipe.analyze.model_copy(update={
             "map": recipe.analyze.map.model_copy(update={"enabled": False})}),
