@@ -31,17 +31,6 @@ def read_stamp(done: Path) -> str | None:
         return None
 
 
-def is_current(done: Path, stamp: str) -> bool:
-    return read_stamp(done) == stamp
-
-
-def redo_reason(done: Path) -> str:
-    """Why finished work that is not current is redone, for the log."""
-    if read_stamp(done) == "ok":
-        return "finished before stamps existed, so its inputs are unknown"
-    return "its inputs changed since it was made"
-
-
 def write_stamp(done: Path, stamp: str) -> None:
     """Write the marker atomically: a crash leaves the old marker or the new one, never half."""
     write_atomic(done, stamp + "\n")
