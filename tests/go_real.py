@@ -1,5 +1,5 @@
 """A small, real GO enrichment for tests: hypergeometric tests of as-annotated terms, BH and the
-paper's Bonferroni, written in the GO stage's ``summary.json`` keys and ``hits.npz`` columns.
+paper's Bonferroni, written in the GO stage's ``summary.json`` keys.
 
 Study set of a feature: the proteins in its top quarter of activations. Terms with fewer than
 three annotated proteins are not tested.
@@ -106,14 +106,4 @@ def summarize(
         }
     }  # fmt: skip
     out["n_stored_hits"] = int(sig.sum())
-    return out
-
-
-def significant_hits(cols: dict[str, np.ndarray], alpha: float = 0.05) -> dict[str, np.ndarray]:
-    """The BH-significant rows, as the GO stage's ``hits.npz`` columns."""
-    sig = cols["q_value"] < alpha
-    out = {k: v[sig] for k, v in cols.items() if k != "term_index"}
-    n = int(sig.sum())
-    out["namespace"] = np.full(n, "BP", dtype="U2")
-    out["is_most_specific"] = np.zeros(n, dtype=bool)
     return out
